@@ -1,0 +1,31 @@
+//! Prints when a credential's access token expires, using the async client.
+//!
+//! Run with: `cargo run -p latchkey-client --example token -- NAME`
+
+use latchkey_client::{Client, ErrorKind};
+use secrecy::ExposeSecret;
+
+#[tokio::main]
+async fn main() {
+    let name = std::env::args().nth(1).unwrap_or_else(|| "github".into());
+    let result = async {
+        let mut client = Client::connect().await?;
+        client.token(&name).await
+    }
+    .await;
+    match result {
+        Ok(token) => {
+            // Hand the token to the resource server; never log it.
+            let _authorization = format!("Bearer {}", token.access_token.expose_secret());
+            println!("{name}: {} token, expires at {:?}", token.token_type, token.expires_at);
+        }
+        Err(e) if e.kind() == Some(ErrorKind::ReauthRequired) => {
+            eprintln!("{e}");
+            std::process::exit(6);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The blocking client, for programs without an async runtime (the CLI uses it).
+
+use crate::codec;
+use crate::framing::{read_frame_blocking, Frame};
+use crate::protocol::{
+    method, HelloParams, HelloResult, StatusResult, TokenParams, TokenReply, MAX_REPLY_LEN,
+    PROTOCOL_VERSION,
+};
+use crate::Error;
+use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
+use serde::{de::DeserializeOwned, Serialize};
+use std::io::{BufReader, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// A blocking connection to `latchkeyd`; same calls as [`crate::Client`].
+pub struct Client {
+    reader: BufReader<Stream>,
+    next_id: u64,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to the daemon at the default socket path and checks the protocol version.
+    pub fn connect() -> Result<Client, Error> {
+        Client::connect_to(&crate::socket_path())
+    }
+
+    /// Connects to the daemon at `path` and checks the protocol version.
+    pub fn connect_to(path: &Path) -> Result<Client, Error> {
+        let connect_err = |source| Error::Connect {
+            path: path.to_owned(),
+            source,
+        };
+        let name = path.to_fs_name::<GenericFilePath>().map_err(connect_err)?;
+        let stream = Stream::connect(name).map_err(connect_err)?;
+        let mut client = Client {
+            reader: BufReader::new(stream),
+            next_id: 1,
+            buf: Vec::with_capacity(1024),
+        };
+        let hello = client.hello()?;
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(Error::Protocol(format!(
+                "daemon speaks protocol {} but this client speaks {PROTOCOL_VERSION}; restart the daemon with `latchkey daemon stop` so the matching version starts",
+                hello.protocol
+            )));
+        }
+        Ok(client)
+    }
+
+    /// Bounds how long a call waits for its reply (`None`: forever).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.reader.get_mut().set_recv_timeout(timeout)?;
+        Ok(())
+    }
+
+    /// Sends any method with its parameters and returns its result.
+    pub fn call<P: Serialize, R: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: &P,
+    ) -> Result<R, Error> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = codec::encode(id, method, params)?;
+        self.reader.get_mut().write_all(&line)?;
+        match read_frame_blocking(&mut self.reader, &mut self.buf, MAX_REPLY_LEN)? {
+            Frame::Line => codec::decode(id, &self.buf),
+            Frame::Eof => Err(codec::closed()),
+            Frame::TooLong => Err(codec::too_long()),
+        }
+    }
+
+    /// `hello`: the daemon's protocol and version.
+    pub fn hello(&mut self) -> Result<HelloResult, Error> {
+        let params = HelloParams {
+            protocol: PROTOCOL_VERSION,
+        };
+        self.call(method::HELLO, &params)
+    }
+
+    /// `status`: vault state, slots, auto-lock timer. Does not reset the idle timer.
+    pub fn status(&mut self) -> Result<StatusResult, Error> {
+        self.call(method::STATUS, &crate::protocol::Empty {})
+    }
+
+    /// An access token for `credential` with all its scopes.
+    pub fn token(&mut self, credential: &str) -> Result<TokenReply, Error> {
+        self.token_with(&TokenParams {
+            credential: credential.to_owned(),
+            ..TokenParams::default()
+        })
+    }
+
+    /// An access token with a scope subset and/or a minimum remaining lifetime.
+    pub fn token_with(&mut self, params: &TokenParams) -> Result<TokenReply, Error> {
+        self.call(method::TOKEN_GET, params)
+    }
+}

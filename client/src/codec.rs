@@ -1,0 +1,48 @@
+//! Turning typed calls into request lines and reply lines into results;
+//! shared by the async and blocking clients.
+
+use crate::protocol::{Request, Response};
+use crate::Error;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Serializes a request as one line, `\n` included.
+pub(crate) fn encode<P: Serialize>(id: u64, method: &str, params: &P) -> Result<Vec<u8>, Error> {
+    let mut line = serde_json::to_vec(&Request {
+        jsonrpc: "2.0",
+        id,
+        method,
+        params,
+    })
+    .map_err(|e| Error::Protocol(format!("cannot encode {method} request: {e}")))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Parses a reply line and checks it answers request `id`.
+pub(crate) fn decode<R: DeserializeOwned>(id: u64, line: &[u8]) -> Result<R, Error> {
+    let reply: Response<R> = serde_json::from_slice(line)
+        .map_err(|e| Error::Protocol(format!("malformed reply: {e}")))?;
+    if let Some(error) = reply.error {
+        return Err(error.into());
+    }
+    if reply.id != Some(id) {
+        return Err(Error::Protocol(format!(
+            "reply for request {:?} while waiting for {id}",
+            reply.id
+        )));
+    }
+    reply
+        .result
+        .ok_or_else(|| Error::Protocol("reply has neither result nor error".into()))
+}
+
+pub(crate) fn closed() -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the daemon closed the connection",
+    ))
+}
+
+pub(crate) fn too_long() -> Error {
+    Error::Protocol("reply exceeds the size limit".into())
+}

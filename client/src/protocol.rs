@@ -1,0 +1,644 @@
+//! The wire protocol between `latchkeyd` and its clients: one JSON-RPC 2.0
+//! shaped message per line (NDJSON), the method names, their parameters and
+//! results, and the stable error kinds. This module is the whole contract.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Version of this protocol. `hello` returns the daemon's; a client refuses a
+/// daemon that speaks another one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// 64 KiB: the largest request a daemon accepts on one line. The largest
+/// legitimate request (a credential with a long client secret and many
+/// scopes) is under 8 KiB.
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+
+/// 4 MiB: the largest reply a client reads. Listings of many credentials
+/// can exceed the request limit; nothing legitimate comes near this.
+pub const MAX_REPLY_LEN: usize = 4 * 1024 * 1024;
+
+/// Method names, spelled once.
+pub mod method {
+    /// Protocol handshake: [`HelloParams`](super::HelloParams) → [`HelloResult`](super::HelloResult).
+    pub const HELLO: &str = "hello";
+    /// Daemon and vault status (read-only; does not reset the idle timer).
+    pub const STATUS: &str = "status";
+    /// Create the vault: [`InitParams`](super::InitParams).
+    pub const VAULT_INIT: &str = "vault.init";
+    /// Unlock the vault: [`UnlockParams`](super::UnlockParams).
+    pub const VAULT_UNLOCK: &str = "vault.unlock";
+    /// Lock the vault, zeroizing keys and cached tokens.
+    pub const VAULT_LOCK: &str = "vault.lock";
+    /// Rewrap the data key under a new passphrase: [`ChangePassphraseParams`](super::ChangePassphraseParams).
+    pub const VAULT_CHANGE_PASSPHRASE: &str = "vault.change_passphrase";
+    /// New data key, every field re-encrypted in one transaction.
+    pub const VAULT_REKEY: &str = "vault.rekey";
+    /// Add a provider: [`ProviderAddParams`](super::ProviderAddParams).
+    pub const PROVIDER_ADD: &str = "provider.add";
+    /// List providers.
+    pub const PROVIDER_LIST: &str = "provider.list";
+    /// Show one provider: [`NameParams`](super::NameParams).
+    pub const PROVIDER_SHOW: &str = "provider.show";
+    /// Remove a provider with no credentials: [`NameParams`](super::NameParams).
+    pub const PROVIDER_REMOVE: &str = "provider.remove";
+    /// Add a credential: [`CredentialAddParams`](super::CredentialAddParams).
+    pub const CREDENTIAL_ADD: &str = "credential.add";
+    /// List credentials.
+    pub const CREDENTIAL_LIST: &str = "credential.list";
+    /// Show one credential: [`NameParams`](super::NameParams).
+    pub const CREDENTIAL_SHOW: &str = "credential.show";
+    /// Remove a credential and its tokens: [`NameParams`](super::NameParams).
+    pub const CREDENTIAL_REMOVE: &str = "credential.remove";
+    /// Get an access token: [`TokenParams`](super::TokenParams) → [`TokenReply`](super::TokenReply).
+    pub const TOKEN_GET: &str = "token.get";
+    /// Ask the daemon to shut down gracefully.
+    pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
+}
+
+/// A request as sent by a client.
+#[derive(Debug, Serialize)]
+pub struct Request<'a, P> {
+    /// Always `"2.0"`.
+    pub jsonrpc: &'static str,
+    /// Chosen by the client, echoed in the reply.
+    pub id: u64,
+    /// One of [`method`].
+    pub method: &'a str,
+    /// The method's parameters.
+    pub params: P,
+}
+
+/// A reply as sent by the daemon: exactly one of `result` and `error`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response<R> {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// The request's id (`null` when the request could not be parsed).
+    pub id: Option<u64>,
+    /// The method's result on success.
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub result: Option<R>,
+    /// The error on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+}
+
+/// A JSON-RPC error object with Latchkey's stable `kind` in `data`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RpcError {
+    /// JSON-RPC numeric code; see [`ErrorKind::code`].
+    pub code: i64,
+    /// Human message that names the thing and the fix. Never holds a secret.
+    pub message: String,
+    /// Machine-readable details.
+    pub data: ErrorData,
+}
+
+/// The machine-readable part of an error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorData {
+    /// Stable error kind; scripts match on this, not on the message.
+    pub kind: ErrorKind,
+    /// Seconds after which retrying makes sense (rate limits, backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+/// Stable error kinds. The spellings (snake_case on the wire) never change;
+/// new kinds may be added, and older clients see them as [`ErrorKind::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The line was not valid UTF-8 JSON.
+    ParseError,
+    /// Valid JSON but not a valid request.
+    InvalidRequest,
+    /// No such method.
+    MethodNotFound,
+    /// The method's parameters are wrong.
+    InvalidParams,
+    /// The request line exceeded [`MAX_REQUEST_LEN`].
+    FrameTooLarge,
+    /// Client and daemon speak different protocol versions.
+    UnsupportedProtocol,
+    /// No vault exists yet: run `latchkey init`.
+    NotInitialized,
+    /// `vault.init` on a vault that exists.
+    AlreadyInitialized,
+    /// The vault is locked: run `latchkey unlock`.
+    Locked,
+    /// The passphrase did not open any slot.
+    WrongPassphrase,
+    /// No usable OS keyring, or the keyring entry is gone.
+    KeyringUnavailable,
+    /// The vault file failed an integrity check.
+    VaultCorrupt,
+    /// No such provider or credential.
+    NotFound,
+    /// A provider or credential with that name exists.
+    AlreadyExists,
+    /// The request is not allowed (e.g. scopes never granted).
+    Forbidden,
+    /// The credential needs a new login.
+    ReauthRequired,
+    /// Too many attempts, or the provider asked to slow down.
+    RateLimited,
+    /// The provider is unreachable or failing; retry later.
+    ProviderUnavailable,
+    /// The provider refused the request (e.g. `invalid_client`).
+    ProviderError,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// A bug in the daemon.
+    Internal,
+    /// A kind this client version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorKind {
+    /// The JSON-RPC code that goes with this kind.
+    pub fn code(self) -> i64 {
+        match self {
+            ErrorKind::ParseError => -32700,
+            ErrorKind::InvalidRequest => -32600,
+            ErrorKind::MethodNotFound => -32601,
+            ErrorKind::InvalidParams => -32602,
+            ErrorKind::Internal | ErrorKind::Unknown => -32603,
+            ErrorKind::Locked => -32001,
+            ErrorKind::NotInitialized => -32002,
+            ErrorKind::AlreadyInitialized => -32003,
+            ErrorKind::WrongPassphrase => -32004,
+            ErrorKind::NotFound => -32005,
+            ErrorKind::AlreadyExists => -32006,
+            ErrorKind::Forbidden => -32007,
+            ErrorKind::RateLimited => -32008,
+            ErrorKind::ProviderUnavailable => -32009,
+            ErrorKind::ReauthRequired => -32010,
+            ErrorKind::ProviderError => -32011,
+            ErrorKind::KeyringUnavailable => -32012,
+            ErrorKind::VaultCorrupt => -32013,
+            ErrorKind::FrameTooLarge => -32014,
+            ErrorKind::UnsupportedProtocol => -32015,
+            ErrorKind::ShuttingDown => -32016,
+        }
+    }
+
+    /// The wire spelling, e.g. `"reauth_required"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::ParseError => "parse_error",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::MethodNotFound => "method_not_found",
+            ErrorKind::InvalidParams => "invalid_params",
+            ErrorKind::FrameTooLarge => "frame_too_large",
+            ErrorKind::UnsupportedProtocol => "unsupported_protocol",
+            ErrorKind::NotInitialized => "not_initialized",
+            ErrorKind::AlreadyInitialized => "already_initialized",
+            ErrorKind::Locked => "locked",
+            ErrorKind::WrongPassphrase => "wrong_passphrase",
+            ErrorKind::KeyringUnavailable => "keyring_unavailable",
+            ErrorKind::VaultCorrupt => "vault_corrupt",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::ReauthRequired => "reauth_required",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::ProviderUnavailable => "provider_unavailable",
+            ErrorKind::ProviderError => "provider_error",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Serializes a secret string as a plain JSON string. Used only for fields
+/// that must cross the socket (passphrases in, tokens out).
+fn expose<S: Serializer>(secret: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(secret.expose_secret())
+}
+
+fn expose_opt<S: Serializer>(secret: &Option<SecretString>, ser: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(s) => ser.serialize_some(s.expose_secret()),
+        None => ser.serialize_none(),
+    }
+}
+
+/// Parameters of `hello`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloParams {
+    /// The client's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+}
+
+/// Result of `hello`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloResult {
+    /// The daemon's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The daemon's crate version.
+    pub daemon_version: String,
+    /// The daemon's process id.
+    pub pid: u32,
+}
+
+/// Whether the vault exists and is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VaultState {
+    /// No vault file yet.
+    Uninitialized,
+    /// The vault exists; its data key is not in memory.
+    Locked,
+    /// The data key is in memory; tokens can be served.
+    Unlocked,
+}
+
+/// A key slot as shown to users (no key material).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlotInfo {
+    /// Random slot id.
+    pub id: String,
+    /// `passphrase` or `keyring`.
+    pub kind: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// For keyring slots, the backend that holds the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+}
+
+/// Result of `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResult {
+    /// Vault state.
+    pub vault: VaultState,
+    /// Path of the vault file.
+    pub vault_path: String,
+    /// Daemon process id.
+    pub pid: u32,
+    /// Daemon version.
+    pub daemon_version: String,
+    /// Key slots (empty when uninitialized).
+    pub slots: Vec<SlotInfo>,
+    /// Auto-lock after this many idle seconds (0: never).
+    pub idle_timeout_secs: u64,
+    /// Seconds until auto-lock, when unlocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locks_in_secs: Option<u64>,
+    /// Number of providers, when unlocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub providers: Option<u32>,
+    /// Number of credentials, when unlocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<u32>,
+}
+
+/// Parameters of `vault.init`. At least one of the two slots must be asked for.
+#[derive(Serialize, Deserialize)]
+pub struct InitParams {
+    /// Create a passphrase slot with this passphrase.
+    #[serde(default, serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<SecretString>,
+    /// Create a keyring slot (a random key kept in the OS keyring).
+    #[serde(default)]
+    pub keyring: bool,
+}
+
+/// Result of `vault.init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitResult {
+    /// Random vault id.
+    pub vault_id: String,
+    /// The slots created.
+    pub slots: Vec<SlotInfo>,
+}
+
+/// Parameters of `vault.unlock`: a passphrase, or none to use the keyring slot.
+#[derive(Serialize, Deserialize, Default)]
+pub struct UnlockParams {
+    /// Try the passphrase slots with this passphrase; `None` tries the keyring slots.
+    #[serde(default, serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<SecretString>,
+}
+
+/// Result of `vault.unlock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnlockResult {
+    /// The slot that opened the vault.
+    pub slot: SlotInfo,
+    /// True when the vault was already unlocked.
+    #[serde(default)]
+    pub already_unlocked: bool,
+}
+
+/// Parameters of `vault.change_passphrase`.
+#[derive(Serialize, Deserialize)]
+pub struct ChangePassphraseParams {
+    /// The current passphrase.
+    #[serde(serialize_with = "expose")]
+    pub old: SecretString,
+    /// The new passphrase.
+    #[serde(serialize_with = "expose")]
+    pub new: SecretString,
+}
+
+/// Result of `vault.rekey`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RekeyResult {
+    /// Number of encrypted fields rewritten under the new data key.
+    pub fields: u64,
+    /// Number of key slots rewrapped.
+    pub slots: u64,
+}
+
+/// Parameters that only name something.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NameParams {
+    /// Provider or credential name.
+    pub name: String,
+}
+
+/// Parameters of `provider.add`: an issuer for discovery, or explicit endpoints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProviderAddParams {
+    /// Local name.
+    pub name: String,
+    /// Issuer URL; the daemon fetches its RFC 8414 / OIDC metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Explicit endpoints; they override discovered ones.
+    #[serde(default)]
+    pub endpoints: Endpoints,
+}
+
+/// A provider's endpoint URLs. Only `token_endpoint` is required.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// RFC 6749 authorization endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_endpoint: Option<String>,
+    /// RFC 6749 token endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint: Option<String>,
+    /// RFC 8628 device authorization endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_authorization_endpoint: Option<String>,
+    /// RFC 7009 revocation endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    /// RFC 7662 introspection endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection_endpoint: Option<String>,
+    /// JWKS for ID-token validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+}
+
+/// A provider as shown to users.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    /// Local name.
+    pub name: String,
+    /// Issuer, when configured by discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Endpoints in use.
+    pub endpoints: Endpoints,
+    /// Names of credentials using this provider.
+    #[serde(default)]
+    pub credentials: Vec<String>,
+}
+
+/// OAuth grant a credential uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    /// RFC 6749 §4.4: the client acts for itself.
+    ClientCredentials,
+    /// RFC 6749 §4.1 + PKCE: a user logs in in a browser.
+    AuthorizationCode,
+    /// RFC 8628: a user logs in on another device.
+    DeviceCode,
+}
+
+impl GrantType {
+    /// The wire and CLI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::AuthorizationCode => "authorization_code",
+            GrantType::DeviceCode => "device_code",
+        }
+    }
+}
+
+/// How the client authenticates to the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// HTTP Basic with client id and secret (RFC 6749 §2.3.1).
+    ClientSecretBasic,
+    /// Client id and secret in the form body.
+    ClientSecretPost,
+    /// Public client: no secret.
+    None,
+}
+
+impl AuthMethod {
+    /// The wire and CLI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::None => "none",
+        }
+    }
+}
+
+/// Parameters of `credential.add`.
+#[derive(Serialize, Deserialize)]
+pub struct CredentialAddParams {
+    /// Local name.
+    pub name: String,
+    /// Provider name.
+    pub provider: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// OAuth client secret (absent for public clients).
+    #[serde(default, serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<SecretString>,
+    /// Grant type.
+    pub grant: GrantType,
+    /// Client authentication method.
+    pub auth: AuthMethod,
+    /// Scopes to request.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Loopback redirect URI for the authorization code grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_uri: Option<String>,
+}
+
+/// A credential as shown to users: never a secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialInfo {
+    /// Local name.
+    pub name: String,
+    /// Provider name.
+    pub provider: String,
+    /// OAuth client id (not a secret).
+    pub client_id: String,
+    /// Grant type.
+    pub grant: GrantType,
+    /// Client authentication method.
+    pub auth: AuthMethod,
+    /// Configured scopes.
+    pub scopes: Vec<String>,
+    /// Whether a client secret is stored.
+    pub has_client_secret: bool,
+    /// Life-cycle state: `ready`, `needs_login`, `backoff`, ...
+    pub state: String,
+    /// Cached access tokens (metadata only).
+    #[serde(default)]
+    pub tokens: Vec<TokenSummary>,
+    /// Last error from the provider, when in backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Metadata of a cached token, never the token itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenSummary {
+    /// Space-separated granted scopes.
+    pub scope: String,
+    /// Unix seconds, when the provider said.
+    pub expires_at: Option<i64>,
+}
+
+/// Parameters of `token.get`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TokenParams {
+    /// Credential name.
+    pub credential: String,
+    /// A subset of the credential's scopes; `None` means all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// The token must stay valid at least this many seconds longer, unless
+    /// the provider's tokens live shorter (then the fresh token is returned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ttl: Option<u64>,
+}
+
+/// Result of `token.get`: a short-lived access token.
+#[derive(Deserialize, Serialize)]
+pub struct TokenReply {
+    /// The access token. Hand it to the resource server only.
+    #[serde(serialize_with = "expose")]
+    pub access_token: SecretString,
+    /// Usually `Bearer`.
+    pub token_type: String,
+    /// Unix seconds; `None` when the provider did not say.
+    pub expires_at: Option<i64>,
+    /// Space-separated granted scopes.
+    pub scope: String,
+}
+
+impl std::fmt::Debug for TokenReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReply")
+            .field("access_token", &"[redacted]")
+            .field("token_type", &self.token_type)
+            .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// An empty result or empty parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Empty {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_round_trip_and_codes_are_unique() {
+        let kinds = [
+            ErrorKind::ParseError,
+            ErrorKind::InvalidRequest,
+            ErrorKind::MethodNotFound,
+            ErrorKind::InvalidParams,
+            ErrorKind::FrameTooLarge,
+            ErrorKind::UnsupportedProtocol,
+            ErrorKind::NotInitialized,
+            ErrorKind::AlreadyInitialized,
+            ErrorKind::Locked,
+            ErrorKind::WrongPassphrase,
+            ErrorKind::KeyringUnavailable,
+            ErrorKind::VaultCorrupt,
+            ErrorKind::NotFound,
+            ErrorKind::AlreadyExists,
+            ErrorKind::Forbidden,
+            ErrorKind::ReauthRequired,
+            ErrorKind::RateLimited,
+            ErrorKind::ProviderUnavailable,
+            ErrorKind::ProviderError,
+            ErrorKind::ShuttingDown,
+            ErrorKind::Internal,
+        ];
+        let mut codes = std::collections::HashSet::new();
+        for kind in kinds {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorKind>(&json).unwrap(), kind);
+            assert!(codes.insert(kind.code()), "duplicate code for {kind}");
+        }
+        assert_eq!(ErrorKind::ReauthRequired.code(), -32010);
+        let unknown: ErrorKind = serde_json::from_str("\"from_the_future\"").unwrap();
+        assert_eq!(unknown, ErrorKind::Unknown);
+    }
+
+    #[test]
+    fn token_reply_debug_hides_the_token() {
+        let reply = TokenReply {
+            access_token: SecretString::from("canary-token-123"),
+            token_type: "Bearer".into(),
+            expires_at: Some(1),
+            scope: "a b".into(),
+        };
+        assert!(!format!("{reply:?}").contains("canary-token-123"));
+        assert!(serde_json::to_string(&reply)
+            .unwrap()
+            .contains("canary-token-123"));
+    }
+
+    #[test]
+    fn request_matches_the_documented_shape() {
+        let req = Request {
+            jsonrpc: "2.0",
+            id: 1,
+            method: method::TOKEN_GET,
+            params: TokenParams {
+                credential: "github".into(),
+                scopes: None,
+                min_ttl: Some(60),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"jsonrpc":"2.0","id":1,"method":"token.get","params":{"credential":"github","min_ttl":60}}"#
+        );
+    }
+}

@@ -1,0 +1,404 @@
+// Latchkey e2e test authorization server.
+//
+// Owns: starting panva's `oidc-provider` (an OpenID-certified OAuth 2.0 /
+// OIDC server, pinned in package.json) on 127.0.0.1, plus our own small
+// admin / fault-injection / counting layer in front of it under /__admin/.
+// Nothing here implements OAuth itself: every real answer comes from
+// oidc-provider; this file only configures it, counts, and breaks things on
+// request.
+//
+// Usage: node server.mjs CONFIG.json      (or PROVIDER_CONFIG=CONFIG.json)
+// Prints exactly one line on stdout, `READY <issuer>`, once listening; all
+// other output (oidc-provider's notices included) goes to stderr.
+//
+// Config JSON:
+//   {
+//     "clients": [ { "client_id", "client_secret"?, "token_endpoint_auth_method",
+//                    "grant_types", "redirect_uris"?, "scope"?,
+//                    "access_token_ttl"? (per-client override, seconds),
+//                    ...any other oidc-provider client metadata } ],
+//     "access_token_ttl": 3600,        // seconds, access tokens of every grant
+//     "refresh_token_ttl": 1209600,    // seconds
+//     "issuer_path": "/tenant-a",      // optional: issuer http://127.0.0.1:PORT/tenant-a
+//     "port": 0,                       // optional: 0 = ephemeral
+//     "scopes": ["extra:scope"]        // optional: more scopes the server knows
+//   }
+//
+// Admin endpoints (always at the root, whatever the issuer path):
+//   GET  /__admin/stats      counters (every POST to the token endpoint counts,
+//                            including ones answered by a fault)
+//   POST /__admin/reset      zero counters, clear faults and delay_all
+//   POST /__admin/fault      queue a fault for the next `count` token requests:
+//        {"kind":"status","status":503,"retry_after":2,"body":"...","content_type":"...","count":1}
+//        {"kind":"delay","ms":500,"count":1}   delay, then answer normally
+//        {"kind":"drop","count":1}             destroy the socket, no answer
+//        {"kind":"garbage","count":1}          200, claims JSON, body is not JSON
+//   POST /__admin/delay_all  {"ms":N}  delay every token request by N ms (0 = off)
+//   GET  /__admin/resource   a protected resource: 200 {"active":true,...} for a
+//                            live access token in `Authorization: Bearer`, else 401
+//
+// Set PROVIDER_EXIT_ON_STDIN_EOF=1 to make the server exit when its stdin
+// closes (the Rust harness does, so a crashed test run leaves no orphan).
+
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+// oidc-provider prints its "you SHOULD change this default" notices with
+// console.info, i.e. to stdout. stdout is reserved for the READY line, so
+// route every console method to stderr before the library is loaded.
+for (const method of ['log', 'info', 'debug']) {
+  console[method] = (...args) => console.error(...args);
+}
+
+function fail(message) {
+  process.stderr.write(`provider: ${message}\n`);
+  process.exit(1);
+}
+
+// ---------------------------------------------------------------- config ---
+
+const configPath = process.argv[2] || process.env.PROVIDER_CONFIG;
+if (!configPath) fail('usage: node server.mjs CONFIG.json (or set PROVIDER_CONFIG)');
+
+let config;
+try {
+  config = JSON.parse(readFileSync(configPath, 'utf8'));
+} catch (err) {
+  fail(`cannot read config ${configPath}: ${err.message}`);
+}
+
+const accessTokenTtl = Number(config.access_token_ttl ?? 3600);
+const refreshTokenTtl = Number(config.refresh_token_ttl ?? 14 * 24 * 3600);
+let issuerPath = config.issuer_path ?? '';
+if (issuerPath && !issuerPath.startsWith('/')) issuerPath = `/${issuerPath}`;
+issuerPath = issuerPath.replace(/\/+$/, '');
+
+// Per-client access-token lifetimes (our own key, stripped before the client
+// metadata reaches oidc-provider, which would reject an unknown property).
+const ttlByClient = new Map();
+// Every scope any client may hold: oidc-provider only polices scopes listed
+// in its `scopes` setting (see README quirks), so all of them are listed.
+const knownScopes = new Set(['openid', 'offline_access', ...(config.scopes ?? [])]);
+
+const clients = (config.clients ?? []).map((spec) => {
+  const { access_token_ttl: ttl, ...client } = spec;
+  if (ttl !== undefined) ttlByClient.set(client.client_id, Number(ttl));
+  client.grant_types ??= ['client_credentials'];
+  client.redirect_uris ??= [];
+  // A client that cannot do authorization code has no response types
+  // (oidc-provider defaults to ["code"] and would reject the client).
+  if (!client.response_types) {
+    client.response_types = client.grant_types.includes('authorization_code') ? ['code'] : [];
+  }
+  // http://127.0.0.1:<any port> redirects (RFC 8252) are for native apps.
+  if (!client.application_type && client.redirect_uris.some((u) => /^http:\/\/(127\.0\.0\.1|\[::1\]|localhost)[:/]/.test(u))) {
+    client.application_type = 'native';
+  }
+  if (typeof client.scope === 'string' && client.scope === '') delete client.scope;
+  for (const s of (client.scope ?? '').split(' ').filter(Boolean)) knownScopes.add(s);
+  return client;
+});
+
+const tokenTtl = (_ctx, token, client) => {
+  const clientId = client?.clientId ?? token?.clientId;
+  return ttlByClient.get(clientId) ?? accessTokenTtl;
+};
+
+// ---------------------------------------------------------------- server ---
+
+// Bind first: the issuer must carry the real port before the provider exists.
+const server = http.createServer();
+// Longer than any HTTP client's idle-pool timeout (reqwest: 90 s), so a
+// pooled connection is never closed under a client mid-request (a flake that
+// would otherwise look like a "connection error" in the daemon's tests).
+server.keepAliveTimeout = 120_000;
+server.headersTimeout = 125_000;
+
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(Number(config.port ?? 0), '127.0.0.1', resolve);
+}).catch((err) => fail(`cannot listen: ${err.message}`));
+
+const origin = `http://127.0.0.1:${server.address().port}`;
+const issuer = `${origin}${issuerPath}`;
+
+let Provider;
+try {
+  ({ default: Provider } = await import('oidc-provider'));
+} catch (err) {
+  fail(`cannot load oidc-provider (${err.message}); run \`npm ci --prefix tests/provider\``);
+}
+
+// Fresh signing keys per run (ID tokens are RS256 by default; ES256 as well).
+const jwks = {
+  keys: [
+    { ...generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'RS256' },
+    { ...generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'ES256' },
+  ],
+};
+
+const provider = new Provider(issuer, {
+  clients,
+  jwks,
+  scopes: [...knownScopes],
+  cookies: { keys: [randomBytes(32).toString('base64url')] },
+  features: {
+    clientCredentials: { enabled: true },
+    introspection: {
+      enabled: true,
+      // oidc-provider's default policy, stated explicitly: confidential
+      // clients may introspect any token, public clients only their own.
+      allowedPolicy: async (ctx, client, token) => client.clientAuthMethod !== 'none' || token.clientId === ctx.oidc.client.clientId,
+    },
+    revocation: {
+      enabled: true,
+      allowedPolicy: async (ctx, client, token) => token.clientId === client.clientId,
+    },
+    deviceFlow: { enabled: true },
+    // The built-in login/consent pages (accept any username): enough for a
+    // test to drive authorization code and device flows over plain HTTP.
+    devInteractions: { enabled: true },
+  },
+  pkce: { required: () => true }, // S256 only (oidc-provider's default method)
+  rotateRefreshToken: true,
+  // Issue a refresh token to any client allowed the refresh_token grant, and
+  // never tie it to a browser session (most real providers behave so).
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+  expiresWithSession: async () => false,
+  ttl: {
+    AccessToken: tokenTtl,
+    ClientCredentials: tokenTtl,
+    RefreshToken: refreshTokenTtl,
+    DeviceCode: 600,
+    AuthorizationCode: 60,
+    IdToken: 3600,
+    Grant: refreshTokenTtl,
+    Interaction: 3600,
+    Session: 14 * 24 * 3600,
+  },
+  renderError: async (ctx, out) => {
+    ctx.type = 'application/json';
+    ctx.body = out;
+  },
+});
+
+const providerCallback = provider.callback();
+const tokenPath = `${issuerPath}${provider.pathFor('token', { mountPath: '' })}`;
+const introspectionPath = `${issuerPath}${provider.pathFor('introspection', { mountPath: '' })}`;
+const revocationPath = `${issuerPath}${provider.pathFor('revocation', { mountPath: '' })}`;
+
+// ---------------------------------------------------------- admin state ---
+
+const stats = {
+  token_requests: 0,
+  token_requests_by_grant: {},
+  introspections: 0,
+  revocations: 0,
+};
+let faults = []; // queue of { kind, count, ... }
+let delayAllMs = 0;
+
+function resetState() {
+  stats.token_requests = 0;
+  stats.token_requests_by_grant = {};
+  stats.introspections = 0;
+  stats.revocations = 0;
+  faults = [];
+  delayAllMs = 0;
+}
+
+function sendJson(res, status, body, headers = {}) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    ...headers,
+  });
+  res.end(text);
+}
+
+const BODY_LIMIT = 64 * 1024;
+async function readBody(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > BODY_LIMIT) throw new Error('request body too large');
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function validateFault(f) {
+  if (!f || typeof f !== 'object') return 'fault must be a JSON object';
+  const count = f.count ?? 1;
+  if (!Number.isInteger(count) || count < 1) return 'count must be a positive integer';
+  switch (f.kind) {
+    case 'status':
+      if (!Number.isInteger(f.status) || f.status < 100 || f.status > 599) return 'status must be an HTTP status code';
+      if (f.retry_after !== undefined && !(Number.isInteger(f.retry_after) && f.retry_after >= 0)) return 'retry_after must be whole seconds';
+      if (f.body !== undefined && typeof f.body !== 'string') return 'body must be a string';
+      break;
+    case 'delay':
+      if (!Number.isInteger(f.ms) || f.ms < 0) return 'ms must be a non-negative integer';
+      break;
+    case 'drop':
+    case 'garbage':
+      break;
+    default:
+      return `unknown fault kind ${JSON.stringify(f.kind)} (status, delay, drop, garbage)`;
+  }
+  return null;
+}
+
+// Answer a token request with an injected status fault.
+function answerStatus(res, f) {
+  const headers = { 'cache-control': 'no-store' };
+  if (f.retry_after !== undefined) headers['retry-after'] = String(f.retry_after);
+  let body = f.body;
+  if (body === undefined) {
+    const error = f.status === 500 ? 'server_error' : 'temporarily_unavailable';
+    body = JSON.stringify({ error, error_description: `injected fault (HTTP ${f.status})` });
+  }
+  let contentType = f.content_type;
+  if (!contentType) {
+    try { JSON.parse(body); contentType = 'application/json'; } catch { contentType = 'text/plain; charset=utf-8'; }
+  }
+  headers['content-type'] = contentType;
+  headers['content-length'] = Buffer.byteLength(body);
+  res.writeHead(f.status, headers);
+  res.end(body);
+}
+
+// Find a live access token (any grant) by its value, or undefined.
+async function findAccessToken(value) {
+  return (await provider.AccessToken.find(value)) ?? (await provider.ClientCredentials.find(value));
+}
+
+async function handleAdmin(req, res, path) {
+  const route = `${req.method} ${path}`;
+  switch (route) {
+    case 'GET /__admin/stats':
+      return sendJson(res, 200, { ...stats, faults_pending: faults.reduce((n, f) => n + f.count, 0) });
+    case 'POST /__admin/reset':
+      await readBody(req);
+      resetState();
+      return sendJson(res, 200, { ok: true });
+    case 'POST /__admin/fault': {
+      let f;
+      try { f = JSON.parse(await readBody(req)); } catch { return sendJson(res, 400, { error: 'body must be JSON' }); }
+      const problem = validateFault(f);
+      if (problem) return sendJson(res, 400, { error: problem });
+      faults.push({ ...f, count: f.count ?? 1 });
+      return sendJson(res, 200, { ok: true, queued: faults.length });
+    }
+    case 'POST /__admin/delay_all': {
+      let b;
+      try { b = JSON.parse(await readBody(req)); } catch { return sendJson(res, 400, { error: 'body must be JSON' }); }
+      if (!Number.isInteger(b?.ms) || b.ms < 0) return sendJson(res, 400, { error: 'ms must be a non-negative integer' });
+      delayAllMs = b.ms;
+      return sendJson(res, 200, { ok: true });
+    }
+    case 'GET /__admin/resource': {
+      const m = /^Bearer ([^\s]+)$/i.exec(req.headers.authorization ?? '');
+      const token = m ? await findAccessToken(m[1]) : undefined;
+      if (!token) {
+        return sendJson(res, 401, { active: false }, { 'www-authenticate': 'Bearer error="invalid_token"' });
+      }
+      return sendJson(res, 200, {
+        active: true,
+        client_id: token.clientId,
+        scope: token.scope ?? '',
+        exp: token.exp,
+        ...(token.accountId ? { sub: token.accountId } : {}),
+      });
+    }
+    default:
+      return sendJson(res, 404, { error: `no admin route ${route}` });
+  }
+}
+
+// The token endpoint, as seen through the fault layer.
+async function handleToken(req, res) {
+  let body;
+  try {
+    body = await readBody(req);
+  } catch (err) {
+    return sendJson(res, 413, { error: 'invalid_request', error_description: err.message });
+  }
+  const grant = new URLSearchParams(body).get('grant_type') ?? 'unknown';
+  stats.token_requests += 1;
+  stats.token_requests_by_grant[grant] = (stats.token_requests_by_grant[grant] ?? 0) + 1;
+
+  // Take the next fault off the queue (faults apply in the order queued).
+  let fault;
+  if (faults.length) {
+    fault = faults[0];
+    fault.count -= 1;
+    if (fault.count <= 0) faults.shift();
+  }
+
+  if (delayAllMs > 0) await sleep(delayAllMs);
+
+  switch (fault?.kind) {
+    case 'status': return answerStatus(res, fault);
+    case 'drop': return req.socket.destroy();
+    case 'garbage': {
+      const text = '<html><body>502 Bad Gateway: this is not JSON</body></html>';
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+      return res.end(text);
+    }
+    case 'delay': await sleep(fault.ms); break;
+    default: break;
+  }
+  // The stream is consumed: oidc-provider reads an already-read body from
+  // req.body (it prints a one-time notice about it to stderr).
+  req.body = body;
+  return forward(req, res);
+}
+
+// Hand a request to oidc-provider, mounted at the issuer path the way
+// express mounts apps (req.originalUrl keeps the prefix, req.url drops it).
+function forward(req, res) {
+  if (issuerPath) {
+    req.originalUrl = req.url;
+    req.url = req.url.slice(issuerPath.length) || '/';
+  }
+  return providerCallback(req, res);
+}
+
+server.on('request', (req, res) => {
+  const path = req.url.split('?')[0];
+  (async () => {
+    if (path.startsWith('/__admin/')) return handleAdmin(req, res, path);
+    if (req.method === 'POST' && path === tokenPath) return handleToken(req, res);
+    if (req.method === 'POST' && path === introspectionPath) stats.introspections += 1;
+    if (req.method === 'POST' && path === revocationPath) stats.revocations += 1;
+    if (issuerPath && path !== issuerPath && !path.startsWith(`${issuerPath}/`)) {
+      return sendJson(res, 404, { error: 'not_found', error_description: `outside issuer path ${issuerPath}` });
+    }
+    return forward(req, res);
+  })().catch((err) => {
+    process.stderr.write(`provider: request ${req.method} ${path} failed: ${err.stack ?? err}\n`);
+    if (!res.headersSent) sendJson(res, 500, { error: 'server_error' });
+    else res.destroy();
+  });
+});
+
+provider.on('server_error', (_ctx, err) => process.stderr.write(`provider: server_error: ${err.stack ?? err}\n`));
+
+// ------------------------------------------------------------- lifecycle ---
+
+const shutdown = () => process.exit(0);
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
+if (process.env.PROVIDER_EXIT_ON_STDIN_EOF === '1') {
+  process.stdin.on('end', shutdown);
+  process.stdin.on('close', shutdown);
+  process.stdin.resume();
+}
+
+process.stdout.write(`READY ${issuer}\n`);

@@ -1,0 +1,1 @@
+//! End-to-end test harness: runs the real binaries against a real authorization server.
