@@ -32,7 +32,7 @@ pub mod method {
     pub const VAULT_LOCK: &str = "vault.lock";
     /// Rewrap the data key under a new passphrase: [`ChangePassphraseParams`](super::ChangePassphraseParams).
     pub const VAULT_CHANGE_PASSPHRASE: &str = "vault.change_passphrase";
-    /// New data key, every field re-encrypted in one transaction.
+    /// New data key, every field re-encrypted in one transaction: [`RekeyParams`](super::RekeyParams).
     pub const VAULT_REKEY: &str = "vault.rekey";
     /// Add a provider: [`ProviderAddParams`](super::ProviderAddParams).
     pub const PROVIDER_ADD: &str = "provider.add";
@@ -351,6 +351,15 @@ pub struct ChangePassphraseParams {
     /// The new passphrase.
     #[serde(serialize_with = "expose")]
     pub new: SecretString,
+}
+
+/// Parameters of `vault.rekey`. Every key slot is rewrapped under the new
+/// data key, so passphrase slots need their passphrase.
+#[derive(Serialize, Deserialize, Default)]
+pub struct RekeyParams {
+    /// The passphrase of the vault's passphrase slot(s).
+    #[serde(default, serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<SecretString>,
 }
 
 /// Result of `vault.rekey`.

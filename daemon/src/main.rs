@@ -1,1 +1,144 @@
-fn main() {}
+//! `latchkeyd`: runs the Latchkey daemon in the foreground (for service
+//! managers; `latchkey daemon start` runs it detached). Parses arguments,
+//! hardens the process, takes the vault lock, binds the socket, and hands
+//! over to `latchkey_daemon::run` until SIGTERM or SIGINT.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use latchkey_daemon::{fsutil, hardening, lockfile, vault::keyring, Config};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "latchkeyd", version, about = "Latchkey credential vault daemon (foreground)")]
+struct Args {
+    /// Socket path [default: $XDG_RUNTIME_DIR/latchkey/latchkey.sock]
+    #[arg(long, env = "LATCHKEY_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Vault file [default: $XDG_DATA_HOME/latchkey/vault.db]
+    #[arg(long, env = "LATCHKEY_VAULT")]
+    vault: Option<PathBuf>,
+    /// Lock the vault after this long without use: 900, 30s, 15m, 1h; 0 never
+    #[arg(long, env = "LATCHKEY_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "15m")]
+    idle_timeout: Duration,
+    /// Unlock at start with the passphrase in this file (headless runs)
+    #[arg(long, env = "LATCHKEY_PASSPHRASE_FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// How long a started request line may take to arrive
+    #[arg(long, env = "LATCHKEY_FRAME_TIMEOUT", value_parser = parse_duration, default_value = "10s", hide = true)]
+    frame_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    match start(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("latchkeyd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: Args) -> anyhow::Result<()> {
+    for refused in hardening::harden_process() {
+        tracing::warn!("hardening not applied: {refused}");
+    }
+    keyring::prepare_process();
+    let config = Config {
+        vault_path: args.vault.unwrap_or_else(latchkey_client::vault_path),
+        socket_path: args.socket.unwrap_or_else(latchkey_client::socket_path),
+        idle_timeout: args.idle_timeout,
+        frame_timeout: args.frame_timeout,
+        passphrase_file: args.passphrase_file.filter(|p| !p.as_os_str().is_empty()),
+        keyring: keyring::BackendChoice::from_env(),
+    };
+    if let Some(dir) = config.vault_path.parent() {
+        fsutil::private_dir(dir).with_context(|| format!("failed to prepare the vault directory {}", dir.display()))?;
+    }
+    let _lock = lockfile::acquire(&config.vault_path)?;
+    let socket = &config.socket_path;
+    if let Some(dir) = socket.parent() {
+        fsutil::private_dir(dir).with_context(|| format!("failed to prepare the socket directory {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            bail!(
+                "another daemon is listening on {}; stop it with `latchkey daemon stop`, or choose another socket with LATCHKEY_SOCKET",
+                socket.display()
+            );
+        }
+        // A socket file nobody listens on is left from a crash: replace it.
+        std::fs::remove_file(socket).with_context(|| format!("failed to remove the stale socket {}", socket.display()))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("latchkeyd")
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async {
+        let name = socket
+            .as_path()
+            .to_fs_name::<GenericFilePath>()
+            .with_context(|| format!("invalid socket path {}", socket.display()))?;
+        let listener = ListenerOptions::new()
+            .name(name)
+            .create_tokio()
+            .with_context(|| format!("failed to listen on {}", socket.display()))?;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("failed to make {} private", socket.display()))?;
+        tracing::info!(
+            socket = %socket.display(),
+            vault = %config.vault_path.display(),
+            pid = std::process::id(),
+            "latchkeyd listening"
+        );
+        latchkey_daemon::run(config.clone(), listener, shutdown_signal()).await
+    })?;
+    tracing::info!("latchkeyd stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds at start");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler succeeds at start");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Logs go to stderr. `LATCHKEY_LOG` sets the filter (e.g. `debug`); HTTP
+/// internals stay at `warn` so no header ever reaches a log line.
+fn init_tracing() {
+    let filter = std::env::var("LATCHKEY_LOG").unwrap_or_else(|_| "info".into());
+    let filter = format!("{filter},hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn,h2=warn");
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// `900`, `30s`, `15m`, `2h`, `1d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a duration such as 900, 30s, 15m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        "ms" => return Ok(Duration::from_millis(n)),
+        _ => return Err(format!("'{text}' has an unknown unit; use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}

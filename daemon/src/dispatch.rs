@@ -1,0 +1,204 @@
+//! One request line in, one reply line out: parse the JSON-RPC envelope,
+//! route the method to the daemon's verb, and write the result or the
+//! error with its stable kind. Never echoes request content in errors.
+
+use crate::error::ApiError;
+use crate::state::{Daemon, Peer};
+use latchkey_client::protocol::{method, ErrorKind, HelloParams, HelloResult, NameParams, PROTOCOL_VERSION};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// What the connection should do after the reply is written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    Continue,
+    Close,
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(default, borrow)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(default, borrow)]
+    params: Option<&'a RawValue>,
+}
+
+/// Handles one request line, appending exactly one reply line to `out`.
+pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec<u8>) -> After {
+    let Ok(text) = std::str::from_utf8(line) else {
+        write_error(out, None, &ApiError::new(ErrorKind::ParseError, "the request is not valid UTF-8; send one UTF-8 JSON object per line"));
+        return After::Close;
+    };
+    let request: Incoming<'_> = match serde_json::from_str(text) {
+        Ok(r) => r,
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+            write_error(out, None, &ApiError::new(ErrorKind::InvalidRequest, "the message is JSON but not a request: send {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"...\",\"params\":{...}}"));
+            return After::Continue;
+        }
+        Err(_) => {
+            write_error(out, None, &ApiError::new(ErrorKind::ParseError, "the request is not valid JSON; send one JSON object per line"));
+            return After::Close;
+        }
+    };
+    let id = request.id;
+    if request.jsonrpc.as_deref().is_some_and(|v| v != "2.0") {
+        write_error(out, id, &ApiError::new(ErrorKind::InvalidRequest, "unsupported \"jsonrpc\" version: use \"2.0\""));
+        return After::Continue;
+    }
+    let params = request.params;
+    let name = request.method.as_ref();
+    // `hello` and `status` are read-only and do not count as use of the
+    // vault; everything else resets the auto-lock clock.
+    if name != method::HELLO && name != method::STATUS {
+        daemon.touch();
+    }
+    match name {
+        method::HELLO => respond(out, id, parse::<HelloParams>(name, params).map(|p| hello(&p))),
+        method::STATUS => respond(out, id, daemon.status()),
+        method::TOKEN_GET => match parse(name, params) {
+            Ok(p) => respond(out, id, daemon.token_get(p, peer).await),
+            Err(e) => write_error(out, id, &e),
+        },
+        method::VAULT_INIT => match parse(name, params) {
+            Ok(p) => respond(out, id, daemon.init(p).await),
+            Err(e) => write_error(out, id, &e),
+        },
+        method::VAULT_UNLOCK => match parse(name, params) {
+            Ok(p) => respond(out, id, daemon.unlock(p, peer).await),
+            Err(e) => write_error(out, id, &e),
+        },
+        method::VAULT_LOCK => {
+            daemon.lock_now().await;
+            respond(out, id, Ok(latchkey_client::protocol::Empty {}))
+        }
+        method::VAULT_CHANGE_PASSPHRASE => match parse(name, params) {
+            Ok(p) => respond(out, id, daemon.change_passphrase(p).await),
+            Err(e) => write_error(out, id, &e),
+        },
+        method::VAULT_REKEY => match parse(name, params) {
+            Ok(p) => respond(out, id, daemon.rekey(p).await),
+            Err(e) => write_error(out, id, &e),
+        },
+        method::PROVIDER_ADD => match parse(name, params) {
+            Ok(p) => respond(out, id, daemon.provider_add(p).await),
+            Err(e) => write_error(out, id, &e),
+        },
+        method::PROVIDER_LIST => respond(out, id, daemon.provider_list()),
+        method::PROVIDER_SHOW => respond(out, id, parse::<NameParams>(name, params).and_then(|p| daemon.provider_show(&p.name))),
+        method::PROVIDER_REMOVE => respond(out, id, parse::<NameParams>(name, params).and_then(|p| daemon.provider_remove(&p.name))),
+        method::CREDENTIAL_ADD => respond(out, id, parse(name, params).and_then(|p| daemon.credential_add(p))),
+        method::CREDENTIAL_LIST => respond(out, id, daemon.credential_list()),
+        method::CREDENTIAL_SHOW => respond(out, id, parse::<NameParams>(name, params).and_then(|p| daemon.credential_show(&p.name))),
+        method::CREDENTIAL_REMOVE => respond(out, id, parse::<NameParams>(name, params).and_then(|p| daemon.credential_remove(&p.name))),
+        method::DAEMON_SHUTDOWN => {
+            daemon.audit().record("shutdown_requested", None, Some(peer.pid), None);
+            daemon.shutdown.notify_one();
+            respond(out, id, Ok(latchkey_client::protocol::Empty {}))
+        }
+        other => {
+            let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
+            write_error(out, id, &ApiError::new(ErrorKind::MethodNotFound, format!("unknown method '{shown}': see the protocol section of the README")));
+        }
+    }
+    After::Continue
+}
+
+fn hello(params: &HelloParams) -> HelloResult {
+    if params.protocol != PROTOCOL_VERSION {
+        tracing::info!(client = params.protocol, ours = PROTOCOL_VERSION, "client speaks another protocol version");
+    }
+    HelloResult {
+        protocol: PROTOCOL_VERSION,
+        daemon_version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+    }
+}
+
+/// Parses a method's parameters. serde's messages can quote the offending
+/// value, which may be a secret sent in the wrong field: only messages that
+/// name fields or variants are passed on.
+fn parse<T: DeserializeOwned>(method: &str, params: Option<&RawValue>) -> Result<T, ApiError> {
+    let raw = params.map_or("{}", |p| p.get());
+    serde_json::from_str(raw).map_err(|e| {
+        let text = e.to_string();
+        let safe = ["missing field", "unknown field", "unknown variant"]
+            .iter()
+            .any(|prefix| text.starts_with(prefix));
+        let detail = if safe {
+            text.split(" at line").next().unwrap_or_default().to_owned()
+        } else {
+            format!("a parameter has the wrong type or value (column {})", e.column())
+        };
+        ApiError::invalid_params(format!("invalid parameters for {method}: {detail}"))
+    })
+}
+
+fn respond<T: Serialize>(out: &mut Vec<u8>, id: Option<&RawValue>, result: Result<T, ApiError>) {
+    match result {
+        Ok(value) => {
+            let start = out.len();
+            out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+            out.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
+            out.extend_from_slice(b",\"result\":");
+            if let Err(e) = serde_json::to_writer(&mut *out, &value) {
+                out.truncate(start);
+                write_error(out, id, &ApiError::internal(format!("cannot encode the reply: {e}")));
+                return;
+            }
+            out.extend_from_slice(b"}\n");
+        }
+        Err(e) => write_error(out, id, &e),
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: i64,
+    message: &'a str,
+    data: ErrorData,
+}
+
+#[derive(Serialize)]
+struct ErrorData {
+    kind: ErrorKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+fn write_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &ApiError) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
+    out.extend_from_slice(b",\"error\":");
+    let body = ErrorBody {
+        code: error.kind.code(),
+        message: &error.message,
+        data: ErrorData {
+            kind: error.kind,
+            retry_after: error.retry_after,
+        },
+    };
+    serde_json::to_writer(&mut *out, &body).expect("an error body always serializes");
+    out.extend_from_slice(b"}\n");
+}
+
+/// The reply for a request line longer than the limit.
+pub fn too_large(out: &mut Vec<u8>) {
+    write_error(
+        out,
+        None,
+        &ApiError::new(
+            ErrorKind::FrameTooLarge,
+            format!(
+                "the request exceeds {} bytes; requests are single JSON lines well under that",
+                latchkey_client::protocol::MAX_REQUEST_LEN
+            ),
+        ),
+    );
+}

@@ -1,0 +1,71 @@
+//! One daemon per vault: an exclusive lock on `<vault>.lock`, holding the
+//! owner's pid so a second daemon can say who is running.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Held for the daemon's lifetime; the OS releases the lock when the
+/// process exits, however it exits.
+pub struct LockFile {
+    _file: File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another latchkeyd (pid {pid}) already serves the vault {}; use it, or stop it with `latchkey daemon stop`", vault.display())]
+    Held { pid: String, vault: PathBuf },
+    #[error("cannot lock {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+pub fn acquire(vault: &Path) -> Result<LockFile, LockError> {
+    let mut path = vault.as_os_str().to_owned();
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    let io = |source| LockError::Io { path: path.clone(), source };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(LockError::Held {
+                pid: if pid.is_empty() { "unknown".into() } else { pid.into() },
+                vault: vault.to_owned(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    write!(file, "{}", std::process::id()).map_err(io)?;
+    file.flush().map_err(io)?;
+    Ok(LockFile { _file: file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = dir.path().join("vault.db");
+        let _held = acquire(&vault).unwrap();
+        match acquire(&vault) {
+            Err(LockError::Held { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("the second lock must fail"),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! OAuth: discovery, grants, and the one HTTP client they share.
+
+pub mod discovery;
+pub mod grant;
+pub mod http;

@@ -1,0 +1,415 @@
+//! The access-token cache of an unlocked vault: answers from memory, joins
+//! callers of a cold or stale credential onto one token request
+//! (single-flight), backs off after failures, and says which tokens are due
+//! for a proactive refresh. It never speaks HTTP itself: the caller hands it
+//! the future that fetches.
+//!
+//! Times are wall-clock Unix seconds, so a machine that slept through an
+//! expiry sees the token as expired when it wakes.
+
+use crate::error::ApiError;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A cache entry is per credential id and requested scope set.
+pub type Key = (String, String);
+
+/// Tokens are treated as expired this long before they really expire, for
+/// clock skew and the time the caller needs to use them.
+pub const EXPIRY_MARGIN_SECS: i64 = 5;
+/// First backoff delay after a failed token request.
+const BACKOFF_BASE_SECS: i64 = 1;
+/// Backoff never grows beyond this (nor a provider's Retry-After).
+const BACKOFF_CAP_SECS: i64 = 300;
+
+/// An access token in memory. Dropping it zeroizes the token.
+pub struct Issued {
+    pub access_token: SecretString,
+    pub token_type: String,
+    /// Unix seconds as the provider said.
+    pub expires_at: Option<i64>,
+    /// When the daemon considers it dead (a guess when the provider was silent).
+    pub effective_expiry: i64,
+    pub scope: String,
+    pub obtained_at: i64,
+    /// When a proactive refresh should replace it (lifetime/4 + jitter early).
+    pub refresh_at: i64,
+}
+
+impl Issued {
+    /// The proactive refresh moment: a quarter of the lifetime before
+    /// expiry (at least the expiry margin), minus up to a tenth of the
+    /// lifetime of jitter so many credentials do not refresh in lockstep.
+    pub fn schedule_refresh(effective_expiry: i64, obtained_at: i64) -> i64 {
+        let lifetime = (effective_expiry - obtained_at).max(0);
+        let lead = (lifetime / 4).max(EXPIRY_MARGIN_SECS * 2);
+        let jitter = if lifetime >= 10 {
+            rand::random_range(0..=lifetime / 10)
+        } else {
+            0
+        };
+        effective_expiry - lead - jitter
+    }
+
+    /// Whether it stays valid `min_ttl` seconds from `now`.
+    fn lasts(&self, min_ttl: u64, now: i64) -> bool {
+        let need = i64::try_from(min_ttl).unwrap_or(i64::MAX).max(EXPIRY_MARGIN_SECS);
+        self.effective_expiry.saturating_sub(now) >= need
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Arc<Issued>, ApiError>>>;
+
+struct Backoff {
+    failures: u32,
+    until: i64,
+    error: ApiError,
+}
+
+#[derive(Default)]
+struct Slot {
+    token: Option<Arc<Issued>>,
+    /// The one token request in flight, with its id.
+    flight: Option<(u64, Flight)>,
+    backoff: Option<Backoff>,
+    /// Last time a caller asked; only recently used tokens are refreshed ahead.
+    last_used: i64,
+    /// Peers (pids) that already received the current token: the audit log
+    /// records the first issuance of each token to each process, not every call.
+    issued_to: Vec<u32>,
+}
+
+/// What [`TokenCache::get`] returns on success.
+pub struct Hit {
+    pub token: Arc<Issued>,
+    /// True the first time this token goes to this peer process.
+    pub first_issue: bool,
+    /// True when the caller waited on a token request.
+    pub waited: bool,
+}
+
+#[derive(Default)]
+pub struct TokenCache {
+    slots: Mutex<HashMap<Key, Slot>>,
+    next_flight: AtomicU64,
+    /// Calls answered from memory.
+    pub hits: AtomicU64,
+    /// Calls that waited on the network.
+    pub waits: AtomicU64,
+    /// Token requests started (each is one request at the provider).
+    pub fetches: AtomicU64,
+}
+
+/// A snapshot of one entry, for `credential show` and `status`.
+pub struct EntryInfo {
+    pub scope: String,
+    pub expires_at: Option<i64>,
+    pub backoff: Option<(i64, String)>,
+}
+
+impl TokenCache {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Slot>> {
+        // A panic while holding this lock leaves plain data behind; keep serving.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seeds the cache with a token read back from the vault.
+    pub fn insert_stored(&self, key: Key, token: Issued) {
+        self.slots().entry(key).or_default().token = Some(Arc::new(token));
+    }
+
+    /// An access token for `key` lasting `min_ttl` seconds: from memory when
+    /// the cached one lasts; otherwise from the token request in flight, or
+    /// from a new one made with `fetch` — one request however many callers.
+    /// A caller that joins a request accepts its token even when the
+    /// provider's tokens live shorter than `min_ttl` (no request loops).
+    pub async fn get<F>(self: &Arc<Self>, key: &Key, min_ttl: u64, peer: u32, now: i64, fetch: F) -> Result<Hit, ApiError>
+    where
+        F: FnOnce() -> BoxFuture<'static, Result<Issued, ApiError>>,
+    {
+        let flight = {
+            let mut slots = self.slots();
+            let slot = slots.entry(key.clone()).or_default();
+            slot.last_used = now;
+            if let Some(token) = slot.token.as_ref().filter(|t| t.lasts(min_ttl, now)) {
+                let first_issue = !slot.issued_to.contains(&peer);
+                if first_issue {
+                    slot.issued_to.push(peer);
+                }
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Hit {
+                    token: Arc::clone(token),
+                    first_issue,
+                    waited: false,
+                });
+            }
+            match (&slot.flight, &slot.backoff) {
+                (Some((_, flight)), _) => flight.clone(),
+                (None, Some(backoff)) if backoff.until > now => {
+                    let mut error = backoff.error.clone();
+                    error.retry_after = Some((backoff.until - now) as u64);
+                    return Err(error);
+                }
+                _ => self.start(key, slot, fetch()),
+            }
+        };
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        let token = flight.await?;
+        let first_issue = {
+            let mut slots = self.slots();
+            match slots.get_mut(key) {
+                Some(slot) if !slot.issued_to.contains(&peer) => {
+                    slot.issued_to.push(peer);
+                    true
+                }
+                _ => false,
+            }
+        };
+        Ok(Hit {
+            token,
+            first_issue,
+            waited: true,
+        })
+    }
+
+    /// Starts a proactive refresh of `key` unless one is running or the
+    /// entry is gone or backing off. Returns whether it started.
+    pub fn refresh<F>(self: &Arc<Self>, key: &Key, now: i64, fetch: F) -> bool
+    where
+        F: FnOnce() -> BoxFuture<'static, Result<Issued, ApiError>>,
+    {
+        let mut slots = self.slots();
+        let Some(slot) = slots.get_mut(key) else {
+            return false;
+        };
+        if slot.flight.is_some() || slot.backoff.as_ref().is_some_and(|b| b.until > now) {
+            return false;
+        }
+        // Nobody waits: the request runs in its own task and records its
+        // result in the cache.
+        let _flight = self.start(key, slot, fetch());
+        true
+    }
+
+    /// Entries whose token is due for a proactive refresh: used within the
+    /// last `recent_secs`, not already refreshing or backing off.
+    pub fn due(&self, now: i64, recent_secs: i64) -> Vec<Key> {
+        self.slots()
+            .iter()
+            .filter(|(_, s)| {
+                s.last_used >= now - recent_secs
+                    && s.flight.is_none()
+                    && s.backoff.as_ref().is_none_or(|b| b.until <= now)
+                    && s.token.as_ref().is_some_and(|t| now >= t.refresh_at)
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn start(self: &Arc<Self>, key: &Key, slot: &mut Slot, fetch: BoxFuture<'static, Result<Issued, ApiError>>) -> Flight {
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let cache = Arc::clone(self);
+        let task_key = key.clone();
+        // The request runs in its own task: a caller that disconnects does
+        // not cancel a request the provider may already have answered.
+        let task = tokio::spawn(async move {
+            let result = fetch.await.map(Arc::new);
+            cache.complete(&task_key, id, &result);
+            result
+        });
+        let cache = Arc::clone(self);
+        let key = key.clone();
+        let flight = async move {
+            task.await.unwrap_or_else(|e| {
+                let error = ApiError::internal(format!("the token request task failed: {e}"));
+                cache.complete(&key, id, &Err(error.clone()));
+                Err(error)
+            })
+        }
+        .boxed()
+        .shared();
+        slot.flight = Some((id, flight.clone()));
+        flight
+    }
+
+    fn complete(&self, key: &Key, id: u64, result: &Result<Arc<Issued>, ApiError>) {
+        let mut slots = self.slots();
+        // The entry may be gone (vault locked, credential removed) or taken
+        // over by a newer request: then this result is not ours to record.
+        let Some(slot) = slots.get_mut(key).filter(|s| s.flight.as_ref().is_some_and(|(f, _)| *f == id)) else {
+            return;
+        };
+        slot.flight = None;
+        match result {
+            Ok(token) => {
+                slot.token = Some(Arc::clone(token));
+                slot.backoff = None;
+                slot.issued_to.clear();
+            }
+            Err(error) => {
+                let failures = slot.backoff.as_ref().map_or(0, |b| b.failures) + 1;
+                let delay = backoff_delay(failures, error.retry_after);
+                slot.backoff = Some(Backoff {
+                    failures,
+                    until: crate::vault::now() + delay,
+                    error: error.clone(),
+                });
+            }
+        }
+    }
+
+    /// Forgets every entry of one credential (removed, or its secret changed).
+    pub fn forget(&self, credential_id: &str) {
+        self.slots().retain(|(id, _), _| id != credential_id);
+    }
+
+    /// Drops every token (vault locked); their memory is zeroized as the
+    /// last reference goes.
+    pub fn clear(&self) {
+        self.slots().clear();
+    }
+
+    pub fn entries(&self, credential_id: &str, now: i64) -> Vec<EntryInfo> {
+        self.slots()
+            .iter()
+            .filter(|((id, _), _)| id == credential_id)
+            .map(|(_, s)| EntryInfo {
+                scope: s.token.as_ref().map(|t| t.scope.clone()).unwrap_or_default(),
+                expires_at: s.token.as_ref().and_then(|t| t.expires_at),
+                backoff: s
+                    .backoff
+                    .as_ref()
+                    .filter(|b| b.until > now)
+                    .map(|b| (b.until, b.error.message.clone())),
+            })
+            .collect()
+    }
+}
+
+/// Exponential backoff with jitter: `base · 2^(n-1)` capped, then a random
+/// point in its upper half; a provider's Retry-After is a floor.
+fn backoff_delay(failures: u32, retry_after: Option<u64>) -> i64 {
+    let exp = BACKOFF_BASE_SECS.saturating_mul(1i64 << failures.saturating_sub(1).min(20));
+    let capped = exp.min(BACKOFF_CAP_SECS);
+    let jittered = capped / 2 + rand::random_range(0..=capped - capped / 2);
+    let floor = retry_after.map_or(0, |r| i64::try_from(r).unwrap_or(i64::MAX).min(BACKOFF_CAP_SECS));
+    jittered.max(floor).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latchkey_client::protocol::ErrorKind;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    fn token(now: i64, lifetime: i64) -> Issued {
+        Issued {
+            access_token: SecretString::from("t"),
+            token_type: "Bearer".into(),
+            expires_at: Some(now + lifetime),
+            effective_expiry: now + lifetime,
+            scope: String::new(),
+            obtained_at: now,
+            refresh_at: Issued::schedule_refresh(now + lifetime, now),
+        }
+    }
+
+    fn key() -> Key {
+        ("cred".into(), "".into())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_request() {
+        let cache = Arc::new(TokenCache::default());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let now = crate::vault::now();
+        let mut tasks = Vec::new();
+        for peer in 0..200 {
+            let cache = Arc::clone(&cache);
+            let requests = Arc::clone(&requests);
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get(&key(), 0, peer, now, || {
+                        async move {
+                            requests.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok(token(now, 3600))
+                        }
+                        .boxed()
+                    })
+                    .await
+                    .map(|h| h.first_issue)
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap().unwrap(), "each peer's first token is a first issue");
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        let again = cache.get(&key(), 60, 0, now, || unreachable!("cached")).await.unwrap();
+        assert!(!again.first_issue && !again.waited);
+    }
+
+    #[tokio::test]
+    async fn a_stale_token_is_refetched_once_and_short_lived_tokens_do_not_loop() {
+        let cache = Arc::new(TokenCache::default());
+        let now = crate::vault::now();
+        cache.insert_stored(key(), token(now, 30));
+        // 30 s left, caller wants 600: one request, whose 30 s token is accepted.
+        let hit = cache
+            .get(&key(), 600, 1, now, || async move { Ok(token(now, 30)) }.boxed())
+            .await
+            .unwrap();
+        assert!(hit.waited);
+        assert_eq!(cache.fetches.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn failures_back_off_instead_of_hammering_the_provider() {
+        let cache = Arc::new(TokenCache::default());
+        let now = crate::vault::now();
+        let fail = || async { Err(ApiError::new(ErrorKind::ProviderUnavailable, "down")) }.boxed();
+        let err = cache.get(&key(), 0, 1, now, fail).await.err().unwrap();
+        assert_eq!(err.kind, ErrorKind::ProviderUnavailable);
+        for _ in 0..50 {
+            let err = cache
+                .get(&key(), 0, 1, now, || unreachable!("backing off: no new request"))
+                .await
+                .err()
+                .unwrap();
+            assert!(err.retry_after.is_some());
+        }
+        assert_eq!(cache.fetches.load(Ordering::Relaxed), 1);
+        assert!(cache.due(now, 60).is_empty(), "no proactive refresh while backing off");
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        for failures in 1..30 {
+            let d = backoff_delay(failures, None);
+            let exp = (1i64 << (failures - 1).min(20)).min(BACKOFF_CAP_SECS);
+            assert!(d >= (exp / 2).max(1) && d <= exp, "failures {failures}: {d}");
+        }
+        assert!(backoff_delay(1, Some(120)) >= 120);
+        assert_eq!(backoff_delay(1, Some(1_000_000)), BACKOFF_CAP_SECS);
+    }
+
+    #[test]
+    fn refresh_is_scheduled_ahead_of_expiry() {
+        for lifetime in [30, 300, 3600] {
+            let at = Issued::schedule_refresh(1000 + lifetime, 1000);
+            assert!(at < 1000 + lifetime - lifetime / 4 + 1, "{lifetime}: {at}");
+            assert!(at >= 1000 + lifetime - lifetime / 4 - lifetime / 10 - 10, "{lifetime}: {at}");
+        }
+        let cache = TokenCache::default();
+        let now = 10_000;
+        cache.insert_stored(key(), token(now - 100, 110));
+        assert!(cache.due(now, 60).is_empty(), "never used: not refreshed ahead");
+        cache.slots().get_mut(&key()).unwrap().last_used = now;
+        assert_eq!(cache.due(now, 60), vec![key()]);
+    }
+}

@@ -1,0 +1,552 @@
+//! The vault: what is stored (providers, credentials, tokens, key slots) and
+//! how it is sealed. Joins the SQL store with the crypto module; everything
+//! above this module sees plaintext configuration and `secrecy` types only.
+
+pub mod crypto;
+pub mod keyring;
+pub mod store;
+
+use crate::vault::crypto::{CryptoError, Dek, FieldRef, Kek, PassphraseSlot};
+use crate::vault::store::{CredentialRow, ProviderRow, SlotRow, Store, StoreError, TokenRow};
+use latchkey_client::protocol::{AuthMethod, Endpoints, GrantType, SlotInfo};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+pub const SLOT_PASSPHRASE: &str = "passphrase";
+pub const SLOT_KEYRING: &str = "keyring";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    #[error("the vault has no passphrase slot")]
+    NoPassphraseSlot,
+    #[error("the vault has no keyring slot")]
+    NoKeyringSlot,
+    #[error(transparent)]
+    Keyring(#[from] keyring::KeyringError),
+    #[error("{what} failed its integrity check: the vault file was modified or damaged")]
+    Corrupt { what: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("key slot {slot}: {source}")]
+    Slot { slot: String, source: CryptoError },
+}
+
+pub type Result<T> = std::result::Result<T, VaultError>;
+
+/// The open data key plus the vault id it belongs to.
+pub struct Keys {
+    pub vault_id: String,
+    dek: Dek,
+}
+
+impl Keys {
+    fn seal(&self, table: &str, row_id: &str, field: &str, plaintext: &[u8]) -> Vec<u8> {
+        self.dek.seal(&self.vault_id, FieldRef { table, row_id, field }, plaintext)
+    }
+
+    fn open(&self, table: &str, row_id: &str, field: &str, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        self.dek
+            .open(&self.vault_id, FieldRef { table, row_id, field }, blob)
+            .map_err(|_| VaultError::Corrupt {
+                what: format!("{table} row {row_id} field {field}"),
+            })
+    }
+
+    /// Opens a sealed JSON document.
+    fn open_json<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &str,
+        row_id: &str,
+        field: &str,
+        blob: &[u8],
+    ) -> Result<T> {
+        let plain = self.open(table, row_id, field, blob)?;
+        serde_json::from_slice(&plain).map_err(|_| VaultError::Corrupt {
+            what: format!("{table} row {row_id} field {field}"),
+        })
+    }
+
+    fn seal_json<T: Serialize>(&self, table: &str, row_id: &str, field: &str, value: &T) -> Vec<u8> {
+        let plain = Zeroizing::new(serde_json::to_vec(value).expect("vault documents serialize"));
+        self.seal(table, row_id, field, &plain)
+    }
+}
+
+/// A provider's sealed configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub issuer: Option<String>,
+    pub endpoints: Endpoints,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub id: String,
+    pub config: ProviderConfig,
+}
+
+/// A credential's sealed configuration (the secret is sealed separately).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialConfig {
+    pub name: String,
+    pub provider_id: String,
+    pub client_id: String,
+    pub grant: GrantType,
+    pub auth: AuthMethod,
+    pub scopes: Vec<String>,
+    pub redirect_uri: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub id: String,
+    pub config: CredentialConfig,
+    pub has_client_secret: bool,
+    /// Set when the row failed its integrity check; such a credential is
+    /// listed but never used.
+    pub corrupt: bool,
+}
+
+/// Providers and credentials in memory while unlocked, by name.
+#[derive(Default)]
+pub struct Catalog {
+    pub providers: HashMap<String, Arc<Provider>>,
+    pub credentials: HashMap<String, Arc<Credential>>,
+}
+
+impl Catalog {
+    pub fn provider_by_id(&self, id: &str) -> Option<&Arc<Provider>> {
+        self.providers.values().find(|p| p.id == id)
+    }
+}
+
+/// An access token as stored (sealed) and cached.
+#[derive(Serialize, Deserialize)]
+pub struct StoredToken {
+    pub credential_id: String,
+    pub scope_key: String,
+    #[serde(serialize_with = "expose_secret")]
+    pub access_token: SecretString,
+    pub token_type: String,
+    /// Unix seconds as the provider said; `None` when it did not.
+    pub expires_at: Option<i64>,
+    /// Unix seconds the daemon treats as the end of life (equals
+    /// `expires_at`, or a conservative guess when the provider was silent).
+    pub effective_expiry: i64,
+    pub scope: String,
+    pub obtained_at: i64,
+}
+
+fn expose_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> std::result::Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose_secret())
+}
+
+/// The vault file, open but not necessarily unlocked.
+pub struct Vault {
+    store: Store,
+    path: PathBuf,
+}
+
+/// How a new vault's slots are made.
+pub struct NewSlots<'a> {
+    pub passphrase: Option<&'a SecretString>,
+    pub keyring: Option<keyring::Backend>,
+}
+
+impl Vault {
+    /// Opens the vault at `path`, or `None` when no vault exists there yet.
+    pub fn open(path: &Path) -> Result<Option<Vault>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let store = Store::open(path, false)?;
+        if store.meta("vault_id")?.is_none() {
+            // A file left by an interrupted init holds no key slots: nothing to protect.
+            return Ok(None);
+        }
+        Ok(Some(Vault {
+            store,
+            path: path.to_owned(),
+        }))
+    }
+
+    /// Creates a vault with a fresh random DEK wrapped in the requested slots.
+    /// Call off the async runtime (Argon2id, keyring).
+    pub fn create(path: &Path, slots: NewSlots<'_>) -> Result<(Vault, Keys)> {
+        let vault_id = crypto::random_id();
+        let keys = Keys {
+            vault_id: vault_id.clone(),
+            dek: Dek::generate().map_err(|e| VaultError::Slot { slot: "new".into(), source: e })?,
+        };
+        let now = now();
+        let mut rows = Vec::new();
+        if let Some(passphrase) = slots.passphrase {
+            let id = crypto::random_id();
+            let slot = PassphraseSlot::new().map_err(|e| VaultError::Slot { slot: id.clone(), source: e })?;
+            let kek = slot.derive(passphrase).map_err(|e| VaultError::Slot { slot: id.clone(), source: e })?;
+            rows.push(SlotRow {
+                wrapped_dek: kek.wrap(&id, &keys.dek),
+                params: serde_json::to_string(&slot).expect("slot parameters serialize"),
+                id,
+                kind: SLOT_PASSPHRASE.into(),
+                created_at: now,
+            });
+        }
+        let mut stored_in_keyring = None;
+        if let Some(backend) = slots.keyring {
+            let id = crypto::random_id();
+            let kek = Kek::generate().map_err(|e| VaultError::Slot { slot: id.clone(), source: e })?;
+            let account = keyring_account(&vault_id, &id);
+            kek.with_bytes(|bytes| keyring::store(backend, &account, bytes))?;
+            stored_in_keyring = Some((backend, account));
+            rows.push(SlotRow {
+                wrapped_dek: kek.wrap(&id, &keys.dek),
+                params: serde_json::to_string(&KeyringSlot { backend: backend_name(backend).into() })
+                    .expect("slot parameters serialize"),
+                id,
+                kind: SLOT_KEYRING.into(),
+                created_at: now,
+            });
+        }
+        let result = Store::open(path, true).and_then(|mut store| {
+            store.initialize(&vault_id, &rows)?;
+            Ok(store)
+        });
+        match result {
+            Ok(store) => Ok((Vault { store, path: path.to_owned() }, keys)),
+            Err(e) => {
+                if let Some((backend, account)) = stored_in_keyring {
+                    let _ = keyring::delete(backend, &account);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn vault_id(&self) -> Result<String> {
+        self.store.meta("vault_id")?.ok_or_else(|| VaultError::Corrupt {
+            what: "the vault id".into(),
+        })
+    }
+
+    pub fn slot_infos(&self) -> Result<Vec<SlotInfo>> {
+        Ok(self
+            .store
+            .slots()?
+            .into_iter()
+            .map(|s| SlotInfo {
+                backend: (s.kind == SLOT_KEYRING)
+                    .then(|| serde_json::from_str::<KeyringSlot>(&s.params).ok().map(|k| k.backend))
+                    .flatten(),
+                id: s.id,
+                kind: s.kind,
+                created_at: s.created_at,
+            })
+            .collect())
+    }
+
+    /// Tries every passphrase slot. Slow (Argon2id per slot): call off the runtime.
+    pub fn unlock_with_passphrase(&self, passphrase: &SecretString) -> Result<(Keys, SlotInfo)> {
+        let vault_id = self.vault_id()?;
+        let slots: Vec<SlotRow> = self
+            .store
+            .slots()?
+            .into_iter()
+            .filter(|s| s.kind == SLOT_PASSPHRASE)
+            .collect();
+        if slots.is_empty() {
+            return Err(VaultError::NoPassphraseSlot);
+        }
+        for slot in slots {
+            let dek = passphrase_kek(&slot, passphrase)?.unwrap(&slot.id, &slot.wrapped_dek);
+            if let Ok(dek) = dek {
+                return Ok((Keys { vault_id, dek }, slot_info(&slot)));
+            }
+        }
+        Err(VaultError::WrongPassphrase)
+    }
+
+    /// Tries every keyring slot. Blocking (keyring I/O): call off the runtime.
+    pub fn unlock_with_keyring(&self) -> Result<(Keys, SlotInfo)> {
+        let vault_id = self.vault_id()?;
+        let slots: Vec<SlotRow> = self
+            .store
+            .slots()?
+            .into_iter()
+            .filter(|s| s.kind == SLOT_KEYRING)
+            .collect();
+        let mut last_error = VaultError::NoKeyringSlot;
+        for slot in slots {
+            match keyring_kek(&vault_id, &slot) {
+                Ok(kek) => match kek.unwrap(&slot.id, &slot.wrapped_dek) {
+                    Ok(dek) => return Ok((Keys { vault_id, dek }, slot_info(&slot))),
+                    Err(_) => {
+                        last_error = VaultError::Corrupt {
+                            what: format!("keyring slot {}", slot.id),
+                        }
+                    }
+                },
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    pub fn has_keyring_slot(&self) -> Result<bool> {
+        Ok(self.store.slots()?.iter().any(|s| s.kind == SLOT_KEYRING))
+    }
+
+    /// Rewraps the DEK under `new` in the slot that `old` opens. Only the
+    /// slot changes; no field is touched.
+    pub fn change_passphrase(&mut self, old: &SecretString, new: &SecretString) -> Result<SlotInfo> {
+        let (keys, info) = self.unlock_with_passphrase(old)?;
+        let slot = PassphraseSlot::new().map_err(|e| VaultError::Slot { slot: info.id.clone(), source: e })?;
+        let kek = slot.derive(new).map_err(|e| VaultError::Slot { slot: info.id.clone(), source: e })?;
+        let params = serde_json::to_string(&slot).expect("slot parameters serialize");
+        self.store.update_slot(&info.id, &params, &kek.wrap(&info.id, &keys.dek))?;
+        Ok(info)
+    }
+
+    /// Makes a new DEK and re-encrypts every field and slot in one
+    /// transaction. Every slot must be re-wrappable: passphrase slots need
+    /// `passphrase`, keyring slots need their keyring entry.
+    pub fn rekey(&mut self, keys: &Keys, passphrase: Option<&SecretString>) -> Result<(Keys, u64, u64)> {
+        let new = Keys {
+            vault_id: keys.vault_id.clone(),
+            dek: Dek::generate().map_err(|e| VaultError::Slot { slot: "new".into(), source: e })?,
+        };
+        let mut wrapped = Vec::new();
+        for slot in self.store.slots()? {
+            let kek = match slot.kind.as_str() {
+                SLOT_PASSPHRASE => {
+                    let passphrase = passphrase.ok_or(VaultError::WrongPassphrase)?;
+                    let kek = passphrase_kek(&slot, passphrase)?;
+                    // Prove this passphrase opens this slot before trusting it.
+                    kek.unwrap(&slot.id, &slot.wrapped_dek)
+                        .map_err(|_| VaultError::WrongPassphrase)?;
+                    kek
+                }
+                _ => keyring_kek(&keys.vault_id, &slot)?,
+            };
+            wrapped.push((slot.id.clone(), kek.wrap(&slot.id, &new.dek)));
+        }
+        let mut fields = self.store.sealed_fields()?;
+        for field in &mut fields {
+            let plain = keys.open(field.table, &field.row_id, field.field, &field.blob)?;
+            field.blob = new.seal(field.table, &field.row_id, field.field, &plain);
+        }
+        self.store.rekey(&fields, &wrapped)?;
+        Ok((new, fields.len() as u64, wrapped.len() as u64))
+    }
+
+    /// Reads providers and credentials. A row that fails its integrity check
+    /// is kept out (providers) or marked corrupt (credentials), never guessed at.
+    pub fn load_catalog(&self, keys: &Keys) -> Result<(Catalog, Vec<String>)> {
+        let mut catalog = Catalog::default();
+        let mut problems = Vec::new();
+        for row in self.store.providers()? {
+            match keys.open_json::<ProviderConfig>("providers", &row.id, "config", &row.config) {
+                Ok(config) if config.name == row.name => {
+                    catalog.providers.insert(row.name.clone(), Arc::new(Provider { id: row.id, config }));
+                }
+                _ => problems.push(format!("provider '{}' failed its integrity check", row.name)),
+            }
+        }
+        for row in self.store.credentials()? {
+            let config = keys
+                .open_json::<CredentialConfig>("credentials", &row.id, "config", &row.config)
+                .ok()
+                .filter(|c| c.name == row.name && c.provider_id == row.provider_id);
+            let credential = match config {
+                Some(config) => Credential {
+                    id: row.id,
+                    config,
+                    has_client_secret: row.client_secret.is_some(),
+                    corrupt: false,
+                },
+                None => {
+                    problems.push(format!("credential '{}' failed its integrity check", row.name));
+                    Credential {
+                        config: CredentialConfig {
+                            name: row.name.clone(),
+                            provider_id: row.provider_id,
+                            client_id: String::new(),
+                            grant: GrantType::ClientCredentials,
+                            auth: AuthMethod::None,
+                            scopes: Vec::new(),
+                            redirect_uri: None,
+                        },
+                        id: row.id,
+                        has_client_secret: row.client_secret.is_some(),
+                        corrupt: true,
+                    }
+                }
+            };
+            catalog.credentials.insert(row.name, Arc::new(credential));
+        }
+        Ok((catalog, problems))
+    }
+
+    /// Reads stored tokens; one that fails its checks is skipped (the next
+    /// request fetches a fresh one and replaces the row).
+    pub fn load_tokens(&self, keys: &Keys) -> Result<(Vec<StoredToken>, usize)> {
+        let mut tokens = Vec::new();
+        let mut bad = 0;
+        for row in self.store.tokens()? {
+            match keys.open_json::<StoredToken>("tokens", &row.id, "token", &row.token) {
+                Ok(t) if t.credential_id == row.credential_id && t.scope_key == row.scope_key => tokens.push(t),
+                _ => bad += 1,
+            }
+        }
+        Ok((tokens, bad))
+    }
+
+    pub fn add_provider(&mut self, keys: &Keys, config: ProviderConfig) -> Result<Provider> {
+        let id = crypto::random_id();
+        let row = ProviderRow {
+            config: keys.seal_json("providers", &id, "config", &config),
+            name: config.name.clone(),
+            id: id.clone(),
+        };
+        self.store.insert_provider(&row, now())?;
+        Ok(Provider { id, config })
+    }
+
+    pub fn remove_provider(&mut self, id: &str) -> Result<()> {
+        Ok(self.store.delete_provider(id)?)
+    }
+
+    pub fn add_credential(
+        &mut self,
+        keys: &Keys,
+        config: CredentialConfig,
+        client_secret: Option<&SecretString>,
+    ) -> Result<Credential> {
+        let id = crypto::random_id();
+        let row = CredentialRow {
+            config: keys.seal_json("credentials", &id, "config", &config),
+            client_secret: client_secret
+                .map(|s| keys.seal("credentials", &id, "client_secret", s.expose_secret().as_bytes())),
+            name: config.name.clone(),
+            provider_id: config.provider_id.clone(),
+            state: "ready".into(),
+            id: id.clone(),
+        };
+        self.store.insert_credential(&row, now())?;
+        Ok(Credential {
+            id,
+            config,
+            has_client_secret: client_secret.is_some(),
+            corrupt: false,
+        })
+    }
+
+    pub fn remove_credential(&mut self, id: &str) -> Result<()> {
+        Ok(self.store.delete_credential(id)?)
+    }
+
+    /// The client secret, opened just for the token request that needs it.
+    pub fn client_secret(&self, keys: &Keys, credential: &Credential) -> Result<Option<SecretString>> {
+        let Some(blob) = self.store.client_secret(&credential.id)? else {
+            return Ok(None);
+        };
+        let plain = keys.open("credentials", &credential.id, "client_secret", &blob)?;
+        let text = std::str::from_utf8(&plain).map_err(|_| VaultError::Corrupt {
+            what: format!("the client secret of credential '{}'", credential.config.name),
+        })?;
+        Ok(Some(SecretString::from(text)))
+    }
+
+    /// Stores a token sealed, under a fresh row id (see the `tokens` table).
+    pub fn save_token(&mut self, keys: &Keys, token: &StoredToken) -> Result<()> {
+        let id = crypto::random_id();
+        let row = TokenRow {
+            token: keys.seal_json("tokens", &id, "token", token),
+            id,
+            credential_id: token.credential_id.clone(),
+            scope_key: token.scope_key.clone(),
+        };
+        Ok(self.store.replace_token(&row, token.expires_at)?)
+    }
+
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyringSlot {
+    backend: String,
+}
+
+fn backend_name(backend: keyring::Backend) -> &'static str {
+    match backend {
+        keyring::Backend::SecretService => "secret-service",
+        keyring::Backend::KeyUtils => "keyutils",
+    }
+}
+
+fn keyring_account(vault_id: &str, slot_id: &str) -> String {
+    format!("vault-{vault_id}/slot-{slot_id}")
+}
+
+fn slot_info(slot: &SlotRow) -> SlotInfo {
+    SlotInfo {
+        id: slot.id.clone(),
+        kind: slot.kind.clone(),
+        created_at: slot.created_at,
+        backend: None,
+    }
+}
+
+fn passphrase_kek(slot: &SlotRow, passphrase: &SecretString) -> Result<Kek> {
+    let params: PassphraseSlot = serde_json::from_str(&slot.params).map_err(|_| VaultError::Corrupt {
+        what: format!("passphrase slot {}", slot.id),
+    })?;
+    params.derive(passphrase).map_err(|source| VaultError::Slot {
+        slot: slot.id.clone(),
+        source,
+    })
+}
+
+fn keyring_kek(vault_id: &str, slot: &SlotRow) -> Result<Kek> {
+    let params: KeyringSlot = serde_json::from_str(&slot.params).map_err(|_| VaultError::Corrupt {
+        what: format!("keyring slot {}", slot.id),
+    })?;
+    let backend = match params.backend.as_str() {
+        "secret-service" => keyring::Backend::SecretService,
+        "keyutils" => keyring::Backend::KeyUtils,
+        _ => {
+            return Err(VaultError::Corrupt {
+                what: format!("keyring slot {}", slot.id),
+            })
+        }
+    };
+    let bytes = keyring::load(backend, &keyring_account(vault_id, &slot.id))?;
+    Kek::from_bytes(&bytes).ok_or_else(|| VaultError::Corrupt {
+        what: format!("the keyring entry of slot {}", slot.id),
+    })
+}
+
+/// Unix seconds now (wall clock: token lifetimes are wall-clock facts).
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,442 @@
+//! The only module that contains SQL: the vault file (SQLite, WAL, 0600),
+//! its numbered migrations, and typed reads and writes of rows whose secret
+//! parts are already sealed blobs. It never sees a key or a plaintext secret.
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::path::{Path, PathBuf};
+
+/// Numbered migrations, applied in order; `PRAGMA user_version` records how
+/// many ran. Append only: never edit a released migration.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("vault database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot prepare the vault file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the vault file {} was written by a newer latchkey (schema {found}, this one knows {known}); upgrade latchkey", path.display())]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub struct SlotRow {
+    pub id: String,
+    pub kind: String,
+    pub params: String,
+    pub wrapped_dek: Vec<u8>,
+    pub created_at: i64,
+}
+
+pub struct ProviderRow {
+    pub id: String,
+    pub name: String,
+    pub config: Vec<u8>,
+}
+
+pub struct CredentialRow {
+    pub id: String,
+    pub name: String,
+    pub provider_id: String,
+    pub config: Vec<u8>,
+    pub client_secret: Option<Vec<u8>>,
+    pub state: String,
+}
+
+pub struct TokenRow {
+    pub id: String,
+    pub credential_id: String,
+    pub scope_key: String,
+    pub token: Vec<u8>,
+}
+
+/// One sealed field anywhere in the vault, for `rekey`.
+pub struct SealedField {
+    pub table: &'static str,
+    pub row_id: String,
+    pub field: &'static str,
+    pub blob: Vec<u8>,
+}
+
+pub struct AuditRow {
+    pub at: i64,
+    pub event: String,
+    pub credential: Option<String>,
+    pub peer_pid: Option<u32>,
+    pub detail: Option<String>,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating when `create`) the vault file with owner-only
+    /// permissions, WAL and full fsync, and runs pending migrations.
+    pub fn open(path: &Path, create: bool) -> Result<Store> {
+        let io = |source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if create {
+            if let Some(dir) = path.parent() {
+                crate::fsutil::private_dir(dir).map_err(io)?;
+            }
+            // Create the file 0600 before SQLite opens it; SQLite gives its
+            // -wal and -shm files the same mode.
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+        }
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags)?;
+        // synchronous=FULL: a committed write (a rotated refresh token above
+        // all) survives power loss, not just a process crash.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA secure_delete = ON;
+             PRAGMA busy_timeout = 5000;",
+        )?;
+        let mut store = Store { conn };
+        store.migrate(path)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, path: &Path) -> Result<()> {
+        let current: u32 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = MIGRATIONS.len() as u32;
+        if current > known {
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found: current,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as u32 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Writes the vault id and the first slots in one transaction.
+    pub fn initialize(&mut self, vault_id: &str, slots: &[SlotRow]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('vault_id', ?1), ('format', '1')",
+            [vault_id],
+        )?;
+        for slot in slots {
+            insert_slot(&tx, slot)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn slots(&self) -> Result<Vec<SlotRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, kind, params, wrapped_dek, created_at FROM key_slots ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SlotRow {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                params: r.get(2)?,
+                wrapped_dek: r.get(3)?,
+                created_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Replaces one slot's parameters and wrapped key (passphrase change).
+    pub fn update_slot(&mut self, id: &str, params: &str, wrapped_dek: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "UPDATE key_slots SET params = ?2, wrapped_dek = ?3 WHERE id = ?1",
+            params![id, params, wrapped_dek],
+        )?;
+        Ok(())
+    }
+
+    pub fn providers(&self) -> Result<Vec<ProviderRow>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, config FROM providers ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ProviderRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                config: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn insert_provider(&mut self, row: &ProviderRow, now: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO providers (id, name, config, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![row.id, row.name, row.config, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_provider(&mut self, id: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM providers WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn credentials(&self) -> Result<Vec<CredentialRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, provider_id, config, client_secret, state FROM credentials ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(CredentialRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                provider_id: r.get(2)?,
+                config: r.get(3)?,
+                client_secret: r.get(4)?,
+                state: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The sealed client secret of one credential, read when a token request needs it.
+    pub fn client_secret(&self, credential_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT client_secret FROM credentials WHERE id = ?1",
+                [credential_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    pub fn insert_credential(&mut self, row: &CredentialRow, now: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO credentials (id, name, provider_id, config, client_secret, state, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                row.id,
+                row.name,
+                row.provider_id,
+                row.config,
+                row.client_secret,
+                row.state,
+                now
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a credential and (by cascade) its tokens.
+    pub fn delete_credential(&mut self, id: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM credentials WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRow>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, credential_id, scope_key, token FROM tokens")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TokenRow {
+                id: r.get(0)?,
+                credential_id: r.get(1)?,
+                scope_key: r.get(2)?,
+                token: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Replaces the stored token of (credential, scope set) in one
+    /// transaction: the old row goes, a row with a fresh id comes.
+    pub fn replace_token(&mut self, row: &TokenRow, expires_at: Option<i64>) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM tokens WHERE credential_id = ?1 AND scope_key = ?2",
+            params![row.credential_id, row.scope_key],
+        )?;
+        tx.execute(
+            "INSERT INTO tokens (id, credential_id, scope_key, token, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![row.id, row.credential_id, row.scope_key, row.token, expires_at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every sealed field in the vault, for `rekey`.
+    pub fn sealed_fields(&self) -> Result<Vec<SealedField>> {
+        let mut fields = Vec::new();
+        for p in self.providers()? {
+            fields.push(SealedField { table: "providers", row_id: p.id, field: "config", blob: p.config });
+        }
+        for c in self.credentials()? {
+            fields.push(SealedField { table: "credentials", row_id: c.id.clone(), field: "config", blob: c.config });
+            if let Some(secret) = c.client_secret {
+                fields.push(SealedField { table: "credentials", row_id: c.id, field: "client_secret", blob: secret });
+            }
+        }
+        for t in self.tokens()? {
+            fields.push(SealedField { table: "tokens", row_id: t.id, field: "token", blob: t.token });
+        }
+        Ok(fields)
+    }
+
+    /// Writes re-sealed fields and rewrapped slots in one transaction: after
+    /// a crash the vault is entirely under the old key or the new one.
+    pub fn rekey(&mut self, fields: &[SealedField], slots: &[(String, Vec<u8>)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for f in fields {
+            // Table and column names come from `sealed_fields`, never from input.
+            let sql = format!("UPDATE {} SET {} = ?2 WHERE id = ?1", f.table, f.field);
+            tx.execute(&sql, params![f.row_id, f.blob])?;
+        }
+        for (id, wrapped) in slots {
+            tx.execute(
+                "UPDATE key_slots SET wrapped_dek = ?2 WHERE id = ?1",
+                params![id, wrapped],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn append_audit(&mut self, rows: &[AuditRow]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO audit (at, event, credential, peer_pid, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for row in rows {
+                stmt.execute(params![row.at, row.event, row.credential, row.peer_pid, row.detail])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The most recent audit rows, newest last.
+    pub fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at, event, credential, peer_pid, detail FROM
+               (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(AuditRow {
+                at: r.get(0)?,
+                event: r.get(1)?,
+                credential: r.get(2)?,
+                peer_pid: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn insert_slot(tx: &Transaction<'_>, slot: &SlotRow) -> Result<()> {
+    tx.execute(
+        "INSERT INTO key_slots (id, kind, params, wrapped_dek, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![slot.id, slot.kind, slot.params, slot.wrapped_dek, slot.created_at],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_run_once_and_the_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/vault.db");
+        let store = Store::open(&path, true).unwrap();
+        assert_eq!(store.meta("vault_id").unwrap(), None);
+        drop(store);
+        let store = Store::open(&path, false).unwrap();
+        let version: u32 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as u32);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        let journal: String = store.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(journal, "wal");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.db");
+        let store = Store::open(&path, true).unwrap();
+        store.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(store);
+        assert!(matches!(Store::open(&path, false), Err(StoreError::TooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn replacing_a_token_gives_the_row_a_new_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db"), true).unwrap();
+        store.insert_provider(&ProviderRow { id: "p".into(), name: "prov".into(), config: vec![1] }, 0).unwrap();
+        store
+            .insert_credential(
+                &CredentialRow {
+                    id: "c".into(),
+                    name: "cred".into(),
+                    provider_id: "p".into(),
+                    config: vec![2],
+                    client_secret: Some(vec![3]),
+                    state: "ready".into(),
+                },
+                0,
+            )
+            .unwrap();
+        for id in ["t1", "t2"] {
+            let row = TokenRow { id: id.into(), credential_id: "c".into(), scope_key: "a".into(), token: vec![4] };
+            store.replace_token(&row, Some(10)).unwrap();
+        }
+        let tokens = store.tokens().unwrap();
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(tokens[0].id, "t2");
+        assert_eq!(store.sealed_fields().unwrap().len(), 4);
+        store.delete_credential("c").unwrap();
+        assert!(store.tokens().unwrap().is_empty(), "tokens go with their credential");
+    }
+}
