@@ -21,12 +21,17 @@
 //     "refresh_token_ttl": 1209600,    // seconds
 //     "issuer_path": "/tenant-a",      // optional: issuer http://127.0.0.1:PORT/tenant-a
 //     "port": 0,                       // optional: 0 = ephemeral
-//     "scopes": ["extra:scope"]        // optional: more scopes the server knows
+//     "scopes": ["extra:scope"],       // optional: more scopes the server knows
+//     "clock_tolerance": 0             // seconds of grace after a token's exp
+//                                      // (oidc-provider's own default is 15)
 //   }
 //
 // Admin endpoints (always at the root, whatever the issuer path):
 //   GET  /__admin/stats      counters (every POST to the token endpoint counts,
-//                            including ones answered by a fault)
+//                            including ones answered by a fault), also by grant
+//                            type and by the client authentication the request
+//                            carried (oidc-provider itself accepts basic and post
+//                            interchangeably, so this is how a test sees which)
 //   POST /__admin/reset      zero counters, clear faults and delay_all
 //   POST /__admin/fault      queue a fault for the next `count` token requests:
 //        {"kind":"status","status":503,"retry_after":2,"body":"...","content_type":"...","count":1}
@@ -71,6 +76,8 @@ try {
 
 const accessTokenTtl = Number(config.access_token_ttl ?? 3600);
 const refreshTokenTtl = Number(config.refresh_token_ttl ?? 14 * 24 * 3600);
+// Tests of expiry want "expired" to mean expired, not exp + 15 s.
+const clockTolerance = Number(config.clock_tolerance ?? 0);
 let issuerPath = config.issuer_path ?? '';
 if (issuerPath && !issuerPath.startsWith('/')) issuerPath = `/${issuerPath}`;
 issuerPath = issuerPath.replace(/\/+$/, '');
@@ -143,6 +150,7 @@ const provider = new Provider(issuer, {
   clients,
   jwks,
   scopes: [...knownScopes],
+  clockTolerance,
   cookies: { keys: [randomBytes(32).toString('base64url')] },
   features: {
     clientCredentials: { enabled: true },
@@ -184,6 +192,16 @@ const provider = new Provider(issuer, {
   },
 });
 
+// oidc-provider validates static clients lazily, on first use; load each
+// now so a bad client spec fails start-up instead of a test's first request.
+for (const { client_id: id } of clients) {
+  try {
+    if (!(await provider.Client.find(String(id)))) throw new Error('not found after registration');
+  } catch (err) {
+    fail(`invalid client ${JSON.stringify(id)}: ${err.error_description ?? err.message}`);
+  }
+}
+
 const providerCallback = provider.callback();
 const tokenPath = `${issuerPath}${provider.pathFor('token', { mountPath: '' })}`;
 const introspectionPath = `${issuerPath}${provider.pathFor('introspection', { mountPath: '' })}`;
@@ -194,6 +212,7 @@ const revocationPath = `${issuerPath}${provider.pathFor('revocation', { mountPat
 const stats = {
   token_requests: 0,
   token_requests_by_grant: {},
+  token_requests_by_auth: {},
   introspections: 0,
   revocations: 0,
 };
@@ -203,6 +222,7 @@ let delayAllMs = 0;
 function resetState() {
   stats.token_requests = 0;
   stats.token_requests_by_grant = {};
+  stats.token_requests_by_auth = {};
   stats.introspections = 0;
   stats.revocations = 0;
   faults = [];
@@ -273,6 +293,25 @@ function answerStatus(res, f) {
   res.end(body);
 }
 
+// Which client authentication a token request carried (as sent, whether or
+// not it turns out valid).
+function authMethodOf(req, params) {
+  const authz = req.headers.authorization ?? '';
+  if (/^basic /i.test(authz)) return 'client_secret_basic';
+  if (params.has('client_secret')) return 'client_secret_post';
+  if (params.get('client_assertion_type') === 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer') {
+    // private_key_jwt or client_secret_jwt: tell them apart by the JWS alg.
+    try {
+      const header = JSON.parse(Buffer.from(params.get('client_assertion').split('.')[0], 'base64url'));
+      return String(header.alg).startsWith('HS') ? 'client_secret_jwt' : 'private_key_jwt';
+    } catch {
+      return 'client_assertion';
+    }
+  }
+  if (params.has('client_id')) return 'none';
+  return 'unknown';
+}
+
 // Find a live access token (any grant) by its value, or undefined.
 async function findAccessToken(value) {
   return (await provider.AccessToken.find(value)) ?? (await provider.ClientCredentials.find(value));
@@ -329,9 +368,12 @@ async function handleToken(req, res) {
   } catch (err) {
     return sendJson(res, 413, { error: 'invalid_request', error_description: err.message });
   }
-  const grant = new URLSearchParams(body).get('grant_type') ?? 'unknown';
+  const params = new URLSearchParams(body);
+  const grant = params.get('grant_type') ?? 'unknown';
+  const auth = authMethodOf(req, params);
   stats.token_requests += 1;
   stats.token_requests_by_grant[grant] = (stats.token_requests_by_grant[grant] ?? 0) + 1;
+  stats.token_requests_by_auth[auth] = (stats.token_requests_by_auth[auth] ?? 0) + 1;
 
   // Take the next fault off the queue (faults apply in the order queued).
   let fault;
@@ -347,7 +389,7 @@ async function handleToken(req, res) {
     case 'status': return answerStatus(res, fault);
     case 'drop': return req.socket.destroy();
     case 'garbage': {
-      const text = '<html><body>502 Bad Gateway: this is not JSON</body></html>';
+      const text = '<html><body>injected garbage fault: this is not JSON</body></html>';
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
       return res.end(text);
     }
