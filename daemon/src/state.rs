@@ -420,10 +420,11 @@ impl Daemon {
         let daemon = Arc::clone(self);
         let worker_session = Arc::clone(&session);
         let result = tokio::task::spawn_blocking(move || {
-            let mut vault = daemon.vault();
-            let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
+            // Lock order everywhere: session keys, then the vault.
             let keys = worker_session.keys.read().unwrap_or_else(|p| p.into_inner());
             let keys = keys.as_ref().ok_or_else(ApiError::locked)?;
+            let mut vault = daemon.vault();
+            let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
             vault.rekey(keys, params.passphrase.as_ref()).map_err(ApiError::from)
         })
         .await
