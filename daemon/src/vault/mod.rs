@@ -550,3 +550,98 @@ pub fn now() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, provider_id: &str) -> CredentialConfig {
+        CredentialConfig {
+            name: name.into(),
+            provider_id: provider_id.into(),
+            client_id: format!("{name}-id"),
+            grant: GrantType::ClientCredentials,
+            auth: AuthMethod::ClientSecretBasic,
+            scopes: vec!["read".into()],
+            redirect_uri: None,
+        }
+    }
+
+    fn provider() -> ProviderConfig {
+        ProviderConfig {
+            name: "prov".into(),
+            issuer: None,
+            endpoints: Endpoints {
+                token_endpoint: Some("https://as.example.com/token".into()),
+                ..Endpoints::default()
+            },
+        }
+    }
+
+    fn new_vault(dir: &Path, pass: &str) -> (Vault, Keys) {
+        let pass = SecretString::from(pass);
+        Vault::create(
+            &dir.join("vault.db"),
+            NewSlots {
+                passphrase: Some(&pass),
+                keyring: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn passphrase_change_rewraps_only_and_rekey_reencrypts_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut vault, keys) = new_vault(dir.path(), "old pass");
+        let p = vault.add_provider(&keys, provider()).unwrap();
+        let c = vault
+            .add_credential(&keys, config("api", &p.id), Some(&SecretString::from("s3cret")))
+            .unwrap();
+        let before: Vec<Vec<u8>> = vault.store.sealed_fields().unwrap().into_iter().map(|f| f.blob).collect();
+
+        vault
+            .change_passphrase(&SecretString::from("old pass"), &SecretString::from("new pass"))
+            .unwrap();
+        assert!(matches!(
+            vault.unlock_with_passphrase(&SecretString::from("old pass")),
+            Err(VaultError::WrongPassphrase)
+        ));
+        let (keys, _) = vault.unlock_with_passphrase(&SecretString::from("new pass")).unwrap();
+        let after: Vec<Vec<u8>> = vault.store.sealed_fields().unwrap().into_iter().map(|f| f.blob).collect();
+        assert_eq!(before, after, "a passphrase change touches no field");
+
+        assert!(matches!(
+            vault.rekey(&keys, Some(&SecretString::from("wrong"))),
+            Err(VaultError::WrongPassphrase)
+        ));
+        let (new_keys, fields, slots) = vault.rekey(&keys, Some(&SecretString::from("new pass"))).unwrap();
+        assert_eq!((fields, slots), (3, 1));
+        let rekeyed: Vec<Vec<u8>> = vault.store.sealed_fields().unwrap().into_iter().map(|f| f.blob).collect();
+        assert!(before.iter().zip(&rekeyed).all(|(a, b)| a != b), "every field is re-encrypted");
+        assert!(vault.client_secret(&keys, &c).is_err(), "the old key opens nothing");
+        let (reopened, _) = vault.unlock_with_passphrase(&SecretString::from("new pass")).unwrap();
+        let secret = vault.client_secret(&reopened, &c).unwrap().unwrap();
+        assert_eq!(secret.expose_secret(), "s3cret");
+        assert!(vault.client_secret(&new_keys, &c).is_ok());
+    }
+
+    #[test]
+    fn a_swapped_secret_is_detected_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut vault, keys) = new_vault(dir.path(), "pass");
+        let p = vault.add_provider(&keys, provider()).unwrap();
+        let a = vault.add_credential(&keys, config("a", &p.id), Some(&SecretString::from("secret-a"))).unwrap();
+        let b = vault.add_credential(&keys, config("b", &p.id), Some(&SecretString::from("secret-b"))).unwrap();
+        let blob_a = vault.store.client_secret(&a.id).unwrap().unwrap();
+        let blob_b = vault.store.client_secret(&b.id).unwrap().unwrap();
+        vault.store.conn_for_tests().execute("UPDATE credentials SET client_secret = ?1 WHERE id = ?2", rusqlite::params![blob_b, a.id]).unwrap();
+        vault.store.conn_for_tests().execute("UPDATE credentials SET client_secret = ?1 WHERE id = ?2", rusqlite::params![blob_a, b.id]).unwrap();
+        assert!(matches!(vault.client_secret(&keys, &a), Err(VaultError::Corrupt { .. })));
+        assert!(matches!(vault.client_secret(&keys, &b), Err(VaultError::Corrupt { .. })));
+        // Swapping whole configs is caught by the name/id binding too.
+        let (catalog, problems) = vault.load_catalog(&keys).unwrap();
+        assert!(problems.is_empty());
+        assert!(!catalog.credentials["a"].corrupt);
+    }
+}

@@ -369,6 +369,14 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+impl Store {
+    /// Raw access for tests that tamper with the file.
+    pub fn conn_for_tests(&self) -> &Connection {
+        &self.conn
+    }
+}
+
 fn insert_slot(tx: &Transaction<'_>, slot: &SlotRow) -> Result<()> {
     tx.execute(
         "INSERT INTO key_slots (id, kind, params, wrapped_dek, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
