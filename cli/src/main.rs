@@ -1,1 +1,104 @@
-fn main() {}
+//! `latchkey`: the command line for the Latchkey credential vault.
+//!
+//! Every command talks to `latchkeyd` over its local socket through
+//! `latchkey_client::blocking::Client`, starting the daemon when nothing
+//! answers. One subcommand lives in one file under `commands/`.
+//!
+//! # Exit codes
+//!
+//! The numbers are a stable interface for scripts:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | ok |
+//! | 1 | other error |
+//! | 2 | usage error: bad flags (clap's), or a secret with no source and no terminal to prompt on |
+//! | 3 | daemon unreachable or failed to start |
+//! | 4 | vault locked or not initialized |
+//! | 5 | not found |
+//! | 6 | re-authentication required (`reauth_required`): run `latchkey login NAME` |
+//! | 7 | provider unavailable or rate limited (transient: retry later) |
+//! | 8 | provider refused the request (`provider_error`, e.g. a bad client secret) |
+//! | 9 | forbidden (e.g. scopes not granted) |
+//! | 10 | wrong passphrase, or keyring unavailable |
+//!
+//! `latchkey exec` exits with its command's own code (128 + N when a signal
+//! N killed it; 126 or 127 when it cannot be run). Errors are printed on
+//! stderr as `latchkey: error: <message>`; a closed stdout pipe is not an
+//! error (exit 0, nothing printed). The mapping lives in [`exit`].
+
+mod args;
+mod commands;
+mod context;
+mod exit;
+mod output;
+mod secret;
+mod spawn;
+
+use clap::Parser;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Hand out short-lived OAuth access tokens from a local, encrypted vault.
+#[derive(Parser)]
+#[command(name = "latchkey", version, after_help = exit::HELP_TABLE)]
+struct Cli {
+    /// The daemon's socket [default: $LATCHKEY_SOCKET, else $XDG_RUNTIME_DIR/latchkey/latchkey.sock]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
+    socket: Option<PathBuf>,
+
+    /// The vault file the daemon serves [default: $LATCHKEY_VAULT, else $XDG_DATA_HOME/latchkey/vault.db]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
+    vault: Option<PathBuf>,
+
+    /// Print no notices or confirmations (errors, warnings and requested output still appear)
+    #[arg(short, long, global = true, help_heading = "Global options")]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = context::Ctx::new(cli.socket, cli.vault, cli.quiet);
+    match commands::run(&ctx, cli.command) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(err) if exit::is_broken_pipe(&err) => ExitCode::from(exit::OK),
+        Err(err) => {
+            if err.downcast_ref::<exit::Silent>().is_none() {
+                // If stderr is gone too there is nobody left to tell.
+                let _ = writeln!(std::io::stderr(), "latchkey: error: {err:#}");
+            }
+            ExitCode::from(exit::for_error(&err))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("10  wrong passphrase"), "{help}");
+    }
+}

@@ -7,6 +7,7 @@ use crate::protocol::{
     PROTOCOL_VERSION,
 };
 use crate::Error;
+use zeroize::Zeroize;
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use serde::{de::DeserializeOwned, Serialize};
@@ -62,7 +63,12 @@ impl Client {
         let line = codec::encode(id, method, params)?;
         self.reader.get_mut().write_all(&line).await?;
         match read_frame(&mut self.reader, &mut self.buf, MAX_REPLY_LEN).await? {
-            Frame::Line => codec::decode(id, &self.buf),
+            Frame::Line => {
+                let result = codec::decode(id, &self.buf);
+                // Replies carry access tokens: do not keep them around.
+                self.buf.as_mut_slice().zeroize();
+                result
+            }
             Frame::Eof => Err(codec::closed()),
             Frame::TooLong => Err(codec::too_long()),
         }

@@ -4,9 +4,11 @@
 use crate::protocol::{Request, Response};
 use crate::Error;
 use serde::{de::DeserializeOwned, Serialize};
+use zeroize::Zeroizing;
 
-/// Serializes a request as one line, `\n` included.
-pub(crate) fn encode<P: Serialize>(id: u64, method: &str, params: &P) -> Result<Vec<u8>, Error> {
+/// Serializes a request as one line, `\n` included. The line may carry a
+/// passphrase or client secret, so it is zeroized when dropped.
+pub(crate) fn encode<P: Serialize>(id: u64, method: &str, params: &P) -> Result<Zeroizing<Vec<u8>>, Error> {
     let mut line = serde_json::to_vec(&Request {
         jsonrpc: "2.0",
         id,
@@ -15,7 +17,7 @@ pub(crate) fn encode<P: Serialize>(id: u64, method: &str, params: &P) -> Result<
     })
     .map_err(|e| Error::Protocol(format!("cannot encode {method} request: {e}")))?;
     line.push(b'\n');
-    Ok(line)
+    Ok(Zeroizing::new(line))
 }
 
 /// Parses a reply line and checks it answers request `id`.

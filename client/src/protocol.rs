@@ -36,7 +36,7 @@ pub mod method {
     pub const VAULT_REKEY: &str = "vault.rekey";
     /// Add a provider: [`ProviderAddParams`](super::ProviderAddParams).
     pub const PROVIDER_ADD: &str = "provider.add";
-    /// List providers.
+    /// List providers: a JSON array of [`ProviderInfo`](super::ProviderInfo).
     pub const PROVIDER_LIST: &str = "provider.list";
     /// Show one provider: [`NameParams`](super::NameParams).
     pub const PROVIDER_SHOW: &str = "provider.show";
@@ -44,7 +44,7 @@ pub mod method {
     pub const PROVIDER_REMOVE: &str = "provider.remove";
     /// Add a credential: [`CredentialAddParams`](super::CredentialAddParams).
     pub const CREDENTIAL_ADD: &str = "credential.add";
-    /// List credentials.
+    /// List credentials: a JSON array of [`CredentialInfo`](super::CredentialInfo).
     pub const CREDENTIAL_LIST: &str = "credential.list";
     /// Show one credential: [`NameParams`](super::NameParams).
     pub const CREDENTIAL_SHOW: &str = "credential.show";

@@ -1,0 +1,375 @@
+//! `latchkey credential add|list|show|remove`: OAuth clients registered at a
+//! provider. The client secret is read from stdin, a file, a named
+//! environment variable or a no-echo prompt — never from argv — and is never
+//! shown again.
+
+use crate::args::{parse_scope_arg, split_scopes};
+use crate::context::Ctx;
+use crate::exit;
+use crate::output::{self, Fields};
+use crate::secret::{self, Source};
+use anyhow::{Context, Result};
+use latchkey_client::protocol::{
+    method, AuthMethod, CredentialAddParams, CredentialInfo, Empty, GrantType, NameParams,
+};
+use secrecy::SecretString;
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Add a credential: an OAuth client at a provider
+    Add(AddArgs),
+    /// List credentials
+    List(ListArgs),
+    /// Show a credential's settings, state and token expiry (never its secret)
+    Show(ShowArgs),
+    /// Remove a credential and its tokens
+    Remove(NameArg),
+}
+
+/// The grant, spelled as on the wire.
+#[derive(Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum Grant {
+    ClientCredentials,
+    AuthorizationCode,
+    DeviceCode,
+}
+
+impl From<Grant> for GrantType {
+    fn from(grant: Grant) -> GrantType {
+        match grant {
+            Grant::ClientCredentials => GrantType::ClientCredentials,
+            Grant::AuthorizationCode => GrantType::AuthorizationCode,
+            Grant::DeviceCode => GrantType::DeviceCode,
+        }
+    }
+}
+
+/// The client authentication method, spelled as on the wire.
+#[derive(Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum Auth {
+    ClientSecretBasic,
+    ClientSecretPost,
+    None,
+}
+
+impl From<Auth> for AuthMethod {
+    fn from(auth: Auth) -> AuthMethod {
+        match auth {
+            Auth::ClientSecretBasic => AuthMethod::ClientSecretBasic,
+            Auth::ClientSecretPost => AuthMethod::ClientSecretPost,
+            Auth::None => AuthMethod::None,
+        }
+    }
+}
+
+/// The client secret comes from one of the `--client-secret-*` flags, else a
+/// no-echo prompt on the terminal. There is deliberately no flag that takes
+/// the secret itself: argv is visible to every local user.
+#[derive(clap::Args)]
+#[group(id = "secret_source", multiple = false)]
+pub struct SecretArgs {
+    /// Read the client secret from standard input (one trailing newline is dropped)
+    #[arg(long)]
+    client_secret_stdin: bool,
+    /// Read the client secret from a file (one trailing newline is dropped)
+    #[arg(long, value_name = "PATH")]
+    client_secret_file: Option<PathBuf>,
+    /// Read the client secret from the environment variable VAR
+    #[arg(long, value_name = "VAR")]
+    client_secret_env: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct AddArgs {
+    /// Local name for the credential (what `latchkey token NAME` asks for)
+    name: String,
+    /// The provider that issues its tokens
+    #[arg(long, value_name = "P")]
+    provider: String,
+    /// The OAuth client id
+    #[arg(long, value_name = "ID")]
+    client_id: String,
+    /// The OAuth grant
+    #[arg(long, value_enum, default_value = "client_credentials")]
+    grant: Grant,
+    /// Client authentication [default: client_secret_basic; none when no secret is given and the grant is not client_credentials]
+    #[arg(long, value_enum)]
+    auth: Option<Auth>,
+    /// Scopes to request; repeat the flag or separate scopes with spaces
+    #[arg(long = "scope", value_name = "S", value_parser = parse_scope_arg)]
+    scopes: Vec<String>,
+    /// Loopback redirect URI for the authorization code grant
+    #[arg(long, value_name = "URI")]
+    redirect_uri: Option<String>,
+    #[command(flatten)]
+    secret: SecretArgs,
+}
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ShowArgs {
+    /// The credential's name
+    name: String,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct NameArg {
+    /// The credential's name
+    name: String,
+}
+
+pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
+    match command {
+        Command::Add(args) => add(ctx, args),
+        Command::List(args) => list(ctx, args),
+        Command::Show(args) => show(ctx, args),
+        Command::Remove(args) => remove(ctx, args),
+    }
+}
+
+/// The auth method: the flag, else `client_secret_basic`, except that a
+/// user-facing grant with no secret given is a public client.
+fn choose_auth(auth: Option<Auth>, grant: Grant, secret_given: bool) -> AuthMethod {
+    match (auth, grant, secret_given) {
+        (Some(auth), _, _) => auth.into(),
+        (None, Grant::ClientCredentials, _) | (None, _, true) => AuthMethod::ClientSecretBasic,
+        (None, _, false) => AuthMethod::None,
+    }
+}
+
+fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
+    let source = Source::from_flags(
+        args.secret.client_secret_file.as_deref(),
+        args.secret.client_secret_stdin,
+        args.secret.client_secret_env.as_deref(),
+    );
+    let auth = choose_auth(args.auth, args.grant, source.is_some());
+    if auth == AuthMethod::None && source.is_some() {
+        return Err(exit::usage(
+            "--auth none is for public clients, which have no secret: drop the --client-secret-* flag or choose another --auth",
+        ));
+    }
+    let mut session = ctx.connect()?;
+    let client_secret = match (auth, source) {
+        (AuthMethod::None, _) => None,
+        (_, Some(source)) => Some(source.read("client secret")?),
+        (_, None) => Some(prompt_secret(&args.name, auth)?),
+    };
+    let params = CredentialAddParams {
+        name: args.name,
+        provider: args.provider,
+        client_id: args.client_id,
+        client_secret,
+        grant: args.grant.into(),
+        auth,
+        scopes: split_scopes(&args.scopes),
+        redirect_uri: args.redirect_uri,
+    };
+    let _: serde_json::Value = session
+        .call(method::CREDENTIAL_ADD, &params)
+        .with_context(|| format!("failed to add credential '{}'", params.name))?;
+    ctx.done(format_args!(
+        "added credential '{}' ({}, {})",
+        params.name,
+        params.grant.as_str(),
+        params.auth.as_str()
+    ))
+}
+
+fn prompt_secret(name: &str, auth: AuthMethod) -> Result<SecretString> {
+    if !secret::can_prompt() {
+        return Err(exit::usage(format!(
+            "credential '{name}' needs a client secret (--auth {}) and there is no terminal to prompt on: \
+             use --client-secret-stdin, --client-secret-file PATH or --client-secret-env VAR \
+             (or --auth none for a public client)",
+            auth.as_str()
+        )));
+    }
+    secret::prompt(&format!("Client secret for '{name}': "), "client secret")
+}
+
+fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
+    let reply: serde_json::Value = ctx
+        .connect()?
+        .call(method::CREDENTIAL_LIST, &Empty {})
+        .context("failed to list credentials")?;
+    let credentials: Vec<CredentialInfo> = super::list_reply(reply, "credentials")?;
+    if args.json {
+        return output::print_json(&credentials);
+    }
+    if credentials.is_empty() {
+        return ctx.done(
+            "no credentials: add one with `latchkey credential add NAME --provider P --client-id ID`",
+        );
+    }
+    let now = output::now_unix();
+    let rows: Vec<Vec<String>> = credentials
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.provider.clone(),
+                c.grant.as_str().to_owned(),
+                c.state.clone(),
+                token_expiry(c, now),
+            ]
+        })
+        .collect();
+    output::print(&output::table(
+        &["NAME", "PROVIDER", "GRANT", "STATE", "TOKEN"],
+        &rows,
+    ))
+}
+
+/// The latest expiry among cached tokens, for the list's last column.
+fn token_expiry(c: &CredentialInfo, now: i64) -> String {
+    if c.tokens.is_empty() {
+        return "-".into();
+    }
+    match c.tokens.iter().filter_map(|t| t.expires_at).max() {
+        Some(at) if at > now => format!("expires in {}", output::span((at - now) as u64)),
+        Some(_) => "expired".into(),
+        None => "no expiry given".into(),
+    }
+}
+
+fn show(ctx: &Ctx, args: ShowArgs) -> Result<()> {
+    let info: CredentialInfo = ctx
+        .connect()?
+        .call(
+            method::CREDENTIAL_SHOW,
+            &NameParams {
+                name: args.name.clone(),
+            },
+        )
+        .with_context(|| format!("failed to show credential '{}'", args.name))?;
+    if args.json {
+        return output::print_json(&info);
+    }
+    output::print(&render(&info, output::now_unix()))
+}
+
+fn render(info: &CredentialInfo, now: i64) -> String {
+    let mut f = Fields::default();
+    f.add("name", &info.name)
+        .add("provider", &info.provider)
+        .add("client id", &info.client_id)
+        .add("grant", info.grant.as_str())
+        .add("auth", info.auth.as_str())
+        .add(
+            "client secret",
+            if info.has_client_secret {
+                "stored"
+            } else {
+                "none"
+            },
+        )
+        .add(
+            "scopes",
+            if info.scopes.is_empty() {
+                "(provider default)".into()
+            } else {
+                info.scopes.join(" ")
+            },
+        )
+        .add("state", &info.state);
+    if let Some(err) = &info.last_error {
+        f.add("last error", err);
+    }
+    if info.tokens.is_empty() {
+        f.add("token", "none cached");
+    }
+    for token in &info.tokens {
+        let scope = if token.scope.is_empty() {
+            "(default scopes)"
+        } else {
+            &token.scope
+        };
+        f.add(
+            "token",
+            format!("{scope}: {}", output::expiry(token.expires_at, now)),
+        );
+    }
+    f.render()
+}
+
+fn remove(ctx: &Ctx, args: NameArg) -> Result<()> {
+    let _: serde_json::Value = ctx
+        .connect()?
+        .call(
+            method::CREDENTIAL_REMOVE,
+            &NameParams {
+                name: args.name.clone(),
+            },
+        )
+        .with_context(|| format!("failed to remove credential '{}'", args.name))?;
+    ctx.done(format_args!("removed credential '{}'", args.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latchkey_client::protocol::TokenSummary;
+
+    #[test]
+    fn auth_defaults() {
+        use AuthMethod as M;
+        let cases = [
+            (None, Grant::ClientCredentials, false, M::ClientSecretBasic),
+            (None, Grant::ClientCredentials, true, M::ClientSecretBasic),
+            (None, Grant::AuthorizationCode, false, M::None),
+            (None, Grant::AuthorizationCode, true, M::ClientSecretBasic),
+            (None, Grant::DeviceCode, false, M::None),
+            (
+                Some(Auth::ClientSecretPost),
+                Grant::DeviceCode,
+                false,
+                M::ClientSecretPost,
+            ),
+            (Some(Auth::None), Grant::ClientCredentials, false, M::None),
+        ];
+        for (auth, grant, given, want) in cases {
+            assert_eq!(choose_auth(auth, grant, given), want);
+        }
+    }
+
+    #[test]
+    fn show_never_has_a_secret_and_reads_well() {
+        let info = CredentialInfo {
+            name: "gh".into(),
+            provider: "github".into(),
+            client_id: "cid".into(),
+            grant: GrantType::ClientCredentials,
+            auth: AuthMethod::ClientSecretBasic,
+            scopes: vec!["repo".into(), "read:org".into()],
+            has_client_secret: true,
+            state: "ready".into(),
+            tokens: vec![TokenSummary {
+                scope: "repo read:org".into(),
+                expires_at: Some(1_000_600),
+            }],
+            last_error: None,
+        };
+        let text = render(&info, 1_000_000);
+        assert!(text.contains("client secret: stored\n"), "{text}");
+        assert!(text.contains("scopes:        repo read:org\n"), "{text}");
+        assert!(
+            text.contains("token:         repo read:org: expires in 10m ("),
+            "{text}"
+        );
+        assert_eq!(token_expiry(&info, 1_000_000), "expires in 10m");
+        assert_eq!(token_expiry(&info, 2_000_000), "expired");
+    }
+}

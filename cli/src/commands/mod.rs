@@ -1,0 +1,118 @@
+//! The subcommands, one per file, and the dispatch from parsed arguments.
+
+use crate::context::Ctx;
+use anyhow::Result;
+use clap::Subcommand;
+
+mod credential;
+mod daemon;
+mod exec;
+mod header;
+mod init;
+mod lock;
+mod passphrase;
+mod provider;
+mod rekey;
+mod status;
+mod token;
+mod unlock;
+
+/// Everything `latchkey` can do.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create the vault with a passphrase slot, a keyring slot, or both
+    ///
+    /// The passphrase comes from --passphrase-file, --passphrase-stdin or
+    /// --passphrase-env; else from the file named by $LATCHKEY_PASSPHRASE_FILE;
+    /// else it is asked twice on the terminal. --keyring with no passphrase
+    /// source creates only a keyring slot: the vault is then lost if the
+    /// keyring entry is (kernel keyutils entries vanish at reboot).
+    Init(init::Args),
+    /// Unlock the vault so tokens can be served
+    ///
+    /// With no flag: the file named by $LATCHKEY_PASSPHRASE_FILE if set; else
+    /// the keyring slot, if the vault has one; else a passphrase prompt.
+    Unlock(unlock::Args),
+    /// Lock the vault: the daemon forgets its keys and cached tokens
+    Lock,
+    /// Show the vault's state, key slots, auto-lock timer and counts
+    Status(status::Args),
+    /// Manage the vault passphrase
+    #[command(subcommand)]
+    Passphrase(passphrase::Command),
+    /// Make a new data key and re-encrypt every secret with it
+    ///
+    /// All or nothing, in one transaction. Every key slot is rewrapped, so a
+    /// vault with a passphrase slot needs the passphrase: from the flags,
+    /// else $LATCHKEY_PASSPHRASE_FILE, else a prompt.
+    Rekey(rekey::Args),
+    /// Manage OAuth providers (authorization servers)
+    #[command(subcommand)]
+    Provider(provider::Command),
+    /// Manage credentials (an OAuth client at a provider)
+    #[command(subcommand)]
+    Credential(credential::Command),
+    /// Print an access token for a credential
+    ///
+    /// Prints the token alone on stdout, for `$(latchkey token NAME)`.
+    Token(token::Args),
+    /// Print an `Authorization:` header for a credential
+    Header(header::Args),
+    /// Run a command with an access token in its environment
+    ///
+    /// The token is put in the command's environment (never its arguments),
+    /// and latchkey is replaced by the command, so the exit code is the
+    /// command's own (a shell shows death by signal N as 128+N); 126 or 127
+    /// when the command cannot be run.
+    Exec(exec::Args),
+    /// Start, stop or inspect the daemon
+    #[command(subcommand)]
+    Daemon(daemon::Command),
+}
+
+/// Runs one parsed command.
+pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
+    match command {
+        Command::Init(args) => init::run(ctx, args),
+        Command::Unlock(args) => unlock::run(ctx, args),
+        Command::Lock => lock::run(ctx),
+        Command::Status(args) => status::run(ctx, args),
+        Command::Passphrase(command) => passphrase::run(ctx, command),
+        Command::Rekey(args) => rekey::run(ctx, args),
+        Command::Provider(command) => provider::run(ctx, command),
+        Command::Credential(command) => credential::run(ctx, command),
+        Command::Token(args) => token::run(ctx, args),
+        Command::Header(args) => header::run(ctx, args),
+        Command::Exec(args) => exec::run(ctx, args),
+        Command::Daemon(command) => daemon::run(ctx, command),
+    }
+}
+
+/// Decodes a `*.list` reply. protocol.rs names no type for it yet, so both a
+/// bare array and an object holding the array under `key` are accepted.
+fn list_reply<T: serde::de::DeserializeOwned>(
+    reply: serde_json::Value,
+    key: &str,
+) -> Result<Vec<T>> {
+    let items = match reply {
+        serde_json::Value::Object(mut map) => map.remove(key).unwrap_or_default(),
+        other => other,
+    };
+    serde_json::from_value(items).map_err(|e| {
+        anyhow::anyhow!("unexpected reply from the latchkey daemon: bad {key} list: {e}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_replies_come_bare_or_wrapped() {
+        let bare: Vec<String> = list_reply(serde_json::json!(["a", "b"]), "names").unwrap();
+        let wrapped: Vec<String> =
+            list_reply(serde_json::json!({"names": ["a", "b"]}), "names").unwrap();
+        assert_eq!(bare, wrapped);
+        assert!(list_reply::<String>(serde_json::json!({"other": []}), "names").is_err());
+    }
+}

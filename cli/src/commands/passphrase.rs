@@ -1,0 +1,57 @@
+//! `latchkey passphrase change`: rewrap the vault's data key under a new passphrase.
+
+use crate::context::Ctx;
+use crate::exit;
+use crate::secret::{self, Source};
+use anyhow::{Context, Result};
+use latchkey_client::protocol::{method, ChangePassphraseParams};
+use secrecy::SecretString;
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Change the vault passphrase (secrets are not re-encrypted; see `latchkey rekey`)
+    Change(ChangeArgs),
+}
+
+/// Each passphrase comes from its file, else a prompt on the terminal.
+#[derive(clap::Args)]
+pub struct ChangeArgs {
+    /// Read the current passphrase from a file (one trailing newline is dropped)
+    #[arg(long, value_name = "PATH")]
+    old_file: Option<PathBuf>,
+    /// Read the new passphrase from a file (one trailing newline is dropped)
+    #[arg(long, value_name = "PATH")]
+    new_file: Option<PathBuf>,
+}
+
+pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
+    let Command::Change(args) = command;
+    let mut session = ctx.connect()?;
+    let old = read(args.old_file, "current passphrase", false)?;
+    let new = read(args.new_file, "new passphrase", true)?;
+    let _: serde_json::Value = session
+        .call(
+            method::VAULT_CHANGE_PASSPHRASE,
+            &ChangePassphraseParams { old, new },
+        )
+        .context("failed to change the passphrase")?;
+    ctx.done("passphrase changed")
+}
+
+fn read(file: Option<PathBuf>, what: &str, new: bool) -> Result<SecretString> {
+    if let Some(path) = file {
+        return Source::File(path).read(what);
+    }
+    if !secret::can_prompt() {
+        return Err(exit::usage(format!(
+            "no {what} given and no terminal to prompt on: use --old-file PATH and --new-file PATH"
+        )));
+    }
+    let label = format!("{}: ", secret::capitalise(what));
+    if new {
+        secret::prompt_new(&label, what)
+    } else {
+        secret::prompt(&label, what)
+    }
+}

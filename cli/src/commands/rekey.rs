@@ -1,0 +1,59 @@
+//! `latchkey rekey`: a new data key, every secret re-encrypted in one
+//! transaction. Passphrase slots are rewrapped too, so a vault with one
+//! needs its passphrase (same sources as `unlock`).
+
+use crate::args::{PassphraseArgs, PASSPHRASE_FLAGS};
+use crate::context::Ctx;
+use crate::exit;
+use crate::secret::{self, Source};
+use anyhow::{Context, Result};
+use latchkey_client::protocol::{method, RekeyParams, RekeyResult};
+
+/// The passphrase comes from the flags, else `$LATCHKEY_PASSPHRASE_FILE`,
+/// else a prompt; a vault with only a keyring slot needs none.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
+    let mut session = ctx.connect()?;
+    let source = args
+        .passphrase
+        .source()
+        .or_else(Source::passphrase_file_env);
+    let passphrase = match source {
+        Some(source) => Some(source.read("passphrase")?),
+        None => {
+            let status = session.status()?;
+            if !status.slots.iter().any(|s| s.kind == "passphrase") {
+                None
+            } else if secret::can_prompt() {
+                Some(secret::prompt("Vault passphrase: ", "passphrase")?)
+            } else {
+                return Err(exit::usage(format!(
+                    "rekeying rewraps the passphrase slot, so it needs the passphrase, and there is no terminal to ask on: use {PASSPHRASE_FLAGS}"
+                )));
+            }
+        }
+    };
+    let result: RekeyResult = session
+        .call(method::VAULT_REKEY, &RekeyParams { passphrase })
+        .context("failed to rekey the vault")?;
+    ctx.done(format_args!(
+        "re-encrypted {} field{} under a new data key and rewrapped {} key slot{}",
+        result.fields,
+        plural(result.fields),
+        result.slots,
+        plural(result.slots)
+    ))
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

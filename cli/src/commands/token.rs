@@ -1,0 +1,99 @@
+//! `latchkey token NAME`: print an access token (the one place, with
+//! `header`, where a secret is meant to reach stdout).
+
+use crate::args::{parse_duration, parse_scope_arg, scope_subset};
+use crate::context::Ctx;
+use crate::output;
+use anyhow::{Context, Result};
+use latchkey_client::protocol::{method, TokenParams, TokenReply};
+use latchkey_client::ErrorKind;
+use secrecy::ExposeSecret;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// Which token: shared by `token`, `header` and `exec`.
+#[derive(clap::Args)]
+pub struct TokenArgs {
+    /// The credential's name
+    pub name: String,
+    /// The token must stay valid at least this long: 600, 30s, 10m or 1h (longer than the provider's token lifetime forces one refresh)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_ttl: Option<Duration>,
+    /// Ask for a subset of the credential's scopes; repeat the flag or separate scopes with spaces
+    #[arg(long = "scope", value_name = "S", value_parser = parse_scope_arg)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    token: TokenArgs,
+    /// Print {"access_token","token_type","expires_at","scope"} as JSON instead of the bare token
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
+    let reply = fetch(ctx, &args.token)?;
+    if args.json {
+        let mut json = Zeroizing::new(serde_json::to_vec(&reply)?);
+        json.push(b'\n');
+        return output::write_parts(&[&json]);
+    }
+    output::write_parts(&[reply.access_token.expose_secret().as_bytes(), b"\n"])
+}
+
+/// Asks the daemon for a token.
+pub fn fetch(ctx: &Ctx, args: &TokenArgs) -> Result<TokenReply> {
+    let params = TokenParams {
+        credential: args.name.clone(),
+        scopes: scope_subset(&args.scopes),
+        min_ttl: args.min_ttl.map(|d| d.as_secs()),
+    };
+    ctx.connect()?
+        .call(method::TOKEN_GET, &params)
+        .map_err(|err| login_hint(err, &args.name))
+        .with_context(|| format!("failed to get a token for '{}'", args.name))
+}
+
+/// Makes sure a `reauth_required` error names the command that fixes it.
+fn login_hint(err: anyhow::Error, name: &str) -> anyhow::Error {
+    match err.downcast::<latchkey_client::Error>() {
+        Ok(latchkey_client::Error::Daemon {
+            kind: ErrorKind::ReauthRequired,
+            message,
+            retry_after,
+        }) if !message.contains("latchkey login") => latchkey_client::Error::Daemon {
+            kind: ErrorKind::ReauthRequired,
+            message: format!("{message}: run `latchkey login {name}`"),
+            retry_after,
+        }
+        .into(),
+        Ok(other) => other.into(),
+        Err(err) => err,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reauth_errors_name_the_login_command_once() {
+        let daemon = |message: &str| {
+            anyhow::Error::new(latchkey_client::Error::Daemon {
+                kind: ErrorKind::ReauthRequired,
+                message: message.into(),
+                retry_after: None,
+            })
+        };
+        let err = login_hint(daemon("the refresh token was revoked"), "gh");
+        assert_eq!(
+            err.to_string(),
+            "the refresh token was revoked: run `latchkey login gh`"
+        );
+        assert_eq!(crate::exit::for_error(&err), crate::exit::REAUTH_REQUIRED);
+        let msg = "credential 'gh' needs a new login: run `latchkey login gh`";
+        assert_eq!(login_hint(daemon(msg), "gh").to_string(), msg);
+    }
+}

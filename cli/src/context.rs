@@ -1,0 +1,287 @@
+//! What every command shares: where the socket and vault are, how chatty to
+//! be, and a [`Session`] with the daemon — started on demand, and re-unlocked
+//! from `$LATCHKEY_PASSPHRASE_FILE` when it auto-locked under a headless caller.
+
+use crate::output;
+use crate::secret::{Source, PASSPHRASE_FILE_ENV};
+use crate::spawn::{self, DaemonArgs};
+use anyhow::{Context as _, Result};
+use latchkey_client::blocking::Client;
+use latchkey_client::protocol::{method, StatusResult, UnlockParams, UnlockResult};
+use latchkey_client::ErrorKind;
+use serde::{de::DeserializeOwned, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// 5 minutes: a call waits on at most one provider round trip or one Argon2
+/// run, which the daemon bounds far below this; the bound only keeps a wedged
+/// daemon from hanging a script forever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The global options, resolved.
+pub struct Ctx {
+    /// `--socket`, else `$LATCHKEY_SOCKET`, else the XDG default; absolute.
+    pub socket: PathBuf,
+    /// `--vault`, else `$LATCHKEY_VAULT`; `None` leaves the choice to the daemon.
+    pub vault: Option<PathBuf>,
+    /// `-q`: no notices on stderr and no confirmations on stdout.
+    pub quiet: bool,
+}
+
+impl Ctx {
+    /// Resolves the global options. Paths are made absolute because the
+    /// daemon may not share our working directory.
+    pub fn new(socket: Option<PathBuf>, vault: Option<PathBuf>, quiet: bool) -> Ctx {
+        let socket = socket.unwrap_or_else(latchkey_client::socket_path);
+        let vault = vault.or_else(|| {
+            std::env::var_os(latchkey_client::VAULT_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        Ctx {
+            socket: absolute(socket),
+            vault: vault.map(absolute),
+            quiet,
+        }
+    }
+
+    /// A notice on stderr (`latchkey: …`), unless `--quiet`.
+    pub fn info(&self, message: impl std::fmt::Display) {
+        if !self.quiet {
+            // Nothing useful is left to do when stderr is gone.
+            let _ = writeln!(std::io::stderr(), "latchkey: {message}");
+        }
+    }
+
+    /// A warning on stderr, shown even with `--quiet`.
+    pub fn warn(&self, message: impl std::fmt::Display) {
+        let _ = writeln!(std::io::stderr(), "latchkey: warning: {message}");
+    }
+
+    /// A confirmation on stdout ("vault locked"), unless `--quiet`.
+    pub fn done(&self, message: impl std::fmt::Display) -> Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
+        output::print(&format!("{message}\n"))
+    }
+
+    /// Connects to the daemon, starting it when nothing answers on the socket.
+    pub fn connect(&self) -> Result<Session<'_>> {
+        let client = match Client::connect_to(&self.socket) {
+            Ok(client) => client,
+            Err(latchkey_client::Error::Connect { .. }) => {
+                let started = spawn::start(&self.daemon_args(None))?;
+                if let Some(pid) = started.spawned_pid {
+                    self.info(format_args!("started daemon (pid {pid})"));
+                }
+                started.client
+            }
+            Err(err) => return Err(err).context("failed to connect to the latchkey daemon"),
+        };
+        self.session(client)
+    }
+
+    /// Connects to a running daemon; `None` when nothing answers on the socket.
+    pub fn connect_running(&self) -> Result<Option<Session<'_>>> {
+        match Client::connect_to(&self.socket) {
+            Ok(client) => self.session(client).map(Some),
+            Err(latchkey_client::Error::Connect { .. }) => Ok(None),
+            Err(err) => Err(err).context("failed to connect to the latchkey daemon"),
+        }
+    }
+
+    /// How to start the daemon for this invocation.
+    pub fn daemon_args(&self, idle_timeout: Option<Duration>) -> DaemonArgs<'_> {
+        DaemonArgs {
+            socket: &self.socket,
+            vault: self.vault.as_deref(),
+            idle_timeout,
+        }
+    }
+
+    fn session(&self, mut client: Client) -> Result<Session<'_>> {
+        client
+            .set_timeout(Some(CALL_TIMEOUT))
+            .context("failed to set up the connection to the latchkey daemon")?;
+        let mut session = Session { ctx: self, client };
+        session.check_vault()?;
+        Ok(session)
+    }
+}
+
+/// A connection to the daemon plus the options it was opened with.
+pub struct Session<'a> {
+    ctx: &'a Ctx,
+    client: Client,
+}
+
+impl Session<'_> {
+    /// One call, as is: the error keeps its daemon kind for callers that branch on it.
+    pub fn raw<P: Serialize, R: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: &P,
+    ) -> Result<R, latchkey_client::Error> {
+        self.client.call(method, params).map_err(explain)
+    }
+
+    /// One call; when the vault turns out locked and `$LATCHKEY_PASSPHRASE_FILE`
+    /// is set (a CI runner whose daemon auto-locked), unlocks with that file
+    /// and retries once.
+    pub fn call<P: Serialize, R: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: &P,
+    ) -> Result<R> {
+        match self.raw(method, params) {
+            Err(err) if err.kind() == Some(ErrorKind::Locked) => {
+                let Some(source) = Source::passphrase_file_env() else {
+                    return Err(err.into());
+                };
+                let passphrase = source.read("passphrase").with_context(|| {
+                    format!("the vault is locked and ${PASSPHRASE_FILE_ENV} could not unlock it")
+                })?;
+                let unlock = UnlockParams {
+                    passphrase: Some(passphrase),
+                };
+                self.raw::<_, UnlockResult>(method::VAULT_UNLOCK, &unlock)
+                    .with_context(|| {
+                        format!(
+                            "the vault is locked and ${PASSPHRASE_FILE_ENV} could not unlock it"
+                        )
+                    })?;
+                self.ctx.info(format_args!(
+                    "the vault was locked; unlocked it with ${PASSPHRASE_FILE_ENV}"
+                ));
+                Ok(self.raw(method, params)?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// `status` (does not reset the daemon's idle timer).
+    pub fn status(&mut self) -> Result<StatusResult> {
+        self.raw(method::STATUS, &latchkey_client::protocol::Empty {})
+            .context("failed to get the daemon's status")
+    }
+
+    /// `hello`: the daemon's pid and version.
+    pub fn hello(&mut self) -> Result<latchkey_client::protocol::HelloResult> {
+        self.client
+            .hello()
+            .map_err(explain)
+            .context("failed to greet the latchkey daemon")
+    }
+
+    /// The daemon serves one vault, chosen when it started. When the user
+    /// named a vault and the running daemon serves another, say so rather
+    /// than silently work on the wrong one.
+    fn check_vault(&mut self) -> Result<()> {
+        let Some(wanted) = self.ctx.vault.clone() else {
+            return Ok(());
+        };
+        let status = self.status()?;
+        let served = PathBuf::from(&status.vault_path);
+        if !same_file(&wanted, &served) {
+            return Err(anyhow::anyhow!(
+                "the daemon at {} (pid {}) serves the vault {}, not {}: stop it with `latchkey daemon stop` or pick another socket with --socket",
+                self.ctx.socket.display(),
+                status.pid,
+                served.display(),
+                wanted.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Adds what the bare client error leaves out: a timeout says which daemon
+/// hung, and a retry hint says when.
+fn explain(err: latchkey_client::Error) -> latchkey_client::Error {
+    match err {
+        latchkey_client::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            latchkey_client::Error::Io(std::io::Error::new(
+                io.kind(),
+                format!(
+                    "the daemon did not answer within {}s; restart it with `latchkey daemon stop`",
+                    CALL_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+        latchkey_client::Error::Daemon {
+            kind,
+            message,
+            retry_after: Some(secs),
+        } if !message.contains("retry") => latchkey_client::Error::Daemon {
+            kind,
+            message: format!("{message} (retry in {})", output::span(secs)),
+            retry_after: Some(secs),
+        },
+        other => other,
+    }
+}
+
+/// Whether two paths name the same file, even when one does not exist yet
+/// (an uninitialized vault): compares canonical parents and file names.
+fn same_file(a: &Path, b: &Path) -> bool {
+    fn canonical(p: &Path) -> PathBuf {
+        if let Ok(c) = p.canonicalize() {
+            return c;
+        }
+        match (p.parent(), p.file_name()) {
+            (Some(dir), Some(name)) => dir
+                .canonicalize()
+                .map(|d| d.join(name))
+                .unwrap_or_else(|_| p.to_owned()),
+            _ => p.to_owned(),
+        }
+    }
+    a == b || canonical(a) == canonical(b)
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    // On failure (no working directory) keep the path as given: the daemon
+    // then sees what the user typed, which is still the best guess.
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_file_sees_through_dots_and_missing_files() {
+        let tmp = std::env::temp_dir();
+        assert!(same_file(
+            &tmp.join("./missing.db"),
+            &tmp.join("missing.db")
+        ));
+        assert!(!same_file(&tmp.join("one.db"), &tmp.join("two.db")));
+    }
+
+    #[test]
+    fn retry_hints_are_added_once() {
+        let err = explain(latchkey_client::Error::Daemon {
+            kind: ErrorKind::RateLimited,
+            message: "provider 'gh' is rate limiting".into(),
+            retry_after: Some(90),
+        });
+        assert_eq!(
+            err.to_string(),
+            "provider 'gh' is rate limiting (retry in 1m 30s)"
+        );
+        let err = explain(latchkey_client::Error::Daemon {
+            kind: ErrorKind::RateLimited,
+            message: "slow down: retry in 5s".into(),
+            retry_after: Some(5),
+        });
+        assert_eq!(err.to_string(), "slow down: retry in 5s");
+    }
+}

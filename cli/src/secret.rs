@@ -1,0 +1,285 @@
+//! Reading secrets (passphrases, client secrets) from the places the user
+//! names: a file, stdin, an environment variable, or a no-echo prompt on the
+//! terminal. Never from argv. Every buffer a secret passes through is
+//! zeroized; the result is a [`SecretString`] that goes straight to the socket.
+
+use crate::exit;
+use anyhow::{Context, Result};
+use secrecy::{ExposeSecret, SecretString};
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// 16 KiB: far above any real passphrase or client secret, and well under the
+/// daemon's 64 KiB request limit.
+const MAX_SECRET_LEN: u64 = 16 * 1024;
+
+/// Environment variable naming a file that holds the vault passphrase; used
+/// by `init`, `unlock`, and to unlock an auto-locked vault headlessly.
+pub const PASSPHRASE_FILE_ENV: &str = "LATCHKEY_PASSPHRASE_FILE";
+
+/// Where a secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file; one trailing newline is dropped.
+    File(PathBuf),
+    /// Standard input; one trailing newline is dropped.
+    Stdin,
+    /// A named environment variable, taken as is.
+    Env(String),
+}
+
+impl Source {
+    /// The first source given, if any (clap makes them mutually exclusive).
+    pub fn from_flags(file: Option<&Path>, stdin: bool, env: Option<&str>) -> Option<Source> {
+        if let Some(path) = file {
+            Some(Source::File(path.to_owned()))
+        } else if stdin {
+            Some(Source::Stdin)
+        } else {
+            env.map(|var| Source::Env(var.to_owned()))
+        }
+    }
+
+    /// `$LATCHKEY_PASSPHRASE_FILE`, when set and not empty.
+    pub fn passphrase_file_env() -> Option<Source> {
+        std::env::var_os(PASSPHRASE_FILE_ENV)
+            .filter(|v| !v.is_empty())
+            .map(|v| Source::File(PathBuf::from(v)))
+    }
+
+    /// Reads the secret; `what` names it in errors ("passphrase").
+    pub fn read(&self, what: &str) -> Result<SecretString> {
+        let secret = match self {
+            Source::File(path) => read_file(path)
+                .with_context(|| format!("failed to read the {what} from {}", path.display()))?,
+            Source::Stdin => {
+                read_stdin(what).with_context(|| format!("failed to read the {what} from stdin"))?
+            }
+            Source::Env(var) => {
+                read_env(var).with_context(|| format!("failed to read the {what} from ${var}"))?
+            }
+        };
+        if secret.expose_secret().is_empty() {
+            return Err(exit::usage(format!(
+                "the {what} from {self} is empty: an empty {what} is not allowed"
+            )));
+        }
+        Ok(secret)
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Stdin => f.write_str("stdin"),
+            Source::Env(var) => write!(f, "${var}"),
+        }
+    }
+}
+
+/// True when there is a user at a terminal to prompt. Standard input decides,
+/// not `/dev/tty`: a script or test that runs us with stdin redirected must
+/// get an error naming the flags, never a prompt that waits forever on a
+/// terminal it does not watch.
+pub fn can_prompt() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// Asks once, without echo, on the terminal. Refuses an empty answer.
+pub fn prompt(label: &str, what: &str) -> Result<SecretString> {
+    let answer = Zeroizing::new(
+        rpassword::prompt_password(label)
+            .with_context(|| format!("failed to read the {what} from the terminal"))?,
+    );
+    if answer.is_empty() {
+        return Err(exit::usage(format!(
+            "the {what} is empty: an empty {what} is not allowed"
+        )));
+    }
+    Ok(SecretString::from(answer.as_str()))
+}
+
+/// Asks twice, without echo, and checks both answers match (for a new passphrase).
+pub fn prompt_new(label: &str, what: &str) -> Result<SecretString> {
+    let first = prompt(label, what)?;
+    let second = prompt(&format!("Repeat the {what}: "), what)?;
+    if first.expose_secret() != second.expose_secret() {
+        return Err(exit::usage(format!(
+            "the two {what}s do not match: run the command again"
+        )));
+    }
+    Ok(first)
+}
+
+/// Drops exactly one trailing `\n` or `\r\n`: what an editor or `echo` adds
+/// to a file. Any other whitespace is part of the secret.
+fn strip_newline(bytes: &[u8]) -> &[u8] {
+    bytes
+        .strip_suffix(b"\r\n")
+        .or_else(|| bytes.strip_suffix(b"\n"))
+        .unwrap_or(bytes)
+}
+
+/// Reads at most [`MAX_SECRET_LEN`] bytes into a buffer allocated once (so
+/// no reallocation leaves a copy behind) and zeroized on drop.
+fn read_bounded(mut reader: impl Read) -> Result<Zeroizing<Vec<u8>>> {
+    // The extra room means `read_to_end` never fills the buffer, so it never
+    // grows it or probes into a stack buffer.
+    let mut buf = Zeroizing::new(Vec::with_capacity(MAX_SECRET_LEN as usize + 64));
+    (&mut reader)
+        .take(MAX_SECRET_LEN + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_SECRET_LEN {
+        anyhow::bail!("it is longer than {MAX_SECRET_LEN} bytes");
+    }
+    Ok(buf)
+}
+
+/// Turns bytes into a secret string, copying into an allocation of the exact size.
+fn secret_from_utf8(bytes: &[u8]) -> Result<SecretString> {
+    let text = std::str::from_utf8(bytes).map_err(|_| anyhow::anyhow!("it is not valid UTF-8"))?;
+    Ok(SecretString::from(text))
+}
+
+fn read_file(path: &Path) -> Result<SecretString> {
+    let file = std::fs::File::open(path)?;
+    let buf = read_bounded(file)?;
+    secret_from_utf8(strip_newline(&buf))
+}
+
+fn read_stdin(what: &str) -> Result<SecretString> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        // Someone is typing: do not echo it.
+        return prompt(&format!("{}: ", capitalise(what)), what);
+    }
+    let buf = read_bounded(stdin.lock())?;
+    secret_from_utf8(strip_newline(&buf))
+}
+
+fn read_env(var: &str) -> Result<SecretString> {
+    let value = std::env::var_os(var)
+        .ok_or_else(|| exit::usage(format!("environment variable {var} is not set")))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        let bytes = Zeroizing::new(value.into_vec());
+        secret_from_utf8(&bytes)
+    }
+    #[cfg(not(unix))]
+    {
+        let text = Zeroizing::new(
+            value
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("it is not valid UTF-8"))?,
+        );
+        Ok(SecretString::from(text.as_str()))
+    }
+}
+
+pub fn capitalise(word: &str) -> String {
+    let mut chars = word.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_trailing_newline_is_stripped() {
+        let cases: [(&[u8], &[u8]); 10] = [
+            (b"pw", b"pw"),
+            (b"pw\n", b"pw"),
+            (b"pw\r\n", b"pw"),
+            (b"pw\n\n", b"pw\n"),
+            (b"pw\r\n\r\n", b"pw\r\n"),
+            (b"pw\r", b"pw\r"),
+            (b"pw \n", b"pw "),
+            (b"\n", b""),
+            (b"", b""),
+            (b"p\nw", b"p\nw"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                strip_newline(input),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn files_are_read_stripped_and_checked() {
+        let dir = std::env::temp_dir().join(format!("latchkey-cli-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, content: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            Source::File(path)
+        };
+        let secret = write("ok", b"correct horse\n").read("passphrase").unwrap();
+        assert_eq!(secret.expose_secret(), "correct horse");
+
+        let err = write("empty", b"\n").read("passphrase").unwrap_err();
+        assert_eq!(exit::for_error(&err), exit::USAGE);
+        assert!(format!("{err:#}").contains("empty"), "{err:#}");
+
+        let err = write("latin1", b"caf\xe9-canary\n")
+            .read("passphrase")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("not valid UTF-8"), "{err:#}");
+        assert!(!format!("{err:#}").contains("canary"), "{err:#}");
+
+        let long = vec![b'x'; MAX_SECRET_LEN as usize + 1];
+        let err = write("long", &long).read("passphrase").unwrap_err();
+        assert!(format!("{err:#}").contains("longer than"), "{err:#}");
+        let exact = vec![b'x'; MAX_SECRET_LEN as usize];
+        assert!(write("exact", &exact).read("passphrase").is_ok());
+
+        let err = Source::File(dir.join("missing"))
+            .read("passphrase")
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("failed to read the passphrase from"),
+            "{err:#}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn env_values_are_taken_as_is_and_unset_ones_are_usage_errors() {
+        // Test-only variables with names no other test uses.
+        std::env::set_var("LATCHKEY_CLI_TEST_SECRET", "s3cret\n");
+        let secret = Source::Env("LATCHKEY_CLI_TEST_SECRET".into())
+            .read("client secret")
+            .unwrap();
+        assert_eq!(secret.expose_secret(), "s3cret\n");
+        let err = Source::Env("LATCHKEY_CLI_TEST_UNSET".into())
+            .read("client secret")
+            .unwrap_err();
+        assert_eq!(exit::for_error(&err), exit::USAGE);
+    }
+
+    #[test]
+    fn sources_pick_the_flag_given() {
+        let p = Path::new("/p");
+        assert_eq!(
+            Source::from_flags(Some(p), false, None),
+            Some(Source::File(p.into()))
+        );
+        assert_eq!(Source::from_flags(None, true, None), Some(Source::Stdin));
+        assert_eq!(
+            Source::from_flags(None, false, Some("V")),
+            Some(Source::Env("V".into()))
+        );
+        assert_eq!(Source::from_flags(None, false, None), None);
+        assert_eq!(capitalise("passphrase"), "Passphrase");
+    }
+}
