@@ -48,7 +48,13 @@ impl Audit {
 
     /// Records one event. `detail` must never hold a secret: callers pass
     /// names, scopes, kinds and counts only.
-    pub fn record(&self, event: &str, credential: Option<&str>, peer_pid: Option<u32>, detail: Option<String>) {
+    pub fn record(
+        &self,
+        event: &str,
+        credential: Option<&str>,
+        peer_pid: Option<u32>,
+        detail: Option<String>,
+    ) {
         tracing::info!(
             target: "latchkey::audit",
             event,

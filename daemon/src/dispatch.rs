@@ -4,7 +4,9 @@
 
 use crate::error::ApiError;
 use crate::state::{Daemon, Peer};
-use latchkey_client::protocol::{method, ErrorKind, HelloParams, HelloResult, NameParams, PROTOCOL_VERSION};
+use latchkey_client::protocol::{
+    method, ErrorKind, HelloParams, HelloResult, NameParams, PROTOCOL_VERSION,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -33,7 +35,14 @@ struct Incoming<'a> {
 /// Handles one request line, appending exactly one reply line to `out`.
 pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec<u8>) -> After {
     let Ok(text) = std::str::from_utf8(line) else {
-        write_error(out, None, &ApiError::new(ErrorKind::ParseError, "the request is not valid UTF-8; send one UTF-8 JSON object per line"));
+        write_error(
+            out,
+            None,
+            &ApiError::new(
+                ErrorKind::ParseError,
+                "the request is not valid UTF-8; send one UTF-8 JSON object per line",
+            ),
+        );
         return After::Close;
     };
     let request: Incoming<'_> = match serde_json::from_str(text) {
@@ -43,13 +52,27 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec
             return After::Continue;
         }
         Err(_) => {
-            write_error(out, None, &ApiError::new(ErrorKind::ParseError, "the request is not valid JSON; send one JSON object per line"));
+            write_error(
+                out,
+                None,
+                &ApiError::new(
+                    ErrorKind::ParseError,
+                    "the request is not valid JSON; send one JSON object per line",
+                ),
+            );
             return After::Close;
         }
     };
     let id = request.id;
     if request.jsonrpc.as_deref().is_some_and(|v| v != "2.0") {
-        write_error(out, id, &ApiError::new(ErrorKind::InvalidRequest, "unsupported \"jsonrpc\" version: use \"2.0\""));
+        write_error(
+            out,
+            id,
+            &ApiError::new(
+                ErrorKind::InvalidRequest,
+                "unsupported \"jsonrpc\" version: use \"2.0\"",
+            ),
+        );
         return After::Continue;
     }
     let params = request.params;
@@ -60,7 +83,11 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec
         daemon.touch();
     }
     match name {
-        method::HELLO => respond(out, id, parse::<HelloParams>(name, params).map(|p| hello(&p))),
+        method::HELLO => respond(
+            out,
+            id,
+            parse::<HelloParams>(name, params).map(|p| hello(&p)),
+        ),
         method::STATUS => respond(out, id, daemon.status()),
         method::TOKEN_GET => match parse(name, params) {
             Ok(p) => respond(out, id, daemon.token_get(p, peer).await),
@@ -91,20 +118,49 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec
             Err(e) => write_error(out, id, &e),
         },
         method::PROVIDER_LIST => respond(out, id, daemon.provider_list()),
-        method::PROVIDER_SHOW => respond(out, id, parse::<NameParams>(name, params).and_then(|p| daemon.provider_show(&p.name))),
-        method::PROVIDER_REMOVE => respond(out, id, parse::<NameParams>(name, params).and_then(|p| daemon.provider_remove(&p.name))),
-        method::CREDENTIAL_ADD => respond(out, id, parse(name, params).and_then(|p| daemon.credential_add(p))),
+        method::PROVIDER_SHOW => respond(
+            out,
+            id,
+            parse::<NameParams>(name, params).and_then(|p| daemon.provider_show(&p.name)),
+        ),
+        method::PROVIDER_REMOVE => respond(
+            out,
+            id,
+            parse::<NameParams>(name, params).and_then(|p| daemon.provider_remove(&p.name)),
+        ),
+        method::CREDENTIAL_ADD => respond(
+            out,
+            id,
+            parse(name, params).and_then(|p| daemon.credential_add(p)),
+        ),
         method::CREDENTIAL_LIST => respond(out, id, daemon.credential_list()),
-        method::CREDENTIAL_SHOW => respond(out, id, parse::<NameParams>(name, params).and_then(|p| daemon.credential_show(&p.name))),
-        method::CREDENTIAL_REMOVE => respond(out, id, parse::<NameParams>(name, params).and_then(|p| daemon.credential_remove(&p.name))),
+        method::CREDENTIAL_SHOW => respond(
+            out,
+            id,
+            parse::<NameParams>(name, params).and_then(|p| daemon.credential_show(&p.name)),
+        ),
+        method::CREDENTIAL_REMOVE => respond(
+            out,
+            id,
+            parse::<NameParams>(name, params).and_then(|p| daemon.credential_remove(&p.name)),
+        ),
         method::DAEMON_SHUTDOWN => {
-            daemon.audit().record("shutdown_requested", None, Some(peer.pid), None);
+            daemon
+                .audit()
+                .record("shutdown_requested", None, Some(peer.pid), None);
             daemon.shutdown.notify_one();
             respond(out, id, Ok(latchkey_client::protocol::Empty {}))
         }
         other => {
             let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
-            write_error(out, id, &ApiError::new(ErrorKind::MethodNotFound, format!("unknown method '{shown}': see the protocol section of the README")));
+            write_error(
+                out,
+                id,
+                &ApiError::new(
+                    ErrorKind::MethodNotFound,
+                    format!("unknown method '{shown}': see the protocol section of the README"),
+                ),
+            );
         }
     }
     After::Continue
@@ -112,7 +168,11 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec
 
 fn hello(params: &HelloParams) -> HelloResult {
     if params.protocol != PROTOCOL_VERSION {
-        tracing::info!(client = params.protocol, ours = PROTOCOL_VERSION, "client speaks another protocol version");
+        tracing::info!(
+            client = params.protocol,
+            ours = PROTOCOL_VERSION,
+            "client speaks another protocol version"
+        );
     }
     HelloResult {
         protocol: PROTOCOL_VERSION,
@@ -134,7 +194,10 @@ fn parse<T: DeserializeOwned>(method: &str, params: Option<&RawValue>) -> Result
         let detail = if safe {
             text.split(" at line").next().unwrap_or_default().to_owned()
         } else {
-            format!("a parameter has the wrong type or value (column {})", e.column())
+            format!(
+                "a parameter has the wrong type or value (column {})",
+                e.column()
+            )
         };
         ApiError::invalid_params(format!("invalid parameters for {method}: {detail}"))
     })
@@ -149,7 +212,11 @@ fn respond<T: Serialize>(out: &mut Vec<u8>, id: Option<&RawValue>, result: Resul
             out.extend_from_slice(b",\"result\":");
             if let Err(e) = serde_json::to_writer(&mut *out, &value) {
                 out.truncate(start);
-                write_error(out, id, &ApiError::internal(format!("cannot encode the reply: {e}")));
+                write_error(
+                    out,
+                    id,
+                    &ApiError::internal(format!("cannot encode the reply: {e}")),
+                );
                 return;
             }
             out.extend_from_slice(b"}\n");

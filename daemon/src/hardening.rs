@@ -13,13 +13,19 @@ pub fn harden_process() -> Vec<String> {
     };
     // SAFETY: a valid pointer to an initialized rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) } != 0 {
-        refused.push(format!("RLIMIT_CORE=0: {}", std::io::Error::last_os_error()));
+        refused.push(format!(
+            "RLIMIT_CORE=0: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     #[cfg(target_os = "linux")]
     {
         // SAFETY: PR_SET_DUMPABLE takes one integer argument.
         if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-            refused.push(format!("PR_SET_DUMPABLE=0: {}", std::io::Error::last_os_error()));
+            refused.push(format!(
+                "PR_SET_DUMPABLE=0: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     refused

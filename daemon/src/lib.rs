@@ -48,7 +48,11 @@ pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves the vault at `config.vault_path` on `listener` until `shutdown`
 /// resolves (or a client sends `daemon.shutdown`), then finishes in-flight
 /// requests, locks the vault and returns.
-pub async fn run(config: Config, listener: Listener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: Listener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let frame_timeout = config.frame_timeout;
     let daemon = state::Daemon::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     daemon.unlock_unattended().await;

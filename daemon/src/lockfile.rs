@@ -17,14 +17,20 @@ pub enum LockError {
     #[error("another latchkeyd (pid {pid}) already serves the vault {}; use it, or stop it with `latchkey daemon stop`", vault.display())]
     Held { pid: String, vault: PathBuf },
     #[error("cannot lock {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub fn acquire(vault: &Path) -> Result<LockFile, LockError> {
     let mut path = vault.as_os_str().to_owned();
     path.push(".lock");
     let path = PathBuf::from(path);
-    let io = |source| LockError::Io { path: path.clone(), source };
+    let io = |source| LockError::Io {
+        path: path.clone(),
+        source,
+    };
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -40,7 +46,11 @@ pub fn acquire(vault: &Path) -> Result<LockFile, LockError> {
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim();
             return Err(LockError::Held {
-                pid: if pid.is_empty() { "unknown".into() } else { pid.into() },
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.into()
+                },
                 vault: vault.to_owned(),
             });
         }

@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "latchkeyd", version, about = "Latchkey credential vault daemon (foreground)")]
+#[command(
+    name = "latchkeyd",
+    version,
+    about = "Latchkey credential vault daemon (foreground)"
+)]
 struct Args {
     /// Socket path [default: $XDG_RUNTIME_DIR/latchkey/latchkey.sock]
     #[arg(long, env = "LATCHKEY_SOCKET")]
@@ -55,15 +59,17 @@ fn start(args: Args) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         frame_timeout: args.frame_timeout,
         passphrase_file: args.passphrase_file.filter(|p| !p.as_os_str().is_empty()),
-        keyring: keyring::BackendChoice::from_env(),
+        keyring: keyring::BackendChoice::from_env()?,
     };
     if let Some(dir) = config.vault_path.parent() {
-        fsutil::private_dir(dir).with_context(|| format!("failed to prepare the vault directory {}", dir.display()))?;
+        fsutil::private_dir(dir)
+            .with_context(|| format!("failed to prepare the vault directory {}", dir.display()))?;
     }
     let _lock = lockfile::acquire(&config.vault_path)?;
     let socket = &config.socket_path;
     if let Some(dir) = socket.parent() {
-        fsutil::private_dir(dir).with_context(|| format!("failed to prepare the socket directory {}", dir.display()))?;
+        fsutil::private_dir(dir)
+            .with_context(|| format!("failed to prepare the socket directory {}", dir.display()))?;
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
@@ -73,7 +79,8 @@ fn start(args: Args) -> anyhow::Result<()> {
             );
         }
         // A socket file nobody listens on is left from a crash: replace it.
-        std::fs::remove_file(socket).with_context(|| format!("failed to remove the stale socket {}", socket.display()))?;
+        std::fs::remove_file(socket)
+            .with_context(|| format!("failed to remove the stale socket {}", socket.display()))?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -106,8 +113,10 @@ fn start(args: Args) -> anyhow::Result<()> {
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds at start");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler succeeds at start");
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds at start");
+    let mut int =
+        signal(SignalKind::interrupt()).expect("installing a SIGINT handler succeeds at start");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
@@ -130,8 +139,13 @@ fn init_tracing() {
 /// `900`, `30s`, `15m`, `2h`, `1d`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a duration such as 900, 30s, 15m or 1h"))?;
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration such as 900, 30s, 15m or 1h"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,

@@ -24,7 +24,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown` completes or a client asks the daemon
 /// to stop, then waits (bounded) for in-flight requests to finish.
-pub async fn serve(daemon: Arc<Daemon>, listener: Listener, shutdown: impl Future<Output = ()>, frame_timeout: Duration) {
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    listener: Listener,
+    shutdown: impl Future<Output = ()>,
+    frame_timeout: Duration,
+) {
     let (stop_tx, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -65,8 +70,14 @@ pub async fn serve(daemon: Arc<Daemon>, listener: Listener, shutdown: impl Futur
     drop(listener);
     let _ = stop_tx.send(());
     drop(done_tx);
-    if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv()).await.is_err() {
-        tracing::warn!("some connections did not finish within {}s", DRAIN_TIMEOUT.as_secs());
+    if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "some connections did not finish within {}s",
+            DRAIN_TIMEOUT.as_secs()
+        );
     }
 }
 
@@ -80,7 +91,12 @@ fn check_peer(daemon: &Daemon, stream: &Stream, our_uid: u32) -> Option<Peer> {
                 Some(uid) if uid == our_uid => Some(Peer { pid }),
                 uid => {
                     tracing::warn!(pid, uid = ?uid, "refused a connection from another user");
-                    daemon.audit().record("peer_refused", None, Some(pid), Some(format!("uid {uid:?}")));
+                    daemon.audit().record(
+                        "peer_refused",
+                        None,
+                        Some(pid),
+                        Some(format!("uid {uid:?}")),
+                    );
                     None
                 }
             }
@@ -92,7 +108,13 @@ fn check_peer(daemon: &Daemon, stream: &Stream, our_uid: u32) -> Option<Peer> {
     }
 }
 
-async fn connection(daemon: &Arc<Daemon>, stream: Stream, peer: Peer, mut stop: broadcast::Receiver<()>, frame_timeout: Duration) {
+async fn connection(
+    daemon: &Arc<Daemon>,
+    stream: Stream,
+    peer: Peer,
+    mut stop: broadcast::Receiver<()>,
+    frame_timeout: Duration,
+) {
     let mut reader = BufReader::with_capacity(8 * 1024, stream);
     let mut line = Vec::with_capacity(1024);
     let mut out = Vec::with_capacity(1024);
@@ -108,17 +130,28 @@ async fn connection(daemon: &Arc<Daemon>, stream: Stream, peer: Peer, mut stop: 
         }
         // Once a request has started, it must arrive whole in time: a
         // half-written frame followed by silence costs one task, briefly.
-        match tokio::time::timeout(frame_timeout, read_frame(&mut reader, &mut line, MAX_REQUEST_LEN)).await {
+        match tokio::time::timeout(
+            frame_timeout,
+            read_frame(&mut reader, &mut line, MAX_REQUEST_LEN),
+        )
+        .await
+        {
             Ok(Ok(Frame::Line)) => {}
             Ok(Ok(Frame::TooLong)) => {
-                tracing::info!(pid = peer.pid, "closing a connection that sent an oversized request");
+                tracing::info!(
+                    pid = peer.pid,
+                    "closing a connection that sent an oversized request"
+                );
                 dispatch::too_large(&mut out);
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, reader.get_mut().write_all(&out)).await;
                 break;
             }
             Ok(Ok(Frame::Eof)) | Ok(Err(_)) => break,
             Err(_) => {
-                tracing::info!(pid = peer.pid, "closing a connection that stalled mid-request");
+                tracing::info!(
+                    pid = peer.pid,
+                    "closing a connection that stalled mid-request"
+                );
                 break;
             }
         }

@@ -8,8 +8,8 @@ use crate::error::ApiError;
 use crate::oauth::{discovery, grant, http::check_url, http::Http};
 use crate::tokens::{Issued, Key, TokenCache};
 use crate::vault::{
-    keyring, now, Catalog, Credential, CredentialConfig, Keys, NewSlots, Provider, ProviderConfig, StoredToken,
-    Vault,
+    keyring, now, Catalog, Credential, CredentialConfig, Keys, NewSlots, Provider, ProviderConfig,
+    StoredToken, Vault,
 };
 use crate::Config;
 use futures::future::{BoxFuture, FutureExt};
@@ -121,7 +121,12 @@ impl Daemon {
 
     /// The unlocked session, or the error that says what to do.
     fn session(&self) -> Result<Arc<Session>, ApiError> {
-        if let Some(session) = self.session.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(session) = self
+            .session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             return Ok(Arc::clone(session));
         }
         Err(if self.vault().is_some() {
@@ -181,7 +186,10 @@ impl Daemon {
         let (providers, credentials) = match &session {
             Some(s) => {
                 let c = s.catalog();
-                (Some(c.providers.len() as u32), Some(c.credentials.len() as u32))
+                (
+                    Some(c.providers.len() as u32),
+                    Some(c.credentials.len() as u32),
+                )
             }
             None => (None, None),
         };
@@ -214,8 +222,14 @@ impl Daemon {
                 "vault.init needs a passphrase, a keyring slot, or both",
             ));
         }
-        if params.passphrase.as_ref().is_some_and(|p| p.expose_secret().is_empty()) {
-            return Err(ApiError::invalid_params("the passphrase is empty; choose a non-empty one"));
+        if params
+            .passphrase
+            .as_ref()
+            .is_some_and(|p| p.expose_secret().is_empty())
+        {
+            return Err(ApiError::invalid_params(
+                "the passphrase is empty; choose a non-empty one",
+            ));
         }
         let path = self.config.vault_path.clone();
         let choice = self.config.keyring;
@@ -242,12 +256,22 @@ impl Daemon {
             "vault_init",
             None,
             None,
-            Some(slots.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>().join(",")),
+            Some(
+                slots
+                    .iter()
+                    .map(|s| s.kind.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         );
         Ok(InitResult { vault_id, slots })
     }
 
-    pub async fn unlock(self: &Arc<Self>, params: UnlockParams, peer: Peer) -> Result<UnlockResult, ApiError> {
+    pub async fn unlock(
+        self: &Arc<Self>,
+        params: UnlockParams,
+        peer: Peer,
+    ) -> Result<UnlockResult, ApiError> {
         let _guard = self.lifecycle.lock().await;
         if self.vault().is_none() {
             return Err(ApiError::not_initialized());
@@ -269,7 +293,9 @@ impl Daemon {
         let by_passphrase = params.passphrase.is_some();
         let opened = tokio::task::spawn_blocking(move || {
             let vault = daemon.vault();
-            let vault = vault.as_ref().expect("checked above; only init creates the vault");
+            let vault = vault
+                .as_ref()
+                .expect("checked above; only init creates the vault");
             match &params.passphrase {
                 Some(p) => vault.unlock_with_passphrase(p),
                 None => vault.unlock_with_keyring(),
@@ -279,9 +305,13 @@ impl Daemon {
         .map_err(ApiError::internal)?;
         match opened {
             Ok((keys, slot)) => {
-                self.limiter.lock().unwrap_or_else(|p| p.into_inner()).failures = 0;
+                self.limiter
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .failures = 0;
                 self.open_session(keys)?;
-                self.audit.record("unlock", None, Some(peer.pid), Some(slot.kind.clone()));
+                self.audit
+                    .record("unlock", None, Some(peer.pid), Some(slot.kind.clone()));
                 Ok(UnlockResult {
                     slot,
                     already_unlocked: false,
@@ -292,8 +322,12 @@ impl Daemon {
                 if by_passphrase && error.kind == ErrorKind::WrongPassphrase {
                     self.note_unlock_failure();
                 }
-                self.audit
-                    .record("unlock_failed", None, Some(peer.pid), Some(error.kind.to_string()));
+                self.audit.record(
+                    "unlock_failed",
+                    None,
+                    Some(peer.pid),
+                    Some(error.kind.to_string()),
+                );
                 Err(error)
             }
         }
@@ -334,7 +368,10 @@ impl Daemon {
             }
             let (stored, bad) = vault.load_tokens(&keys)?;
             if bad > 0 {
-                tracing::warn!(count = bad, "stored tokens failed their integrity check and were ignored");
+                tracing::warn!(
+                    count = bad,
+                    "stored tokens failed their integrity check and were ignored"
+                );
             }
             for t in stored {
                 let key = (t.credential_id.clone(), t.scope_key.clone());
@@ -356,11 +393,19 @@ impl Daemon {
     /// Locks the vault: the data key and every cached token are dropped and
     /// zeroized. Returns whether it was unlocked.
     pub fn lock(&self, reason: &str) -> bool {
-        let session = self.session.write().unwrap_or_else(|p| p.into_inner()).take();
+        let session = self
+            .session
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let Some(session) = session else {
             return false;
         };
-        session.keys.write().unwrap_or_else(|p| p.into_inner()).take();
+        session
+            .keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         session.tokens.clear();
         *session.catalog_mut() = Catalog::default();
         self.audit.record("lock", None, None, Some(reason.into()));
@@ -380,28 +425,42 @@ impl Daemon {
             return;
         }
         let idle_for = now() - self.last_activity.load(Ordering::Relaxed);
-        if idle_for >= idle && self.session.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if idle_for >= idle
+            && self
+                .session
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+        {
             self.lock("idle timeout");
         }
     }
 
-    pub async fn change_passphrase(self: &Arc<Self>, params: ChangePassphraseParams) -> Result<Empty, ApiError> {
+    pub async fn change_passphrase(
+        self: &Arc<Self>,
+        params: ChangePassphraseParams,
+    ) -> Result<Empty, ApiError> {
         let _guard = self.lifecycle.lock().await;
         if params.new.expose_secret().is_empty() {
-            return Err(ApiError::invalid_params("the new passphrase is empty; choose a non-empty one"));
+            return Err(ApiError::invalid_params(
+                "the new passphrase is empty; choose a non-empty one",
+            ));
         }
         self.check_unlock_limit()?;
         let daemon = Arc::clone(self);
         let result = tokio::task::spawn_blocking(move || {
             let mut vault = daemon.vault();
             let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
-            vault.change_passphrase(&params.old, &params.new).map_err(ApiError::from)
+            vault
+                .change_passphrase(&params.old, &params.new)
+                .map_err(ApiError::from)
         })
         .await
         .map_err(ApiError::internal)?;
         match result {
             Ok(slot) => {
-                self.audit.record("passphrase_changed", None, None, Some(slot.id));
+                self.audit
+                    .record("passphrase_changed", None, None, Some(slot.id));
                 Ok(Empty {})
             }
             Err(e) => {
@@ -421,11 +480,16 @@ impl Daemon {
         let worker_session = Arc::clone(&session);
         let result = tokio::task::spawn_blocking(move || {
             // Lock order everywhere: session keys, then the vault.
-            let keys = worker_session.keys.read().unwrap_or_else(|p| p.into_inner());
+            let keys = worker_session
+                .keys
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
             let keys = keys.as_ref().ok_or_else(ApiError::locked)?;
             let mut vault = daemon.vault();
             let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
-            vault.rekey(keys, params.passphrase.as_ref()).map_err(ApiError::from)
+            vault
+                .rekey(keys, params.passphrase.as_ref())
+                .map_err(ApiError::from)
         })
         .await
         .map_err(ApiError::internal)?;
@@ -434,8 +498,12 @@ impl Daemon {
                 // The old key is replaced (and zeroized) in place; cached
                 // tokens stay valid, they do not depend on the key.
                 *session.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(new_keys);
-                self.audit
-                    .record("rekey", None, None, Some(format!("{fields} fields, {slots} slots")));
+                self.audit.record(
+                    "rekey",
+                    None,
+                    None,
+                    Some(format!("{fields} fields, {slots} slots")),
+                );
                 Ok(RekeyResult { fields, slots })
             }
             Err(e) => {
@@ -463,11 +531,16 @@ impl Daemon {
             },
             None => None,
         };
-        let has_keyring = self.vault().as_ref().is_some_and(|v| v.has_keyring_slot().unwrap_or(false));
+        let has_keyring = self
+            .vault()
+            .as_ref()
+            .is_some_and(|v| v.has_keyring_slot().unwrap_or(false));
         if passphrase.is_none() && !has_keyring {
             return;
         }
-        let peer = Peer { pid: std::process::id() };
+        let peer = Peer {
+            pid: std::process::id(),
+        };
         match self.unlock(UnlockParams { passphrase }, peer).await {
             Ok(r) => tracing::info!(slot = %r.slot.kind, "vault unlocked at start"),
             Err(e) => tracing::warn!("could not unlock the vault at start: {e}"),
@@ -488,16 +561,40 @@ impl Daemon {
         };
         let explicit = params.endpoints;
         let overrides = [
-            (&mut endpoints.authorization_endpoint, explicit.authorization_endpoint, "authorization endpoint"),
-            (&mut endpoints.token_endpoint, explicit.token_endpoint, "token endpoint"),
-            (&mut endpoints.device_authorization_endpoint, explicit.device_authorization_endpoint, "device authorization endpoint"),
-            (&mut endpoints.revocation_endpoint, explicit.revocation_endpoint, "revocation endpoint"),
-            (&mut endpoints.introspection_endpoint, explicit.introspection_endpoint, "introspection endpoint"),
+            (
+                &mut endpoints.authorization_endpoint,
+                explicit.authorization_endpoint,
+                "authorization endpoint",
+            ),
+            (
+                &mut endpoints.token_endpoint,
+                explicit.token_endpoint,
+                "token endpoint",
+            ),
+            (
+                &mut endpoints.device_authorization_endpoint,
+                explicit.device_authorization_endpoint,
+                "device authorization endpoint",
+            ),
+            (
+                &mut endpoints.revocation_endpoint,
+                explicit.revocation_endpoint,
+                "revocation endpoint",
+            ),
+            (
+                &mut endpoints.introspection_endpoint,
+                explicit.introspection_endpoint,
+                "introspection endpoint",
+            ),
             (&mut endpoints.jwks_uri, explicit.jwks_uri, "JWKS URI"),
         ];
         for (slot, value, what) in overrides {
             if let Some(value) = value {
-                *slot = Some(check_url(what, &value).map_err(ApiError::invalid_params)?.to_string());
+                *slot = Some(
+                    check_url(what, &value)
+                        .map_err(ApiError::invalid_params)?
+                        .to_string(),
+                );
             }
         }
         if endpoints.token_endpoint.is_none() {
@@ -526,8 +623,12 @@ impl Daemon {
             Ok(vault.add_provider(keys, config)?)
         })?;
         let info = provider_info(&provider, &[]);
-        session.catalog_mut().providers.insert(params.name.clone(), Arc::new(provider));
-        self.audit.record("provider_added", None, None, Some(params.name));
+        session
+            .catalog_mut()
+            .providers
+            .insert(params.name.clone(), Arc::new(provider));
+        self.audit
+            .record("provider_added", None, None, Some(params.name));
         Ok(info)
     }
 
@@ -546,14 +647,23 @@ impl Daemon {
     pub fn provider_show(&self, name: &str) -> Result<ProviderInfo, ApiError> {
         let session = self.session()?;
         let catalog = session.catalog();
-        let provider = catalog.providers.get(name).ok_or_else(|| ApiError::no_provider(name))?;
-        Ok(provider_info(provider, &credentials_of(&catalog, &provider.id)))
+        let provider = catalog
+            .providers
+            .get(name)
+            .ok_or_else(|| ApiError::no_provider(name))?;
+        Ok(provider_info(
+            provider,
+            &credentials_of(&catalog, &provider.id),
+        ))
     }
 
     pub fn provider_remove(&self, name: &str) -> Result<Empty, ApiError> {
         let session = self.session()?;
         let mut catalog = session.catalog_mut();
-        let provider = catalog.providers.get(name).ok_or_else(|| ApiError::no_provider(name))?;
+        let provider = catalog
+            .providers
+            .get(name)
+            .ok_or_else(|| ApiError::no_provider(name))?;
         let users = credentials_of(&catalog, &provider.id);
         if !users.is_empty() {
             return Err(ApiError::new(
@@ -570,7 +680,8 @@ impl Daemon {
             .ok_or_else(ApiError::not_initialized)?
             .remove_provider(&id)?;
         catalog.providers.remove(name);
-        self.audit.record("provider_removed", None, None, Some(name.into()));
+        self.audit
+            .record("provider_removed", None, None, Some(name.into()));
         Ok(Empty {})
     }
 
@@ -643,8 +754,11 @@ impl Daemon {
             Ok(vault.add_credential(keys, config, params.client_secret.as_ref())?)
         })?;
         let info = credential_info(&catalog, &credential, &session.tokens);
-        catalog.credentials.insert(params.name.clone(), Arc::new(credential));
-        self.audit.record("credential_added", Some(&params.name), None, None);
+        catalog
+            .credentials
+            .insert(params.name.clone(), Arc::new(credential));
+        self.audit
+            .record("credential_added", Some(&params.name), None, None);
         Ok(info)
     }
 
@@ -663,14 +777,20 @@ impl Daemon {
     pub fn credential_show(&self, name: &str) -> Result<CredentialInfo, ApiError> {
         let session = self.session()?;
         let catalog = session.catalog();
-        let credential = catalog.credentials.get(name).ok_or_else(|| ApiError::no_credential(name))?;
+        let credential = catalog
+            .credentials
+            .get(name)
+            .ok_or_else(|| ApiError::no_credential(name))?;
         Ok(credential_info(&catalog, credential, &session.tokens))
     }
 
     pub fn credential_remove(&self, name: &str) -> Result<Empty, ApiError> {
         let session = self.session()?;
         let mut catalog = session.catalog_mut();
-        let credential = catalog.credentials.get(name).ok_or_else(|| ApiError::no_credential(name))?;
+        let credential = catalog
+            .credentials
+            .get(name)
+            .ok_or_else(|| ApiError::no_credential(name))?;
         let id = credential.id.clone();
         self.vault()
             .as_mut()
@@ -678,7 +798,8 @@ impl Daemon {
             .remove_credential(&id)?;
         catalog.credentials.remove(name);
         session.tokens.forget(&id);
-        self.audit.record("credential_removed", Some(name), None, None);
+        self.audit
+            .record("credential_removed", Some(name), None, None);
         Ok(Empty {})
     }
 
@@ -686,7 +807,11 @@ impl Daemon {
 
     /// The token path: policy check, then the cache, which answers from
     /// memory or joins/starts the one token request for this credential.
-    pub async fn token_get(self: &Arc<Self>, params: TokenParams, peer: Peer) -> Result<TokenOut, ApiError> {
+    pub async fn token_get(
+        self: &Arc<Self>,
+        params: TokenParams,
+        peer: Peer,
+    ) -> Result<TokenOut, ApiError> {
         let session = self.session()?;
         let (credential, provider) = {
             let catalog = session.catalog();
@@ -694,7 +819,9 @@ impl Daemon {
                 .credentials
                 .get(&params.credential)
                 .ok_or_else(|| ApiError::no_credential(&params.credential))?;
-            let provider = catalog.provider_by_id(&credential.config.provider_id).cloned();
+            let provider = catalog
+                .provider_by_id(&credential.config.provider_id)
+                .cloned();
             (Arc::clone(credential), provider)
         };
         let scopes = requested_scopes(&credential, params.scopes.as_deref())?;
@@ -704,9 +831,13 @@ impl Daemon {
         let fetch_session = Arc::clone(&session);
         let hit = session
             .tokens
-            .get(&key, params.min_ttl.unwrap_or(0), peer.pid, now, move || {
-                daemon.fetch(fetch_session, credential, provider, scopes)
-            })
+            .get(
+                &key,
+                params.min_ttl.unwrap_or(0),
+                peer.pid,
+                now,
+                move || daemon.fetch(fetch_session, credential, provider, scopes),
+            )
             .await?;
         if hit.first_issue {
             self.audit.record(
@@ -730,17 +861,24 @@ impl Daemon {
     ) -> BoxFuture<'static, Result<Issued, ApiError>> {
         async move {
             let name = credential.config.name.clone();
-            let result = self.request_token(&session, &credential, provider.as_deref(), &scopes).await;
+            let result = self
+                .request_token(&session, &credential, provider.as_deref(), &scopes)
+                .await;
             match &result {
                 Ok(t) => self.audit.record(
                     "token_fetched",
                     Some(&name),
                     None,
-                    Some(format!("scope={:?} expires_in={}", t.scope, t.effective_expiry - t.obtained_at)),
+                    Some(format!(
+                        "scope={:?} expires_in={}",
+                        t.scope,
+                        t.effective_expiry - t.obtained_at
+                    )),
                 ),
                 Err(e) => {
                     tracing::warn!(credential = %name, kind = %e.kind, "token request failed: {e}");
-                    self.audit.record("token_failed", Some(&name), None, Some(e.kind.to_string()));
+                    self.audit
+                        .record("token_failed", Some(&name), None, Some(e.kind.to_string()));
                 }
             }
             result
@@ -818,10 +956,14 @@ impl Daemon {
         for key in session.tokens.due(now, RECENT_USE_SECS) {
             let found = {
                 let catalog = session.catalog();
-                catalog.credentials.values().find(|c| c.id == key.0).map(|c| {
-                    let provider = catalog.provider_by_id(&c.config.provider_id).cloned();
-                    (Arc::clone(c), provider)
-                })
+                catalog
+                    .credentials
+                    .values()
+                    .find(|c| c.id == key.0)
+                    .map(|c| {
+                        let provider = catalog.provider_by_id(&c.config.provider_id).cloned();
+                        (Arc::clone(c), provider)
+                    })
             };
             let Some((credential, provider)) = found else {
                 continue;
@@ -879,7 +1021,9 @@ fn read_passphrase_file(path: &std::path::Path) -> Result<SecretString, String> 
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
         && !name.starts_with('-');
     if ok {
         Ok(())
@@ -896,8 +1040,13 @@ fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
 fn normalize_scopes(scopes: &[String]) -> Result<Vec<String>, ApiError> {
     let mut out: Vec<String> = Vec::new();
     for s in scopes.iter().flat_map(|s| s.split_whitespace()) {
-        if !s.chars().all(|c| c == '!' || ('#'..='[').contains(&c) || (']'..='~').contains(&c)) {
-            return Err(ApiError::invalid_params(format!("invalid scope '{s}' (RFC 6749 §3.3)")));
+        if !s
+            .chars()
+            .all(|c| c == '!' || ('#'..='[').contains(&c) || (']'..='~').contains(&c))
+        {
+            return Err(ApiError::invalid_params(format!(
+                "invalid scope '{s}' (RFC 6749 §3.3)"
+            )));
         }
         out.push(s.to_owned());
     }
@@ -907,7 +1056,10 @@ fn normalize_scopes(scopes: &[String]) -> Result<Vec<String>, ApiError> {
 }
 
 /// The scopes a call may have: all the credential's, or a subset of them.
-fn requested_scopes(credential: &Credential, asked: Option<&[String]>) -> Result<Vec<String>, ApiError> {
+fn requested_scopes(
+    credential: &Credential,
+    asked: Option<&[String]>,
+) -> Result<Vec<String>, ApiError> {
     let Some(asked) = asked else {
         return Ok(credential.config.scopes.clone());
     };
@@ -951,7 +1103,11 @@ fn provider_info(provider: &Provider, credentials: &[String]) -> ProviderInfo {
     }
 }
 
-fn credential_info(catalog: &Catalog, credential: &Credential, tokens: &TokenCache) -> CredentialInfo {
+fn credential_info(
+    catalog: &Catalog,
+    credential: &Credential,
+    tokens: &TokenCache,
+) -> CredentialInfo {
     let now = now();
     let entries = tokens.entries(&credential.id, now);
     let backoff = entries.iter().find_map(|e| e.backoff.clone());
@@ -984,7 +1140,9 @@ fn credential_info(catalog: &Catalog, credential: &Credential, tokens: &TokenCac
                 expires_at: e.expires_at,
             })
             .collect(),
-        last_error: backoff.map(|(until, message)| format!("{message} (next attempt in {} s)", (until - now).max(0))),
+        last_error: backoff.map(|(until, message)| {
+            format!("{message} (next attempt in {} s)", (until - now).max(0))
+        }),
     }
 }
 
@@ -1026,8 +1184,14 @@ mod tests {
             has_client_secret: true,
             corrupt: false,
         };
-        assert_eq!(requested_scopes(&credential, None).unwrap(), ["read", "write"]);
-        assert_eq!(requested_scopes(&credential, Some(&["read".into()])).unwrap(), ["read"]);
+        assert_eq!(
+            requested_scopes(&credential, None).unwrap(),
+            ["read", "write"]
+        );
+        assert_eq!(
+            requested_scopes(&credential, Some(&["read".into()])).unwrap(),
+            ["read"]
+        );
         let err = requested_scopes(&credential, Some(&["admin".into()])).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Forbidden);
         assert!(err.message.contains("admin"));

@@ -56,7 +56,9 @@ impl Issued {
 
     /// Whether it stays valid `min_ttl` seconds from `now`.
     fn lasts(&self, min_ttl: u64, now: i64) -> bool {
-        let need = i64::try_from(min_ttl).unwrap_or(i64::MAX).max(EXPIRY_MARGIN_SECS);
+        let need = i64::try_from(min_ttl)
+            .unwrap_or(i64::MAX)
+            .max(EXPIRY_MARGIN_SECS);
         self.effective_expiry.saturating_sub(now) >= need
     }
 }
@@ -126,7 +128,14 @@ impl TokenCache {
     /// from a new one made with `fetch` — one request however many callers.
     /// A caller that joins a request accepts its token even when the
     /// provider's tokens live shorter than `min_ttl` (no request loops).
-    pub async fn get<F>(self: &Arc<Self>, key: &Key, min_ttl: u64, peer: u32, now: i64, fetch: F) -> Result<Hit, ApiError>
+    pub async fn get<F>(
+        self: &Arc<Self>,
+        key: &Key,
+        min_ttl: u64,
+        peer: u32,
+        now: i64,
+        fetch: F,
+    ) -> Result<Hit, ApiError>
     where
         F: FnOnce() -> BoxFuture<'static, Result<Issued, ApiError>>,
     {
@@ -209,7 +218,12 @@ impl TokenCache {
             .collect()
     }
 
-    fn start(self: &Arc<Self>, key: &Key, slot: &mut Slot, fetch: BoxFuture<'static, Result<Issued, ApiError>>) -> Flight {
+    fn start(
+        self: &Arc<Self>,
+        key: &Key,
+        slot: &mut Slot,
+        fetch: BoxFuture<'static, Result<Issued, ApiError>>,
+    ) -> Flight {
         let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let cache = Arc::clone(self);
@@ -240,7 +254,10 @@ impl TokenCache {
         let mut slots = self.slots();
         // The entry may be gone (vault locked, credential removed) or taken
         // over by a newer request: then this result is not ours to record.
-        let Some(slot) = slots.get_mut(key).filter(|s| s.flight.as_ref().is_some_and(|(f, _)| *f == id)) else {
+        let Some(slot) = slots
+            .get_mut(key)
+            .filter(|s| s.flight.as_ref().is_some_and(|(f, _)| *f == id))
+        else {
             return;
         };
         slot.flight = None;
@@ -278,7 +295,11 @@ impl TokenCache {
             .iter()
             .filter(|((id, _), _)| id == credential_id)
             .map(|(_, s)| EntryInfo {
-                scope: s.token.as_ref().map(|t| t.scope.clone()).unwrap_or_default(),
+                scope: s
+                    .token
+                    .as_ref()
+                    .map(|t| t.scope.clone())
+                    .unwrap_or_default(),
                 expires_at: s.token.as_ref().and_then(|t| t.expires_at),
                 backoff: s
                     .backoff
@@ -296,7 +317,9 @@ fn backoff_delay(failures: u32, retry_after: Option<u64>) -> i64 {
     let exp = BACKOFF_BASE_SECS.saturating_mul(1i64 << failures.saturating_sub(1).min(20));
     let capped = exp.min(BACKOFF_CAP_SECS);
     let jittered = capped / 2 + rand::random_range(0..=capped - capped / 2);
-    let floor = retry_after.map_or(0, |r| i64::try_from(r).unwrap_or(i64::MAX).min(BACKOFF_CAP_SECS));
+    let floor = retry_after.map_or(0, |r| {
+        i64::try_from(r).unwrap_or(i64::MAX).min(BACKOFF_CAP_SECS)
+    });
     jittered.max(floor).max(1)
 }
 
@@ -347,10 +370,16 @@ mod tests {
             }));
         }
         for t in tasks {
-            assert!(t.await.unwrap().unwrap(), "each peer's first token is a first issue");
+            assert!(
+                t.await.unwrap().unwrap(),
+                "each peer's first token is a first issue"
+            );
         }
         assert_eq!(requests.load(Ordering::SeqCst), 1);
-        let again = cache.get(&key(), 60, 0, now, || unreachable!("cached")).await.unwrap();
+        let again = cache
+            .get(&key(), 60, 0, now, || unreachable!("cached"))
+            .await
+            .unwrap();
         assert!(!again.first_issue && !again.waited);
     }
 
@@ -361,7 +390,9 @@ mod tests {
         cache.insert_stored(key(), token(now, 30));
         // 30 s left, caller wants 600: one request, whose 30 s token is accepted.
         let hit = cache
-            .get(&key(), 600, 1, now, || async move { Ok(token(now, 30)) }.boxed())
+            .get(&key(), 600, 1, now, || {
+                async move { Ok(token(now, 30)) }.boxed()
+            })
             .await
             .unwrap();
         assert!(hit.waited);
@@ -377,14 +408,19 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::ProviderUnavailable);
         for _ in 0..50 {
             let err = cache
-                .get(&key(), 0, 1, now, || unreachable!("backing off: no new request"))
+                .get(&key(), 0, 1, now, || {
+                    unreachable!("backing off: no new request")
+                })
                 .await
                 .err()
                 .unwrap();
             assert!(err.retry_after.is_some());
         }
         assert_eq!(cache.fetches.load(Ordering::Relaxed), 1);
-        assert!(cache.due(now, 60).is_empty(), "no proactive refresh while backing off");
+        assert!(
+            cache.due(now, 60).is_empty(),
+            "no proactive refresh while backing off"
+        );
     }
 
     #[test]
@@ -392,7 +428,10 @@ mod tests {
         for failures in 1..30 {
             let d = backoff_delay(failures, None);
             let exp = (1i64 << (failures - 1).min(20)).min(BACKOFF_CAP_SECS);
-            assert!(d >= (exp / 2).max(1) && d <= exp, "failures {failures}: {d}");
+            assert!(
+                d >= (exp / 2).max(1) && d <= exp,
+                "failures {failures}: {d}"
+            );
         }
         assert!(backoff_delay(1, Some(120)) >= 120);
         assert_eq!(backoff_delay(1, Some(1_000_000)), BACKOFF_CAP_SECS);
@@ -403,12 +442,18 @@ mod tests {
         for lifetime in [30, 300, 3600] {
             let at = Issued::schedule_refresh(1000 + lifetime, 1000);
             assert!(at < 1000 + lifetime - lifetime / 4 + 1, "{lifetime}: {at}");
-            assert!(at >= 1000 + lifetime - lifetime / 4 - lifetime / 10 - 10, "{lifetime}: {at}");
+            assert!(
+                at >= 1000 + lifetime - lifetime / 4 - lifetime / 10 - 10,
+                "{lifetime}: {at}"
+            );
         }
         let cache = TokenCache::default();
         let now = 10_000;
         cache.insert_stored(key(), token(now - 100, 110));
-        assert!(cache.due(now, 60).is_empty(), "never used: not refreshed ahead");
+        assert!(
+            cache.due(now, 60).is_empty(),
+            "never used: not refreshed ahead"
+        );
         cache.slots().get_mut(&key()).unwrap().last_used = now;
         assert_eq!(cache.due(now, 60), vec![key()]);
     }

@@ -56,7 +56,10 @@ pub async fn discover(http: &Http, issuer: &str) -> Result<(String, Endpoints), 
     }
     let mut tried = Vec::new();
     for url in metadata_urls(&issuer_url) {
-        let (status, body) = http.get_json(&url).await.map_err(|e| unreachable_issuer(issuer, &url, e))?;
+        let (status, body) = http
+            .get_json(&url)
+            .await
+            .map_err(|e| unreachable_issuer(issuer, &url, e))?;
         if status != 200 {
             tried.push(format!("{url} (HTTP {status})"));
             continue;
@@ -97,16 +100,22 @@ fn endpoints(meta: Metadata) -> Result<Endpoints, ApiError> {
     let checked = |what: &str, value: Option<String>| -> Result<Option<String>, ApiError> {
         value
             .map(|v| {
-                check_url(what, &v)
-                    .map(|u| u.to_string())
-                    .map_err(|e| ApiError::new(ErrorKind::ProviderError, format!("the provider's metadata is unusable: {e}")))
+                check_url(what, &v).map(|u| u.to_string()).map_err(|e| {
+                    ApiError::new(
+                        ErrorKind::ProviderError,
+                        format!("the provider's metadata is unusable: {e}"),
+                    )
+                })
             })
             .transpose()
     };
     let endpoints = Endpoints {
         authorization_endpoint: checked("authorization_endpoint", meta.authorization_endpoint)?,
         token_endpoint: checked("token_endpoint", meta.token_endpoint)?,
-        device_authorization_endpoint: checked("device_authorization_endpoint", meta.device_authorization_endpoint)?,
+        device_authorization_endpoint: checked(
+            "device_authorization_endpoint",
+            meta.device_authorization_endpoint,
+        )?,
         revocation_endpoint: checked("revocation_endpoint", meta.revocation_endpoint)?,
         introspection_endpoint: checked("introspection_endpoint", meta.introspection_endpoint)?,
         jwks_uri: checked("jwks_uri", meta.jwks_uri)?,
@@ -131,10 +140,11 @@ mod tests {
                 "https://as.example.com/.well-known/oauth-authorization-server",
             ]
         );
-        let path: Vec<String> = metadata_urls(&Url::parse("https://as.example.com/tenant/a/").unwrap())
-            .iter()
-            .map(|u| u.to_string())
-            .collect();
+        let path: Vec<String> =
+            metadata_urls(&Url::parse("https://as.example.com/tenant/a/").unwrap())
+                .iter()
+                .map(|u| u.to_string())
+                .collect();
         assert_eq!(
             path,
             [

@@ -44,7 +44,10 @@ pub async fn client_credentials(
         .ok_or_else(|| GrantFailure {
             error: ApiError::new(
                 ErrorKind::InvalidRequest,
-                format!("provider '{}' has no token endpoint: add one with `latchkey provider add`", provider.config.name),
+                format!(
+                    "provider '{}' has no token endpoint: add one with `latchkey provider add`",
+                    provider.config.name
+                ),
             ),
             transient: false,
         })?;
@@ -76,7 +79,12 @@ pub async fn client_credentials(
                 .scopes()
                 .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
         }),
-        Err(e) => Err(classify(&provider.config.name, name, e, secret_text.as_deref())),
+        Err(e) => Err(classify(
+            &provider.config.name,
+            name,
+            e,
+            secret_text.as_deref(),
+        )),
     }
 }
 
@@ -195,7 +203,10 @@ mod tests {
 
     #[test]
     fn descriptions_never_carry_the_secret() {
-        assert_eq!(scrub("bad secret s3cr3t given", Some("s3cr3t")), "bad secret [redacted] given");
+        assert_eq!(
+            scrub("bad secret s3cr3t given", Some("s3cr3t")),
+            "bad secret [redacted] given"
+        );
         assert_eq!(scrub("a\nb", None), "ab");
         assert_eq!(scrub(&"x".repeat(500), None).len(), 200);
     }
@@ -205,16 +216,32 @@ mod tests {
         let f = classify(
             "p",
             "c",
-            RequestTokenError::Request(HttpError::Status { status: 429, retry_after: Some(9) }),
+            RequestTokenError::Request(HttpError::Status {
+                status: 429,
+                retry_after: Some(9),
+            }),
             None,
         );
         assert_eq!(f.error.kind, ErrorKind::RateLimited);
         assert_eq!(f.error.retry_after, Some(9));
         assert!(f.transient);
-        let f = classify("p", "c", RequestTokenError::Request(HttpError::Status { status: 503, retry_after: None }), None);
+        let f = classify(
+            "p",
+            "c",
+            RequestTokenError::Request(HttpError::Status {
+                status: 503,
+                retry_after: None,
+            }),
+            None,
+        );
         assert_eq!(f.error.kind, ErrorKind::ProviderUnavailable);
         assert!(f.transient);
-        let f = classify("p", "c", RequestTokenError::Other("server returned empty error response".into()), None);
+        let f = classify(
+            "p",
+            "c",
+            RequestTokenError::Other("server returned empty error response".into()),
+            None,
+        );
         assert!(f.transient);
         assert!(f.error.message.contains("provider 'p'"));
     }

@@ -29,7 +29,10 @@ pub enum HttpError {
     /// A status that is not a usable OAuth answer: 5xx, 429, or a 4xx whose
     /// body is not an OAuth JSON error (empty, HTML, ...).
     #[error("HTTP {status}")]
-    Status { status: u16, retry_after: Option<u64> },
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
     #[error("the request could not be built: {0}")]
     Request(String),
 }
@@ -39,7 +42,9 @@ impl HttpError {
     /// failing, not our request.
     pub fn is_transient(&self) -> bool {
         match self {
-            HttpError::Timeout | HttpError::Connect(_) | HttpError::Io(_) | HttpError::TooLarge => true,
+            HttpError::Timeout | HttpError::Connect(_) | HttpError::Io(_) | HttpError::TooLarge => {
+                true
+            }
             HttpError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             HttpError::Request(_) => false,
         }
@@ -121,7 +126,8 @@ impl Http {
             }
             body.extend_from_slice(&chunk);
         }
-        let looks_like_json_object = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).is_ok();
+        let looks_like_json_object =
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).is_ok();
         if status.is_server_error()
             || status.as_u16() == 429
             || (!status.is_success() && !looks_like_json_object)
@@ -264,7 +270,13 @@ mod tests {
 
     #[test]
     fn transient_statuses() {
-        let t = |status| HttpError::Status { status, retry_after: None }.is_transient();
+        let t = |status| {
+            HttpError::Status {
+                status,
+                retry_after: None,
+            }
+            .is_transient()
+        };
         assert!(t(500) && t(503) && t(429) && t(408));
         assert!(!t(400) && !t(401) && !t(404));
     }

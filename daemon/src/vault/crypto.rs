@@ -180,7 +180,13 @@ fn seal(key: &KeyBytes, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let nonce = XNonce::from(nonce);
     let sealed = key
         .cipher()
-        .encrypt(&nonce, Payload { msg: plaintext, aad })
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
     let mut blob = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
     blob.push(BLOB_VERSION);
@@ -329,12 +335,33 @@ mod tests {
 
         let elsewhere = [
             ("vault-b", AT),
-            ("vault-a", FieldRef { table: "providers", ..AT }),
-            ("vault-a", FieldRef { row_id: "ffeeddccbbaa99887766554433221100", ..AT }),
-            ("vault-a", FieldRef { field: "config", ..AT }),
+            (
+                "vault-a",
+                FieldRef {
+                    table: "providers",
+                    ..AT
+                },
+            ),
+            (
+                "vault-a",
+                FieldRef {
+                    row_id: "ffeeddccbbaa99887766554433221100",
+                    ..AT
+                },
+            ),
+            (
+                "vault-a",
+                FieldRef {
+                    field: "config",
+                    ..AT
+                },
+            ),
         ];
         for (vault, at) in elsewhere {
-            assert!(matches!(dek.open(vault, at, &blob), Err(CryptoError::Integrity)), "{vault} {at:?}");
+            assert!(
+                matches!(dek.open(vault, at, &blob), Err(CryptoError::Integrity)),
+                "{vault} {at:?}"
+            );
         }
         let other = Dek::generate().unwrap();
         assert!(other.open("vault-a", AT, &blob).is_err());
@@ -386,7 +413,10 @@ mod tests {
     fn argon2id_matches_the_recorded_vector() {
         let vector = include_str!("../../tests/vectors/argon2id.txt");
         let mut fields = std::collections::HashMap::new();
-        for line in vector.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in vector
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let (k, v) = line.split_once('=').unwrap();
             fields.insert(k.trim(), v.trim());
         }
@@ -398,7 +428,9 @@ mod tests {
                 p: fields["p"].parse().unwrap(),
             },
         };
-        let kek = slot.derive(&SecretString::from(fields["passphrase"])).unwrap();
+        let kek = slot
+            .derive(&SecretString::from(fields["passphrase"]))
+            .unwrap();
         assert_eq!(kek.with_bytes(|b| hex::encode(b)), fields["kek"]);
     }
 
@@ -407,15 +439,42 @@ mod tests {
         assert!(KdfParams::RFC9106_SECOND.check().is_ok());
         assert!(KdfParams::OWASP_MINIMUM.check().is_ok());
         let cases = [
-            KdfParams { m_kib: 8, t: 3, p: 4 },
-            KdfParams { m_kib: 65536, t: 1, p: 4 },
-            KdfParams { m_kib: 65536, t: 3, p: 0 },
-            KdfParams { m_kib: u32::MAX, t: 3, p: 4 },
-            KdfParams { m_kib: 65536, t: 1000, p: 4 },
-            KdfParams { m_kib: 65536, t: 3, p: 255 },
+            KdfParams {
+                m_kib: 8,
+                t: 3,
+                p: 4,
+            },
+            KdfParams {
+                m_kib: 65536,
+                t: 1,
+                p: 4,
+            },
+            KdfParams {
+                m_kib: 65536,
+                t: 3,
+                p: 0,
+            },
+            KdfParams {
+                m_kib: u32::MAX,
+                t: 3,
+                p: 4,
+            },
+            KdfParams {
+                m_kib: 65536,
+                t: 1000,
+                p: 4,
+            },
+            KdfParams {
+                m_kib: 65536,
+                t: 3,
+                p: 255,
+            },
         ];
         for params in cases {
-            assert!(matches!(params.check(), Err(CryptoError::ExcessiveWork(_))), "{params:?}");
+            assert!(
+                matches!(params.check(), Err(CryptoError::ExcessiveWork(_))),
+                "{params:?}"
+            );
         }
     }
 }

@@ -47,12 +47,34 @@ pub struct Keys {
 
 impl Keys {
     fn seal(&self, table: &str, row_id: &str, field: &str, plaintext: &[u8]) -> Vec<u8> {
-        self.dek.seal(&self.vault_id, FieldRef { table, row_id, field }, plaintext)
+        self.dek.seal(
+            &self.vault_id,
+            FieldRef {
+                table,
+                row_id,
+                field,
+            },
+            plaintext,
+        )
     }
 
-    fn open(&self, table: &str, row_id: &str, field: &str, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    fn open(
+        &self,
+        table: &str,
+        row_id: &str,
+        field: &str,
+        blob: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
         self.dek
-            .open(&self.vault_id, FieldRef { table, row_id, field }, blob)
+            .open(
+                &self.vault_id,
+                FieldRef {
+                    table,
+                    row_id,
+                    field,
+                },
+                blob,
+            )
             .map_err(|_| VaultError::Corrupt {
                 what: format!("{table} row {row_id} field {field}"),
             })
@@ -72,7 +94,13 @@ impl Keys {
         })
     }
 
-    fn seal_json<T: Serialize>(&self, table: &str, row_id: &str, field: &str, value: &T) -> Vec<u8> {
+    fn seal_json<T: Serialize>(
+        &self,
+        table: &str,
+        row_id: &str,
+        field: &str,
+        value: &T,
+    ) -> Vec<u8> {
         let plain = Zeroizing::new(serde_json::to_vec(value).expect("vault documents serialize"));
         self.seal(table, row_id, field, &plain)
     }
@@ -144,7 +172,10 @@ pub struct StoredToken {
     pub obtained_at: i64,
 }
 
-fn expose_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> std::result::Result<S::Ok, S::Error> {
+fn expose_secret<S: serde::Serializer>(
+    s: &SecretString,
+    ser: S,
+) -> std::result::Result<S::Ok, S::Error> {
     ser.serialize_str(s.expose_secret())
 }
 
@@ -183,14 +214,23 @@ impl Vault {
         let vault_id = crypto::random_id();
         let keys = Keys {
             vault_id: vault_id.clone(),
-            dek: Dek::generate().map_err(|e| VaultError::Slot { slot: "new".into(), source: e })?,
+            dek: Dek::generate().map_err(|e| VaultError::Slot {
+                slot: "new".into(),
+                source: e,
+            })?,
         };
         let now = now();
         let mut rows = Vec::new();
         if let Some(passphrase) = slots.passphrase {
             let id = crypto::random_id();
-            let slot = PassphraseSlot::new().map_err(|e| VaultError::Slot { slot: id.clone(), source: e })?;
-            let kek = slot.derive(passphrase).map_err(|e| VaultError::Slot { slot: id.clone(), source: e })?;
+            let slot = PassphraseSlot::new().map_err(|e| VaultError::Slot {
+                slot: id.clone(),
+                source: e,
+            })?;
+            let kek = slot.derive(passphrase).map_err(|e| VaultError::Slot {
+                slot: id.clone(),
+                source: e,
+            })?;
             rows.push(SlotRow {
                 wrapped_dek: kek.wrap(&id, &keys.dek),
                 params: serde_json::to_string(&slot).expect("slot parameters serialize"),
@@ -202,14 +242,19 @@ impl Vault {
         let mut stored_in_keyring = None;
         if let Some(backend) = slots.keyring {
             let id = crypto::random_id();
-            let kek = Kek::generate().map_err(|e| VaultError::Slot { slot: id.clone(), source: e })?;
+            let kek = Kek::generate().map_err(|e| VaultError::Slot {
+                slot: id.clone(),
+                source: e,
+            })?;
             let account = keyring_account(&vault_id, &id);
             kek.with_bytes(|bytes| keyring::store(backend, &account, bytes))?;
             stored_in_keyring = Some((backend, account));
             rows.push(SlotRow {
                 wrapped_dek: kek.wrap(&id, &keys.dek),
-                params: serde_json::to_string(&KeyringSlot { backend: backend_name(backend).into() })
-                    .expect("slot parameters serialize"),
+                params: serde_json::to_string(&KeyringSlot {
+                    backend: backend_name(backend).into(),
+                })
+                .expect("slot parameters serialize"),
                 id,
                 kind: SLOT_KEYRING.into(),
                 created_at: now,
@@ -220,7 +265,13 @@ impl Vault {
             Ok(store)
         });
         match result {
-            Ok(store) => Ok((Vault { store, path: path.to_owned() }, keys)),
+            Ok(store) => Ok((
+                Vault {
+                    store,
+                    path: path.to_owned(),
+                },
+                keys,
+            )),
             Err(e) => {
                 if let Some((backend, account)) = stored_in_keyring {
                     let _ = keyring::delete(backend, &account);
@@ -235,9 +286,11 @@ impl Vault {
     }
 
     fn vault_id(&self) -> Result<String> {
-        self.store.meta("vault_id")?.ok_or_else(|| VaultError::Corrupt {
-            what: "the vault id".into(),
-        })
+        self.store
+            .meta("vault_id")?
+            .ok_or_else(|| VaultError::Corrupt {
+                what: "the vault id".into(),
+            })
     }
 
     pub fn slot_infos(&self) -> Result<Vec<SlotInfo>> {
@@ -247,7 +300,11 @@ impl Vault {
             .into_iter()
             .map(|s| SlotInfo {
                 backend: (s.kind == SLOT_KEYRING)
-                    .then(|| serde_json::from_str::<KeyringSlot>(&s.params).ok().map(|k| k.backend))
+                    .then(|| {
+                        serde_json::from_str::<KeyringSlot>(&s.params)
+                            .ok()
+                            .map(|k| k.backend)
+                    })
                     .flatten(),
                 id: s.id,
                 kind: s.kind,
@@ -309,22 +366,40 @@ impl Vault {
 
     /// Rewraps the DEK under `new` in the slot that `old` opens. Only the
     /// slot changes; no field is touched.
-    pub fn change_passphrase(&mut self, old: &SecretString, new: &SecretString) -> Result<SlotInfo> {
+    pub fn change_passphrase(
+        &mut self,
+        old: &SecretString,
+        new: &SecretString,
+    ) -> Result<SlotInfo> {
         let (keys, info) = self.unlock_with_passphrase(old)?;
-        let slot = PassphraseSlot::new().map_err(|e| VaultError::Slot { slot: info.id.clone(), source: e })?;
-        let kek = slot.derive(new).map_err(|e| VaultError::Slot { slot: info.id.clone(), source: e })?;
+        let slot = PassphraseSlot::new().map_err(|e| VaultError::Slot {
+            slot: info.id.clone(),
+            source: e,
+        })?;
+        let kek = slot.derive(new).map_err(|e| VaultError::Slot {
+            slot: info.id.clone(),
+            source: e,
+        })?;
         let params = serde_json::to_string(&slot).expect("slot parameters serialize");
-        self.store.update_slot(&info.id, &params, &kek.wrap(&info.id, &keys.dek))?;
+        self.store
+            .update_slot(&info.id, &params, &kek.wrap(&info.id, &keys.dek))?;
         Ok(info)
     }
 
     /// Makes a new DEK and re-encrypts every field and slot in one
     /// transaction. Every slot must be re-wrappable: passphrase slots need
     /// `passphrase`, keyring slots need their keyring entry.
-    pub fn rekey(&mut self, keys: &Keys, passphrase: Option<&SecretString>) -> Result<(Keys, u64, u64)> {
+    pub fn rekey(
+        &mut self,
+        keys: &Keys,
+        passphrase: Option<&SecretString>,
+    ) -> Result<(Keys, u64, u64)> {
         let new = Keys {
             vault_id: keys.vault_id.clone(),
-            dek: Dek::generate().map_err(|e| VaultError::Slot { slot: "new".into(), source: e })?,
+            dek: Dek::generate().map_err(|e| VaultError::Slot {
+                slot: "new".into(),
+                source: e,
+            })?,
         };
         let mut wrapped = Vec::new();
         for slot in self.store.slots()? {
@@ -358,9 +433,14 @@ impl Vault {
         for row in self.store.providers()? {
             match keys.open_json::<ProviderConfig>("providers", &row.id, "config", &row.config) {
                 Ok(config) if config.name == row.name => {
-                    catalog.providers.insert(row.name.clone(), Arc::new(Provider { id: row.id, config }));
+                    catalog
+                        .providers
+                        .insert(row.name.clone(), Arc::new(Provider { id: row.id, config }));
                 }
-                _ => problems.push(format!("provider '{}' failed its integrity check", row.name)),
+                _ => problems.push(format!(
+                    "provider '{}' failed its integrity check",
+                    row.name
+                )),
             }
         }
         for row in self.store.credentials()? {
@@ -376,7 +456,10 @@ impl Vault {
                     corrupt: false,
                 },
                 None => {
-                    problems.push(format!("credential '{}' failed its integrity check", row.name));
+                    problems.push(format!(
+                        "credential '{}' failed its integrity check",
+                        row.name
+                    ));
                     Credential {
                         config: CredentialConfig {
                             name: row.name.clone(),
@@ -405,7 +488,9 @@ impl Vault {
         let mut bad = 0;
         for row in self.store.tokens()? {
             match keys.open_json::<StoredToken>("tokens", &row.id, "token", &row.token) {
-                Ok(t) if t.credential_id == row.credential_id && t.scope_key == row.scope_key => tokens.push(t),
+                Ok(t) if t.credential_id == row.credential_id && t.scope_key == row.scope_key => {
+                    tokens.push(t)
+                }
                 _ => bad += 1,
             }
         }
@@ -436,8 +521,14 @@ impl Vault {
         let id = crypto::random_id();
         let row = CredentialRow {
             config: keys.seal_json("credentials", &id, "config", &config),
-            client_secret: client_secret
-                .map(|s| keys.seal("credentials", &id, "client_secret", s.expose_secret().as_bytes())),
+            client_secret: client_secret.map(|s| {
+                keys.seal(
+                    "credentials",
+                    &id,
+                    "client_secret",
+                    s.expose_secret().as_bytes(),
+                )
+            }),
             name: config.name.clone(),
             provider_id: config.provider_id.clone(),
             state: "ready".into(),
@@ -457,13 +548,20 @@ impl Vault {
     }
 
     /// The client secret, opened just for the token request that needs it.
-    pub fn client_secret(&self, keys: &Keys, credential: &Credential) -> Result<Option<SecretString>> {
+    pub fn client_secret(
+        &self,
+        keys: &Keys,
+        credential: &Credential,
+    ) -> Result<Option<SecretString>> {
         let Some(blob) = self.store.client_secret(&credential.id)? else {
             return Ok(None);
         };
         let plain = keys.open("credentials", &credential.id, "client_secret", &blob)?;
         let text = std::str::from_utf8(&plain).map_err(|_| VaultError::Corrupt {
-            what: format!("the client secret of credential '{}'", credential.config.name),
+            what: format!(
+                "the client secret of credential '{}'",
+                credential.config.name
+            ),
         })?;
         Ok(Some(SecretString::from(text)))
     }
@@ -515,19 +613,23 @@ fn slot_info(slot: &SlotRow) -> SlotInfo {
 }
 
 fn passphrase_kek(slot: &SlotRow, passphrase: &SecretString) -> Result<Kek> {
-    let params: PassphraseSlot = serde_json::from_str(&slot.params).map_err(|_| VaultError::Corrupt {
-        what: format!("passphrase slot {}", slot.id),
-    })?;
-    params.derive(passphrase).map_err(|source| VaultError::Slot {
-        slot: slot.id.clone(),
-        source,
-    })
+    let params: PassphraseSlot =
+        serde_json::from_str(&slot.params).map_err(|_| VaultError::Corrupt {
+            what: format!("passphrase slot {}", slot.id),
+        })?;
+    params
+        .derive(passphrase)
+        .map_err(|source| VaultError::Slot {
+            slot: slot.id.clone(),
+            source,
+        })
 }
 
 fn keyring_kek(vault_id: &str, slot: &SlotRow) -> Result<Kek> {
-    let params: KeyringSlot = serde_json::from_str(&slot.params).map_err(|_| VaultError::Corrupt {
-        what: format!("keyring slot {}", slot.id),
-    })?;
+    let params: KeyringSlot =
+        serde_json::from_str(&slot.params).map_err(|_| VaultError::Corrupt {
+            what: format!("keyring slot {}", slot.id),
+        })?;
     let backend = match params.backend.as_str() {
         "secret-service" => keyring::Backend::SecretService,
         "keyutils" => keyring::Backend::KeyUtils,
@@ -596,31 +698,68 @@ mod tests {
         let (mut vault, keys) = new_vault(dir.path(), "old pass");
         let p = vault.add_provider(&keys, provider()).unwrap();
         let c = vault
-            .add_credential(&keys, config("api", &p.id), Some(&SecretString::from("s3cret")))
+            .add_credential(
+                &keys,
+                config("api", &p.id),
+                Some(&SecretString::from("s3cret")),
+            )
             .unwrap();
-        let before: Vec<Vec<u8>> = vault.store.sealed_fields().unwrap().into_iter().map(|f| f.blob).collect();
+        let before: Vec<Vec<u8>> = vault
+            .store
+            .sealed_fields()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.blob)
+            .collect();
 
         vault
-            .change_passphrase(&SecretString::from("old pass"), &SecretString::from("new pass"))
+            .change_passphrase(
+                &SecretString::from("old pass"),
+                &SecretString::from("new pass"),
+            )
             .unwrap();
         assert!(matches!(
             vault.unlock_with_passphrase(&SecretString::from("old pass")),
             Err(VaultError::WrongPassphrase)
         ));
-        let (keys, _) = vault.unlock_with_passphrase(&SecretString::from("new pass")).unwrap();
-        let after: Vec<Vec<u8>> = vault.store.sealed_fields().unwrap().into_iter().map(|f| f.blob).collect();
+        let (keys, _) = vault
+            .unlock_with_passphrase(&SecretString::from("new pass"))
+            .unwrap();
+        let after: Vec<Vec<u8>> = vault
+            .store
+            .sealed_fields()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.blob)
+            .collect();
         assert_eq!(before, after, "a passphrase change touches no field");
 
         assert!(matches!(
             vault.rekey(&keys, Some(&SecretString::from("wrong"))),
             Err(VaultError::WrongPassphrase)
         ));
-        let (new_keys, fields, slots) = vault.rekey(&keys, Some(&SecretString::from("new pass"))).unwrap();
+        let (new_keys, fields, slots) = vault
+            .rekey(&keys, Some(&SecretString::from("new pass")))
+            .unwrap();
         assert_eq!((fields, slots), (3, 1));
-        let rekeyed: Vec<Vec<u8>> = vault.store.sealed_fields().unwrap().into_iter().map(|f| f.blob).collect();
-        assert!(before.iter().zip(&rekeyed).all(|(a, b)| a != b), "every field is re-encrypted");
-        assert!(vault.client_secret(&keys, &c).is_err(), "the old key opens nothing");
-        let (reopened, _) = vault.unlock_with_passphrase(&SecretString::from("new pass")).unwrap();
+        let rekeyed: Vec<Vec<u8>> = vault
+            .store
+            .sealed_fields()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.blob)
+            .collect();
+        assert!(
+            before.iter().zip(&rekeyed).all(|(a, b)| a != b),
+            "every field is re-encrypted"
+        );
+        assert!(
+            vault.client_secret(&keys, &c).is_err(),
+            "the old key opens nothing"
+        );
+        let (reopened, _) = vault
+            .unlock_with_passphrase(&SecretString::from("new pass"))
+            .unwrap();
         let secret = vault.client_secret(&reopened, &c).unwrap().unwrap();
         assert_eq!(secret.expose_secret(), "s3cret");
         assert!(vault.client_secret(&new_keys, &c).is_ok());
@@ -631,14 +770,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut vault, keys) = new_vault(dir.path(), "pass");
         let p = vault.add_provider(&keys, provider()).unwrap();
-        let a = vault.add_credential(&keys, config("a", &p.id), Some(&SecretString::from("secret-a"))).unwrap();
-        let b = vault.add_credential(&keys, config("b", &p.id), Some(&SecretString::from("secret-b"))).unwrap();
+        let a = vault
+            .add_credential(
+                &keys,
+                config("a", &p.id),
+                Some(&SecretString::from("secret-a")),
+            )
+            .unwrap();
+        let b = vault
+            .add_credential(
+                &keys,
+                config("b", &p.id),
+                Some(&SecretString::from("secret-b")),
+            )
+            .unwrap();
         let blob_a = vault.store.client_secret(&a.id).unwrap().unwrap();
         let blob_b = vault.store.client_secret(&b.id).unwrap().unwrap();
-        vault.store.conn_for_tests().execute("UPDATE credentials SET client_secret = ?1 WHERE id = ?2", rusqlite::params![blob_b, a.id]).unwrap();
-        vault.store.conn_for_tests().execute("UPDATE credentials SET client_secret = ?1 WHERE id = ?2", rusqlite::params![blob_a, b.id]).unwrap();
-        assert!(matches!(vault.client_secret(&keys, &a), Err(VaultError::Corrupt { .. })));
-        assert!(matches!(vault.client_secret(&keys, &b), Err(VaultError::Corrupt { .. })));
+        vault
+            .store
+            .conn_for_tests()
+            .execute(
+                "UPDATE credentials SET client_secret = ?1 WHERE id = ?2",
+                rusqlite::params![blob_b, a.id],
+            )
+            .unwrap();
+        vault
+            .store
+            .conn_for_tests()
+            .execute(
+                "UPDATE credentials SET client_secret = ?1 WHERE id = ?2",
+                rusqlite::params![blob_a, b.id],
+            )
+            .unwrap();
+        assert!(matches!(
+            vault.client_secret(&keys, &a),
+            Err(VaultError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            vault.client_secret(&keys, &b),
+            Err(VaultError::Corrupt { .. })
+        ));
         // Swapping whole configs is caught by the name/id binding too.
         let (catalog, problems) = vault.load_catalog(&keys).unwrap();
         assert!(problems.is_empty());

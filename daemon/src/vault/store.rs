@@ -303,16 +303,36 @@ impl Store {
     pub fn sealed_fields(&self) -> Result<Vec<SealedField>> {
         let mut fields = Vec::new();
         for p in self.providers()? {
-            fields.push(SealedField { table: "providers", row_id: p.id, field: "config", blob: p.config });
+            fields.push(SealedField {
+                table: "providers",
+                row_id: p.id,
+                field: "config",
+                blob: p.config,
+            });
         }
         for c in self.credentials()? {
-            fields.push(SealedField { table: "credentials", row_id: c.id.clone(), field: "config", blob: c.config });
+            fields.push(SealedField {
+                table: "credentials",
+                row_id: c.id.clone(),
+                field: "config",
+                blob: c.config,
+            });
             if let Some(secret) = c.client_secret {
-                fields.push(SealedField { table: "credentials", row_id: c.id, field: "client_secret", blob: secret });
+                fields.push(SealedField {
+                    table: "credentials",
+                    row_id: c.id,
+                    field: "client_secret",
+                    blob: secret,
+                });
             }
         }
         for t in self.tokens()? {
-            fields.push(SealedField { table: "tokens", row_id: t.id, field: "token", blob: t.token });
+            fields.push(SealedField {
+                table: "tokens",
+                row_id: t.id,
+                field: "token",
+                blob: t.token,
+            });
         }
         Ok(fields)
     }
@@ -343,7 +363,13 @@ impl Store {
                 "INSERT INTO audit (at, event, credential, peer_pid, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for row in rows {
-                stmt.execute(params![row.at, row.event, row.credential, row.peer_pid, row.detail])?;
+                stmt.execute(params![
+                    row.at,
+                    row.event,
+                    row.credential,
+                    row.peer_pid,
+                    row.detail
+                ])?;
             }
         }
         tx.commit()?;
@@ -397,14 +423,24 @@ mod tests {
         assert_eq!(store.meta("vault_id").unwrap(), None);
         drop(store);
         let store = Store::open(&path, false).unwrap();
-        let version: u32 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let version: u32 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(version, MIGRATIONS.len() as u32);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dir_mode, 0o700);
-        let journal: String = store.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let journal: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(journal, "wal");
     }
 
@@ -415,14 +451,26 @@ mod tests {
         let store = Store::open(&path, true).unwrap();
         store.conn.pragma_update(None, "user_version", 99).unwrap();
         drop(store);
-        assert!(matches!(Store::open(&path, false), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            Store::open(&path, false),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
     }
 
     #[test]
     fn replacing_a_token_gives_the_row_a_new_id() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("v.db"), true).unwrap();
-        store.insert_provider(&ProviderRow { id: "p".into(), name: "prov".into(), config: vec![1] }, 0).unwrap();
+        store
+            .insert_provider(
+                &ProviderRow {
+                    id: "p".into(),
+                    name: "prov".into(),
+                    config: vec![1],
+                },
+                0,
+            )
+            .unwrap();
         store
             .insert_credential(
                 &CredentialRow {
@@ -437,7 +485,12 @@ mod tests {
             )
             .unwrap();
         for id in ["t1", "t2"] {
-            let row = TokenRow { id: id.into(), credential_id: "c".into(), scope_key: "a".into(), token: vec![4] };
+            let row = TokenRow {
+                id: id.into(),
+                credential_id: "c".into(),
+                scope_key: "a".into(),
+                token: vec![4],
+            };
             store.replace_token(&row, Some(10)).unwrap();
         }
         let tokens = store.tokens().unwrap();
@@ -445,6 +498,9 @@ mod tests {
         assert_eq!(tokens[0].id, "t2");
         assert_eq!(store.sealed_fields().unwrap().len(), 4);
         store.delete_credential("c").unwrap();
-        assert!(store.tokens().unwrap().is_empty(), "tokens go with their credential");
+        assert!(
+            store.tokens().unwrap().is_empty(),
+            "tokens go with their credential"
+        );
     }
 }
