@@ -17,7 +17,10 @@ async fn main() {
         Ok(token) => {
             // Hand the token to the resource server; never log it.
             let _authorization = format!("Bearer {}", token.access_token.expose_secret());
-            println!("{name}: {} token, expires at {:?}", token.token_type, token.expires_at);
+            println!(
+                "{name}: {} token, expires at {:?}",
+                token.token_type, token.expires_at
+            );
         }
         Err(e) if e.kind() == Some(ErrorKind::ReauthRequired) => {
             eprintln!("{e}");

@@ -7,12 +7,12 @@ use crate::protocol::{
     PROTOCOL_VERSION,
 };
 use crate::Error;
-use zeroize::Zeroize;
 use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{BufReader, Write};
 use std::path::Path;
 use std::time::Duration;
+use zeroize::Zeroize;
 
 /// A blocking connection to `latchkeyd`; same calls as [`crate::Client`].
 pub struct Client {

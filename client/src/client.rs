@@ -7,12 +7,12 @@ use crate::protocol::{
     PROTOCOL_VERSION,
 };
 use crate::Error;
-use zeroize::Zeroize;
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
 use tokio::io::{AsyncWriteExt, BufReader};
+use zeroize::Zeroize;
 
 /// A connection to `latchkeyd`. Calls on one `Client` are sequential; open
 /// one per task for concurrency (connections are cheap).

@@ -8,7 +8,11 @@ use zeroize::Zeroizing;
 
 /// Serializes a request as one line, `\n` included. The line may carry a
 /// passphrase or client secret, so it is zeroized when dropped.
-pub(crate) fn encode<P: Serialize>(id: u64, method: &str, params: &P) -> Result<Zeroizing<Vec<u8>>, Error> {
+pub(crate) fn encode<P: Serialize>(
+    id: u64,
+    method: &str,
+    params: &P,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
     let mut line = serde_json::to_vec(&Request {
         jsonrpc: "2.0",
         id,

@@ -90,7 +90,11 @@ fn eof(buf: &[u8]) -> io::Result<Frame> {
 mod tests {
     use super::*;
 
-    fn read_all(input: &[u8], max: usize, cap: usize) -> Vec<Result<(Frame, Vec<u8>), io::ErrorKind>> {
+    fn read_all(
+        input: &[u8],
+        max: usize,
+        cap: usize,
+    ) -> Vec<Result<(Frame, Vec<u8>), io::ErrorKind>> {
         let mut reader = io::BufReader::with_capacity(cap, input);
         let mut out = Vec::new();
         let mut buf = Vec::new();
@@ -128,7 +132,10 @@ mod tests {
 
     #[test]
     fn a_line_at_the_limit_passes_and_one_over_is_refused() {
-        assert_eq!(read_all(b"1234\n", 4, 2), vec![Ok((Frame::Line, b"1234".to_vec()))]);
+        assert_eq!(
+            read_all(b"1234\n", 4, 2),
+            vec![Ok((Frame::Line, b"1234".to_vec()))]
+        );
         let got = read_all(b"12345\n", 4, 2);
         assert!(matches!(got[0], Ok((Frame::TooLong, _))));
         let got = read_all(&vec![b'x'; 1 << 20], 64 * 1024, 8192);
@@ -137,6 +144,12 @@ mod tests {
 
     #[test]
     fn a_half_written_frame_is_an_error() {
-        assert_eq!(read_all(b"{}\n{\"half", 64, 4), vec![Ok((Frame::Line, b"{}".to_vec())), Err(io::ErrorKind::UnexpectedEof)]);
+        assert_eq!(
+            read_all(b"{}\n{\"half", 64, 4),
+            vec![
+                Ok((Frame::Line, b"{}".to_vec())),
+                Err(io::ErrorKind::UnexpectedEof)
+            ]
+        );
     }
 }

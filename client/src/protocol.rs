@@ -308,7 +308,11 @@ pub struct StatusResult {
 #[derive(Serialize, Deserialize)]
 pub struct InitParams {
     /// Create a passphrase slot with this passphrase.
-    #[serde(default, serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        serialize_with = "expose_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub passphrase: Option<SecretString>,
     /// Create a keyring slot (a random key kept in the OS keyring).
     #[serde(default)]
@@ -328,7 +332,11 @@ pub struct InitResult {
 #[derive(Serialize, Deserialize, Default)]
 pub struct UnlockParams {
     /// Try the passphrase slots with this passphrase; `None` tries the keyring slots.
-    #[serde(default, serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        serialize_with = "expose_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub passphrase: Option<SecretString>,
 }
 
@@ -358,7 +366,11 @@ pub struct ChangePassphraseParams {
 #[derive(Serialize, Deserialize, Default)]
 pub struct RekeyParams {
     /// The passphrase of the vault's passphrase slot(s).
-    #[serde(default, serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        serialize_with = "expose_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub passphrase: Option<SecretString>,
 }
 
@@ -485,7 +497,11 @@ pub struct CredentialAddParams {
     /// OAuth client id.
     pub client_id: String,
     /// OAuth client secret (absent for public clients).
-    #[serde(default, serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        serialize_with = "expose_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_secret: Option<SecretString>,
     /// Grant type.
     pub grant: GrantType,
