@@ -54,6 +54,16 @@ pub mod method {
     pub const TOKEN_GET: &str = "token.get";
     /// Ask the daemon to shut down gracefully.
     pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
+    /// Counters of the token cache: [`StatsResult`](super::StatsResult).
+    pub const DAEMON_STATS: &str = "daemon.stats";
+    /// Start a user login: [`LoginStartParams`](super::LoginStartParams) → [`LoginStartResult`](super::LoginStartResult).
+    pub const LOGIN_START: &str = "login.start";
+    /// Wait for a started login to finish: [`LoginWaitParams`](super::LoginWaitParams) → [`LoginResult`](super::LoginResult).
+    pub const LOGIN_WAIT: &str = "login.wait";
+    /// Revoke a credential's tokens at the provider and forget them: [`RevokeParams`](super::RevokeParams) → [`RevokeResult`](super::RevokeResult).
+    pub const TOKEN_REVOKE: &str = "token.revoke";
+    /// Incident response: revoke everything (or one provider's), drop caches, lock: [`PanicParams`](super::PanicParams) → [`PanicResult`](super::PanicResult).
+    pub const VAULT_PANIC: &str = "vault.panic";
 }
 
 /// A request as sent by a client.
@@ -537,6 +547,12 @@ pub struct CredentialInfo {
     /// Cached access tokens (metadata only).
     #[serde(default)]
     pub tokens: Vec<TokenSummary>,
+    /// OIDC subject of the logged-in account, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Whether a refresh token is held.
+    #[serde(default)]
+    pub has_refresh_token: bool,
     /// Last error from the provider, when in backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -588,6 +604,120 @@ impl std::fmt::Debug for TokenReply {
             .field("scope", &self.scope)
             .finish()
     }
+}
+
+/// Result of `daemon.stats`: what the token cache did since unlock.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatsResult {
+    /// `token.get` calls answered from memory.
+    pub hits: u64,
+    /// `token.get` calls that waited on a token request.
+    pub waits: u64,
+    /// Token requests made to providers (all grants, refreshes included).
+    pub fetches: u64,
+}
+
+/// Parameters of `login.start`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoginStartParams {
+    /// Credential name (grant `authorization_code` or `device_code`).
+    pub credential: String,
+    /// Use the device authorization grant (RFC 8628) instead of a browser redirect.
+    #[serde(default)]
+    pub device: bool,
+    /// Give up after this many seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Result of `login.start`: what the user must do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginStartResult {
+    /// Pass to `login.wait`.
+    pub login_id: String,
+    /// Browser login: open this URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_url: Option<String>,
+    /// Device login: the page where the user enters the code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_uri: Option<String>,
+    /// Device login: the page with the code already filled in, when the provider gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_uri_complete: Option<String>,
+    /// Device login: the code to enter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_code: Option<String>,
+    /// Seconds until the login expires.
+    pub expires_in: u64,
+}
+
+/// Parameters of `login.wait`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginWaitParams {
+    /// From `login.start`.
+    pub login_id: String,
+}
+
+/// Result of `login.wait`: the credential is ready.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResult {
+    /// Credential name.
+    pub credential: String,
+    /// The OIDC subject (`sub`) whose account this is, when `openid` was granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Space-separated granted scopes.
+    pub scope: String,
+    /// Whether the provider issued a refresh token.
+    pub refresh_token: bool,
+}
+
+/// Parameters of `token.revoke`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RevokeParams {
+    /// Credential name.
+    pub credential: String,
+    /// Only forget the tokens locally (for providers without a revocation endpoint).
+    #[serde(default)]
+    pub local_only: bool,
+}
+
+/// Result of `token.revoke`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RevokeResult {
+    /// Tokens revoked at the provider, e.g. `["refresh_token", "access_token"]`.
+    pub revoked: Vec<String>,
+    /// Tokens forgotten locally.
+    pub forgotten: u32,
+}
+
+/// Parameters of `vault.panic`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PanicParams {
+    /// Only this provider's credentials; all when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+/// One credential's outcome in `vault.panic`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PanicEntry {
+    /// Credential name.
+    pub credential: String,
+    /// Tokens revoked at the provider.
+    pub revoked: Vec<String>,
+    /// Why revocation at the provider failed or was impossible, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Result of `vault.panic`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PanicResult {
+    /// Per credential.
+    pub credentials: Vec<PanicEntry>,
+    /// The vault was locked afterwards.
+    pub locked: bool,
 }
 
 /// An empty result or empty parameters.

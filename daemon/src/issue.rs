@@ -273,6 +273,7 @@ mod tests {
             },
             has_client_secret: true,
             corrupt: false,
+            stored_state: "ready".into(),
         };
         assert_eq!(
             requested_scopes(&credential, None).unwrap(),

@@ -363,6 +363,8 @@ fn credential_info(
                 expires_at: e.expires_at,
             })
             .collect(),
+        subject: None,
+        has_refresh_token: false,
         last_error: backoff.map(|(until, message)| {
             format!("{message} (next attempt in {} s)", (until - now).max(0))
         }),

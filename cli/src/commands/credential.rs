@@ -360,6 +360,8 @@ mod tests {
                 scope: "repo read:org".into(),
                 expires_at: Some(1_000_600),
             }],
+            subject: None,
+            has_refresh_token: false,
             last_error: None,
         };
         let text = render(&info, 1_000_000);

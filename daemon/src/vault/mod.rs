@@ -7,7 +7,9 @@ pub mod keyring;
 pub mod store;
 
 use crate::vault::crypto::{CryptoError, Dek, FieldRef, Kek, PassphraseSlot};
-use crate::vault::store::{CredentialRow, ProviderRow, SlotRow, Store, StoreError, TokenRow};
+use crate::vault::store::{
+    CredentialRow, GrantRow, ProviderRow, SlotRow, Store, StoreError, TokenRow,
+};
 use latchkey_client::protocol::{AuthMethod, Endpoints, GrantType, SlotInfo};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -140,6 +142,8 @@ pub struct Credential {
     /// Set when the row failed its integrity check; such a credential is
     /// listed but never used.
     pub corrupt: bool,
+    /// Life-cycle state as last committed (`ready`, `needs_login`).
+    pub stored_state: String,
 }
 
 /// Providers and credentials in memory while unlocked, by name.
@@ -170,6 +174,29 @@ pub struct StoredToken {
     pub effective_expiry: i64,
     pub scope: String,
     pub obtained_at: i64,
+}
+
+/// What a user login leaves behind, stored sealed in `grants`.
+#[derive(Serialize, Deserialize)]
+pub struct StoredGrant {
+    pub credential_id: String,
+    #[serde(serialize_with = "expose_secret_opt")]
+    pub refresh_token: Option<SecretString>,
+    /// Space-separated scopes the user granted.
+    pub scope: String,
+    /// OIDC `sub` of the account, when an ID token was validated.
+    pub subject: Option<String>,
+    pub obtained_at: i64,
+}
+
+fn expose_secret_opt<S: serde::Serializer>(
+    s: &Option<SecretString>,
+    ser: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match s {
+        Some(s) => ser.serialize_some(s.expose_secret()),
+        None => ser.serialize_none(),
+    }
 }
 
 fn expose_secret<S: serde::Serializer>(
@@ -454,6 +481,7 @@ impl Vault {
                     config,
                     has_client_secret: row.client_secret.is_some(),
                     corrupt: false,
+                    stored_state: row.state,
                 },
                 None => {
                     problems.push(format!(
@@ -473,6 +501,7 @@ impl Vault {
                         id: row.id,
                         has_client_secret: row.client_secret.is_some(),
                         corrupt: true,
+                        stored_state: row.state,
                     }
                 }
             };
@@ -519,6 +548,7 @@ impl Vault {
         client_secret: Option<&SecretString>,
     ) -> Result<Credential> {
         let id = crypto::random_id();
+        let config_grant = config.grant;
         let row = CredentialRow {
             config: keys.seal_json("credentials", &id, "config", &config),
             client_secret: client_secret.map(|s| {
@@ -531,7 +561,7 @@ impl Vault {
             }),
             name: config.name.clone(),
             provider_id: config.provider_id.clone(),
-            state: "ready".into(),
+            state: row_state(&config_grant).into(),
             id: id.clone(),
         };
         self.store.insert_credential(&row, now())?;
@@ -540,6 +570,7 @@ impl Vault {
             config,
             has_client_secret: client_secret.is_some(),
             corrupt: false,
+            stored_state: row_state(&config_grant).into(),
         })
     }
 
@@ -578,12 +609,78 @@ impl Vault {
         Ok(self.store.replace_token(&row, token.expires_at)?)
     }
 
+    /// Reads stored grants; one that fails its checks is skipped (its
+    /// credential then needs a new login).
+    pub fn load_grants(&self, keys: &Keys) -> Result<(Vec<StoredGrant>, usize)> {
+        let mut grants = Vec::new();
+        let mut bad = 0;
+        for row in self.store.grants()? {
+            match keys.open_json::<StoredGrant>("grants", &row.id, "sealed", &row.sealed) {
+                Ok(g) if g.credential_id == row.credential_id => grants.push(g),
+                _ => bad += 1,
+            }
+        }
+        Ok((grants, bad))
+    }
+
+    /// Commits a login or refresh durably in one transaction: the grant (a
+    /// rotated refresh token above all), the access token, and `state`.
+    pub fn commit_grant(
+        &mut self,
+        keys: &Keys,
+        credential_id: &str,
+        grant: Option<&StoredGrant>,
+        token: Option<&StoredToken>,
+        state: &str,
+    ) -> Result<()> {
+        let grant_row = grant.map(|g| {
+            let id = crypto::random_id();
+            GrantRow {
+                sealed: keys.seal_json("grants", &id, "sealed", g),
+                id,
+                credential_id: g.credential_id.clone(),
+            }
+        });
+        let token_row = token.map(|t| {
+            let id = crypto::random_id();
+            (
+                TokenRow {
+                    token: keys.seal_json("tokens", &id, "token", t),
+                    id,
+                    credential_id: t.credential_id.clone(),
+                    scope_key: t.scope_key.clone(),
+                },
+                t.expires_at,
+            )
+        });
+        Ok(self.store.commit_grant(
+            grant_row.as_ref(),
+            token_row.as_ref().map(|(row, exp)| (row, *exp)),
+            credential_id,
+            state,
+            now(),
+        )?)
+    }
+
+    /// Forgets a credential's refresh token and access tokens.
+    pub fn drop_grant(&mut self, credential_id: &str, state: &str) -> Result<()> {
+        Ok(self.store.drop_grant(credential_id, state)?)
+    }
+
     pub fn store_mut(&mut self) -> &mut Store {
         &mut self.store
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+}
+
+/// The state a new credential starts in: user credentials need a login first.
+fn row_state(grant: &GrantType) -> &'static str {
+    match grant {
+        GrantType::ClientCredentials => "ready",
+        _ => "needs_login",
     }
 }
 

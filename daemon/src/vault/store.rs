@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 /// Numbered migrations, applied in order; `PRAGMA user_version` records how
 /// many ran. Append only: never edit a released migration.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_grants.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -56,6 +59,12 @@ pub struct TokenRow {
     pub credential_id: String,
     pub scope_key: String,
     pub token: Vec<u8>,
+}
+
+pub struct GrantRow {
+    pub id: String,
+    pub credential_id: String,
+    pub sealed: Vec<u8>,
 }
 
 /// One sealed field anywhere in the vault, for `rekey`.
@@ -299,6 +308,81 @@ impl Store {
         Ok(())
     }
 
+    pub fn grants(&self) -> Result<Vec<GrantRow>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, credential_id, sealed FROM grants")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(GrantRow {
+                id: r.get(0)?,
+                credential_id: r.get(1)?,
+                sealed: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Commits a login or a refresh in one durable transaction: the grant
+    /// (with a rotated refresh token) and the access token it produced, and
+    /// the credential's state. `synchronous=FULL` makes the commit survive
+    /// power loss; only after it returns may the access token be handed out.
+    pub fn commit_grant(
+        &mut self,
+        grant: Option<&GrantRow>,
+        token: Option<(&TokenRow, Option<i64>)>,
+        credential_id: &str,
+        state: &str,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        if let Some(grant) = grant {
+            tx.execute(
+                "DELETE FROM grants WHERE credential_id = ?1",
+                [&grant.credential_id],
+            )?;
+            tx.execute(
+                "INSERT INTO grants (id, credential_id, sealed, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                params![grant.id, grant.credential_id, grant.sealed, now],
+            )?;
+        }
+        if let Some((row, expires_at)) = token {
+            tx.execute(
+                "DELETE FROM tokens WHERE credential_id = ?1 AND scope_key = ?2",
+                params![row.credential_id, row.scope_key],
+            )?;
+            tx.execute(
+                "INSERT INTO tokens (id, credential_id, scope_key, token, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![row.id, row.credential_id, row.scope_key, row.token, expires_at],
+            )?;
+        }
+        tx.execute(
+            "UPDATE credentials SET state = ?2 WHERE id = ?1",
+            params![credential_id, state],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets a credential's grant and tokens (revoked, or the provider
+    /// refused the refresh token) and records its new state.
+    pub fn drop_grant(&mut self, credential_id: &str, state: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM grants WHERE credential_id = ?1",
+            [credential_id],
+        )?;
+        tx.execute(
+            "DELETE FROM tokens WHERE credential_id = ?1",
+            [credential_id],
+        )?;
+        tx.execute(
+            "UPDATE credentials SET state = ?2 WHERE id = ?1",
+            params![credential_id, state],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Every sealed field in the vault, for `rekey`.
     pub fn sealed_fields(&self) -> Result<Vec<SealedField>> {
         let mut fields = Vec::new();
@@ -332,6 +416,14 @@ impl Store {
                 row_id: t.id,
                 field: "token",
                 blob: t.token,
+            });
+        }
+        for g in self.grants()? {
+            fields.push(SealedField {
+                table: "grants",
+                row_id: g.id,
+                field: "sealed",
+                blob: g.sealed,
             });
         }
         Ok(fields)
