@@ -48,7 +48,7 @@ pub mod method {
     pub const CREDENTIAL_LIST: &str = "credential.list";
     /// Show one credential: [`NameParams`](super::NameParams).
     pub const CREDENTIAL_SHOW: &str = "credential.show";
-    /// Remove a credential and its tokens: [`NameParams`](super::NameParams).
+    /// Revoke a credential's tokens at the provider, then remove it and them: [`RemoveParams`](super::RemoveParams).
     pub const CREDENTIAL_REMOVE: &str = "credential.remove";
     /// Get an access token: [`TokenParams`](super::TokenParams) → [`TokenReply`](super::TokenReply).
     pub const TOKEN_GET: &str = "token.get";
@@ -398,6 +398,16 @@ pub struct RekeyResult {
 pub struct NameParams {
     /// Provider or credential name.
     pub name: String,
+}
+
+/// Parameters of `credential.remove`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RemoveParams {
+    /// Credential name.
+    pub name: String,
+    /// Remove without revoking at the provider first.
+    #[serde(default)]
+    pub local_only: bool,
 }
 
 /// Parameters of `provider.add`: an issuer for discovery, or explicit endpoints.

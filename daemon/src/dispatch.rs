@@ -139,11 +139,27 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec
             id,
             parse::<NameParams>(name, params).and_then(|p| daemon.credential_show(&p.name)),
         ),
-        method::CREDENTIAL_REMOVE => respond(
-            out,
-            id,
-            parse::<NameParams>(name, params).and_then(|p| daemon.credential_remove(&p.name)),
-        ),
+        method::CREDENTIAL_REMOVE => match parse(name, params) {
+            Ok(p) => respond(out, id, daemon.credential_remove(p).await),
+            Err(e) => write_error(out, id, &e),
+        },
+        method::LOGIN_START => match parse(name, params) {
+            Ok(p) => respond(out, id, daemon.login_start(p, peer).await),
+            Err(e) => write_error(out, id, &e),
+        },
+        method::LOGIN_WAIT => match parse(name, params) {
+            Ok(p) => respond(out, id, daemon.login_wait(p).await),
+            Err(e) => write_error(out, id, &e),
+        },
+        method::TOKEN_REVOKE => match parse(name, params) {
+            Ok(p) => respond(out, id, daemon.revoke(p).await),
+            Err(e) => write_error(out, id, &e),
+        },
+        method::VAULT_PANIC => match parse(name, params) {
+            Ok(p) => respond(out, id, daemon.panic(p).await),
+            Err(e) => write_error(out, id, &e),
+        },
+        method::DAEMON_STATS => respond(out, id, daemon.stats()),
         method::DAEMON_SHUTDOWN => {
             daemon
                 .audit()

@@ -9,14 +9,17 @@
 //! vault by `vault` on the way.
 
 pub mod audit;
+pub mod callback;
 pub mod dispatch;
 pub mod error;
 pub mod fsutil;
 pub mod hardening;
 pub mod issue;
 pub mod lockfile;
+pub mod login;
 pub mod manage;
 pub mod oauth;
+pub mod revoke;
 pub mod server;
 pub mod state;
 pub mod tokens;

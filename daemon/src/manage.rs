@@ -3,8 +3,7 @@
 
 use crate::error::ApiError;
 use crate::oauth::{discovery, http::check_url};
-use crate::state::Daemon;
-use crate::tokens::TokenCache;
+use crate::state::{Daemon, Session};
 use crate::vault::{now, Catalog, Credential, CredentialConfig, Provider, ProviderConfig};
 use latchkey_client::protocol::*;
 use secrecy::ExposeSecret;
@@ -217,7 +216,7 @@ impl Daemon {
             let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
             Ok(vault.add_credential(keys, config, params.client_secret.as_ref())?)
         })?;
-        let info = credential_info(&catalog, &credential, &session.tokens);
+        let info = credential_info(&catalog, &credential, &session);
         catalog
             .credentials
             .insert(params.name.clone(), Arc::new(credential));
@@ -232,7 +231,7 @@ impl Daemon {
         let mut list: Vec<CredentialInfo> = catalog
             .credentials
             .values()
-            .map(|c| credential_info(&catalog, c, &session.tokens))
+            .map(|c| credential_info(&catalog, c, &session))
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(list)
@@ -245,10 +244,10 @@ impl Daemon {
             .credentials
             .get(name)
             .ok_or_else(|| ApiError::no_credential(name))?;
-        Ok(credential_info(&catalog, credential, &session.tokens))
+        Ok(credential_info(&catalog, credential, &session))
     }
 
-    pub fn credential_remove(&self, name: &str) -> Result<Empty, ApiError> {
+    pub(crate) fn credential_delete(&self, name: &str) -> Result<Empty, ApiError> {
         let session = self.session()?;
         let mut catalog = session.catalog_mut();
         let credential = catalog
@@ -329,14 +328,17 @@ fn provider_info(provider: &Provider, credentials: &[String]) -> ProviderInfo {
 fn credential_info(
     catalog: &Catalog,
     credential: &Credential,
-    tokens: &TokenCache,
+    session: &Session,
 ) -> CredentialInfo {
     let now = now();
-    let entries = tokens.entries(&credential.id, now);
+    let entries = session.tokens.entries(&credential.id, now);
     let backoff = entries.iter().find_map(|e| e.backoff.clone());
+    let grant = session.grant(&credential.id);
+    let user = credential.config.grant != GrantType::ClientCredentials;
     let state = if credential.corrupt {
         "corrupt"
-    } else if credential.config.grant != GrantType::ClientCredentials {
+    } else if user && grant.as_ref().is_none_or(|g| g.refresh_token.is_none()) && entries.is_empty()
+    {
         "needs_login"
     } else if backoff.is_some() {
         "backoff"
@@ -363,8 +365,8 @@ fn credential_info(
                 expires_at: e.expires_at,
             })
             .collect(),
-        subject: None,
-        has_refresh_token: false,
+        subject: grant.as_ref().and_then(|g| g.subject.clone()),
+        has_refresh_token: grant.as_ref().is_some_and(|g| g.refresh_token.is_some()),
         last_error: backoff.map(|(until, message)| {
             format!("{message} (next attempt in {} s)", (until - now).max(0))
         }),

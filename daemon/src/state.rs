@@ -12,6 +12,7 @@ use crate::vault::{keyring, now, Catalog, Keys, NewSlots, Vault};
 use crate::Config;
 use latchkey_client::protocol::*;
 use secrecy::{ExposeSecret, SecretString};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -33,6 +34,21 @@ pub struct Session {
     pub(crate) keys: RwLock<Option<Keys>>,
     pub(crate) catalog: RwLock<Catalog>,
     pub(crate) tokens: Arc<TokenCache>,
+    /// Refresh tokens and login facts of user credentials, by credential id.
+    pub(crate) grants: Mutex<HashMap<String, GrantState>>,
+    /// One gate per credential: refreshes of a credential never overlap,
+    /// whatever scope sets they are for (two concurrent uses of a rotating
+    /// refresh token make providers revoke the whole grant).
+    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A user credential's grant in memory.
+#[derive(Clone)]
+pub struct GrantState {
+    pub refresh_token: Option<Arc<SecretString>>,
+    /// Space-separated scopes the user granted.
+    pub scope: String,
+    pub subject: Option<String>,
 }
 
 impl Session {
@@ -42,6 +58,27 @@ impl Session {
     ) -> Result<T, ApiError> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         f(keys.as_ref().ok_or_else(ApiError::locked)?)
+    }
+
+    pub(crate) fn gate(&self, credential_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(gates.entry(credential_id.to_owned()).or_default())
+    }
+
+    pub(crate) fn grant(&self, credential_id: &str) -> Option<GrantState> {
+        self.grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(credential_id)
+            .cloned()
+    }
+
+    pub(crate) fn set_grant(&self, credential_id: &str, grant: Option<GrantState>) {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        match grant {
+            Some(g) => grants.insert(credential_id.to_owned(), g),
+            None => grants.remove(credential_id),
+        };
     }
 
     pub(crate) fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
@@ -72,6 +109,8 @@ pub struct Daemon {
     pub(crate) http: Http,
     pub(crate) audit: Audit,
     pub shutdown: tokio::sync::Notify,
+    /// Logins in progress, by login id.
+    logins: Mutex<HashMap<String, tokio::sync::watch::Receiver<crate::login::LoginOutcome>>>,
 }
 
 struct VaultSink(Arc<Mutex<Option<Vault>>>);
@@ -106,7 +145,17 @@ impl Daemon {
             sessions: AtomicU64::new(1),
             http: Http::new(),
             shutdown: tokio::sync::Notify::new(),
+            logins: Mutex::new(HashMap::new()),
         }))
+    }
+
+    pub(crate) fn logins(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        HashMap<String, tokio::sync::watch::Receiver<crate::login::LoginOutcome>>,
+    > {
+        self.logins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn vault(&self) -> std::sync::MutexGuard<'_, Option<Vault>> {
@@ -147,14 +196,15 @@ impl Daemon {
         &self.audit
     }
 
-    pub fn stats(&self) -> Option<(u64, u64, u64)> {
-        let session = self.session().ok()?;
+    /// What the token cache did since the vault was unlocked.
+    pub fn stats(&self) -> Result<StatsResult, ApiError> {
+        let session = self.session()?;
         let t = &session.tokens;
-        Some((
-            t.hits.load(Ordering::Relaxed),
-            t.waits.load(Ordering::Relaxed),
-            t.fetches.load(Ordering::Relaxed),
-        ))
+        Ok(StatsResult {
+            hits: t.hits.load(Ordering::Relaxed),
+            waits: t.waits.load(Ordering::Relaxed),
+            fetches: t.fetches.load(Ordering::Relaxed),
+        })
     }
 
     // ----- vault life cycle -------------------------------------------------
@@ -353,6 +403,7 @@ impl Daemon {
     /// Loads the catalog and stored tokens under `keys` and makes them the session.
     fn open_session(&self, keys: Keys) -> Result<(), ApiError> {
         let tokens = Arc::new(TokenCache::default());
+        let mut grants = HashMap::new();
         let catalog = {
             let vault = self.vault();
             let vault = vault.as_ref().ok_or_else(ApiError::not_initialized)?;
@@ -371,6 +422,20 @@ impl Daemon {
                 let key = (t.credential_id.clone(), t.scope_key.clone());
                 tokens.insert_stored(key, issued_from(t));
             }
+            let (stored_grants, bad) = vault.load_grants(&keys)?;
+            if bad > 0 {
+                tracing::warn!(count = bad, "stored refresh tokens failed their integrity check: those credentials need a new login");
+            }
+            for g in stored_grants {
+                grants.insert(
+                    g.credential_id.clone(),
+                    GrantState {
+                        refresh_token: g.refresh_token.map(Arc::new),
+                        scope: g.scope,
+                        subject: g.subject,
+                    },
+                );
+            }
             catalog
         };
         let session = Session {
@@ -378,6 +443,8 @@ impl Daemon {
             keys: RwLock::new(Some(keys)),
             catalog: RwLock::new(catalog),
             tokens,
+            grants: Mutex::new(grants),
+            gates: Mutex::new(HashMap::new()),
         };
         self.touch();
         *self.session.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(session));
@@ -401,6 +468,11 @@ impl Daemon {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         session.tokens.clear();
+        session
+            .grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         *session.catalog_mut() = Catalog::default();
         self.audit.record("lock", None, None, Some(reason.into()));
         tracing::info!(reason, "vault locked");

@@ -279,6 +279,29 @@ impl TokenCache {
         }
     }
 
+    /// The cached tokens of one credential.
+    pub fn peek(&self, credential_id: &str) -> Vec<Arc<Issued>> {
+        self.slots()
+            .iter()
+            .filter(|((id, _), _)| id == credential_id)
+            .filter_map(|(_, s)| s.token.clone())
+            .collect()
+    }
+
+    /// Removes every entry of one credential and returns its tokens (to
+    /// revoke them at the provider).
+    pub fn take(&self, credential_id: &str) -> Vec<Arc<Issued>> {
+        let mut slots = self.slots();
+        let keys: Vec<Key> = slots
+            .keys()
+            .filter(|(id, _)| id == credential_id)
+            .cloned()
+            .collect();
+        keys.iter()
+            .filter_map(|k| slots.remove(k).and_then(|s| s.token))
+            .collect()
+    }
+
     /// Forgets every entry of one credential (removed, or its secret changed).
     pub fn forget(&self, credential_id: &str) {
         self.slots().retain(|(id, _), _| id != credential_id);

@@ -89,7 +89,7 @@ pub async fn client_credentials(
 }
 
 /// `bearer` in any case is shown as RFC 6750 spells it in headers.
-fn display_token_type(raw: &str) -> String {
+pub(crate) fn display_token_type(raw: &str) -> String {
     if raw.eq_ignore_ascii_case("bearer") {
         "Bearer".into()
     } else {
@@ -97,7 +97,7 @@ fn display_token_type(raw: &str) -> String {
     }
 }
 
-fn classify(
+pub(crate) fn classify(
     provider: &str,
     credential: &str,
     e: RequestTokenError<HttpError, BasicErrorResponse>,

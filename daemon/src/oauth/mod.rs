@@ -3,3 +3,4 @@
 pub mod discovery;
 pub mod grant;
 pub mod http;
+pub mod user;

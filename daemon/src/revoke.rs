@@ -1,0 +1,190 @@
+//! Revocation and incident response: `token.revoke` revokes a credential's
+//! refresh and access tokens at the provider (RFC 7009) and forgets them;
+//! `credential.remove` revokes first; `vault.panic` revokes everything it
+//! holds (or one provider's), drops every cache and locks the vault.
+
+use crate::error::ApiError;
+use crate::oauth::user;
+use crate::state::{Daemon, Session};
+use crate::vault::{Credential, Provider};
+use latchkey_client::protocol::{
+    ErrorKind, GrantType, PanicEntry, PanicParams, PanicResult, RemoveParams, RevokeParams,
+    RevokeResult,
+};
+use oauth2::{AccessToken, RefreshToken, StandardRevocableToken};
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+
+impl Daemon {
+    pub async fn revoke(&self, params: RevokeParams) -> Result<RevokeResult, ApiError> {
+        let session = self.session()?;
+        let (credential, provider) = self.lookup(&session, &params.credential)?;
+        let result = self
+            .revoke_credential(&session, &credential, &provider, params.local_only)
+            .await?;
+        self.audit.record(
+            "revoked",
+            Some(&credential.config.name),
+            None,
+            Some(if params.local_only {
+                "local only".into()
+            } else {
+                result.revoked.join(",")
+            }),
+        );
+        Ok(result)
+    }
+
+    /// `credential.remove`: revoke at the provider first (unless
+    /// `local_only`), then delete the credential and everything it holds.
+    pub async fn credential_remove(
+        &self,
+        params: RemoveParams,
+    ) -> Result<latchkey_client::protocol::Empty, ApiError> {
+        let session = self.session()?;
+        if let Ok((credential, provider)) = self.lookup(&session, &params.name) {
+            let has_something = session.grant(&credential.id).is_some()
+                || !session.tokens.peek(&credential.id).is_empty();
+            if has_something {
+                self.revoke_credential(&session, &credential, &provider, params.local_only)
+                    .await
+                    .map_err(|e| {
+                        ApiError::new(
+                            e.kind,
+                            format!("{e}; the credential was not removed (use --local-only to remove it without revoking)"),
+                        )
+                    })?;
+            }
+        }
+        self.credential_delete(&params.name)
+    }
+
+    /// Revokes the refresh token (which at most providers also ends the
+    /// access tokens of the grant) and every cached access token, then
+    /// forgets them durably. Nothing is forgotten when revocation fails,
+    /// unless `local_only`.
+    async fn revoke_credential(
+        &self,
+        session: &Session,
+        credential: &Credential,
+        provider: &Provider,
+        local_only: bool,
+    ) -> Result<RevokeResult, ApiError> {
+        let gate = session.gate(&credential.id);
+        let _no_refresh_meanwhile = gate.lock().await;
+        let grant = session.grant(&credential.id);
+        let mut revoked = Vec::new();
+        if !local_only {
+            if provider.config.endpoints.revocation_endpoint.is_none() {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "provider '{}' has no revocation endpoint: `--local-only` forgets the tokens here, but they stay valid at the provider until they expire (revoke the app's access in the provider's account settings)",
+                        provider.config.name
+                    ),
+                ));
+            }
+            let secret = session.with_keys(|keys| {
+                let vault = self.vault();
+                let vault = vault.as_ref().ok_or_else(ApiError::not_initialized)?;
+                Ok(vault.client_secret(keys, credential)?)
+            })?;
+            let client = user::client(provider, credential, secret.as_ref())?;
+            if let Some(rt) = grant.as_ref().and_then(|g| g.refresh_token.clone()) {
+                let token = StandardRevocableToken::RefreshToken(RefreshToken::new(
+                    rt.expose_secret().to_owned(),
+                ));
+                user::revoke(&self.http, provider, &client, token).await?;
+                revoked.push("refresh_token".to_owned());
+            }
+            for token in session.tokens.peek(&credential.id) {
+                let token = StandardRevocableToken::AccessToken(AccessToken::new(
+                    token.access_token.expose_secret().to_owned(),
+                ));
+                user::revoke(&self.http, provider, &client, token).await?;
+                if !revoked.iter().any(|r| r == "access_token") {
+                    revoked.push("access_token".to_owned());
+                }
+            }
+        }
+        let forgotten =
+            session.tokens.take(&credential.id).len() as u32 + u32::from(grant.is_some());
+        session.set_grant(&credential.id, None);
+        let state = match credential.config.grant {
+            GrantType::ClientCredentials => "ready",
+            _ => "needs_login",
+        };
+        if let Some(vault) = self.vault().as_mut() {
+            vault.drop_grant(&credential.id, state)?;
+        }
+        Ok(RevokeResult { revoked, forgotten })
+    }
+
+    /// The leaked-credentials playbook: revoke every token held (or one
+    /// provider's), forget them, drop all caches, lock the vault.
+    pub async fn panic(&self, params: PanicParams) -> Result<PanicResult, ApiError> {
+        let session = self.session()?;
+        let targets: Vec<(Arc<Credential>, Arc<Provider>)> = {
+            let catalog = session.catalog();
+            if let Some(p) = &params.provider {
+                if !catalog.providers.contains_key(p) {
+                    return Err(ApiError::no_provider(p));
+                }
+            }
+            catalog
+                .credentials
+                .values()
+                .filter(|c| !c.corrupt)
+                .filter_map(|c| {
+                    let provider = catalog.provider_by_id(&c.config.provider_id)?;
+                    let selected = params
+                        .provider
+                        .as_ref()
+                        .is_none_or(|p| &provider.config.name == p);
+                    selected.then(|| (Arc::clone(c), Arc::clone(provider)))
+                })
+                .collect()
+        };
+        let mut entries = Vec::new();
+        for (credential, provider) in targets {
+            let outcome = self
+                .revoke_credential(&session, &credential, &provider, false)
+                .await;
+            let entry = match outcome {
+                Ok(r) => PanicEntry {
+                    credential: credential.config.name.clone(),
+                    revoked: r.revoked,
+                    error: None,
+                },
+                Err(e) => {
+                    // Forget locally anyway: in an incident, nothing stays usable here.
+                    let _ = self
+                        .revoke_credential(&session, &credential, &provider, true)
+                        .await;
+                    PanicEntry {
+                        credential: credential.config.name.clone(),
+                        revoked: Vec::new(),
+                        error: Some(e.message),
+                    }
+                }
+            };
+            entries.push(entry);
+        }
+        drop(session);
+        let locked = self.lock("panic");
+        self.audit.record(
+            "panic",
+            None,
+            None,
+            Some(format!(
+                "{} credential(s), provider {:?}",
+                entries.len(),
+                params.provider
+            )),
+        );
+        Ok(PanicResult {
+            credentials: entries,
+            locked,
+        })
+    }
+}
