@@ -101,11 +101,13 @@ impl Ctx {
         }
     }
 
-    fn session(&self, mut client: Client) -> Result<Session<'_>> {
-        client
-            .set_timeout(Some(CALL_TIMEOUT))
-            .context("failed to set up the connection to the latchkey daemon")?;
-        let mut session = Session { ctx: self, client };
+    fn session(&self, client: Client) -> Result<Session<'_>> {
+        let mut session = Session {
+            ctx: self,
+            client,
+            timeout: CALL_TIMEOUT,
+        };
+        session.set_timeout(CALL_TIMEOUT)?;
         session.check_vault()?;
         Ok(session)
     }
@@ -115,16 +117,32 @@ impl Ctx {
 pub struct Session<'a> {
     ctx: &'a Ctx,
     client: Client,
+    /// How long a call waits for its reply; named in the error when it runs out.
+    timeout: Duration,
 }
 
 impl Session<'_> {
+    /// Bounds how long each call waits for its reply. Only `login.wait`,
+    /// which blocks until a person finishes a login, needs more than the
+    /// default.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.client
+            .set_timeout(Some(timeout))
+            .context("failed to set up the connection to the latchkey daemon")?;
+        self.timeout = timeout;
+        Ok(())
+    }
+
     /// One call, as is: the error keeps its daemon kind for callers that branch on it.
     pub fn raw<P: Serialize, R: DeserializeOwned>(
         &mut self,
         method: &str,
         params: &P,
     ) -> Result<R, latchkey_client::Error> {
-        self.client.call(method, params).map_err(explain)
+        let timeout = self.timeout;
+        self.client
+            .call(method, params)
+            .map_err(|err| explain(err, timeout))
     }
 
     /// One call; when the vault turns out locked and `$LATCHKEY_PASSPHRASE_FILE`
@@ -171,7 +189,7 @@ impl Session<'_> {
     pub fn hello(&mut self) -> Result<latchkey_client::protocol::HelloResult> {
         self.client
             .hello()
-            .map_err(explain)
+            .map_err(|err| explain(err, self.timeout))
             .context("failed to greet the latchkey daemon")
     }
 
@@ -199,7 +217,7 @@ impl Session<'_> {
 
 /// Adds what the bare client error leaves out: a timeout says which daemon
 /// hung, and a retry hint says when.
-fn explain(err: latchkey_client::Error) -> latchkey_client::Error {
+fn explain(err: latchkey_client::Error, timeout: Duration) -> latchkey_client::Error {
     match err {
         latchkey_client::Error::Io(io)
             if matches!(
@@ -211,7 +229,7 @@ fn explain(err: latchkey_client::Error) -> latchkey_client::Error {
                 io.kind(),
                 format!(
                     "the daemon did not answer within {}s; restart it with `latchkey daemon stop`",
-                    CALL_TIMEOUT.as_secs()
+                    timeout.as_secs()
                 ),
             ))
         }
@@ -268,20 +286,26 @@ mod tests {
 
     #[test]
     fn retry_hints_are_added_once() {
-        let err = explain(latchkey_client::Error::Daemon {
-            kind: ErrorKind::RateLimited,
-            message: "provider 'gh' is rate limiting".into(),
-            retry_after: Some(90),
-        });
+        let err = explain(
+            latchkey_client::Error::Daemon {
+                kind: ErrorKind::RateLimited,
+                message: "provider 'gh' is rate limiting".into(),
+                retry_after: Some(90),
+            },
+            CALL_TIMEOUT,
+        );
         assert_eq!(
             err.to_string(),
             "provider 'gh' is rate limiting (retry in 1m 30s)"
         );
-        let err = explain(latchkey_client::Error::Daemon {
-            kind: ErrorKind::RateLimited,
-            message: "slow down: retry in 5s".into(),
-            retry_after: Some(5),
-        });
+        let err = explain(
+            latchkey_client::Error::Daemon {
+                kind: ErrorKind::RateLimited,
+                message: "slow down: retry in 5s".into(),
+                retry_after: Some(5),
+            },
+            CALL_TIMEOUT,
+        );
         assert_eq!(err.to_string(), "slow down: retry in 5s");
     }
 }

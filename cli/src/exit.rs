@@ -18,13 +18,13 @@ pub const DAEMON_UNREACHABLE: u8 = 3;
 pub const LOCKED: u8 = 4;
 /// No such provider or credential.
 pub const NOT_FOUND: u8 = 5;
-/// The credential needs a new login (`reauth_required`).
+/// The credential needs a new login (`reauth_required`), or a login timed out.
 pub const REAUTH_REQUIRED: u8 = 6;
 /// The provider is unreachable or rate-limits us: transient, retry later.
 pub const PROVIDER_UNAVAILABLE: u8 = 7;
 /// The provider refused the request (`provider_error`, e.g. a bad client secret).
 pub const PROVIDER_REFUSED: u8 = 8;
-/// The request is not allowed (e.g. scopes never granted).
+/// The request is not allowed (e.g. scopes never granted, or the user denied a login).
 pub const FORBIDDEN: u8 = 9;
 /// Wrong passphrase, or the keyring is unavailable.
 pub const UNLOCK_FAILED: u8 = 10;
@@ -33,15 +33,15 @@ pub const UNLOCK_FAILED: u8 = 10;
 pub const HELP_TABLE: &str = "\
 Exit codes:
    0  ok
-   1  other error
+   1  other error (panic: a credential could not be revoked at its provider)
    2  usage error (bad flags, or a secret with no source and no terminal)
    3  daemon unreachable or failed to start
    4  vault locked or not initialized
    5  not found
-   6  re-authentication required: run `latchkey login NAME`
+   6  re-authentication required: run `latchkey login NAME` (or a login timed out)
    7  provider unavailable or rate limited (transient: retry later)
    8  provider refused the request (e.g. bad client secret)
-   9  forbidden (e.g. scopes not granted)
+   9  forbidden (e.g. scopes not granted, or the user denied the login)
   10  wrong passphrase or keyring unavailable";
 
 /// An error raised by the CLI itself that carries its exit code.

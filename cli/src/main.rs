@@ -11,15 +11,15 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | ok |
-//! | 1 | other error |
+//! | 1 | other error; `panic`: a credential could not be revoked at its provider |
 //! | 2 | usage error: bad flags (clap's), or a secret with no source and no terminal to prompt on |
 //! | 3 | daemon unreachable or failed to start |
 //! | 4 | vault locked or not initialized |
 //! | 5 | not found |
-//! | 6 | re-authentication required (`reauth_required`): run `latchkey login NAME` |
+//! | 6 | re-authentication required (`reauth_required`): run `latchkey login NAME`; also a login that timed out or expired |
 //! | 7 | provider unavailable or rate limited (transient: retry later) |
 //! | 8 | provider refused the request (`provider_error`, e.g. a bad client secret) |
-//! | 9 | forbidden (e.g. scopes not granted) |
+//! | 9 | forbidden (e.g. scopes not granted, or the user denied a login) |
 //! | 10 | wrong passphrase, or keyring unavailable |
 //!
 //! `latchkey exec` exits with its command's own code (128 + N when a signal
@@ -34,6 +34,7 @@ mod exit;
 mod output;
 mod secret;
 mod spawn;
+mod terminal;
 
 use clap::Parser;
 use std::io::Write;
@@ -100,5 +101,14 @@ mod tests {
     fn help_lists_the_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("10  wrong passphrase"), "{help}");
+        assert!(help.contains("the user denied the login"), "{help}");
+    }
+
+    #[test]
+    fn help_lists_the_login_and_revocation_commands() {
+        let help = Cli::command().render_help().to_string();
+        for command in ["login", "revoke", "panic"] {
+            assert!(help.contains(&format!("\n  {command} ")), "{help}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use crate::secret::{self, Source};
 use anyhow::{Context, Result};
 use latchkey_client::protocol::{
     method, AuthMethod, CredentialAddParams, CredentialInfo, Empty, GrantType, NameParams,
+    RemoveParams,
 };
 use secrecy::SecretString;
 use std::path::PathBuf;
@@ -23,8 +24,8 @@ pub enum Command {
     List(ListArgs),
     /// Show a credential's settings, state and token expiry (never its secret)
     Show(ShowArgs),
-    /// Remove a credential and its tokens
-    Remove(NameArg),
+    /// Remove a credential and its tokens, revoking them at the provider first
+    Remove(RemoveArgs),
 }
 
 /// The grant, spelled as on the wire.
@@ -125,9 +126,12 @@ pub struct ShowArgs {
 }
 
 #[derive(clap::Args)]
-pub struct NameArg {
+pub struct RemoveArgs {
     /// The credential's name
     name: String,
+    /// Do not revoke the tokens at the provider first (they stay valid there until they expire)
+    #[arg(long)]
+    local_only: bool,
 }
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
@@ -215,6 +219,10 @@ fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
         );
     }
     let now = output::now_unix();
+    output::print(&list_table(&credentials, now))
+}
+
+fn list_table(credentials: &[CredentialInfo], now: i64) -> String {
     let rows: Vec<Vec<String>> = credentials
         .iter()
         .map(|c| {
@@ -222,15 +230,25 @@ fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
                 c.name.clone(),
                 c.provider.clone(),
                 c.grant.as_str().to_owned(),
-                c.state.clone(),
+                c.subject.clone().unwrap_or_else(|| "-".into()),
                 token_expiry(c, now),
+                state(c),
             ]
         })
         .collect();
-    output::print(&output::table(
-        &["NAME", "PROVIDER", "GRANT", "STATE", "TOKEN"],
+    // STATE last: a credential that needs a login says how to log in.
+    output::table(
+        &["NAME", "PROVIDER", "GRANT", "ACCOUNT", "TOKEN", "STATE"],
         &rows,
-    ))
+    )
+}
+
+/// The life-cycle state, with the fix when the user has something to do.
+fn state(c: &CredentialInfo) -> String {
+    match c.state.as_str() {
+        "needs_login" => format!("needs login (run `latchkey login {}`)", c.name),
+        other => other.to_owned(),
+    }
 }
 
 /// The latest expiry among cached tokens, for the list's last column.
@@ -284,7 +302,13 @@ fn render(info: &CredentialInfo, now: i64) -> String {
                 info.scopes.join(" ")
             },
         )
-        .add("state", &info.state);
+        .add("state", state(info));
+    if let Some(subject) = &info.subject {
+        f.add("account", subject);
+    }
+    if info.has_refresh_token {
+        f.add("refresh token", "held");
+    }
     if let Some(err) = &info.last_error {
         f.add("last error", err);
     }
@@ -305,17 +329,27 @@ fn render(info: &CredentialInfo, now: i64) -> String {
     f.render()
 }
 
-fn remove(ctx: &Ctx, args: NameArg) -> Result<()> {
+fn remove(ctx: &Ctx, args: RemoveArgs) -> Result<()> {
+    // The daemon revokes at the provider first, unless told not to; when
+    // revocation fails it removes nothing and says to use --local-only.
     let _: serde_json::Value = ctx
         .connect()?
         .call(
             method::CREDENTIAL_REMOVE,
-            &NameParams {
+            &RemoveParams {
                 name: args.name.clone(),
+                local_only: args.local_only,
             },
         )
         .with_context(|| format!("failed to remove credential '{}'", args.name))?;
-    ctx.done(format_args!("removed credential '{}'", args.name))
+    if args.local_only {
+        ctx.done(format_args!(
+            "removed credential '{}' without revoking its tokens: any it held stay valid at the provider until they expire",
+            args.name
+        ))
+    } else {
+        ctx.done(format_args!("removed credential '{}'", args.name))
+    }
 }
 
 #[cfg(test)]
@@ -373,5 +407,66 @@ mod tests {
         );
         assert_eq!(token_expiry(&info, 1_000_000), "expires in 10m");
         assert_eq!(token_expiry(&info, 2_000_000), "expired");
+        assert!(text.contains("state:         ready\n"), "{text}");
+        assert!(!text.contains("account"), "{text}");
+        assert!(!text.contains("refresh token"), "{text}");
+    }
+
+    fn user_login(state: &str) -> CredentialInfo {
+        CredentialInfo {
+            name: "me".into(),
+            provider: "corp".into(),
+            client_id: "cli".into(),
+            grant: GrantType::AuthorizationCode,
+            auth: AuthMethod::None,
+            scopes: vec!["openid".into()],
+            has_client_secret: false,
+            state: state.into(),
+            tokens: Vec::new(),
+            subject: None,
+            has_refresh_token: false,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn a_credential_needing_a_login_says_how() {
+        let info = user_login("needs_login");
+        let text = render(&info, 0);
+        assert!(
+            text.contains("state:         needs login (run `latchkey login me`)\n"),
+            "{text}"
+        );
+        let table = list_table(&[info], 0);
+        assert_eq!(
+            table,
+            "\
+NAME  PROVIDER  GRANT               ACCOUNT  TOKEN  STATE
+me    corp      authorization_code  -        -      needs login (run `latchkey login me`)
+"
+        );
+    }
+
+    #[test]
+    fn a_logged_in_credential_shows_its_account_and_refresh_token() {
+        let mut info = user_login("ready");
+        info.subject = Some("alice@example.com".into());
+        info.has_refresh_token = true;
+        let text = render(&info, 0);
+        assert!(text.contains("state:         ready\n"), "{text}");
+        assert!(
+            text.contains("account:       alice@example.com\n"),
+            "{text}"
+        );
+        assert!(text.contains("refresh token: held\n"), "{text}");
+        let table = list_table(&[info], 0);
+        assert!(
+            table
+                .lines()
+                .nth(1)
+                .unwrap()
+                .contains("alice@example.com  -      ready"),
+            "{table}"
+        );
     }
 }

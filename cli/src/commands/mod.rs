@@ -10,9 +10,12 @@ mod exec;
 mod header;
 mod init;
 mod lock;
+mod login;
+mod panic;
 mod passphrase;
 mod provider;
 mod rekey;
+mod revoke;
 mod status;
 mod token;
 mod unlock;
@@ -52,6 +55,29 @@ pub enum Command {
     /// Manage credentials (an OAuth client at a provider)
     #[command(subcommand)]
     Credential(credential::Command),
+    /// Log in as a user so the daemon holds a refresh token for a credential
+    ///
+    /// For credentials with the authorization_code or device_code grant. A
+    /// browser login opens the login page in $BROWSER (else xdg-open or
+    /// open); with --no-browser, or when no browser can be opened, the URL is
+    /// printed alone on stdout. --device prints the URL to open on any device
+    /// and the code to enter there, each on its own line (with a QR code on
+    /// a terminal). Then it waits for the login and prints `logged in: NAME`,
+    /// the account when known, and the granted scope. Exits 9 when the user
+    /// denies access and 6 when the login times out or expires.
+    Login(login::Args),
+    /// Revoke a credential's tokens at the provider and forget them
+    ///
+    /// Revokes the refresh token and the cached access tokens (RFC 7009);
+    /// a user-login credential then needs `latchkey login NAME` again.
+    Revoke(revoke::Args),
+    /// Incident response: revoke every token at its provider, then lock the vault
+    ///
+    /// Revokes the tokens of every credential (or of one provider's), forgets
+    /// them even where revocation fails, drops every cached token and locks
+    /// the vault. Prints what happened to each credential; exits 1 when any
+    /// could not be revoked. Never prompts.
+    Panic(panic::Args),
     /// Print an access token for a credential
     ///
     /// Prints the token alone on stdout, for `$(latchkey token NAME)`.
@@ -81,6 +107,9 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Rekey(args) => rekey::run(ctx, args),
         Command::Provider(command) => provider::run(ctx, command),
         Command::Credential(command) => credential::run(ctx, command),
+        Command::Login(args) => login::run(ctx, args),
+        Command::Revoke(args) => revoke::run(ctx, args),
+        Command::Panic(args) => panic::run(ctx, args),
         Command::Token(args) => token::run(ctx, args),
         Command::Header(args) => header::run(ctx, args),
         Command::Exec(args) => exec::run(ctx, args),
