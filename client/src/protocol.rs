@@ -312,6 +312,9 @@ pub struct StatusResult {
     /// Number of credentials, when unlocked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<u32>,
+    /// Names of credentials that need a (new) login, when unlocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_login: Option<Vec<String>>,
 }
 
 /// Parameters of `vault.init`. At least one of the two slots must be asked for.
@@ -635,7 +638,8 @@ pub struct LoginStartParams {
     /// Use the device authorization grant (RFC 8628) instead of a browser redirect.
     #[serde(default)]
     pub device: bool,
-    /// Give up after this many seconds (default 300).
+    /// Give up after this many seconds (default 300; the daemon keeps it
+    /// within 5 to 3600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
 }

@@ -93,6 +93,12 @@ impl Daemon {
                             .finish_login(&session, &credential, &provider, granted, None)
                             .await
                     }
+                    // Our own deadline ended it, not the provider's code expiry.
+                    Err(e)
+                        if e.kind == ErrorKind::ReauthRequired && limit.as_secs() < expires_in =>
+                    {
+                        Err(timed_out(&credential, limit))
+                    }
                     Err(e) => Err(e),
                 };
                 daemon.report_login(&credential, outcome, tx);
@@ -115,19 +121,31 @@ impl Daemon {
         let issuer = provider.config.issuer.clone();
         tokio::spawn(async move {
             let outcome = match tokio::time::timeout(timeout, loopback.wait(state, issuer)).await {
-                Err(_) => Err(ApiError::new(
-                    ErrorKind::ReauthRequired,
-                    format!(
-                        "the login of credential '{}' timed out after {} s; run `latchkey login {}` again",
-                        credential.config.name,
-                        timeout.as_secs(),
-                        credential.config.name
-                    ),
-                )),
+                Err(_) => Err(timed_out(&credential, timeout)),
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(callback::Code(code))) => {
-                    match user::exchange_code(&daemon.http, &provider, &credential, &client, code, request.pkce_verifier, &redirect).await {
-                        Ok(granted) => daemon.finish_login(&session, &credential, &provider, granted, request.nonce).await,
+                    match user::exchange_code(
+                        &daemon.http,
+                        &provider,
+                        &credential,
+                        &client,
+                        code,
+                        request.pkce_verifier,
+                        &redirect,
+                    )
+                    .await
+                    {
+                        Ok(granted) => {
+                            daemon
+                                .finish_login(
+                                    &session,
+                                    &credential,
+                                    &provider,
+                                    granted,
+                                    request.nonce,
+                                )
+                                .await
+                        }
                         Err(f) => Err(f.error),
                     }
                 }
@@ -280,4 +298,15 @@ impl Daemon {
             })?;
         Ok((Arc::clone(credential), Arc::clone(provider)))
     }
+}
+
+fn timed_out(credential: &Credential, after: Duration) -> ApiError {
+    let name = &credential.config.name;
+    ApiError::new(
+        ErrorKind::ReauthRequired,
+        format!(
+            "the login of credential '{name}' timed out after {} s; run `latchkey login {name}` again",
+            after.as_secs()
+        ),
+    )
 }

@@ -74,12 +74,15 @@ impl Daemon {
         let _no_refresh_meanwhile = gate.lock().await;
         let grant = session.grant(&credential.id);
         let mut revoked = Vec::new();
-        if !local_only {
+        let held_refresh = grant.as_ref().and_then(|g| g.refresh_token.clone());
+        let held_access = session.tokens.peek(&credential.id);
+        let anything_held = held_refresh.is_some() || !held_access.is_empty();
+        if !local_only && anything_held {
             if provider.config.endpoints.revocation_endpoint.is_none() {
                 return Err(ApiError::new(
                     ErrorKind::InvalidRequest,
                     format!(
-                        "provider '{}' has no revocation endpoint: `--local-only` forgets the tokens here, but they stay valid at the provider until they expire (revoke the app's access in the provider's account settings)",
+                        "provider '{}' has no revocation endpoint, so its tokens stay valid there until they expire (revoke the app's access in the provider's account settings); forget them here with --local-only",
                         provider.config.name
                     ),
                 ));
@@ -90,14 +93,14 @@ impl Daemon {
                 Ok(vault.client_secret(keys, credential)?)
             })?;
             let client = user::client(provider, credential, secret.as_ref())?;
-            if let Some(rt) = grant.as_ref().and_then(|g| g.refresh_token.clone()) {
+            if let Some(rt) = held_refresh {
                 let token = StandardRevocableToken::RefreshToken(RefreshToken::new(
                     rt.expose_secret().to_owned(),
                 ));
                 user::revoke(&self.http, provider, &client, token).await?;
                 revoked.push("refresh_token".to_owned());
             }
-            for token in session.tokens.peek(&credential.id) {
+            for token in held_access {
                 let token = StandardRevocableToken::AccessToken(AccessToken::new(
                     token.access_token.expose_secret().to_owned(),
                 ));
@@ -145,31 +148,19 @@ impl Daemon {
                 })
                 .collect()
         };
-        let mut entries = Vec::new();
+        // Revoke at every provider at once: in an incident, minutes count.
+        // Boxed as `Send` explicitly: join_all over borrowed async fns
+        // otherwise trips rustc's higher-ranked Send inference.
+        let mut revocations: Vec<futures::future::BoxFuture<'_, PanicEntry>> = Vec::new();
         for (credential, provider) in targets {
-            let outcome = self
-                .revoke_credential(&session, &credential, &provider, false)
-                .await;
-            let entry = match outcome {
-                Ok(r) => PanicEntry {
-                    credential: credential.config.name.clone(),
-                    revoked: r.revoked,
-                    error: None,
-                },
-                Err(e) => {
-                    // Forget locally anyway: in an incident, nothing stays usable here.
-                    let _ = self
-                        .revoke_credential(&session, &credential, &provider, true)
-                        .await;
-                    PanicEntry {
-                        credential: credential.config.name.clone(),
-                        revoked: Vec::new(),
-                        error: Some(e.message),
-                    }
-                }
-            };
-            entries.push(entry);
+            revocations.push(Box::pin(self.panic_one(
+                Arc::clone(&session),
+                credential,
+                provider,
+            )));
         }
+        let mut entries = futures::future::join_all(revocations).await;
+        entries.sort_by(|a, b| a.credential.cmp(&b.credential));
         drop(session);
         let locked = self.lock("panic");
         self.audit.record(
@@ -186,5 +177,34 @@ impl Daemon {
             credentials: entries,
             locked,
         })
+    }
+
+    async fn panic_one(
+        &self,
+        session: Arc<Session>,
+        credential: Arc<Credential>,
+        provider: Arc<Provider>,
+    ) -> PanicEntry {
+        match self
+            .revoke_credential(&session, &credential, &provider, false)
+            .await
+        {
+            Ok(r) => PanicEntry {
+                credential: credential.config.name.clone(),
+                revoked: r.revoked,
+                error: None,
+            },
+            Err(e) => {
+                // Forget it here anyway: nothing stays usable locally.
+                let _ = self
+                    .revoke_credential(&session, &credential, &provider, true)
+                    .await;
+                PanicEntry {
+                    credential: credential.config.name.clone(),
+                    revoked: Vec::new(),
+                    error: Some(e.message),
+                }
+            }
+        }
     }
 }

@@ -227,15 +227,25 @@ impl Daemon {
             let idle_for = (now() - self.last_activity.load(Ordering::Relaxed)).max(0) as u64;
             idle.saturating_sub(idle_for)
         });
-        let (providers, credentials) = match &session {
+        let (providers, credentials, needs_login) = match &session {
             Some(s) => {
                 let c = s.catalog();
+                let mut waiting: Vec<String> = c
+                    .credentials
+                    .values()
+                    .filter(|cred| cred.config.grant != GrantType::ClientCredentials)
+                    .filter(|cred| s.grant(&cred.id).is_none_or(|g| g.refresh_token.is_none()))
+                    .filter(|cred| s.tokens.peek(&cred.id).is_empty())
+                    .map(|cred| cred.config.name.clone())
+                    .collect();
+                waiting.sort();
                 (
                     Some(c.providers.len() as u32),
                     Some(c.credentials.len() as u32),
+                    Some(waiting),
                 )
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         Ok(StatusResult {
             vault: state,
@@ -247,6 +257,7 @@ impl Daemon {
             locks_in_secs: locks_in,
             providers,
             credentials,
+            needs_login,
         })
     }
 

@@ -60,6 +60,12 @@ fn render(status: &StatusResult, socket: &str) -> String {
     if let Some(n) = status.credentials {
         f.add("credentials", n.to_string());
     }
+    for name in status.needs_login.iter().flatten() {
+        f.add(
+            "needs login",
+            format!("{name} (run `latchkey login {name}`)"),
+        );
+    }
     f.add(
         "daemon",
         format!("latchkeyd {} (pid {})", status.daemon_version, status.pid),
@@ -97,6 +103,7 @@ mod tests {
             locks_in_secs: Some(872),
             providers: Some(2),
             credentials: Some(3),
+            needs_login: Some(Vec::new()),
         }
     }
 

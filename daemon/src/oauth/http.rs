@@ -183,6 +183,32 @@ impl<'c> AsyncHttpClient<'c> for Http {
     }
 }
 
+/// Sends requests for `https://<loopback host>` over plain http.
+///
+/// Only for RFC 7009 revocation at a provider whose configured revocation
+/// endpoint is `http://` on a loopback host: the oauth2 crate refuses any
+/// non-https revocation URL (RFC 7009 §2), while Latchkey allows plain http
+/// to loopback hosts everywhere else (local servers, RFC 8252). The caller
+/// hands oauth2 the URL with `https` and this client restores `http`; any
+/// non-loopback URL is sent unchanged (and so over TLS).
+pub struct PlainLoopback(pub Http);
+
+impl<'c> AsyncHttpClient<'c> for PlainLoopback {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, mut request: HttpRequest) -> Self::Future {
+        if let Ok(mut url) = Url::parse(&request.uri().to_string()) {
+            if url.scheme() == "https" && is_loopback(&url) && url.set_scheme("http").is_ok() {
+                if let Ok(uri) = url.as_str().parse() {
+                    *request.uri_mut() = uri;
+                }
+            }
+        }
+        Box::pin(self.0.send(request))
+    }
+}
+
 /// `Retry-After` as delay-seconds (RFC 9110 §10.2.3); an HTTP-date is
 /// turned into seconds from now; anything else is ignored.
 fn parse_retry_after(value: &str) -> Option<u64> {

@@ -5,7 +5,7 @@
 //! signature algorithms pinned to asymmetric ones (never `none`).
 
 use super::grant::{classify, GrantFailure};
-use super::http::{Http, HttpError};
+use super::http::{Http, HttpError, PlainLoopback};
 use crate::error::ApiError;
 use crate::vault::{Credential, Provider};
 use latchkey_client::protocol::{AuthMethod, ErrorKind};
@@ -107,7 +107,7 @@ pub fn client(
         .set_revocation_url_option(endpoint(
             "revocation endpoint",
             &e.revocation_endpoint,
-            RevocationUrl::new,
+            |u| RevocationUrl::new(loopback_as_https(u)),
         )?)
         .set_token_uri_option(endpoint(
             "token endpoint",
@@ -122,6 +122,19 @@ pub fn client(
         client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
     }
     Ok(client)
+}
+
+/// See [`PlainLoopback`]: oauth2 insists on https for revocation; for a
+/// plain-http loopback endpoint it is given the https spelling, and
+/// `revoke` sends it over plain http again.
+fn loopback_as_https(url: String) -> String {
+    match url::Url::parse(&url) {
+        Ok(mut u) if u.scheme() == "http" && super::http::is_loopback(&u) => {
+            let _ = u.set_scheme("https");
+            u.to_string()
+        }
+        _ => url,
+    }
 }
 
 fn missing(provider: &Provider, what: &str, flag: &str) -> ApiError {
@@ -328,16 +341,14 @@ pub async fn revoke(
     client: &UserClient,
     token: StandardRevocableToken,
 ) -> Result<(), ApiError> {
-    let request = client.revoke_token(token).map_err(|_| {
+    let request = client.revoke_token(token).map_err(|e| {
         ApiError::new(
             ErrorKind::InvalidRequest,
-            format!(
-                "provider '{}' has no revocation endpoint: use --local-only to forget the tokens here (they stay valid at the provider until they expire)",
-                provider.config.name
-            ),
+            format!("cannot revoke at provider '{}': {e}", provider.config.name),
         )
     })?;
-    request.request_async(http).await.map_err(|e| {
+    let plain_loopback = PlainLoopback(http.clone());
+    request.request_async(&plain_loopback).await.map_err(|e| {
         let detail = match &e {
             RequestTokenError::ServerResponse(r) => r.error().as_ref().to_owned(),
             RequestTokenError::Request(h) => h.to_string(),
