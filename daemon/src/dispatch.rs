@@ -45,7 +45,14 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec
         );
         return After::Close;
     };
-    let request: Incoming<'_> = match serde_json::from_str(text) {
+    // JSON-RPC 2.0 §4: a request is an object. serde would also accept a
+    // struct written as a positional array; refuse that shape up front.
+    let parsed: Result<Incoming<'_>, serde_json::Error> = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text)
+    } else {
+        Err(serde::de::Error::custom("a request must be a JSON object"))
+    };
+    let request: Incoming<'_> = match parsed {
         Ok(r) => r,
         Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
             write_error(out, None, &ApiError::new(ErrorKind::InvalidRequest, "the message is JSON but not a request: send {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"...\",\"params\":{...}}"));
