@@ -337,7 +337,9 @@ fn credential_info(
     let user = credential.config.grant != GrantType::ClientCredentials;
     let state = if credential.corrupt {
         "corrupt"
-    } else if user && grant.as_ref().is_none_or(|g| g.refresh_token.is_none()) && entries.is_empty()
+    } else if user
+        && grant.as_ref().is_none_or(|g| g.refresh_token.is_none())
+        && session.tokens.peek(&credential.id).is_empty()
     {
         "needs_login"
     } else if backoff.is_some() {

@@ -45,7 +45,9 @@ impl Issued {
     /// lifetime of jitter so many credentials do not refresh in lockstep.
     pub fn schedule_refresh(effective_expiry: i64, obtained_at: i64) -> i64 {
         let lifetime = (effective_expiry - obtained_at).max(0);
-        let lead = (lifetime / 4).max(EXPIRY_MARGIN_SECS * 2);
+        // Never more than half the lifetime ahead: a short-lived token must
+        // not be due the moment it is issued.
+        let lead = (lifetime / 4).max(EXPIRY_MARGIN_SECS * 2).min(lifetime / 2);
         let jitter = if lifetime >= 10 {
             rand::random_range(0..=lifetime / 10)
         } else {
@@ -462,9 +464,13 @@ mod tests {
 
     #[test]
     fn refresh_is_scheduled_ahead_of_expiry() {
-        for lifetime in [30, 300, 3600] {
+        for lifetime in [2, 10, 30, 300, 3600] {
             let at = Issued::schedule_refresh(1000 + lifetime, 1000);
             assert!(at < 1000 + lifetime - lifetime / 4 + 1, "{lifetime}: {at}");
+            assert!(
+                at >= 1000 + lifetime / 2 - lifetime / 10,
+                "{lifetime}: due too early at {at}"
+            );
             assert!(
                 at >= 1000 + lifetime - lifetime / 4 - lifetime / 10 - 10,
                 "{lifetime}: {at}"

@@ -22,9 +22,19 @@
 //     "issuer_path": "/tenant-a",      // optional: issuer http://127.0.0.1:PORT/tenant-a
 //     "port": 0,                       // optional: 0 = ephemeral
 //     "scopes": ["extra:scope"],       // optional: more scopes the server knows
-//     "clock_tolerance": 0             // seconds of grace after a token's exp
+//     "clock_tolerance": 0,            // seconds of grace after a token's exp
 //                                      // (oidc-provider's own default is 15)
+//     "revocation": true               // false: no RFC 7009 revocation endpoint
+//                                      // (and none in the discovery document)
 //   }
+//
+// User grants (authorization code + PKCE, device code, refresh with rotation)
+// work for clients registered with those grant types; `http://127.0.0.1/...`
+// redirect URIs make a client `native`, so any loopback port matches. The
+// login and consent pages are oidc-provider's devInteractions (any login and
+// password; the login becomes the subject), which a test drives over HTTP
+// (see tests/src/browser.rs). Refresh tokens are issued to every client
+// allowed the refresh_token grant (offline_access or not) and rotate on use.
 //
 // Admin endpoints (always at the root, whatever the issuer path):
 //   GET  /__admin/stats      counters (every POST to the token endpoint counts,
@@ -41,6 +51,17 @@
 //   POST /__admin/delay_all  {"ms":N}  delay every token request by N ms (0 = off)
 //   GET  /__admin/resource   a protected resource: 200 {"active":true,...} for a
 //                            live access token in `Authorization: Bearer`, else 401
+//   GET  /__admin/refresh_tokens?client_id=ID
+//                            every refresh token issued (to that client), oldest
+//                            first: {"refresh_tokens":[{"token","client_id",
+//                            "grant_id","consumed","revoked"}]}; recorded from
+//                            oidc-provider's events, for introspection by tests
+//   POST /__admin/access_token_ttl {"client_id":ID,"seconds":N}
+//                            lifetime of that client's access tokens from now on
+//   POST /__admin/revoke_grants {"client_id":ID}
+//                            what a user revoking the app's access at the provider
+//                            does: every grant of that client ends, with all its
+//                            refresh and access tokens -> {"ok":true,"grants":N}
 //
 // Set PROVIDER_EXIT_ON_STDIN_EOF=1 to make the server exit when its stdin
 // closes (the Rust harness does, so a crashed test run leaves no orphan).
@@ -139,10 +160,17 @@ try {
 }
 
 // Fresh signing keys per run (ID tokens are RS256 by default; ES256 as well).
+// Exported as JWK by the generator itself, never with `.privateKey.export()`:
+// on Node 20 that can deadlock the main thread for good (seen here ~1 start
+// in 10 under the Rust harness; gdb: KeyObjectHandle::ExportJWK holds the
+// key's mutex, a GC inside it finalizes the dead KeyGenJob, whose destructor
+// locks the same mutex). With both encodings set, no KeyObject shares the
+// job's key.
+const jwk = { privateKeyEncoding: { format: 'jwk' }, publicKeyEncoding: { format: 'jwk' } };
 const jwks = {
   keys: [
-    { ...generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'RS256' },
-    { ...generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'ES256' },
+    { ...generateKeyPairSync('rsa', { modulusLength: 2048, ...jwk }).privateKey, use: 'sig', alg: 'RS256' },
+    { ...generateKeyPairSync('ec', { namedCurve: 'P-256', ...jwk }).privateKey, use: 'sig', alg: 'ES256' },
   ],
 };
 
@@ -161,7 +189,7 @@ const provider = new Provider(issuer, {
       allowedPolicy: async (ctx, client, token) => client.clientAuthMethod !== 'none' || token.clientId === ctx.oidc.client.clientId,
     },
     revocation: {
-      enabled: true,
+      enabled: config.revocation !== false,
       allowedPolicy: async (ctx, client, token) => token.clientId === client.clientId,
     },
     deviceFlow: { enabled: true },
@@ -202,10 +230,62 @@ for (const { client_id: id } of clients) {
   }
 }
 
+// ------------------------------------------ grants and refresh tokens ---
+
+// Which grants each client holds, and every refresh token issued, as
+// oidc-provider's model events report them (opaque tokens: value = jti).
+const grantsByClient = new Map(); // client_id -> Set(grant id)
+const refreshTokens = []; // { token, client_id, grant_id, consumed, revoked }, oldest first
+const refreshTokenByValue = new Map();
+
+function noteGrant(clientId, grantId) {
+  if (!clientId || !grantId) return;
+  if (!grantsByClient.has(clientId)) grantsByClient.set(clientId, new Set());
+  grantsByClient.get(clientId).add(grantId);
+}
+
+function noteRefreshToken(token) {
+  noteGrant(token.clientId, token.grantId);
+  let entry = refreshTokenByValue.get(token.jti);
+  if (!entry) {
+    entry = { token: token.jti, client_id: token.clientId, grant_id: token.grantId, consumed: false, revoked: false };
+    refreshTokenByValue.set(token.jti, entry);
+    refreshTokens.push(entry);
+  }
+  if (token.consumed) entry.consumed = true;
+  return entry;
+}
+
+provider.on('grant.saved', (grant) => noteGrant(grant.clientId, grant.jti));
+provider.on('access_token.saved', (token) => noteGrant(token.clientId, token.grantId));
+provider.on('refresh_token.saved', noteRefreshToken);
+provider.on('refresh_token.consumed', (token) => { noteRefreshToken(token).consumed = true; });
+
+// Ends every grant of a client with all its tokens (the memory adapter keeps
+// each grant's members together; revokeByGrantId removes them all).
+async function revokeGrantsOf(clientId) {
+  const ids = [...(grantsByClient.get(clientId) ?? [])];
+  for (const grantId of ids) {
+    await Promise.all(
+      [provider.AccessToken, provider.RefreshToken, provider.AuthorizationCode, provider.DeviceCode]
+        .map((model) => model.revokeByGrantId?.(grantId)),
+    );
+    await provider.Grant.adapter.destroy(grantId);
+  }
+  grantsByClient.delete(clientId);
+  for (const entry of refreshTokens) {
+    if (entry.client_id === clientId) entry.revoked = true;
+  }
+  return ids.length;
+}
+
 const providerCallback = provider.callback();
 const tokenPath = `${issuerPath}${provider.pathFor('token', { mountPath: '' })}`;
 const introspectionPath = `${issuerPath}${provider.pathFor('introspection', { mountPath: '' })}`;
-const revocationPath = `${issuerPath}${provider.pathFor('revocation', { mountPath: '' })}`;
+// (No revocation route at all when the feature is off.)
+const revocationPath = config.revocation === false
+  ? null
+  : `${issuerPath}${provider.pathFor('revocation', { mountPath: '' })}`;
 
 // ---------------------------------------------------------- admin state ---
 
@@ -354,6 +434,26 @@ async function handleAdmin(req, res, path) {
         exp: token.exp,
         ...(token.accountId ? { sub: token.accountId } : {}),
       });
+    }
+    case 'GET /__admin/refresh_tokens': {
+      const clientId = new URL(req.url, origin).searchParams.get('client_id');
+      const list = refreshTokens.filter((e) => clientId === null || e.client_id === clientId);
+      return sendJson(res, 200, { refresh_tokens: list });
+    }
+    case 'POST /__admin/access_token_ttl': {
+      let b;
+      try { b = JSON.parse(await readBody(req)); } catch { return sendJson(res, 400, { error: 'body must be JSON' }); }
+      if (typeof b?.client_id !== 'string' || !b.client_id) return sendJson(res, 400, { error: 'client_id must be a non-empty string' });
+      if (!Number.isInteger(b.seconds) || b.seconds < 1) return sendJson(res, 400, { error: 'seconds must be a positive integer' });
+      ttlByClient.set(b.client_id, b.seconds);
+      return sendJson(res, 200, { ok: true });
+    }
+    case 'POST /__admin/revoke_grants': {
+      let b;
+      try { b = JSON.parse(await readBody(req)); } catch { return sendJson(res, 400, { error: 'body must be JSON' }); }
+      if (typeof b?.client_id !== 'string' || !b.client_id) return sendJson(res, 400, { error: 'client_id must be a non-empty string' });
+      const grants = await revokeGrantsOf(b.client_id);
+      return sendJson(res, 200, { ok: true, grants });
     }
     default:
       return sendJson(res, 404, { error: `no admin route ${route}` });

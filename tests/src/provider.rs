@@ -31,6 +31,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of the server's stderr is kept for failure messages.
 const STDERR_KEEP: usize = 64 * 1024;
+/// The RFC 8628 grant type, as token requests and client metadata spell it.
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 const INSTALL_HINT: &str = "run `npm ci --prefix tests/provider` (from the workspace root)";
 
 /// One OAuth client registered with the test server.
@@ -82,6 +84,25 @@ impl ClientSpec {
             grant_types: grant_types.iter().map(|s| s.to_string()).collect(),
             scope: scope.into(),
             redirect_uris: redirect_uris.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// A client for user logins: authorization code (+ PKCE), refresh token and
+    /// device code grants, redirect URI `http://127.0.0.1/callback` (any
+    /// loopback port matches: the server registers it as a native client).
+    /// `secret` `None` makes a public client (`auth_method` must be "none").
+    pub fn user(client_id: &str, secret: Option<&str>, auth_method: &str, scope: &str) -> Self {
+        ClientSpec {
+            client_id: client_id.into(),
+            client_secret: secret.map(str::to_string),
+            auth_method: auth_method.into(),
+            grant_types: vec![
+                "authorization_code".into(),
+                "refresh_token".into(),
+                DEVICE_CODE_GRANT.into(),
+            ],
+            scope: scope.into(),
+            redirect_uris: vec!["http://127.0.0.1/callback".into()],
         }
     }
 
@@ -139,6 +160,19 @@ impl Stats {
             .copied()
             .unwrap_or(0)
     }
+}
+
+/// A refresh token the server issued, from `GET /__admin/refresh_tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RefreshTokenRecord {
+    /// The token itself (test server only: it never leaves loopback).
+    pub token: String,
+    pub client_id: String,
+    pub grant_id: String,
+    /// Used once with rotation on: it no longer refreshes.
+    pub consumed: bool,
+    /// Ended by `POST /__admin/revoke_grants`.
+    pub revoked: bool,
 }
 
 /// A running test authorization server. Dropping it kills the process.
@@ -424,6 +458,90 @@ impl Provider {
                 .map_err(|e| e.to_string())
         })
         .unwrap_or_else(|e| panic!("test provider: GET {url} failed: {e}"))
+    }
+
+    /// Every refresh token issued to `client_id`, oldest first (rotation
+    /// makes the last one the live one).
+    pub fn refresh_tokens(&self, client_id: &str) -> Vec<RefreshTokenRecord> {
+        let url = format!(
+            "{}?client_id={}",
+            self.admin("refresh_tokens"),
+            form_encode(client_id)
+        );
+        let (status, body) = self.get_json(&url);
+        assert_eq!(
+            status, 200,
+            "test provider: /__admin/refresh_tokens answered {status}: {body}"
+        );
+        serde_json::from_value(body["refresh_tokens"].clone())
+            .expect("test provider: malformed refresh token list")
+    }
+
+    /// What a user revoking the app's access at the provider does: ends
+    /// every grant of `client_id` with all its refresh and access tokens.
+    /// Returns how many grants ended.
+    pub fn revoke_grants(&self, client_id: &str) -> u64 {
+        let body = self.admin_post_json("revoke_grants", json!({ "client_id": client_id }));
+        body["grants"]
+            .as_u64()
+            .expect("test provider: revoke_grants said no count")
+    }
+
+    /// Whether RFC 7662 introspection (as the confidential `client_id`)
+    /// calls `token` active.
+    pub fn is_active(&self, token: &str, client_id: &str, client_secret: &str) -> bool {
+        self.introspect(token, client_id, client_secret)["active"] == json!(true)
+    }
+
+    /// Sets the lifetime of `client_id`'s access tokens issued from now on.
+    pub fn set_access_token_ttl(&self, client_id: &str, seconds: u64) {
+        self.admin_post_json(
+            "access_token_ttl",
+            json!({ "client_id": client_id, "seconds": seconds }),
+        );
+    }
+
+    /// A refresh-token grant sent straight to the token endpoint (not through
+    /// the daemon), as `client_id` — public when `client_secret` is `None`,
+    /// else HTTP Basic. Returns the status and the JSON answer. Careful: a
+    /// successful call rotates the token, and using a rotated one revokes
+    /// the whole grant (oidc-provider's reuse detection).
+    pub fn refresh_directly(
+        &self,
+        refresh_token: &str,
+        client_id: &str,
+        client_secret: Option<&str>,
+    ) -> (u16, Value) {
+        let endpoint = self.token_endpoint().to_string();
+        off_runtime(|| {
+            let req = self.http.post(&endpoint);
+            let req = match client_secret {
+                Some(secret) => req
+                    .basic_auth(form_encode(client_id), Some(form_encode(secret)))
+                    .form(&[
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", refresh_token),
+                    ]),
+                None => req.form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token),
+                    ("client_id", client_id),
+                ]),
+            };
+            read_json(req.send())
+        })
+        .unwrap_or_else(|e| panic!("test provider: direct refresh failed: {e}"))
+    }
+
+    fn admin_post_json(&self, name: &str, body: Value) -> Value {
+        let url = self.admin(name);
+        let (status, answer) = off_runtime(|| read_json(self.http.post(&url).json(&body).send()))
+            .unwrap_or_else(|e| panic!("test provider: POST {url} failed: {e}"));
+        assert_eq!(
+            status, 200,
+            "test provider: POST {url} {body} answered {status}: {answer}"
+        );
+        answer
     }
 
     fn admin(&self, name: &str) -> String {
