@@ -1,1 +1,336 @@
-fn main() {}
+//! `latchkey-bench`: how close a cached `token.get` comes to the cost of a
+//! bare Unix-socket round trip, what a `latchkey token NAME` process costs
+//! next to a program that does nothing, and how much memory an idle daemon
+//! holds. It prints figures and MET / NOT MET against the targets; it never
+//! fails on a slow figure.
+//!
+//! Run it (builds the bench and its empty helper binary; the daemon and the
+//! CLI must be built first, in release, into the same target dir):
+//!
+//! ```text
+//! cargo build --release -p latchkey-daemon -p latchkey-cli -p latchkey-bench
+//! cargo run --release -p latchkey-bench
+//! ```
+//!
+//! What it does, in one run of about 20 s (every loop is bounded; 2 s per
+//! throughput point):
+//!
+//! 1. **Raw baseline** (`raw`): an in-process tokio server on a Unix socket
+//!    answers each request line with a fixed reply of the same bytes as a
+//!    real `token.get` reply; a bare client does round trips. p50/p99 on one
+//!    connection, req/s at 1, 8 and 64 connections (each its own
+//!    connection, sequential round trips), and CPU per round trip (user and
+//!    kernel) of the server threads and of the client threads.
+//! 2. **Cached `token.get`** (`cached`): the real release `latchkeyd`,
+//!    started here in a temp dir with a throwaway vault, a provider pointing
+//!    at a tiny token endpoint on 127.0.0.1 (`token_endpoint`), a
+//!    client-credentials credential; one warm-up call, then the same
+//!    measurements through `latchkey_client::Client`, the ratios to part 1,
+//!    and how many requests reached the token endpoint (must be 1).
+//! 3. **Whole-process time** (`process`) of `latchkey token NAME` next to
+//!    `/bin/true`, an empty Rust binary and `latchkey --version`.
+//! 4. **Idle daemon RSS** from `/proc/<pid>/status` after 2 s idle.
+//!
+//! Each phase also prints how much of the machine other processes used
+//! meanwhile: on this 2-CPU VM, other load changes every figure (it even
+//! lowers one-connection latency, by keeping CPUs from halting).
+//!
+//! The daemon is stopped when the bench ends, however it ends (`daemon`).
+
+mod cached;
+mod daemon;
+mod load;
+mod process;
+mod procfs;
+mod raw;
+mod report;
+mod token_endpoint;
+
+use anyhow::{Context, Result};
+use daemon::{DaemonGuard, Env, CREDENTIAL};
+use latchkey_client::secrecy::ExposeSecret;
+use load::Plan;
+use report::mib;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const PLAN: Plan = Plan {
+    warmup: 2_000,
+    latency_iters: 20_000,
+    clients: &[1, 8, 64],
+    point_duration: Duration::from_secs(2),
+};
+const PROCESS_WARMUP: usize = 10;
+const PROCESS_RUNS: usize = 200;
+const IDLE_BEFORE_RSS: Duration = Duration::from_secs(2);
+/// The id the sampled request carries: a mid-run id of the right width.
+const SAMPLE_ID: u64 = 123_456;
+/// Thread-name prefix of the raw server's runtime (for its CPU time).
+const RAW_SERVER_THREADS: &str = "raw-server";
+/// Thread-name prefix of the client runtime (for its CPU time).
+const CLIENT_THREADS: &str = "bench-client";
+
+/// Set when Ctrl-C or SIGTERM arrived: the errors that follow are its echo.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => ExitCode::from(130),
+        Err(e) => {
+            eprintln!("latchkey-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    report::machine(&PLAN);
+    let daemon_bin = daemon::find_binary("latchkeyd", &["daemon/src", "client/src"])?
+        .with_context(|| {
+            format!(
+                "no latchkeyd in {}: build it first with `cargo build --release -p latchkey-daemon -p latchkey-cli -p latchkey-bench`",
+                daemon::bin_dir().unwrap_or_default().display()
+            )
+        })?;
+    let cli_bin = daemon::find_binary("latchkey", &["cli/src", "client/src"])?;
+    let empty_bin = daemon::find_binary("latchkey-bench-empty", &[])?;
+
+    // Dropped in reverse order: client runtime, then daemon, then the dir.
+    let dir = tempfile::Builder::new()
+        .prefix("latchkey-bench-")
+        .tempdir()?;
+    let env = Env::new(dir.path());
+    let daemon = DaemonGuard::start(&daemon_bin, &env)?;
+    println!(
+        "daemon: {} (pid {}), socket {}, log {} (all removed at exit)",
+        daemon_bin.display(),
+        daemon.pid(),
+        env.socket.display(),
+        env.log.display()
+    );
+    let rss_at_start = daemon.status_field("VmRSS");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(CLIENT_THREADS)
+        .build()?;
+    rt.spawn(clean_up_on_signal(daemon.pid(), dir.path().to_owned()));
+
+    // Set up the vault, warm the cache with the one call that reaches the
+    // token endpoint, and sample a real request/reply pair for the baseline.
+    let (endpoint, request, reply) = rt.block_on(async {
+        let endpoint = token_endpoint::TokenEndpoint::start().await?;
+        daemon::set_up_vault(&env.socket, &endpoint).await?;
+        let mut client = latchkey_client::Client::connect_to(&env.socket).await?;
+        let warm = client.token(CREDENTIAL).await?;
+        anyhow::ensure!(
+            warm.access_token.expose_secret() == token_endpoint::token_for(1),
+            "the warm-up call did not return the endpoint's first token"
+        );
+        let request = cached::request_line(SAMPLE_ID)?;
+        let reply = cached::sample_reply(&env.socket, &request).await?;
+        anyhow::Ok((endpoint, request, reply))
+    })?;
+    let rss_after_setup = daemon.status_field("VmRSS");
+    let hwm_after_setup = daemon.status_field("VmHWM");
+    println!(
+        "\ntoken.get wire sizes (sampled from latchkeyd): request {} B, reply {} B (newlines included)",
+        request.len(),
+        reply.len()
+    );
+    println!(
+        "  request: {}",
+        String::from_utf8_lossy(request.trim_ascii_end())
+    );
+    println!(
+        "  reply:   {}",
+        report::redact(&String::from_utf8_lossy(reply.trim_ascii_end()))
+    );
+
+    // 1. Raw baseline, with the same request bytes and a reply of the same bytes.
+    println!(
+        "\n[1] raw Unix-socket round trip (in-process tokio server, fixed {} B reply)",
+        reply.len()
+    );
+    let raw_server = raw::RawServer::start(
+        &dir.path().join("raw.sock"),
+        reply.clone(),
+        RAW_SERVER_THREADS,
+    )?;
+    let request: Arc<[u8]> = request.into();
+    let server_before = procfs::own_threads_cpu(RAW_SERVER_THREADS);
+    let client_before = procfs::own_threads_cpu(CLIENT_THREADS);
+    let machine_before = procfs::CpuSnapshot::take(daemon.pid());
+    let raw = rt.block_on(PLAN.run("raw", || {
+        raw::RawConn::connect(&raw_server.path, Arc::clone(&request), reply.len())
+    }))?;
+    let raw_cpu = cpu_per_call(
+        server_before,
+        procfs::own_threads_cpu(RAW_SERVER_THREADS),
+        raw.calls,
+    );
+    let raw_client_cpu = cpu_per_call(
+        client_before,
+        procfs::own_threads_cpu(CLIENT_THREADS),
+        raw.calls,
+    );
+    drop(raw_server);
+    print_cpu(raw_cpu, raw_client_cpu, raw.calls);
+    let raw_others = print_others(machine_before, daemon.pid());
+
+    // 2. Cached token.get through the client library.
+    println!(
+        "\n[2] cached token.get via latchkey_client::Client against latchkeyd (pid {})",
+        daemon.pid()
+    );
+    let server_before = daemon.cpu();
+    let client_before = procfs::own_threads_cpu(CLIENT_THREADS);
+    let machine_before = procfs::CpuSnapshot::take(daemon.pid());
+    let cached = rt.block_on(PLAN.run("cached", || cached::LatchkeyConn::connect(&env.socket)))?;
+    let daemon_cpu = cpu_per_call(server_before, daemon.cpu(), cached.calls);
+    let cached_client_cpu = cpu_per_call(
+        client_before,
+        procfs::own_threads_cpu(CLIENT_THREADS),
+        cached.calls,
+    );
+    print_cpu(daemon_cpu, cached_client_cpu, cached.calls);
+    let cached_others = print_others(machine_before, daemon.pid());
+    let served_cached = endpoint.served();
+    let basic_cc = endpoint.counters.all_basic_cc.load(Ordering::SeqCst);
+    println!(
+        "  token endpoint requests during the whole cached phase (warm-up included): {served_cached}{}",
+        if basic_cc {
+            " (client_secret_basic, grant_type=client_credentials)"
+        } else {
+            " (WARNING: not all were Basic + client_credentials)"
+        }
+    );
+    report::ratios(&raw, &cached);
+
+    // 3. Whole-process time.
+    println!(
+        "\n[3] whole-process time: spawn, run, exit, reap ({PROCESS_RUNS} runs each, round-robin)"
+    );
+    let cli = process::run(cli_bin, empty_bin, &env, PROCESS_WARMUP, PROCESS_RUNS)?;
+
+    // 4. Idle RSS.
+    std::thread::sleep(IDLE_BEFORE_RSS);
+    let rss = daemon.status_field("VmRSS");
+    println!(
+        "\n[4] daemon memory after {} s idle (pid {})",
+        IDLE_BEFORE_RSS.as_secs(),
+        daemon.pid()
+    );
+    println!(
+        "  VmRSS {} (RssAnon {}, RssFile {}; at start {}, after setup {})  VmHWM {} (after setup {})  threads {}",
+        mib(rss),
+        mib(daemon.status_field("RssAnon")),
+        mib(daemon.status_field("RssFile")),
+        mib(rss_at_start),
+        mib(rss_after_setup),
+        mib(daemon.status_field("VmHWM")),
+        mib(hwm_after_setup),
+        daemon
+            .status_field("Threads")
+            .map_or("?".into(), |t| t.to_string()),
+    );
+    let served_total = endpoint.served();
+    if served_total != served_cached {
+        println!(
+            "  note: the token endpoint served {served_total} requests in all (part 3 included)"
+        );
+    }
+
+    report::summary(&report::Results {
+        raw: &raw,
+        cached: &cached,
+        cpu_us: [(raw_cpu, raw_client_cpu), (daemon_cpu, cached_client_cpu)],
+        others: [raw_others, cached_others],
+        served: served_cached,
+        cli,
+        rss,
+    });
+    drop(rt);
+    drop(daemon);
+    Ok(())
+}
+
+/// CPU µs per call from two readings.
+fn cpu_per_call(
+    before: Option<procfs::Cpu>,
+    after: Option<procfs::Cpu>,
+    calls: u64,
+) -> Option<procfs::Cpu> {
+    before.zip(after).map(|(b, a)| a.per_call_us(b, calls))
+}
+
+fn print_cpu(server: Option<procfs::Cpu>, client: Option<procfs::Cpu>, calls: u64) {
+    let show = |v: Option<procfs::Cpu>| {
+        v.map_or("?".into(), |c| {
+            format!(
+                "{:.1} µs (user {:.1} + kernel {:.1})",
+                c.total(),
+                c.user,
+                c.sys
+            )
+        })
+    };
+    println!(
+        "  CPU per round trip: server {}, client {} ({calls} round trips, warm-ups included)",
+        show(server),
+        show(client)
+    );
+}
+
+/// Prints how much of the machine other processes (and the hypervisor)
+/// took since `before`: such load skews every figure of the phase.
+fn print_others(before: Option<procfs::CpuSnapshot>, daemon_pid: u32) -> Option<f64> {
+    let after = procfs::CpuSnapshot::take(daemon_pid)?;
+    let (others, steal) = after.others_since(&before?);
+    println!(
+        "  other processes used {:.0}% of the machine meanwhile (steal {:.0}%){}",
+        others * 100.0,
+        steal * 100.0,
+        if others > 0.1 {
+            ": figures are skewed, rerun on a quiet machine"
+        } else {
+            ""
+        }
+    );
+    Some(others)
+}
+
+/// On Ctrl-C or SIGTERM: stop the daemon and remove the temp dir, then
+/// exit — destructors do not run when a signal ends the process. (Should
+/// the bench die some other way, the daemon still gets SIGTERM through
+/// `PR_SET_PDEATHSIG`.)
+async fn clean_up_on_signal(daemon_pid: u32, dir: std::path::PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    eprintln!(
+        "latchkey-bench: interrupted; stopping latchkeyd (pid {daemon_pid}) and removing {}",
+        dir.display()
+    );
+    // SAFETY: kill with the pid of the child this bench started (not yet reaped).
+    unsafe { libc::kill(daemon_pid as libc::pid_t, libc::SIGTERM) };
+    for _ in 0..100 {
+        if !procfs::is_running(daemon_pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::process::exit(130);
+}

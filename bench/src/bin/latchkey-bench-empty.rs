@@ -1,0 +1,3 @@
+//! An empty program: the floor for process start-up time in the benchmark.
+
+fn main() {}
