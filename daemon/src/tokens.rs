@@ -143,13 +143,14 @@ impl TokenCache {
     {
         let flight = {
             let mut slots = self.slots();
-            let slot = slots.entry(key.clone()).or_default();
+            // Look up before inserting: the hot path (a hit) allocates nothing.
+            if !slots.contains_key(key) {
+                slots.insert(key.clone(), Slot::default());
+            }
+            let slot = slots.get_mut(key).expect("inserted above if missing");
             slot.last_used = now;
             if let Some(token) = slot.token.as_ref().filter(|t| t.lasts(min_ttl, now)) {
-                let first_issue = !slot.issued_to.contains(&peer);
-                if first_issue {
-                    slot.issued_to.push(peer);
-                }
+                let first_issue = note_issue(&mut slot.issued_to, peer);
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Hit {
                     token: Arc::clone(token),
@@ -171,13 +172,9 @@ impl TokenCache {
         let token = flight.await?;
         let first_issue = {
             let mut slots = self.slots();
-            match slots.get_mut(key) {
-                Some(slot) if !slot.issued_to.contains(&peer) => {
-                    slot.issued_to.push(peer);
-                    true
-                }
-                _ => false,
-            }
+            slots
+                .get_mut(key)
+                .is_some_and(|slot| note_issue(&mut slot.issued_to, peer))
         };
         Ok(Hit {
             token,
@@ -336,6 +333,22 @@ impl TokenCache {
     }
 }
 
+/// At most this many peers are remembered per token; then the list starts
+/// over (the audit log records a few issuances twice rather than growing).
+const MAX_REMEMBERED_PEERS: usize = 64;
+
+/// Records that `peer` received the current token; true the first time.
+fn note_issue(issued_to: &mut Vec<u32>, peer: u32) -> bool {
+    if issued_to.contains(&peer) {
+        return false;
+    }
+    if issued_to.len() >= MAX_REMEMBERED_PEERS {
+        issued_to.clear();
+    }
+    issued_to.push(peer);
+    true
+}
+
 /// Exponential backoff with jitter: `base · 2^(n-1)` capped, then a random
 /// point in its upper half; a provider's Retry-After is a floor.
 fn backoff_delay(failures: u32, retry_after: Option<u64>) -> i64 {
@@ -401,8 +414,13 @@ mod tests {
             );
         }
         assert_eq!(requests.load(Ordering::SeqCst), 1);
+        let first = cache
+            .get(&key(), 60, 1000, now, || unreachable!("cached"))
+            .await
+            .unwrap();
+        assert!(first.first_issue && !first.waited);
         let again = cache
-            .get(&key(), 60, 0, now, || unreachable!("cached"))
+            .get(&key(), 60, 1000, now, || unreachable!("cached"))
             .await
             .unwrap();
         assert!(!again.first_issue && !again.waited);
