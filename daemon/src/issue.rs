@@ -233,25 +233,27 @@ impl Daemon {
         // The provider may already have invalidated the old refresh token:
         // memory follows the provider at once, whatever happens on disk.
         session.set_grant(&credential.id, Some(new_grant.clone()));
-        if self.is_current(session) {
-            let committed = session.with_keys(|keys| {
-                let mut vault = self.vault();
-                let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
-                let sealed_grant = rotated.then(|| stored_grant(&credential.id, &new_grant));
-                Ok(vault.commit_grant(
-                    keys,
-                    &credential.id,
-                    sealed_grant.as_ref(),
-                    Some(&stored),
-                    "ready",
-                )?)
-            });
-            if let Err(e) = committed {
-                // Not handed out: a token whose rotated refresh token is not
-                // on disk would leave a crash with nothing that works.
-                tracing::error!(credential = %name, "could not store the refreshed grant: {e}");
-                return Err(e);
-            }
+        // Commit even if the vault was locked (or locked and unlocked) while
+        // the request was out: the rotated refresh token is the only one the
+        // provider still honours. Only a lock that already took the keys
+        // stops it (then the grant is honestly lost: `needs_login` later).
+        let committed = session.with_keys(|keys| {
+            let mut vault = self.vault();
+            let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
+            let sealed_grant = rotated.then(|| stored_grant(&credential.id, &new_grant));
+            Ok(vault.commit_grant(
+                keys,
+                &credential.id,
+                sealed_grant.as_ref(),
+                Some(&stored),
+                "ready",
+            )?)
+        });
+        if let Err(e) = committed {
+            // Not handed out: a token whose rotated refresh token is not on
+            // disk would leave a crash with nothing that works.
+            tracing::error!(credential = %name, "could not store the refreshed grant: {e}");
+            return Err(e);
         }
         self.audit.record(
             "refreshed",
