@@ -315,6 +315,10 @@ pub struct StatusResult {
     /// Names of credentials that need a (new) login, when unlocked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs_login: Option<Vec<String>>,
+    /// Whose account each logged-in credential holds (credential name →
+    /// OIDC subject), when unlocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Parameters of `vault.init`. At least one of the two slots must be asked for.

@@ -227,7 +227,7 @@ impl Daemon {
             let idle_for = (now() - self.last_activity.load(Ordering::Relaxed)).max(0) as u64;
             idle.saturating_sub(idle_for)
         });
-        let (providers, credentials, needs_login) = match &session {
+        let (providers, credentials, needs_login, accounts) = match &session {
             Some(s) => {
                 let c = s.catalog();
                 let mut waiting: Vec<String> = c
@@ -239,13 +239,21 @@ impl Daemon {
                     .map(|cred| cred.config.name.clone())
                     .collect();
                 waiting.sort();
+                let accounts = c
+                    .credentials
+                    .values()
+                    .filter_map(|cred| {
+                        Some((cred.config.name.clone(), s.grant(&cred.id)?.subject?))
+                    })
+                    .collect();
                 (
                     Some(c.providers.len() as u32),
                     Some(c.credentials.len() as u32),
                     Some(waiting),
+                    Some(accounts),
                 )
             }
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         Ok(StatusResult {
             vault: state,
@@ -258,6 +266,7 @@ impl Daemon {
             providers,
             credentials,
             needs_login,
+            accounts,
         })
     }
 

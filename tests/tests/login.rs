@@ -148,6 +148,15 @@ fn auth_code_end_to_end(confidential: bool) {
     assert_eq!(info.state, "ready");
     assert_eq!(info.subject.as_deref(), Some("alice"));
     assert!(info.has_refresh_token);
+    // `status` says whose account the credential holds, and that it needs no login.
+    let status: latchkey_client::protocol::StatusResult = env.client().status().unwrap();
+    assert_eq!(
+        status.accounts.unwrap().get("app").map(String::as_str),
+        Some("alice")
+    );
+    assert_eq!(status.needs_login, Some(Vec::new()));
+    let human = env.latchkey(&["status"]);
+    assert!(human.out().contains("app: alice"), "{}", human.out());
 
     let token = env.token_get("app", None).expect("token.get after login");
     let at = token.access_token.expose_secret();

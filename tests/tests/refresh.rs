@@ -455,3 +455,66 @@ fn short_lived_tokens_are_refreshed_ahead_about_once_per_lifetime() {
     let t = env.token_get("app", None).unwrap();
     assert_eq!(p.resource(t.access_token.expose_secret()), 200);
 }
+
+#[test]
+fn a_scope_subset_gets_its_own_down_scoped_token_and_ungranted_scopes_are_refused() {
+    let p = provider(3600, json!({}));
+    let (env, _d) = env_with(&p);
+    add_public(&env, "app", GrantType::AuthorizationCode);
+    let result = env.browser_login("app", &Browser::new());
+    assert!(result.refresh_token);
+    let full = env.token_get("app", None).expect("the login's token");
+    assert_eq!(refreshes(&p), 0, "the login's own token is served");
+
+    // A subset: one refresh with `scope=api:read` (RFC 6749 §6).
+    let narrow = env
+        .client()
+        .token_with(&TokenParams {
+            credential: "app".into(),
+            scopes: Some(vec!["api:read".into()]),
+            min_ttl: None,
+        })
+        .expect("a down-scoped token");
+    assert_eq!(refreshes(&p), 1);
+    assert_eq!(narrow.scope, "api:read");
+    let narrow_token = narrow.access_token.expose_secret().to_string();
+    assert_ne!(narrow_token, full.access_token.expose_secret());
+    let seen = p.introspect(&narrow_token, RS_ID, RS_SECRET);
+    assert_eq!(seen["active"], json!(true), "{seen}");
+    assert_eq!(
+        seen["scope"],
+        json!("api:read"),
+        "the provider issued it down-scoped: {seen}"
+    );
+
+    // Cached per scope set: asking again costs nothing, the full token is untouched.
+    let again = env
+        .client()
+        .token_with(&TokenParams {
+            credential: "app".into(),
+            scopes: Some(vec!["api:read".into()]),
+            min_ttl: None,
+        })
+        .unwrap();
+    assert_eq!(again.access_token.expose_secret(), narrow_token);
+    let full_again = env.token_get("app", None).unwrap();
+    assert_eq!(
+        full_again.access_token.expose_secret(),
+        full.access_token.expose_secret()
+    );
+    assert_eq!(refreshes(&p), 1);
+
+    // Never granted: refused without asking the provider.
+    let err = env
+        .client()
+        .token_with(&TokenParams {
+            credential: "app".into(),
+            scopes: Some(vec!["admin".into()]),
+            min_ttl: None,
+        })
+        .err()
+        .expect("a scope never granted is refused");
+    assert_eq!(err.kind(), Some(ErrorKind::Forbidden), "{err}");
+    assert!(err.to_string().contains("admin"), "{err}");
+    assert_eq!(refreshes(&p), 1);
+}

@@ -60,6 +60,9 @@ fn render(status: &StatusResult, socket: &str) -> String {
     if let Some(n) = status.credentials {
         f.add("credentials", n.to_string());
     }
+    for (name, subject) in status.accounts.iter().flatten() {
+        f.add("account", format!("{name}: {subject}"));
+    }
     for name in status.needs_login.iter().flatten() {
         f.add(
             "needs login",
@@ -104,6 +107,7 @@ mod tests {
             providers: Some(2),
             credentials: Some(3),
             needs_login: Some(Vec::new()),
+            accounts: None,
         }
     }
 
