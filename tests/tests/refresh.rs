@@ -512,8 +512,7 @@ fn a_scope_subset_gets_its_own_down_scoped_token_and_ungranted_scopes_are_refuse
             scopes: Some(vec!["admin".into()]),
             min_ttl: None,
         })
-        .err()
-        .expect("a scope never granted is refused");
+        .expect_err("a scope never granted is refused");
     assert_eq!(err.kind(), Some(ErrorKind::Forbidden), "{err}");
     assert!(err.to_string().contains("admin"), "{err}");
     assert_eq!(refreshes(&p), 1);
