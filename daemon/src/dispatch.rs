@@ -13,6 +13,17 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+/// Methods that only look: they never reset the auto-lock clock.
+const READ_ONLY: &[&str] = &[
+    method::HELLO,
+    method::STATUS,
+    method::PROVIDER_LIST,
+    method::PROVIDER_SHOW,
+    method::CREDENTIAL_LIST,
+    method::CREDENTIAL_SHOW,
+    method::DAEMON_STATS,
+];
+
 /// What the connection should do after the reply is written.
 #[derive(Debug, PartialEq, Eq)]
 pub enum After {
@@ -84,9 +95,10 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec
     }
     let params = request.params;
     let name = request.method.as_ref();
-    // `hello` and `status` are read-only and do not count as use of the
-    // vault; everything else resets the auto-lock clock.
-    if name != method::HELLO && name != method::STATUS {
+    // Read-only calls do not count as use of the vault: a status bar or a
+    // script polling them must not keep it unlocked forever. Everything
+    // else (above all `token.get`) resets the auto-lock clock.
+    if !READ_ONLY.contains(&name) {
         daemon.touch();
     }
     match name {
