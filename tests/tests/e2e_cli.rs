@@ -663,7 +663,8 @@ fn the_vault_locks_itself_when_idle_and_status_does_not_keep_it_open() {
             let s: Value = env.latchkey(&["status", "--json"]).json();
             seen.push(s["locks_in_secs"].clone());
             if s["vault"] != "locked" {
-                env.latchkey(&["credential", "list"]).success();
+                // May race with the lock itself: only the call matters here.
+                let _ = env.latchkey(&["credential", "list"]);
             }
             (s["vault"] == "locked").then_some(())
         },
