@@ -136,7 +136,10 @@ impl DaemonGuard {
         env.apply(&mut cmd, true);
         cmd.env("LATCHKEY_INSECURE_TEST_KDF", "1")
             .env("LATCHKEY_IDLE_TIMEOUT", "15m")
-            .env("LATCHKEY_LOG", "warn")
+            .env(
+                "LATCHKEY_LOG",
+                std::env::var("LATCHKEY_BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

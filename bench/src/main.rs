@@ -1,8 +1,10 @@
 //! `latchkey-bench`: how close a cached `token.get` comes to the cost of a
 //! bare Unix-socket round trip, what a `latchkey token NAME` process costs
 //! next to a program that does nothing, and how much memory an idle daemon
-//! holds. It prints figures and MET / NOT MET against the targets; it never
-//! fails on a slow figure.
+//! holds; and, for user credentials, how many refreshes a crowd of callers
+//! of an expired token causes and whether steady callers ever wait on one.
+//! It prints figures and MET / NOT MET against the targets; it never fails
+//! on a slow figure.
 //!
 //! Run it (builds the bench and its empty helper binary; the daemon and the
 //! CLI must be built first, in release, into the same target dir):
@@ -12,8 +14,9 @@
 //! cargo run --release -p latchkey-bench
 //! ```
 //!
-//! What it does, in one run of about 20 s (every loop is bounded; 2 s per
-//! throughput point):
+//! What it does, in one run of about 5.5 minutes (every loop is bounded;
+//! 2 s per throughput point; parts 1–4 take about 20 s, part 6 most of the
+//! rest):
 //!
 //! 1. **Raw baseline** (`raw`): an in-process tokio server on a Unix socket
 //!    answers each request line with a fixed reply of the same bytes as a
@@ -30,6 +33,21 @@
 //! 3. **Whole-process time** (`process`) of `latchkey token NAME` next to
 //!    `/bin/true`, an empty Rust binary and `latchkey --version`.
 //! 4. **Idle daemon RSS** from `/proc/<pid>/status` after 2 s idle.
+//! 5. **Single-flight refresh** (`refresh`): a user credential (device-code
+//!    login against the same in-process provider, refresh tokens that
+//!    rotate) whose access token has expired; 1,000 connections call
+//!    `token.get` at once. Exactly one refresh must reach the provider.
+//! 6. **Proactive refresh** (`refresh`): 30-s access tokens under steady
+//!    load (8 clients, a call every 10 ms each) for 300 s
+//!    (`LATCHKEY_BENCH_REFRESH_SECS=40` for a quick run); no call should
+//!    wait on the network once warm.
+//!
+//! `LATCHKEY_BENCH_ONLY=refresh` (or `-- --only refresh`) runs parts 5–6
+//! alone, `LATCHKEY_BENCH_ONLY=base` parts 1–4. `LATCHKEY_BENCH_DAEMON_LOG`
+//! sets the daemon's log filter (default `warn`; `debug` shows the ticker's
+//! proactive refreshes); the log is shown when a part-6 call waited.
+//! `LATCHKEY_BENCH_REFRESH_LIFETIME` changes part 6's token lifetime (30 s)
+//! to explore shorter ones.
 //!
 //! Each phase also prints how much of the machine other processes used
 //! meanwhile: on this 2-CPU VM, other load changes every figure (it even
@@ -43,6 +61,7 @@ mod load;
 mod process;
 mod procfs;
 mod raw;
+mod refresh;
 mod report;
 mod token_endpoint;
 
@@ -86,8 +105,93 @@ fn main() -> ExitCode {
     }
 }
 
+/// Which parts run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    All,
+    /// Parts 1–4.
+    Base,
+    /// Parts 5–6.
+    Refresh,
+}
+
+/// `--only refresh|base` (or `--only=…`) on the command line, else
+/// `LATCHKEY_BENCH_ONLY`, else everything.
+fn parts() -> Result<Only> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut chosen = std::env::var("LATCHKEY_BENCH_ONLY").ok();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--only" => {
+                chosen = Some(
+                    args.get(i + 1)
+                        .cloned()
+                        .context("--only needs a value: refresh or base")?,
+                );
+                i += 1;
+            }
+            a if a.starts_with("--only=") => chosen = Some(a["--only=".len()..].to_owned()),
+            a => anyhow::bail!("unknown argument {a:?}; the only option is --only refresh|base"),
+        }
+        i += 1;
+    }
+    match chosen.as_deref().map(str::trim) {
+        None | Some("") | Some("all") => Ok(Only::All),
+        Some("refresh") => Ok(Only::Refresh),
+        Some("base") => Ok(Only::Base),
+        Some(other) => anyhow::bail!(
+            "unknown part {other:?} (LATCHKEY_BENCH_ONLY / --only): use refresh or base"
+        ),
+    }
+}
+
+/// Part 5 holds a thousand client sockets here and as many in the daemon
+/// (which inherits this limit): raise the soft descriptor limit.
+fn raise_nofile(need: u64) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    if lim.rlim_cur >= need as libc::rlim_t {
+        return Ok(());
+    }
+    if lim.rlim_max < need as libc::rlim_t {
+        anyhow::bail!(
+            "part 5 needs {need} open files but the hard limit is {}; raise it (ulimit -Hn) or run with LATCHKEY_BENCH_ONLY=base",
+            lim.rlim_max
+        );
+    }
+    let old = lim.rlim_cur;
+    lim.rlim_cur = need as libc::rlim_t;
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+    }
+    println!(
+        "raised the open-file limit from {old} to {need} (for part 5's {} connections)",
+        refresh::BURST_CALLERS
+    );
+    Ok(())
+}
+
 fn run() -> Result<()> {
-    report::machine(&PLAN);
+    let only = parts()?;
+    let (base, with_refresh) = (only != Only::Refresh, only != Only::Base);
+    let refresh_secs = if with_refresh {
+        Some(refresh::steady_secs()?)
+    } else {
+        None
+    };
+    report::machine(base.then_some(&PLAN), refresh_secs);
+    if with_refresh {
+        // Before the daemon starts, so it inherits the limit.
+        raise_nofile(4 * refresh::BURST_CALLERS as u64)?;
+    }
     let daemon_bin = daemon::find_binary("latchkeyd", &["daemon/src", "client/src"])?
         .with_context(|| {
             format!(
@@ -117,12 +221,56 @@ fn run() -> Result<()> {
         .thread_name(CLIENT_THREADS)
         .build()?;
     rt.spawn(clean_up_on_signal(daemon.pid(), dir.path().to_owned()));
-
-    // Set up the vault, warm the cache with the one call that reaches the
-    // token endpoint, and sample a real request/reply pair for the baseline.
-    let (endpoint, request, reply) = rt.block_on(async {
+    let endpoint = rt.block_on(async {
         let endpoint = token_endpoint::TokenEndpoint::start().await?;
         daemon::set_up_vault(&env.socket, &endpoint).await?;
+        anyhow::Ok(endpoint)
+    })?;
+
+    let base_results = if base {
+        Some(run_base(
+            &rt,
+            &env,
+            &daemon,
+            &endpoint,
+            cli_bin,
+            empty_bin,
+            rss_at_start,
+        )?)
+    } else {
+        None
+    };
+    let refresh_results = if with_refresh {
+        Some(refresh::run(
+            &rt,
+            &env.socket,
+            &env.log,
+            &endpoint,
+            daemon.pid(),
+        )?)
+    } else {
+        None
+    };
+
+    report::summary(base_results.as_ref(), refresh_results.as_ref());
+    drop(rt);
+    drop(daemon);
+    Ok(())
+}
+
+/// Parts 1–4.
+fn run_base(
+    rt: &tokio::runtime::Runtime,
+    env: &Env,
+    daemon: &DaemonGuard,
+    endpoint: &token_endpoint::TokenEndpoint,
+    cli_bin: Option<std::path::PathBuf>,
+    empty_bin: Option<std::path::PathBuf>,
+    rss_at_start: Option<u64>,
+) -> Result<report::Results> {
+    // Warm the cache with the one call that reaches the token endpoint,
+    // and sample a real request/reply pair for the baseline.
+    let (request, reply) = rt.block_on(async {
         let mut client = latchkey_client::Client::connect_to(&env.socket).await?;
         let warm = client.token(CREDENTIAL).await?;
         anyhow::ensure!(
@@ -131,7 +279,7 @@ fn run() -> Result<()> {
         );
         let request = cached::request_line(SAMPLE_ID)?;
         let reply = cached::sample_reply(&env.socket, &request).await?;
-        anyhow::Ok((endpoint, request, reply))
+        anyhow::Ok((request, reply))
     })?;
     let rss_after_setup = daemon.status_field("VmRSS");
     let hwm_after_setup = daemon.status_field("VmHWM");
@@ -154,8 +302,9 @@ fn run() -> Result<()> {
         "\n[1] raw Unix-socket round trip (in-process tokio server, fixed {} B reply)",
         reply.len()
     );
+    // Next to the daemon's log, in the bench's temp dir.
     let raw_server = raw::RawServer::start(
-        &dir.path().join("raw.sock"),
+        &env.log.with_file_name("raw.sock"),
         reply.clone(),
         RAW_SERVER_THREADS,
     )?;
@@ -213,7 +362,7 @@ fn run() -> Result<()> {
     println!(
         "\n[3] whole-process time: spawn, run, exit, reap ({PROCESS_RUNS} runs each, round-robin)"
     );
-    let cli = process::run(cli_bin, empty_bin, &env, PROCESS_WARMUP, PROCESS_RUNS)?;
+    let cli = process::run(cli_bin, empty_bin, env, PROCESS_WARMUP, PROCESS_RUNS)?;
 
     // 4. Idle RSS.
     std::thread::sleep(IDLE_BEFORE_RSS);
@@ -243,18 +392,15 @@ fn run() -> Result<()> {
         );
     }
 
-    report::summary(&report::Results {
-        raw: &raw,
-        cached: &cached,
+    Ok(report::Results {
+        raw,
+        cached,
         cpu_us: [(raw_cpu, raw_client_cpu), (daemon_cpu, cached_client_cpu)],
         others: [raw_others, cached_others],
         served: served_cached,
         cli,
         rss,
-    });
-    drop(rt);
-    drop(daemon);
-    Ok(())
+    })
 }
 
 /// CPU µs per call from two readings.

@@ -4,6 +4,7 @@
 use crate::load::{p50, p99, us, Figures, Plan};
 use crate::process::CliFigures;
 use crate::procfs::Cpu;
+use crate::refresh;
 
 /// Targets (DESIGN.md "Measured here" floors and the bench brief).
 pub const TARGET_P50_RATIO: f64 = 2.0;
@@ -12,9 +13,9 @@ pub const TARGET_RATE_SHARE: f64 = 0.5;
 pub const TARGET_RSS_KIB: u64 = 12 * 1024;
 
 /// Everything the summary reports.
-pub struct Results<'a> {
-    pub raw: &'a Figures,
-    pub cached: &'a Figures,
+pub struct Results {
+    pub raw: Figures,
+    pub cached: Figures,
     /// CPU µs per round trip as (server, client), for raw then cached.
     pub cpu_us: [(Option<Cpu>, Option<Cpu>); 2],
     /// Share of the machine other processes used during raw and cached.
@@ -26,7 +27,7 @@ pub struct Results<'a> {
     pub rss: Option<u64>,
 }
 
-pub fn machine(plan: &Plan) {
+pub fn machine(plan: Option<&Plan>, refresh_secs: Option<u64>) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -43,13 +44,21 @@ pub fn machine(plan: &Plan) {
         kernel.trim(),
         load_average()
     );
-    println!(
-        "plan: {} warm-up + {} timed round trips for latency; {} s per throughput point at {:?} clients",
-        plan.warmup,
-        plan.latency_iters,
-        plan.point_duration.as_secs(),
-        plan.clients
-    );
+    if let Some(plan) = plan {
+        println!(
+            "plan: {} warm-up + {} timed round trips for latency; {} s per throughput point at {:?} clients",
+            plan.warmup,
+            plan.latency_iters,
+            plan.point_duration.as_secs(),
+            plan.clients
+        );
+    }
+    if let Some(secs) = refresh_secs {
+        println!(
+            "plan: refresh parts: a burst of {} concurrent callers, then a {secs}-s steady run (LATCHKEY_BENCH_REFRESH_SECS)",
+            refresh::BURST_CALLERS
+        );
+    }
 }
 
 pub fn ratios(raw: &Figures, cached: &Figures) {
@@ -68,13 +77,87 @@ fn verdict_line(claim: String, ok: bool) {
     println!("{claim:<62} {}", if ok { "MET" } else { "NOT MET" });
 }
 
-pub fn summary(r: &Results<'_>) {
-    let (raw, cached) = (r.raw, r.cached);
+/// The closing summary of whichever parts ran.
+pub fn summary(base: Option<&Results>, refresh: Option<&refresh::Outcome>) {
+    println!("\n==================== summary ====================");
+    if let Some(r) = base {
+        base_summary(r);
+    }
+    if let Some(o) = refresh {
+        refresh_summary(o);
+    }
+    let busy = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.0}%", v * 100.0));
+    let mut during = Vec::new();
+    if let Some(r) = base {
+        during.push(format!("{} during raw", busy(r.others[0])));
+        during.push(format!("{} during cached", busy(r.others[1])));
+    }
+    if let Some(o) = refresh {
+        during.push(format!("{} during the burst", busy(o.others[0])));
+        during.push(format!("{} during the steady run", busy(o.others[1])));
+    }
+    println!(
+        "other processes' share of the machine: {}; {} at the end",
+        during.join(", "),
+        load_average()
+    );
+    println!("=================================================");
+}
+
+fn refresh_summary(o: &refresh::Outcome) {
+    let b = &o.burst;
+    verdict_line(
+        format!(
+            "refreshes per {} concurrent expiring callers = {} (must be 1)",
+            b.callers, b.refresh_requests
+        ),
+        b.met(),
+    );
+    if !b.met() {
+        println!(
+            "  ({} refused as reused; {} of {} callers failed{}; {} distinct token(s) came back)",
+            b.refresh_rejected,
+            b.failed,
+            b.callers,
+            b.first_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(", first error: {e}")),
+            b.distinct_tokens
+        );
+    }
+    let s = &o.steady;
+    verdict_line(
+        format!(
+            "token.get calls that waited on the network once warm = {} of {} (goal 0)",
+            s.stats.waits, s.calls
+        ),
+        s.met(),
+    );
+    println!(
+        "  ({} s run, {}-s tokens, {} clients × 1 call / {} ms; {} refreshes at the endpoint; latency p50 {}  p99 {}  max {}{}{})",
+        s.secs,
+        s.lifetime,
+        refresh::STEADY_CLIENTS,
+        refresh::STEADY_PERIOD.as_millis(),
+        s.refresh_requests,
+        us(p50(&s.latency)),
+        us(p99(&s.latency)),
+        us(s.latency.max()),
+        refresh::waited_max(&s.waited_seen).map_or(String::new(), |m| format!("; waited max {}", us(m.as_nanos() as u64))),
+        if s.failed > 0 {
+            format!("; {} calls FAILED", s.failed)
+        } else {
+            String::new()
+        }
+    );
+}
+
+fn base_summary(r: &Results) {
+    let (raw, cached) = (&r.raw, &r.cached);
     let p50_ratio = p50(&cached.latency) as f64 / p50(&raw.latency) as f64;
     let p99_ratio = p99(&cached.latency) as f64 / p99(&raw.latency) as f64;
     let share = cached.rate(64) / raw.rate(64);
     let cpu = |v: Option<Cpu>| v.map_or("?".into(), |v| format!("{:.1} µs", v.total()));
-    println!("\n==================== summary ====================");
     for (label, f, (server, client)) in [
         ("raw baseline    ", raw, r.cpu_us[0]),
         ("cached token.get", cached, r.cpu_us[1]),
@@ -136,14 +219,6 @@ pub fn summary(r: &Results<'_>) {
     println!(
         "(DESIGN.md's measured floor for a raw round trip is p50 ≈ 12–15 µs, ≈ 70 k/s on one\n connection, ≈ 170 k/s over 8; compare the raw line above to see how this machine differs.)"
     );
-    let busy = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.0}%", v * 100.0));
-    println!(
-        "other processes' share of the machine: {} during raw, {} during cached; {} at the end",
-        busy(r.others[0]),
-        busy(r.others[1]),
-        load_average()
-    );
-    println!("=================================================");
 }
 
 /// KiB as MiB with one decimal.
