@@ -20,6 +20,13 @@ pub type Key = (String, String);
 /// Tokens are treated as expired this long before they really expire, for
 /// clock skew and the time the caller needs to use them.
 pub const EXPIRY_MARGIN_SECS: i64 = 5;
+
+/// The margin for a token of this lifetime: 5 s, but never more than a
+/// quarter of the lifetime, or a provider's 4-second tokens would be stale
+/// on arrival and every call would make a request.
+fn expiry_margin(lifetime: i64) -> i64 {
+    EXPIRY_MARGIN_SECS.min(lifetime.max(0) / 4)
+}
 /// First backoff delay after a failed token request.
 const BACKOFF_BASE_SECS: i64 = 1;
 /// Backoff never grows beyond this (nor a provider's Retry-After).
@@ -45,9 +52,14 @@ impl Issued {
     /// lifetime of jitter so many credentials do not refresh in lockstep.
     pub fn schedule_refresh(effective_expiry: i64, obtained_at: i64) -> i64 {
         let lifetime = (effective_expiry - obtained_at).max(0);
-        // Never more than half the lifetime ahead: a short-lived token must
-        // not be due the moment it is issued.
-        let lead = (lifetime / 4).max(EXPIRY_MARGIN_SECS * 2).min(lifetime / 2);
+        let margin = expiry_margin(lifetime);
+        // At least two ticks before the token turns stale, so the 1 s ticker
+        // refreshes it before a caller has to; never more than half the
+        // lifetime ahead, so a short-lived token is not due when issued.
+        let lead = (lifetime / 4)
+            .max(margin * 2)
+            .max(margin + 2)
+            .min(lifetime / 2);
         let jitter = if lifetime >= 10 {
             rand::random_range(0..=lifetime / 10)
         } else {
@@ -56,11 +68,16 @@ impl Issued {
         effective_expiry - lead - jitter
     }
 
-    /// Whether it stays valid `min_ttl` seconds from `now`.
+    /// Whether it stays valid `min_ttl` seconds from `now` (and at least
+    /// the expiry margin).
     fn lasts(&self, min_ttl: u64, now: i64) -> bool {
+        let margin = expiry_margin(self.effective_expiry - self.obtained_at);
+        // At least one second: times are whole seconds, and a token in its
+        // last second may already be dead when the caller uses it.
         let need = i64::try_from(min_ttl)
             .unwrap_or(i64::MAX)
-            .max(EXPIRY_MARGIN_SECS);
+            .max(margin)
+            .max(1);
         self.effective_expiry.saturating_sub(now) >= need
     }
 }
@@ -494,6 +511,17 @@ mod tests {
                 "{lifetime}: {at}"
             );
         }
+        // Two ticks of slack between the refresh and the token turning stale.
+        for lifetime in [6, 8, 10, 30, 3600] {
+            let at = Issued::schedule_refresh(1000 + lifetime, 1000);
+            let stale = 1000 + lifetime - expiry_margin(lifetime);
+            assert!(
+                at <= stale - 2,
+                "{lifetime}: refresh at {at}, stale at {stale}"
+            );
+        }
+        assert_eq!(expiry_margin(3600), EXPIRY_MARGIN_SECS);
+        assert_eq!(expiry_margin(8), 2);
         let cache = TokenCache::default();
         let now = 10_000;
         cache.insert_stored(key(), token(now - 100, 110));
