@@ -397,3 +397,81 @@ fn device_flow_approved_end_to_end_confidential_client_typing_the_code() {
 fn device_flow_denied_is_forbidden() {
     device_login(false, false);
 }
+
+#[test]
+fn a_registered_redirect_port_is_used_exactly_and_a_busy_one_is_reported() {
+    let p = provider(3600, json!({}));
+    let (env, _d) = env_with(&p);
+    // A port nobody uses right now, registered as the credential's redirect.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redirect = format!("http://127.0.0.1:{port}/callback");
+    env.latchkey(&[
+        "credential",
+        "add",
+        "fixed",
+        "--provider",
+        IDP,
+        "--client-id",
+        PUBLIC_ID,
+        "--grant",
+        "authorization_code",
+        "--auth",
+        "none",
+        "--scope",
+        SCOPE,
+        "--redirect-uri",
+        &redirect,
+    ])
+    .success();
+    let started = env
+        .login_start(&LoginStartParams {
+            credential: "fixed".into(),
+            ..Default::default()
+        })
+        .expect("login.start");
+    let url = Url::parse(started.authorization_url.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        query_param(&url, "redirect_uri").as_deref(),
+        Some(redirect.as_str())
+    );
+    let callback = Browser::new().authorize(url.as_str());
+    assert_eq!(callback.status, 200, "{}", callback.body);
+    let result = env.login_wait(&started.login_id).expect("login.wait");
+    assert!(result.refresh_token);
+
+    // While something else holds the registered port, the login says so.
+    let _busy = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let err = env
+        .login_start(&LoginStartParams {
+            credential: "fixed".into(),
+            ..Default::default()
+        })
+        .expect_err("the registered port is taken");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+
+    // Not loopback: refused when the credential is added.
+    let r = env.latchkey(&[
+        "credential",
+        "add",
+        "remote",
+        "--provider",
+        IDP,
+        "--client-id",
+        PUBLIC_ID,
+        "--grant",
+        "authorization_code",
+        "--auth",
+        "none",
+        "--redirect-uri",
+        "https://app.example.com/cb",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("loopback"), "{}", r.stderr);
+}
