@@ -100,13 +100,23 @@ impl Daemon {
                 user::revoke(&self.http, provider, &client, token).await?;
                 revoked.push("refresh_token".to_owned());
             }
+            let refresh_revoked = !revoked.is_empty();
             for token in held_access {
                 let token = StandardRevocableToken::AccessToken(AccessToken::new(
                     token.access_token.expose_secret().to_owned(),
                 ));
-                user::revoke(&self.http, provider, &client, token).await?;
-                if !revoked.iter().any(|r| r == "access_token") {
-                    revoked.push("access_token".to_owned());
+                match user::revoke(&self.http, provider, &client, token).await {
+                    Ok(()) if !revoked.iter().any(|r| r == "access_token") => {
+                        revoked.push("access_token".to_owned())
+                    }
+                    Ok(()) => {}
+                    // The grant is gone at the provider already (RFC 7009
+                    // §2.1: revoking a refresh token should end its access
+                    // tokens too); keeping it here would help no one.
+                    Err(e) if refresh_revoked => {
+                        tracing::warn!(credential = %credential.config.name, "access token not confirmed revoked: {e}")
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
