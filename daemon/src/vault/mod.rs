@@ -391,14 +391,9 @@ impl Vault {
 
     /// Stores a token sealed, under a fresh row id (see the `tokens` table).
     pub fn save_token(&mut self, keys: &Keys, token: &StoredToken) -> Result<()> {
-        let id = crypto::random_id();
-        let row = TokenRow {
-            token: keys.seal_json("tokens", &id, "token", token),
-            id,
-            credential_id: token.credential_id.clone(),
-            scope_key: token.scope_key.clone(),
-        };
-        Ok(self.store.replace_token(&row, token.expires_at)?)
+        Ok(self
+            .store
+            .replace_token(&token_row(keys, token), token.expires_at)?)
     }
 
     /// Reads stored grants; one that fails its checks is skipped (its
@@ -433,18 +428,7 @@ impl Vault {
                 credential_id: g.credential_id.clone(),
             }
         });
-        let token_row = token.map(|t| {
-            let id = crypto::random_id();
-            (
-                TokenRow {
-                    token: keys.seal_json("tokens", &id, "token", t),
-                    id,
-                    credential_id: t.credential_id.clone(),
-                    scope_key: t.scope_key.clone(),
-                },
-                t.expires_at,
-            )
-        });
+        let token_row = token.map(|t| (token_row(keys, t), t.expires_at));
         Ok(self.store.commit_grant(
             grant_row.as_ref(),
             token_row.as_ref().map(|(row, exp)| (row, *exp)),
@@ -465,6 +449,17 @@ impl Vault {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+}
+
+/// A token sealed into a row with a fresh random id (see the `tokens` table).
+fn token_row(keys: &Keys, token: &StoredToken) -> TokenRow {
+    let id = crypto::random_id();
+    TokenRow {
+        token: keys.seal_json("tokens", &id, "token", token),
+        id,
+        credential_id: token.credential_id.clone(),
+        scope_key: token.scope_key.clone(),
     }
 }
 
