@@ -31,17 +31,7 @@ impl Daemon {
         peer: Peer,
     ) -> Result<TokenOut, ApiError> {
         let session = self.session()?;
-        let (credential, provider) = {
-            let catalog = session.catalog();
-            let credential = catalog
-                .credentials
-                .get(&params.credential)
-                .ok_or_else(|| ApiError::no_credential(&params.credential))?;
-            let provider = catalog
-                .provider_by_id(&credential.config.provider_id)
-                .cloned();
-            (Arc::clone(credential), provider)
-        };
+        let (credential, provider) = self.lookup(&session, &params.credential)?;
         let granted = session.grant(&credential.id).map(|g| g.scope);
         let scopes = requested_scopes(&credential, granted.as_deref(), params.scopes.as_deref())?;
         let key: Key = (credential.id.clone(), scopes.join(" "));
@@ -75,13 +65,13 @@ impl Daemon {
         self: Arc<Self>,
         session: Arc<Session>,
         credential: Arc<Credential>,
-        provider: Option<Arc<Provider>>,
+        provider: Arc<Provider>,
         scopes: Vec<String>,
     ) -> BoxFuture<'static, Result<Issued, ApiError>> {
         async move {
             let name = credential.config.name.clone();
             let result = self
-                .request_token(&session, &credential, provider.as_deref(), &scopes)
+                .request_token(&session, &credential, &provider, &scopes)
                 .await;
             match &result {
                 Ok(t) => self.audit.record(
@@ -109,30 +99,16 @@ impl Daemon {
         &self,
         session: &Session,
         credential: &Credential,
-        provider: Option<&Provider>,
+        provider: &Provider,
         scopes: &[String],
     ) -> Result<Issued, ApiError> {
         let name = &credential.config.name;
-        if credential.corrupt {
-            return Err(ApiError::from(crate::vault::VaultError::Corrupt {
-                what: format!("credential '{name}'"),
-            }));
-        }
-        let provider = provider.ok_or_else(|| {
-            ApiError::from(crate::vault::VaultError::Corrupt {
-                what: format!("the provider of credential '{name}'"),
-            })
-        })?;
         if credential.config.grant != GrantType::ClientCredentials {
             return self
                 .refresh_user_token(session, credential, provider, scopes)
                 .await;
         }
-        let secret = session.with_keys(|keys| {
-            let vault = self.vault();
-            let vault = vault.as_ref().ok_or_else(ApiError::not_initialized)?;
-            Ok(vault.client_secret(keys, credential)?)
-        })?;
+        let secret = self.client_secret(session, credential)?;
         let granted = grant::client_credentials(&self.http, provider, credential, secret, scopes)
             .await
             .map_err(|f| f.error)?;
@@ -181,11 +157,7 @@ impl Daemon {
         else {
             return Err(reauth(name));
         };
-        let secret = session.with_keys(|keys| {
-            let vault = self.vault();
-            let vault = vault.as_ref().ok_or_else(ApiError::not_initialized)?;
-            Ok(vault.client_secret(keys, credential)?)
-        })?;
+        let secret = self.client_secret(session, credential)?;
         let client = user::client(provider, credential, secret.as_ref())?;
         // Ask for a down-scoped token only when the caller wants less than
         // the grant; otherwise omit `scope` (RFC 6749 §6: same as granted).
@@ -292,18 +264,16 @@ impl Daemon {
         };
         let now = now();
         for key in session.tokens.due(now, RECENT_USE_SECS) {
-            let found = {
+            let name = {
                 let catalog = session.catalog();
                 catalog
                     .credentials
                     .values()
                     .find(|c| c.id == key.0)
-                    .map(|c| {
-                        let provider = catalog.provider_by_id(&c.config.provider_id).cloned();
-                        (Arc::clone(c), provider)
-                    })
+                    .map(|c| c.config.name.clone())
             };
-            let Some((credential, provider)) = found else {
+            // Gone or corrupt: nothing to refresh.
+            let Some(Ok((credential, provider))) = name.map(|n| self.lookup(&session, &n)) else {
                 continue;
             };
             let scopes: Vec<String> = key.1.split_whitespace().map(str::to_owned).collect();

@@ -46,11 +46,7 @@ impl Daemon {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_LOGIN_TIMEOUT)
             .clamp(Duration::from_secs(5), MAX_LOGIN_TIMEOUT);
-        let secret = session.with_keys(|keys| {
-            let vault = self.vault();
-            let vault = vault.as_ref().ok_or_else(ApiError::not_initialized)?;
-            Ok(vault.client_secret(keys, &credential)?)
-        })?;
+        let secret = self.client_secret(&session, &credential)?;
         let client = user::client(&provider, &credential, secret.as_ref())?;
         let scopes = credential.config.scopes.clone();
         let login_id = random_id();

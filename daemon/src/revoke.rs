@@ -87,11 +87,7 @@ impl Daemon {
                     ),
                 ));
             }
-            let secret = session.with_keys(|keys| {
-                let vault = self.vault();
-                let vault = vault.as_ref().ok_or_else(ApiError::not_initialized)?;
-                Ok(vault.client_secret(keys, credential)?)
-            })?;
+            let secret = self.client_secret(session, credential)?;
             let client = user::client(provider, credential, secret.as_ref())?;
             if let Some(rt) = held_refresh {
                 let token = StandardRevocableToken::RefreshToken(RefreshToken::new(

@@ -187,6 +187,20 @@ impl Daemon {
             .is_some_and(|s| s.id == session.id)
     }
 
+    /// A credential's client secret, opened from the vault just for the
+    /// request that needs it.
+    pub(crate) fn client_secret(
+        &self,
+        session: &Session,
+        credential: &crate::vault::Credential,
+    ) -> Result<Option<SecretString>, ApiError> {
+        session.with_keys(|keys| {
+            let vault = self.vault();
+            let vault = vault.as_ref().ok_or_else(ApiError::not_initialized)?;
+            Ok(vault.client_secret(keys, credential)?)
+        })
+    }
+
     /// Marks the vault as in use: resets the auto-lock clock.
     pub fn touch(&self) {
         self.last_activity.store(now(), Ordering::Relaxed);
