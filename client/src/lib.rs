@@ -47,3 +47,10 @@ pub use error::Error;
 pub use paths::{socket_path, vault_path, SOCKET_ENV, VAULT_ENV};
 pub use protocol::{ErrorKind, TokenParams, TokenReply};
 pub use secrecy;
+
+/// Unix seconds now: the unit of every time in the protocol.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

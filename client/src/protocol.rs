@@ -559,8 +559,8 @@ pub struct CredentialInfo {
     pub scopes: Vec<String>,
     /// Whether a client secret is stored.
     pub has_client_secret: bool,
-    /// Life-cycle state: `ready`, `needs_login`, `backoff`, ...
-    pub state: String,
+    /// Life-cycle state.
+    pub state: CredentialState,
     /// Cached access tokens (metadata only).
     #[serde(default)]
     pub tokens: Vec<TokenSummary>,
@@ -573,6 +573,51 @@ pub struct CredentialInfo {
     /// Last error from the provider, when in backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// Where a credential stands in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CredentialState {
+    /// Tokens can be served (from memory, or with one request).
+    Ready,
+    /// A user credential without a usable grant: run `latchkey login NAME`.
+    NeedsLogin,
+    /// The last token request failed; the daemon waits before the next.
+    Backoff,
+    /// The stored credential failed its integrity check; it is never used.
+    Corrupt,
+    /// A state this client version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl CredentialState {
+    /// Where a new credential starts: user credentials need a login first.
+    pub fn initial(grant: GrantType) -> CredentialState {
+        match grant {
+            GrantType::ClientCredentials => CredentialState::Ready,
+            _ => CredentialState::NeedsLogin,
+        }
+    }
+
+    /// The wire spelling, e.g. `"needs_login"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialState::Ready => "ready",
+            CredentialState::NeedsLogin => "needs_login",
+            CredentialState::Backoff => "backoff",
+            CredentialState::Corrupt => "corrupt",
+            CredentialState::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for CredentialState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Metadata of a cached token, never the token itself.

@@ -3,12 +3,14 @@
 //! secret. Events go through a channel to one writer task that batches
 //! them into the vault's `audit` table, so the token path never waits on disk.
 
+use crate::clock::Clock;
 use crate::vault::store::AuditRow;
 use tokio::sync::mpsc;
 
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::UnboundedSender<AuditRow>,
+    clock: Clock,
 }
 
 /// Where the writer puts batches; implemented by the daemon (the store may
@@ -19,7 +21,7 @@ pub trait Sink: Send + Sync + 'static {
 
 impl Audit {
     /// Starts the writer task. It ends when every `Audit` is dropped.
-    pub fn start(sink: impl Sink) -> Audit {
+    pub fn start(sink: impl Sink, clock: Clock) -> Audit {
         let (tx, mut rx) = mpsc::unbounded_channel::<AuditRow>();
         tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -36,14 +38,7 @@ impl Audit {
                 batch.clear();
             }
         });
-        Audit { tx }
-    }
-
-    /// An audit sink that drops everything (unit tests).
-    #[cfg(test)]
-    pub fn disabled() -> Audit {
-        let (tx, _rx) = mpsc::unbounded_channel();
-        Audit { tx }
+        Audit { tx, clock }
     }
 
     /// Records one event. `detail` must never hold a secret: callers pass
@@ -63,7 +58,7 @@ impl Audit {
             detail = detail.as_deref().unwrap_or(""),
         );
         let _ = self.tx.send(AuditRow {
-            at: crate::vault::now(),
+            at: self.clock.now(),
             event: event.to_owned(),
             credential: credential.map(str::to_owned),
             peer_pid,

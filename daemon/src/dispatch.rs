@@ -4,6 +4,7 @@
 
 use crate::error::ApiError;
 use crate::state::{Daemon, Peer};
+use crate::{lifecycle, login, manage, revoke, token};
 use latchkey_client::protocol::{
     method, ErrorKind, HelloParams, HelloResult, NameParams, PROTOCOL_VERSION,
 };
@@ -107,81 +108,80 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec
             id,
             parse::<HelloParams>(name, params).map(|p| hello(&p)),
         ),
-        method::STATUS => respond(out, id, daemon.status()),
+        method::STATUS => respond(out, id, lifecycle::status(daemon)),
         method::TOKEN_GET => match parse(name, params) {
-            Ok(p) => respond(out, id, daemon.token_get(p, peer).await),
+            Ok(p) => respond(out, id, token::get(daemon, p, peer).await.map(Served)),
             Err(e) => write_error(out, id, &e),
         },
         method::VAULT_INIT => match parse(name, params) {
-            Ok(p) => respond(out, id, daemon.init(p).await),
+            Ok(p) => respond(out, id, lifecycle::init(daemon, p).await),
             Err(e) => write_error(out, id, &e),
         },
         method::VAULT_UNLOCK => match parse(name, params) {
-            Ok(p) => respond(out, id, daemon.unlock(p, peer).await),
+            Ok(p) => respond(out, id, lifecycle::unlock(daemon, p, peer).await),
             Err(e) => write_error(out, id, &e),
         },
-        method::VAULT_LOCK => {
-            daemon.lock_now().await;
-            respond(out, id, Ok(latchkey_client::protocol::Empty {}))
-        }
+        method::VAULT_LOCK => respond(out, id, Ok(lifecycle::lock_now(daemon).await)),
         method::VAULT_CHANGE_PASSPHRASE => match parse(name, params) {
-            Ok(p) => respond(out, id, daemon.change_passphrase(p).await),
+            Ok(p) => respond(out, id, lifecycle::change_passphrase(daemon, p).await),
             Err(e) => write_error(out, id, &e),
         },
         method::VAULT_REKEY => match parse(name, params) {
-            Ok(p) => respond(out, id, daemon.rekey(p).await),
+            Ok(p) => respond(out, id, lifecycle::rekey(daemon, p).await),
             Err(e) => write_error(out, id, &e),
         },
         method::PROVIDER_ADD => match parse(name, params) {
-            Ok(p) => respond(out, id, daemon.provider_add(p).await),
+            Ok(p) => respond(out, id, manage::provider_add(daemon, p).await),
             Err(e) => write_error(out, id, &e),
         },
-        method::PROVIDER_LIST => respond(out, id, daemon.provider_list()),
+        method::PROVIDER_LIST => respond(out, id, manage::provider_list(daemon)),
         method::PROVIDER_SHOW => respond(
             out,
             id,
-            parse::<NameParams>(name, params).and_then(|p| daemon.provider_show(&p.name)),
+            parse::<NameParams>(name, params).and_then(|p| manage::provider_show(daemon, &p.name)),
         ),
         method::PROVIDER_REMOVE => respond(
             out,
             id,
-            parse::<NameParams>(name, params).and_then(|p| daemon.provider_remove(&p.name)),
+            parse::<NameParams>(name, params)
+                .and_then(|p| manage::provider_remove(daemon, &p.name)),
         ),
         method::CREDENTIAL_ADD => respond(
             out,
             id,
-            parse(name, params).and_then(|p| daemon.credential_add(p)),
+            parse(name, params).and_then(|p| manage::credential_add(daemon, p)),
         ),
-        method::CREDENTIAL_LIST => respond(out, id, daemon.credential_list()),
+        method::CREDENTIAL_LIST => respond(out, id, manage::credential_list(daemon)),
         method::CREDENTIAL_SHOW => respond(
             out,
             id,
-            parse::<NameParams>(name, params).and_then(|p| daemon.credential_show(&p.name)),
+            parse::<NameParams>(name, params)
+                .and_then(|p| manage::credential_show(daemon, &p.name)),
         ),
         method::CREDENTIAL_REMOVE => match parse(name, params) {
-            Ok(p) => respond(out, id, daemon.credential_remove(p).await),
+            Ok(p) => respond(out, id, revoke::credential_remove(daemon, p).await),
             Err(e) => write_error(out, id, &e),
         },
         method::LOGIN_START => match parse(name, params) {
-            Ok(p) => respond(out, id, daemon.login_start(p, peer).await),
+            Ok(p) => respond(out, id, login::start(daemon, p, peer).await),
             Err(e) => write_error(out, id, &e),
         },
         method::LOGIN_WAIT => match parse(name, params) {
-            Ok(p) => respond(out, id, daemon.login_wait(p).await),
+            Ok(p) => respond(out, id, login::wait(daemon, p).await),
             Err(e) => write_error(out, id, &e),
         },
         method::TOKEN_REVOKE => match parse(name, params) {
-            Ok(p) => respond(out, id, daemon.revoke(p).await),
+            Ok(p) => respond(out, id, revoke::revoke(daemon, p).await),
             Err(e) => write_error(out, id, &e),
         },
         method::VAULT_PANIC => match parse(name, params) {
-            Ok(p) => respond(out, id, daemon.panic(p).await),
+            Ok(p) => respond(out, id, revoke::panic(daemon, p).await),
             Err(e) => write_error(out, id, &e),
         },
-        method::DAEMON_STATS => respond(out, id, daemon.stats()),
+        method::DAEMON_STATS => respond(out, id, token::stats(daemon)),
         method::DAEMON_SHUTDOWN => {
             daemon
-                .audit()
+                .audit
                 .record("shutdown_requested", None, Some(peer.pid), None);
             daemon.shutdown.notify_one();
             respond(out, id, Ok(latchkey_client::protocol::Empty {}))
@@ -199,6 +199,16 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec
         }
     }
     After::Continue
+}
+
+/// A cached token as the reply to `token.get`: serialized straight from
+/// the cache, without a copy of the secret.
+struct Served(Arc<crate::vault::Token>);
+
+impl Serialize for Served {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        self.0.reply.serialize(ser)
+    }
 }
 
 fn hello(params: &HelloParams) -> HelloResult {

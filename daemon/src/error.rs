@@ -60,6 +60,14 @@ impl ApiError {
         )
     }
 
+    /// A user credential without a usable grant.
+    pub fn reauth(name: &str) -> ApiError {
+        ApiError::new(
+            ErrorKind::ReauthRequired,
+            format!("credential '{name}' needs a new login: run `latchkey login {name}`"),
+        )
+    }
+
     pub fn no_provider(name: &str) -> ApiError {
         ApiError::new(
             ErrorKind::NotFound,

@@ -6,7 +6,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
-use latchkey_daemon::{fsutil, hardening, lockfile, vault::keyring, Config};
+use latchkey_daemon::{fsutil, hardening, keyring, lockfile, Clock, Config};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +60,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         frame_timeout: args.frame_timeout,
         passphrase_file: args.passphrase_file.filter(|p| !p.as_os_str().is_empty()),
         keyring: keyring::BackendChoice::from_env()?,
+        clock: Clock::Wall,
     };
     if let Some(dir) = config.vault_path.parent() {
         fsutil::private_dir(dir)

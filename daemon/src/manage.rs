@@ -1,162 +1,167 @@
 //! Providers and credentials: the verbs that add, list, show and remove
-//! them, and the checks on names, URLs and scopes they apply.
+//! them (`provider.*`, `credential.add/list/show`; `credential.remove`
+//! revokes first, in `revoke`), with their checks on URLs and secrets.
 
 use crate::error::ApiError;
 use crate::oauth::{discovery, http::check_url};
+use crate::policy::{check_name, normalize_scopes};
 use crate::state::{Daemon, Session};
-use crate::vault::{now, Catalog, Credential, CredentialConfig, Provider, ProviderConfig};
+use crate::vault::{Catalog, Credential, CredentialConfig, Provider, ProviderConfig};
 use latchkey_client::protocol::*;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 
-impl Daemon {
-    // ----- providers --------------------------------------------------------
-
-    pub async fn provider_add(&self, params: ProviderAddParams) -> Result<ProviderInfo, ApiError> {
-        check_name("provider", &params.name)?;
-        self.session()?;
-        let (issuer, mut endpoints) = match &params.issuer {
-            Some(issuer) => {
-                let (issuer, endpoints) = discovery::discover(&self.http, issuer).await?;
-                (Some(issuer), endpoints)
-            }
-            None => (None, Endpoints::default()),
-        };
-        let explicit = params.endpoints;
-        let overrides = [
-            (
-                &mut endpoints.authorization_endpoint,
-                explicit.authorization_endpoint,
-                "authorization endpoint",
-            ),
-            (
-                &mut endpoints.token_endpoint,
-                explicit.token_endpoint,
-                "token endpoint",
-            ),
-            (
-                &mut endpoints.device_authorization_endpoint,
-                explicit.device_authorization_endpoint,
-                "device authorization endpoint",
-            ),
-            (
-                &mut endpoints.revocation_endpoint,
-                explicit.revocation_endpoint,
-                "revocation endpoint",
-            ),
-            (
-                &mut endpoints.introspection_endpoint,
-                explicit.introspection_endpoint,
-                "introspection endpoint",
-            ),
-            (&mut endpoints.jwks_uri, explicit.jwks_uri, "JWKS URI"),
-        ];
-        for (slot, value, what) in overrides {
-            if let Some(value) = value {
-                *slot = Some(
-                    check_url(what, &value)
-                        .map_err(ApiError::invalid_params)?
-                        .to_string(),
-                );
-            }
+/// `provider.add`: discovery (when an issuer is given), explicit endpoints
+/// over discovered ones, then the provider sealed into the vault.
+pub async fn provider_add(
+    daemon: &Daemon,
+    params: ProviderAddParams,
+) -> Result<ProviderInfo, ApiError> {
+    check_name("provider", &params.name)?;
+    daemon.session()?;
+    let (issuer, mut endpoints) = match &params.issuer {
+        Some(issuer) => {
+            let (issuer, endpoints) = discovery::discover(&daemon.http, issuer).await?;
+            (Some(issuer), endpoints)
         }
-        if endpoints.token_endpoint.is_none() {
-            return Err(ApiError::invalid_params(format!(
+        None => (None, Endpoints::default()),
+    };
+    let explicit = params.endpoints;
+    let overrides = [
+        (
+            &mut endpoints.authorization_endpoint,
+            explicit.authorization_endpoint,
+            "authorization endpoint",
+        ),
+        (
+            &mut endpoints.token_endpoint,
+            explicit.token_endpoint,
+            "token endpoint",
+        ),
+        (
+            &mut endpoints.device_authorization_endpoint,
+            explicit.device_authorization_endpoint,
+            "device authorization endpoint",
+        ),
+        (
+            &mut endpoints.revocation_endpoint,
+            explicit.revocation_endpoint,
+            "revocation endpoint",
+        ),
+        (
+            &mut endpoints.introspection_endpoint,
+            explicit.introspection_endpoint,
+            "introspection endpoint",
+        ),
+        (&mut endpoints.jwks_uri, explicit.jwks_uri, "JWKS URI"),
+    ];
+    for (slot, value, what) in overrides {
+        if let Some(value) = value {
+            *slot = Some(
+                check_url(what, &value)
+                    .map_err(ApiError::invalid_params)?
+                    .to_string(),
+            );
+        }
+    }
+    if endpoints.token_endpoint.is_none() {
+        return Err(ApiError::invalid_params(format!(
                 "provider '{}' needs a token endpoint: pass --issuer URL for discovery, or --token-endpoint URL",
                 params.name
             )));
-        }
-        // Re-take the session: discovery awaited the network, and the vault
-        // may have been locked (and reopened) meanwhile.
-        let session = self.session()?;
-        if session.catalog().providers.contains_key(&params.name) {
-            return Err(ApiError::new(
-                ErrorKind::AlreadyExists,
-                format!("a provider named '{}' exists: remove it first with `latchkey provider remove {}`", params.name, params.name),
-            ));
-        }
-        let config = ProviderConfig {
-            name: params.name.clone(),
-            issuer,
-            endpoints,
-        };
-        let provider = session.with_keys(|keys| {
-            let mut vault = self.vault();
-            let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
-            Ok(vault.add_provider(keys, config)?)
-        })?;
-        let info = provider_info(&provider, &[]);
-        session
-            .catalog_mut()
-            .providers
-            .insert(params.name.clone(), Arc::new(provider));
-        self.audit
-            .record("provider_added", None, None, Some(params.name));
-        Ok(info)
     }
-
-    pub fn provider_list(&self) -> Result<Vec<ProviderInfo>, ApiError> {
-        let session = self.session()?;
-        let catalog = session.catalog();
-        let mut list: Vec<ProviderInfo> = catalog
-            .providers
-            .values()
-            .map(|p| provider_info(p, &credentials_of(&catalog, &p.id)))
-            .collect();
-        list.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(list)
+    // Re-take the session: discovery awaited the network, and the vault
+    // may have been locked (and reopened) meanwhile.
+    let session = daemon.session()?;
+    if session.catalog().providers.contains_key(&params.name) {
+        return Err(ApiError::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "a provider named '{}' exists: remove it first with `latchkey provider remove {}`",
+                params.name, params.name
+            ),
+        ));
     }
+    let config = ProviderConfig {
+        name: params.name.clone(),
+        issuer,
+        endpoints,
+    };
+    let provider = session.with_vault(|keys, vault| vault.add_provider(keys, config))?;
+    let info = provider_info(&provider, &[]);
+    session
+        .catalog_mut()
+        .providers
+        .insert(params.name.clone(), Arc::new(provider));
+    daemon
+        .audit
+        .record("provider_added", None, None, Some(params.name));
+    Ok(info)
+}
 
-    pub fn provider_show(&self, name: &str) -> Result<ProviderInfo, ApiError> {
-        let session = self.session()?;
-        let catalog = session.catalog();
-        let provider = catalog
-            .providers
-            .get(name)
-            .ok_or_else(|| ApiError::no_provider(name))?;
-        Ok(provider_info(
-            provider,
-            &credentials_of(&catalog, &provider.id),
-        ))
-    }
+pub fn provider_list(daemon: &Daemon) -> Result<Vec<ProviderInfo>, ApiError> {
+    let session = daemon.session()?;
+    let catalog = session.catalog();
+    let mut list: Vec<ProviderInfo> = catalog
+        .providers
+        .values()
+        .map(|p| provider_info(p, &credentials_of(&catalog, &p.id)))
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(list)
+}
 
-    pub fn provider_remove(&self, name: &str) -> Result<Empty, ApiError> {
-        let session = self.session()?;
-        let mut catalog = session.catalog_mut();
-        let provider = catalog
-            .providers
-            .get(name)
-            .ok_or_else(|| ApiError::no_provider(name))?;
-        let users = credentials_of(&catalog, &provider.id);
-        if !users.is_empty() {
-            return Err(ApiError::new(
+pub fn provider_show(daemon: &Daemon, name: &str) -> Result<ProviderInfo, ApiError> {
+    let session = daemon.session()?;
+    let catalog = session.catalog();
+    let provider = catalog
+        .providers
+        .get(name)
+        .ok_or_else(|| ApiError::no_provider(name))?;
+    Ok(provider_info(
+        provider,
+        &credentials_of(&catalog, &provider.id),
+    ))
+}
+
+pub fn provider_remove(daemon: &Daemon, name: &str) -> Result<Empty, ApiError> {
+    let session = daemon.session()?;
+    let mut catalog = session.catalog_mut();
+    let provider = catalog
+        .providers
+        .get(name)
+        .ok_or_else(|| ApiError::no_provider(name))?;
+    let users = credentials_of(&catalog, &provider.id);
+    if !users.is_empty() {
+        return Err(ApiError::new(
                 ErrorKind::InvalidRequest,
                 format!(
                     "provider '{name}' is used by credential(s) {}: remove them first with `latchkey credential remove NAME`",
                     users.join(", ")
                 ),
             ));
-        }
-        let id = provider.id.clone();
-        self.vault()
-            .as_mut()
-            .ok_or_else(ApiError::not_initialized)?
-            .remove_provider(&id)?;
-        catalog.providers.remove(name);
-        self.audit
-            .record("provider_removed", None, None, Some(name.into()));
-        Ok(Empty {})
     }
+    let id = provider.id.clone();
+    session.with_vault(|_, vault| vault.remove_provider(&id))?;
+    catalog.providers.remove(name);
+    daemon
+        .audit
+        .record("provider_removed", None, None, Some(name.into()));
+    Ok(Empty {})
+}
 
-    // ----- credentials ------------------------------------------------------
-
-    pub fn credential_add(&self, params: CredentialAddParams) -> Result<CredentialInfo, ApiError> {
-        check_name("credential", &params.name)?;
-        if params.client_id.is_empty() {
-            return Err(ApiError::invalid_params("the client id is empty"));
-        }
-        let needs_secret = params.auth != AuthMethod::None;
-        match (&params.client_secret, needs_secret) {
+/// `credential.add`: checks the client's settings, then seals the
+/// credential (and its secret) into the vault.
+pub fn credential_add(
+    daemon: &Daemon,
+    params: CredentialAddParams,
+) -> Result<CredentialInfo, ApiError> {
+    check_name("credential", &params.name)?;
+    if params.client_id.is_empty() {
+        return Err(ApiError::invalid_params("the client id is empty"));
+    }
+    let needs_secret = params.auth != AuthMethod::None;
+    match (&params.client_secret, needs_secret) {
             (None, true) => {
                 return Err(ApiError::invalid_params(format!(
                     "auth method {} needs a client secret: pass it with --client-secret-stdin, --client-secret-file or --client-secret-env",
@@ -173,136 +178,96 @@ impl Daemon {
             }
             _ => {}
         }
-        if params.grant == GrantType::ClientCredentials && !needs_secret {
-            return Err(ApiError::invalid_params(
+    if params.grant == GrantType::ClientCredentials && !needs_secret {
+        return Err(ApiError::invalid_params(
                 "the client_credentials grant needs a confidential client: use --auth client_secret_basic or client_secret_post with a secret",
             ));
-        }
-        if let Some(uri) = &params.redirect_uri {
-            let url = check_url("redirect URI", uri).map_err(ApiError::invalid_params)?;
-            if url.scheme() != "http" || !crate::oauth::http::is_loopback(&url) {
-                return Err(ApiError::invalid_params(format!(
+    }
+    if let Some(uri) = &params.redirect_uri {
+        let url = check_url("redirect URI", uri).map_err(ApiError::invalid_params)?;
+        if url.scheme() != "http" || !crate::oauth::http::is_loopback(&url) {
+            return Err(ApiError::invalid_params(format!(
                     "redirect URI '{uri}' must be a loopback http URI such as http://127.0.0.1/callback (RFC 8252)"
                 )));
-            }
         }
-        let scopes = normalize_scopes(&params.scopes)?;
-        let session = self.session()?;
-        let mut catalog = session.catalog_mut();
-        if catalog.credentials.contains_key(&params.name) {
-            return Err(ApiError::new(
+    }
+    let scopes = normalize_scopes(&params.scopes)?;
+    let session = daemon.session()?;
+    let mut catalog = session.catalog_mut();
+    if catalog.credentials.contains_key(&params.name) {
+        return Err(ApiError::new(
                 ErrorKind::AlreadyExists,
                 format!(
                     "a credential named '{0}' exists: remove it first with `latchkey credential remove {0}`",
                     params.name
                 ),
             ));
-        }
-        let provider = catalog
-            .providers
-            .get(&params.provider)
-            .ok_or_else(|| ApiError::no_provider(&params.provider))?;
-        let config = CredentialConfig {
-            name: params.name.clone(),
-            provider_id: provider.id.clone(),
-            client_id: params.client_id,
-            grant: params.grant,
-            auth: params.auth,
-            scopes,
-            redirect_uri: params.redirect_uri,
-        };
-        let credential = session.with_keys(|keys| {
-            let mut vault = self.vault();
-            let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
-            Ok(vault.add_credential(keys, config, params.client_secret.as_ref())?)
-        })?;
-        let info = credential_info(&catalog, &credential, &session);
-        catalog
-            .credentials
-            .insert(params.name.clone(), Arc::new(credential));
-        self.audit
-            .record("credential_added", Some(&params.name), None, None);
-        Ok(info)
     }
-
-    pub fn credential_list(&self) -> Result<Vec<CredentialInfo>, ApiError> {
-        let session = self.session()?;
-        let catalog = session.catalog();
-        let mut list: Vec<CredentialInfo> = catalog
-            .credentials
-            .values()
-            .map(|c| credential_info(&catalog, c, &session))
-            .collect();
-        list.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(list)
-    }
-
-    pub fn credential_show(&self, name: &str) -> Result<CredentialInfo, ApiError> {
-        let session = self.session()?;
-        let catalog = session.catalog();
-        let credential = catalog
-            .credentials
-            .get(name)
-            .ok_or_else(|| ApiError::no_credential(name))?;
-        Ok(credential_info(&catalog, credential, &session))
-    }
-
-    pub(crate) fn credential_delete(&self, name: &str) -> Result<Empty, ApiError> {
-        let session = self.session()?;
-        let mut catalog = session.catalog_mut();
-        let credential = catalog
-            .credentials
-            .get(name)
-            .ok_or_else(|| ApiError::no_credential(name))?;
-        let id = credential.id.clone();
-        self.vault()
-            .as_mut()
-            .ok_or_else(ApiError::not_initialized)?
-            .remove_credential(&id)?;
-        catalog.credentials.remove(name);
-        session.tokens.forget(&id);
-        self.audit
-            .record("credential_removed", Some(name), None, None);
-        Ok(Empty {})
-    }
+    let provider = catalog
+        .providers
+        .get(&params.provider)
+        .ok_or_else(|| ApiError::no_provider(&params.provider))?;
+    let config = CredentialConfig {
+        name: params.name.clone(),
+        provider_id: provider.id.clone(),
+        client_id: params.client_id,
+        grant: params.grant,
+        auth: params.auth,
+        scopes,
+        redirect_uri: params.redirect_uri,
+    };
+    let credential = session.with_vault(|keys, vault| {
+        vault.add_credential(keys, config, params.client_secret.as_ref())
+    })?;
+    let info = credential_info(daemon, &catalog, &credential, &session);
+    catalog
+        .credentials
+        .insert(params.name.clone(), Arc::new(credential));
+    daemon
+        .audit
+        .record("credential_added", Some(&params.name), None, None);
+    Ok(info)
 }
 
-/// Names are shown in commands and messages: keep them plain.
-fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-        && !name.starts_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_params(format!(
-            "invalid {what} name '{}': use 1-64 letters, digits, '-', '_', '.', '@', not starting with '-'",
-            name.chars().take(64).collect::<String>()
-        )))
-    }
+pub fn credential_list(daemon: &Daemon) -> Result<Vec<CredentialInfo>, ApiError> {
+    let session = daemon.session()?;
+    let catalog = session.catalog();
+    let mut list: Vec<CredentialInfo> = catalog
+        .credentials
+        .values()
+        .map(|c| credential_info(daemon, &catalog, c, &session))
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(list)
 }
 
-/// Splits, de-duplicates and sorts scopes; refuses characters RFC 6749
-/// §3.3 does not allow in a scope token.
-pub(crate) fn normalize_scopes(scopes: &[String]) -> Result<Vec<String>, ApiError> {
-    let mut out: Vec<String> = Vec::new();
-    for s in scopes.iter().flat_map(|s| s.split_whitespace()) {
-        if !s
-            .chars()
-            .all(|c| c == '!' || ('#'..='[').contains(&c) || (']'..='~').contains(&c))
-        {
-            return Err(ApiError::invalid_params(format!(
-                "invalid scope '{s}' (RFC 6749 §3.3)"
-            )));
-        }
-        out.push(s.to_owned());
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
+pub fn credential_show(daemon: &Daemon, name: &str) -> Result<CredentialInfo, ApiError> {
+    let session = daemon.session()?;
+    let catalog = session.catalog();
+    let credential = catalog
+        .credentials
+        .get(name)
+        .ok_or_else(|| ApiError::no_credential(name))?;
+    Ok(credential_info(daemon, &catalog, credential, &session))
+}
+
+/// Deletes a credential and everything it holds, here only (see
+/// `revoke::credential_remove` for the protocol verb).
+pub(crate) fn credential_delete(daemon: &Daemon, name: &str) -> Result<Empty, ApiError> {
+    let session = daemon.session()?;
+    let mut catalog = session.catalog_mut();
+    let credential = catalog
+        .credentials
+        .get(name)
+        .ok_or_else(|| ApiError::no_credential(name))?;
+    let id = credential.id.clone();
+    session.with_vault(|_, vault| vault.remove_credential(&id))?;
+    catalog.credentials.remove(name);
+    session.tokens.forget(&id);
+    daemon
+        .audit
+        .record("credential_removed", Some(name), None, None);
+    Ok(Empty {})
 }
 
 fn credentials_of(catalog: &Catalog, provider_id: &str) -> Vec<String> {
@@ -326,27 +291,16 @@ fn provider_info(provider: &Provider, credentials: &[String]) -> ProviderInfo {
 }
 
 fn credential_info(
+    daemon: &Daemon,
     catalog: &Catalog,
     credential: &Credential,
     session: &Session,
 ) -> CredentialInfo {
-    let now = now();
-    let entries = session.tokens.entries(&credential.id, now);
+    let now = daemon.clock.now();
+    let entries = session.tokens.describe(&credential.id, now);
     let backoff = entries.iter().find_map(|e| e.backoff.clone());
     let grant = session.grant(&credential.id);
-    let user = credential.config.grant != GrantType::ClientCredentials;
-    let state = if credential.corrupt {
-        "corrupt"
-    } else if user
-        && grant.as_ref().is_none_or(|g| g.refresh_token.is_none())
-        && session.tokens.peek(&credential.id).is_empty()
-    {
-        "needs_login"
-    } else if backoff.is_some() {
-        "backoff"
-    } else {
-        "ready"
-    };
+    let state = session.state_of(credential, backoff.is_some());
     CredentialInfo {
         name: credential.config.name.clone(),
         provider: catalog
@@ -358,7 +312,7 @@ fn credential_info(
         auth: credential.config.auth,
         scopes: credential.config.scopes.clone(),
         has_client_secret: credential.has_client_secret,
-        state: state.into(),
+        state,
         tokens: entries
             .into_iter()
             .filter(|e| !e.scope.is_empty() || e.expires_at.is_some())
@@ -372,28 +326,5 @@ fn credential_info(
         last_error: backoff.map(|(until, message)| {
             format!("{message} (next attempt in {} s)", (until - now).max(0))
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_plain() {
-        for ok in ["github", "deploy-api", "a.b_c@d", "x"] {
-            assert!(check_name("credential", ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "-rf", "a b", "a/b", "ü", &"x".repeat(65)] {
-            assert!(check_name("credential", bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn scopes_are_normalized_and_checked() {
-        let s = normalize_scopes(&["b a".into(), "a".into(), "c".into()]).unwrap();
-        assert_eq!(s, ["a", "b", "c"]);
-        assert!(normalize_scopes(&["a\"b".into()]).is_err());
-        assert!(normalize_scopes(&["a\\b".into()]).is_err());
     }
 }

@@ -4,49 +4,47 @@
 //! holds (or one provider's), drops every cache and locks the vault.
 
 use crate::error::ApiError;
+use crate::lifecycle;
+use crate::manage;
 use crate::oauth::user;
 use crate::state::{Daemon, Session};
 use crate::vault::{Credential, Provider};
 use latchkey_client::protocol::{
-    ErrorKind, GrantType, PanicEntry, PanicParams, PanicResult, RemoveParams, RevokeParams,
-    RevokeResult,
+    CredentialState, Empty, ErrorKind, PanicEntry, PanicParams, PanicResult, RemoveParams,
+    RevokeParams, RevokeResult,
 };
 use oauth2::{AccessToken, RefreshToken, StandardRevocableToken};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 
-impl Daemon {
-    pub async fn revoke(&self, params: RevokeParams) -> Result<RevokeResult, ApiError> {
-        let session = self.session()?;
-        let (credential, provider) = self.lookup(&session, &params.credential)?;
-        let result = self
-            .revoke_credential(&session, &credential, &provider, params.local_only)
-            .await?;
-        self.audit.record(
-            "revoked",
-            Some(&credential.config.name),
-            None,
-            Some(if params.local_only {
-                "local only".into()
-            } else {
-                result.revoked.join(",")
-            }),
-        );
-        Ok(result)
-    }
+/// `token.revoke`.
+pub async fn revoke(daemon: &Daemon, params: RevokeParams) -> Result<RevokeResult, ApiError> {
+    let session = daemon.session()?;
+    let (credential, provider) = session.lookup(&params.credential)?;
+    let result =
+        revoke_credential(daemon, &session, &credential, &provider, params.local_only).await?;
+    daemon.audit.record(
+        "revoked",
+        Some(&credential.config.name),
+        None,
+        Some(if params.local_only {
+            "local only".into()
+        } else {
+            result.revoked.join(",")
+        }),
+    );
+    Ok(result)
+}
 
-    /// `credential.remove`: revoke at the provider first (unless
-    /// `local_only`), then delete the credential and everything it holds.
-    pub async fn credential_remove(
-        &self,
-        params: RemoveParams,
-    ) -> Result<latchkey_client::protocol::Empty, ApiError> {
-        let session = self.session()?;
-        if let Ok((credential, provider)) = self.lookup(&session, &params.name) {
-            let has_something = session.grant(&credential.id).is_some()
-                || !session.tokens.peek(&credential.id).is_empty();
-            if has_something {
-                self.revoke_credential(&session, &credential, &provider, params.local_only)
+/// `credential.remove`: revoke at the provider first (unless
+/// `local_only`), then delete the credential and everything it holds.
+pub async fn credential_remove(daemon: &Daemon, params: RemoveParams) -> Result<Empty, ApiError> {
+    let session = daemon.session()?;
+    if let Ok((credential, provider)) = session.lookup(&params.name) {
+        let has_something = session.grant(&credential.id).is_some()
+            || !session.tokens.peek(&credential.id).is_empty();
+        if has_something {
+            revoke_credential(daemon, &session, &credential, &provider, params.local_only)
                     .await
                     .map_err(|e| {
                         ApiError::new(
@@ -54,162 +52,151 @@ impl Daemon {
                             format!("{e}; the credential was not removed (use --local-only to remove it without revoking)"),
                         )
                     })?;
-            }
         }
-        self.credential_delete(&params.name)
     }
+    manage::credential_delete(daemon, &params.name)
+}
 
-    /// Revokes the refresh token (which at most providers also ends the
-    /// access tokens of the grant) and every cached access token, then
-    /// forgets them durably. Nothing is forgotten when revocation fails,
-    /// unless `local_only`.
-    async fn revoke_credential(
-        &self,
-        session: &Session,
-        credential: &Credential,
-        provider: &Provider,
-        local_only: bool,
-    ) -> Result<RevokeResult, ApiError> {
-        let gate = session.gate(&credential.id);
-        let _no_refresh_meanwhile = gate.lock().await;
-        let grant = session.grant(&credential.id);
-        let mut revoked = Vec::new();
-        let held_refresh = grant.as_ref().and_then(|g| g.refresh_token.clone());
-        let held_access = session.tokens.peek(&credential.id);
-        let anything_held = held_refresh.is_some() || !held_access.is_empty();
-        if !local_only && anything_held {
-            if provider.config.endpoints.revocation_endpoint.is_none() {
-                return Err(ApiError::new(
+/// Revokes the refresh token (which at most providers also ends the
+/// access tokens of the grant) and every cached access token, then
+/// forgets them durably. Nothing is forgotten when revocation fails,
+/// unless `local_only`.
+async fn revoke_credential(
+    daemon: &Daemon,
+    session: &Session,
+    credential: &Credential,
+    provider: &Provider,
+    local_only: bool,
+) -> Result<RevokeResult, ApiError> {
+    let gate = session.gate(&credential.id);
+    let _no_refresh_meanwhile = gate.lock().await;
+    let grant = session.grant(&credential.id);
+    let mut revoked = Vec::new();
+    let held_refresh = grant.as_ref().and_then(|g| g.refresh_token.clone());
+    let held_access = session.tokens.peek(&credential.id);
+    let anything_held = held_refresh.is_some() || !held_access.is_empty();
+    if !local_only && anything_held {
+        if provider.config.endpoints.revocation_endpoint.is_none() {
+            return Err(ApiError::new(
                     ErrorKind::InvalidRequest,
                     format!(
                         "provider '{}' has no revocation endpoint, so its tokens stay valid there until they expire (revoke the app's access in the provider's account settings); forget them here with --local-only",
                         provider.config.name
                     ),
                 ));
-            }
-            let secret = self.client_secret(session, credential)?;
-            let client = user::client(provider, credential, secret.as_ref())?;
-            if let Some(rt) = held_refresh {
-                let token = StandardRevocableToken::RefreshToken(RefreshToken::new(
-                    rt.expose_secret().to_owned(),
-                ));
-                user::revoke(&self.http, provider, &client, token).await?;
-                revoked.push("refresh_token".to_owned());
-            }
-            let refresh_revoked = !revoked.is_empty();
-            for token in held_access {
-                let token = StandardRevocableToken::AccessToken(AccessToken::new(
-                    token.access_token.expose_secret().to_owned(),
-                ));
-                match user::revoke(&self.http, provider, &client, token).await {
-                    Ok(()) if !revoked.iter().any(|r| r == "access_token") => {
-                        revoked.push("access_token".to_owned())
-                    }
-                    Ok(()) => {}
-                    // The grant is gone at the provider already (RFC 7009
-                    // §2.1: revoking a refresh token should end its access
-                    // tokens too); keeping it here would help no one.
-                    Err(e) if refresh_revoked => {
-                        tracing::warn!(credential = %credential.config.name, "access token not confirmed revoked: {e}")
-                    }
-                    Err(e) => return Err(e),
+        }
+        let secret = session.client_secret(credential)?;
+        let client = user::client(provider, credential, secret.as_ref())?;
+        if let Some(rt) = held_refresh {
+            let token = StandardRevocableToken::RefreshToken(RefreshToken::new(
+                rt.expose_secret().to_owned(),
+            ));
+            user::revoke(&daemon.http, provider, &client, token).await?;
+            revoked.push("refresh_token".to_owned());
+        }
+        let refresh_revoked = !revoked.is_empty();
+        for token in held_access {
+            let token = StandardRevocableToken::AccessToken(AccessToken::new(
+                token.reply.access_token.expose_secret().to_owned(),
+            ));
+            match user::revoke(&daemon.http, provider, &client, token).await {
+                Ok(()) if !revoked.iter().any(|r| r == "access_token") => {
+                    revoked.push("access_token".to_owned())
                 }
-            }
-        }
-        let forgotten =
-            session.tokens.take(&credential.id).len() as u32 + u32::from(grant.is_some());
-        session.set_grant(&credential.id, None);
-        let state = match credential.config.grant {
-            GrantType::ClientCredentials => "ready",
-            _ => "needs_login",
-        };
-        if let Some(vault) = self.vault().as_mut() {
-            vault.drop_grant(&credential.id, state)?;
-        }
-        Ok(RevokeResult { revoked, forgotten })
-    }
-
-    /// The leaked-credentials playbook: revoke every token held (or one
-    /// provider's), forget them, drop all caches, lock the vault.
-    pub async fn panic(&self, params: PanicParams) -> Result<PanicResult, ApiError> {
-        let session = self.session()?;
-        let targets: Vec<(Arc<Credential>, Arc<Provider>)> = {
-            let catalog = session.catalog();
-            if let Some(p) = &params.provider {
-                if !catalog.providers.contains_key(p) {
-                    return Err(ApiError::no_provider(p));
+                Ok(()) => {}
+                // The grant is gone at the provider already (RFC 7009
+                // §2.1: revoking a refresh token should end its access
+                // tokens too); keeping it here would help no one.
+                Err(e) if refresh_revoked => {
+                    tracing::warn!(credential = %credential.config.name, "access token not confirmed revoked: {e}")
                 }
+                Err(e) => return Err(e),
             }
-            catalog
-                .credentials
-                .values()
-                .filter(|c| !c.corrupt)
-                .filter_map(|c| {
-                    let provider = catalog.provider_by_id(&c.config.provider_id)?;
-                    let selected = params
-                        .provider
-                        .as_ref()
-                        .is_none_or(|p| &provider.config.name == p);
-                    selected.then(|| (Arc::clone(c), Arc::clone(provider)))
-                })
-                .collect()
-        };
-        // Revoke at every provider at once: in an incident, minutes count.
-        // Boxed as `Send` explicitly: join_all over borrowed async fns
-        // otherwise trips rustc's higher-ranked Send inference.
-        let mut revocations: Vec<futures::future::BoxFuture<'_, PanicEntry>> = Vec::new();
-        for (credential, provider) in targets {
-            revocations.push(Box::pin(self.panic_one(
-                Arc::clone(&session),
-                credential,
-                provider,
-            )));
         }
-        let mut entries = futures::future::join_all(revocations).await;
-        entries.sort_by(|a, b| a.credential.cmp(&b.credential));
-        drop(session);
-        let locked = self.lock("panic");
-        self.audit.record(
-            "panic",
-            None,
-            None,
-            Some(format!(
-                "{} credential(s), provider {:?}",
-                entries.len(),
-                params.provider
-            )),
-        );
-        Ok(PanicResult {
-            credentials: entries,
-            locked,
-        })
     }
+    let forgotten = session.tokens.take(&credential.id).len() as u32 + u32::from(grant.is_some());
+    session.set_grant(&credential.id, None);
+    let state = CredentialState::initial(credential.config.grant);
+    session.with_vault(|_, vault| vault.drop_grant(&credential.id, state))?;
+    Ok(RevokeResult { revoked, forgotten })
+}
 
-    async fn panic_one(
-        &self,
-        session: Arc<Session>,
-        credential: Arc<Credential>,
-        provider: Arc<Provider>,
-    ) -> PanicEntry {
-        match self
-            .revoke_credential(&session, &credential, &provider, false)
-            .await
-        {
-            Ok(r) => PanicEntry {
+/// The leaked-credentials playbook: revoke every token held (or one
+/// provider's), forget them, drop all caches, lock the vault.
+pub async fn panic(daemon: &Daemon, params: PanicParams) -> Result<PanicResult, ApiError> {
+    let session = daemon.session()?;
+    let targets: Vec<(Arc<Credential>, Arc<Provider>)> = {
+        let catalog = session.catalog();
+        if let Some(p) = &params.provider {
+            if !catalog.providers.contains_key(p) {
+                return Err(ApiError::no_provider(p));
+            }
+        }
+        catalog
+            .credentials
+            .values()
+            .filter(|c| !c.corrupt)
+            .filter_map(|c| {
+                let provider = catalog.provider_by_id(&c.config.provider_id)?;
+                let selected = params
+                    .provider
+                    .as_ref()
+                    .is_none_or(|p| &provider.config.name == p);
+                selected.then(|| (Arc::clone(c), Arc::clone(provider)))
+            })
+            .collect()
+    };
+    // Revoke at every provider at once: in an incident, minutes count.
+    // Boxed as `Send` explicitly: join_all over borrowed async fns
+    // otherwise trips rustc's higher-ranked Send inference.
+    let mut revocations: Vec<futures::future::BoxFuture<'_, PanicEntry>> = Vec::new();
+    for (credential, provider) in targets {
+        revocations.push(Box::pin(panic_one(
+            daemon,
+            Arc::clone(&session),
+            credential,
+            provider,
+        )));
+    }
+    let mut entries = futures::future::join_all(revocations).await;
+    entries.sort_by(|a, b| a.credential.cmp(&b.credential));
+    drop(session);
+    let locked = lifecycle::lock(daemon, "panic");
+    daemon.audit.record(
+        "panic",
+        None,
+        None,
+        Some(format!(
+            "{} credential(s), provider {:?}",
+            entries.len(),
+            params.provider
+        )),
+    );
+    Ok(PanicResult {
+        credentials: entries,
+        locked,
+    })
+}
+
+async fn panic_one(
+    daemon: &Daemon,
+    session: Arc<Session>,
+    credential: Arc<Credential>,
+    provider: Arc<Provider>,
+) -> PanicEntry {
+    match revoke_credential(daemon, &session, &credential, &provider, false).await {
+        Ok(r) => PanicEntry {
+            credential: credential.config.name.clone(),
+            revoked: r.revoked,
+            error: None,
+        },
+        Err(e) => {
+            // Forget it here anyway: nothing stays usable locally.
+            let _ = revoke_credential(daemon, &session, &credential, &provider, true).await;
+            PanicEntry {
                 credential: credential.config.name.clone(),
-                revoked: r.revoked,
-                error: None,
-            },
-            Err(e) => {
-                // Forget it here anyway: nothing stays usable locally.
-                let _ = self
-                    .revoke_credential(&session, &credential, &provider, true)
-                    .await;
-                PanicEntry {
-                    credential: credential.config.name.clone(),
-                    revoked: Vec::new(),
-                    error: Some(e.message),
-                }
+                revoked: Vec::new(),
+                error: Some(e.message),
             }
         }
     }

@@ -91,7 +91,7 @@ fn check_peer(daemon: &Daemon, stream: &Stream, our_uid: u32) -> Option<Peer> {
                 Some(uid) if uid == our_uid => Some(Peer { pid }),
                 uid => {
                     tracing::warn!(pid, uid = ?uid, "refused a connection from another user");
-                    daemon.audit().record(
+                    daemon.audit.record(
                         "peer_refused",
                         None,
                         Some(pid),

@@ -10,8 +10,8 @@ use crate::output::{self, Fields};
 use crate::secret::{self, Source};
 use anyhow::{Context, Result};
 use latchkey_client::protocol::{
-    method, AuthMethod, CredentialAddParams, CredentialInfo, Empty, GrantType, NameParams,
-    RemoveParams,
+    method, AuthMethod, CredentialAddParams, CredentialInfo, CredentialState, Empty, GrantType,
+    NameParams, RemoveParams,
 };
 use secrecy::SecretString;
 use std::path::PathBuf;
@@ -245,9 +245,9 @@ fn list_table(credentials: &[CredentialInfo], now: i64) -> String {
 
 /// The life-cycle state, with the fix when the user has something to do.
 fn state(c: &CredentialInfo) -> String {
-    match c.state.as_str() {
-        "needs_login" => format!("needs login (run `latchkey login {}`)", c.name),
-        other => other.to_owned(),
+    match c.state {
+        CredentialState::NeedsLogin => format!("needs login (run `latchkey login {}`)", c.name),
+        other => other.to_string(),
     }
 }
 
@@ -389,7 +389,7 @@ mod tests {
             auth: AuthMethod::ClientSecretBasic,
             scopes: vec!["repo".into(), "read:org".into()],
             has_client_secret: true,
-            state: "ready".into(),
+            state: CredentialState::Ready,
             tokens: vec![TokenSummary {
                 scope: "repo read:org".into(),
                 expires_at: Some(1_000_600),
@@ -412,7 +412,7 @@ mod tests {
         assert!(!text.contains("refresh token"), "{text}");
     }
 
-    fn user_login(state: &str) -> CredentialInfo {
+    fn user_login(state: CredentialState) -> CredentialInfo {
         CredentialInfo {
             name: "me".into(),
             provider: "corp".into(),
@@ -421,7 +421,7 @@ mod tests {
             auth: AuthMethod::None,
             scopes: vec!["openid".into()],
             has_client_secret: false,
-            state: state.into(),
+            state,
             tokens: Vec::new(),
             subject: None,
             has_refresh_token: false,
@@ -431,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_credential_needing_a_login_says_how() {
-        let info = user_login("needs_login");
+        let info = user_login(CredentialState::NeedsLogin);
         let text = render(&info, 0);
         assert!(
             text.contains("state:         needs login (run `latchkey login me`)\n"),
@@ -449,7 +449,7 @@ me    corp      authorization_code  -        -      needs login (run `latchkey l
 
     #[test]
     fn a_logged_in_credential_shows_its_account_and_refresh_token() {
-        let mut info = user_login("ready");
+        let mut info = user_login(CredentialState::Ready);
         info.subject = Some("alice@example.com".into());
         info.has_refresh_token = true;
         let text = render(&info, 0);

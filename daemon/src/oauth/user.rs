@@ -4,8 +4,9 @@
 //! (RFC 7009); and ID-token validation through `openidconnect` with the
 //! signature algorithms pinned to asymmetric ones (never `none`).
 
-use super::grant::{classify, GrantFailure};
+use super::grant::classify;
 use super::http::{Http, HttpError, PlainLoopback};
+use super::Granted;
 use crate::error::ApiError;
 use crate::vault::{Credential, Provider};
 use latchkey_client::protocol::{AuthMethod, ErrorKind};
@@ -18,7 +19,7 @@ use oauth2::{
     DeviceAuthorizationUrl, DeviceCodeErrorResponse, DeviceCodeErrorResponseType, EndpointMaybeSet,
     EndpointNotSet, ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
     RefreshToken, RequestTokenError, RevocationUrl, Scope, StandardDeviceAuthorizationResponse,
-    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+    StandardRevocableToken, StandardTokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -49,29 +50,9 @@ pub type UserClient = Client<
     EndpointMaybeSet,
 >;
 
-/// What a successful user-grant token request produced.
-pub struct UserGranted {
-    pub access_token: SecretString,
-    pub token_type: String,
-    pub expires_in: Option<u64>,
-    pub scope: Option<String>,
-    pub refresh_token: Option<SecretString>,
-    pub id_token: Option<String>,
-}
-
-fn granted(response: TokenResp) -> UserGranted {
-    UserGranted {
-        access_token: SecretString::from(response.access_token().secret().as_str()),
-        token_type: super::grant::display_token_type(response.token_type().as_ref()),
-        expires_in: response.expires_in().map(|d| d.as_secs()),
-        scope: response
-            .scopes()
-            .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
-        refresh_token: response
-            .refresh_token()
-            .map(|r| SecretString::from(r.secret().as_str())),
-        id_token: response.extra_fields().id_token.clone(),
-    }
+fn granted(response: TokenResp) -> Granted {
+    let id_token = response.extra_fields().id_token.clone();
+    Granted::from_response(&response, id_token)
 }
 
 fn endpoint<T>(
@@ -201,10 +182,10 @@ pub async fn exchange_code(
     code: String,
     verifier: PkceCodeVerifier,
     redirect_uri: &RedirectUrl,
-) -> Result<UserGranted, GrantFailure> {
+) -> Result<Granted, ApiError> {
     let request = client
         .exchange_code(AuthorizationCode::new(code))
-        .map_err(|_| not_transient(missing(provider, "token endpoint", "--token-endpoint")))?
+        .map_err(|_| missing(provider, "token endpoint", "--token-endpoint"))?
         .set_pkce_verifier(verifier)
         .set_redirect_uri(std::borrow::Cow::Borrowed(redirect_uri));
     request
@@ -221,19 +202,19 @@ pub async fn device_authorize(
     credential: &Credential,
     client: &UserClient,
     scopes: &[String],
-) -> Result<StandardDeviceAuthorizationResponse, GrantFailure> {
+) -> Result<StandardDeviceAuthorizationResponse, ApiError> {
     let request = client
         .exchange_device_code()
         .map_err(|_| {
-            not_transient(missing(
+            missing(
                 provider,
                 "device authorization endpoint",
                 "--device-authorization-endpoint",
-            ))
+            )
         })?
         .add_scopes(scopes.iter().cloned().map(Scope::new));
     request.request_async(http).await.map_err(|e| match e {
-        RequestTokenError::ServerResponse(r) => not_transient(ApiError::new(
+        RequestTokenError::ServerResponse(r) => ApiError::new(
             ErrorKind::ProviderError,
             format!(
                 "provider '{}' refused the device login of credential '{}' ({}{})",
@@ -244,16 +225,16 @@ pub async fn device_authorize(
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default()
             ),
-        )),
+        ),
         RequestTokenError::Request(h) => http_failure(provider, credential, h),
-        other => not_transient(ApiError::new(
+        other => ApiError::new(
             ErrorKind::ProviderError,
             format!(
                 "provider '{}' sent an unusable device authorization response: {}",
                 provider.config.name,
                 short(&other)
             ),
-        )),
+        ),
     })
 }
 
@@ -267,7 +248,7 @@ pub async fn device_poll(
     client: &UserClient,
     details: &StandardDeviceAuthorizationResponse,
     timeout: Duration,
-) -> Result<UserGranted, ApiError> {
+) -> Result<Granted, ApiError> {
     let request = client
         .exchange_device_access_token(details)
         .map_err(|_| missing(provider, "token endpoint", "--token-endpoint"))?;
@@ -278,7 +259,7 @@ pub async fn device_poll(
         .map(granted)
         .map_err(|e| match e {
             RequestTokenError::ServerResponse(r) => device_error(&r, name),
-            RequestTokenError::Request(h) => http_failure(provider, credential, h).error,
+            RequestTokenError::Request(h) => http_failure(provider, credential, h),
             other => ApiError::new(
                 ErrorKind::ProviderError,
                 format!(
@@ -319,11 +300,11 @@ pub async fn refresh(
     client: &UserClient,
     refresh_token: &SecretString,
     scopes: Option<&[String]>,
-) -> Result<UserGranted, GrantFailure> {
+) -> Result<Granted, ApiError> {
     let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
     let mut request = client
         .exchange_refresh_token(&token)
-        .map_err(|_| not_transient(missing(provider, "token endpoint", "--token-endpoint")))?;
+        .map_err(|_| missing(provider, "token endpoint", "--token-endpoint"))?;
     if let Some(scopes) = scopes {
         request = request.add_scopes(scopes.iter().cloned().map(Scope::new));
     }
@@ -432,14 +413,7 @@ pub async fn verify_id_token(
     Ok(claims.subject().as_str().to_owned())
 }
 
-fn not_transient(error: ApiError) -> GrantFailure {
-    GrantFailure {
-        error,
-        transient: false,
-    }
-}
-
-fn http_failure(provider: &Provider, credential: &Credential, h: HttpError) -> GrantFailure {
+fn http_failure(provider: &Provider, credential: &Credential, h: HttpError) -> ApiError {
     classify(
         &provider.config.name,
         &credential.config.name,

@@ -5,16 +5,16 @@
 pub mod crypto;
 pub mod keyring;
 mod slots;
-pub use slots::{SLOT_KEYRING, SLOT_PASSPHRASE};
 pub mod store;
 
 use crate::vault::crypto::{CryptoError, Dek, FieldRef};
 use crate::vault::store::{CredentialRow, GrantRow, ProviderRow, Store, StoreError, TokenRow};
-use latchkey_client::protocol::{AuthMethod, Endpoints, GrantType};
+use latchkey_client::protocol::{AuthMethod, CredentialState, Endpoints, GrantType, TokenReply};
+use latchkey_client::unix_now;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -139,9 +139,11 @@ pub struct Credential {
     /// Set when the row failed its integrity check; such a credential is
     /// listed but never used.
     pub corrupt: bool,
-    /// Life-cycle state as last committed (`ready`, `needs_login`).
-    pub stored_state: String,
 }
+
+/// Which token: a credential id and the requested scope set (sorted,
+/// space-separated). The token cache's key and the `tokens` table's.
+pub type TokenKey = (String, String);
 
 /// Providers and credentials in memory while unlocked, by name.
 #[derive(Default)]
@@ -156,57 +158,76 @@ impl Catalog {
     }
 }
 
-/// An access token as stored (sealed) and cached.
-#[derive(Serialize, Deserialize)]
-pub struct StoredToken {
-    pub credential_id: String,
-    pub scope_key: String,
-    #[serde(serialize_with = "expose_secret")]
-    pub access_token: SecretString,
-    pub token_type: String,
-    /// Unix seconds as the provider said; `None` when it did not.
-    pub expires_at: Option<i64>,
+/// An access token as the daemon holds it: stored sealed, cached, and
+/// served. `reply` is exactly what `token.get` returns; dropping the token
+/// zeroizes it.
+pub struct Token {
+    pub reply: TokenReply,
     /// Unix seconds the daemon treats as the end of life (equals
-    /// `expires_at`, or a conservative guess when the provider was silent).
+    /// `reply.expires_at`, or a conservative guess when the provider was silent).
     pub effective_expiry: i64,
-    pub scope: String,
+    /// Unix seconds.
     pub obtained_at: i64,
 }
 
-/// What a user login leaves behind, stored sealed in `grants`.
-#[derive(Serialize, Deserialize)]
-pub struct StoredGrant {
-    pub credential_id: String,
-    #[serde(serialize_with = "expose_secret_opt")]
-    pub refresh_token: Option<SecretString>,
+/// A user credential's grant: what a login leaves behind and refreshes
+/// rotate. Stored sealed in `grants`; cheap to clone.
+#[derive(Clone)]
+pub struct Grant {
+    pub refresh_token: Option<Arc<SecretString>>,
     /// Space-separated scopes the user granted.
     pub scope: String,
     /// OIDC `sub` of the account, when an ID token was validated.
     pub subject: Option<String>,
-    pub obtained_at: i64,
 }
 
-fn expose_secret_opt<S: serde::Serializer>(
-    s: &Option<SecretString>,
-    ser: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    match s {
-        Some(s) => ser.serialize_some(s.expose_secret()),
-        None => ser.serialize_none(),
+/// A token's sealed document (format v1): the token plus the cache key it
+/// belongs to, which must match its row.
+#[derive(Serialize, Deserialize)]
+struct TokenDoc {
+    credential_id: String,
+    scope_key: String,
+    access_token: Secret,
+    token_type: String,
+    expires_at: Option<i64>,
+    effective_expiry: i64,
+    scope: String,
+    obtained_at: i64,
+}
+
+/// A grant's sealed document (format v1).
+#[derive(Serialize, Deserialize)]
+struct GrantDoc {
+    credential_id: String,
+    refresh_token: Option<Secret>,
+    scope: String,
+    subject: Option<String>,
+    obtained_at: i64,
+}
+
+/// A secret inside a sealed document: serialized in clear only into the
+/// buffer that is sealed at once (and zeroized).
+struct Secret(SecretString);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> std::result::Result<S::Ok, S::Error> {
+        ser.serialize_str(self.0.expose_secret())
     }
 }
 
-fn expose_secret<S: serde::Serializer>(
-    s: &SecretString,
-    ser: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    ser.serialize_str(s.expose_secret())
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> std::result::Result<Secret, D::Error> {
+        SecretString::deserialize(de).map(Secret)
+    }
+}
+
+fn copy_secret(s: &SecretString) -> SecretString {
+    SecretString::from(s.expose_secret())
 }
 
 /// The vault file, open but not necessarily unlocked.
 pub struct Vault {
     store: Store,
-    path: PathBuf,
 }
 
 /// How a new vault's slots are made.
@@ -226,14 +247,7 @@ impl Vault {
             // A file left by an interrupted init holds no key slots: nothing to protect.
             return Ok(None);
         }
-        Ok(Some(Vault {
-            store,
-            path: path.to_owned(),
-        }))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Some(Vault { store }))
     }
 
     pub(super) fn vault_id(&self) -> Result<String> {
@@ -273,7 +287,6 @@ impl Vault {
                     config,
                     has_client_secret: row.client_secret.is_some(),
                     corrupt: false,
-                    stored_state: row.state,
                 },
                 None => {
                     problems.push(format!(
@@ -293,7 +306,6 @@ impl Vault {
                         id: row.id,
                         has_client_secret: row.client_secret.is_some(),
                         corrupt: true,
-                        stored_state: row.state,
                     }
                 }
             };
@@ -304,13 +316,23 @@ impl Vault {
 
     /// Reads stored tokens; one that fails its checks is skipped (the next
     /// request fetches a fresh one and replaces the row).
-    pub fn load_tokens(&self, keys: &Keys) -> Result<(Vec<StoredToken>, usize)> {
+    pub fn load_tokens(&self, keys: &Keys) -> Result<(Vec<(TokenKey, Token)>, usize)> {
         let mut tokens = Vec::new();
         let mut bad = 0;
         for row in self.store.tokens()? {
-            match keys.open_json::<StoredToken>("tokens", &row.id, "token", &row.token) {
+            match keys.open_json::<TokenDoc>("tokens", &row.id, "token", &row.token) {
                 Ok(t) if t.credential_id == row.credential_id && t.scope_key == row.scope_key => {
-                    tokens.push(t)
+                    let token = Token {
+                        reply: TokenReply {
+                            access_token: t.access_token.0,
+                            token_type: t.token_type,
+                            expires_at: t.expires_at,
+                            scope: t.scope,
+                        },
+                        effective_expiry: t.effective_expiry,
+                        obtained_at: t.obtained_at,
+                    };
+                    tokens.push(((t.credential_id, t.scope_key), token))
                 }
                 _ => bad += 1,
             }
@@ -325,7 +347,7 @@ impl Vault {
             name: config.name.clone(),
             id: id.clone(),
         };
-        self.store.insert_provider(&row, now())?;
+        self.store.insert_provider(&row, unix_now())?;
         Ok(Provider { id, config })
     }
 
@@ -353,16 +375,15 @@ impl Vault {
             }),
             name: config.name.clone(),
             provider_id: config.provider_id.clone(),
-            state: row_state(&config_grant).into(),
+            state: CredentialState::initial(config_grant).as_str().into(),
             id: id.clone(),
         };
-        self.store.insert_credential(&row, now())?;
+        self.store.insert_credential(&row, unix_now())?;
         Ok(Credential {
             id,
             config,
             has_client_secret: client_secret.is_some(),
             corrupt: false,
-            stored_state: row_state(&config_grant).into(),
         })
     }
 
@@ -390,20 +411,27 @@ impl Vault {
     }
 
     /// Stores a token sealed, under a fresh row id (see the `tokens` table).
-    pub fn save_token(&mut self, keys: &Keys, token: &StoredToken) -> Result<()> {
+    pub fn save_token(&mut self, keys: &Keys, key: &TokenKey, token: &Token) -> Result<()> {
         Ok(self
             .store
-            .replace_token(&token_row(keys, token), token.expires_at)?)
+            .replace_token(&token_row(keys, key, token), token.reply.expires_at)?)
     }
 
-    /// Reads stored grants; one that fails its checks is skipped (its
-    /// credential then needs a new login).
-    pub fn load_grants(&self, keys: &Keys) -> Result<(Vec<StoredGrant>, usize)> {
+    /// Reads stored grants by credential id; one that fails its checks is
+    /// skipped (its credential then needs a new login).
+    pub fn load_grants(&self, keys: &Keys) -> Result<(Vec<(String, Grant)>, usize)> {
         let mut grants = Vec::new();
         let mut bad = 0;
         for row in self.store.grants()? {
-            match keys.open_json::<StoredGrant>("grants", &row.id, "sealed", &row.sealed) {
-                Ok(g) if g.credential_id == row.credential_id => grants.push(g),
+            match keys.open_json::<GrantDoc>("grants", &row.id, "sealed", &row.sealed) {
+                Ok(g) if g.credential_id == row.credential_id => grants.push((
+                    g.credential_id,
+                    Grant {
+                        refresh_token: g.refresh_token.map(|t| Arc::new(t.0)),
+                        scope: g.scope,
+                        subject: g.subject,
+                    },
+                )),
                 _ => bad += 1,
             }
         }
@@ -416,67 +444,65 @@ impl Vault {
         &mut self,
         keys: &Keys,
         credential_id: &str,
-        grant: Option<&StoredGrant>,
-        token: Option<&StoredToken>,
-        state: &str,
+        grant: Option<&Grant>,
+        token: Option<(&TokenKey, &Token)>,
+        state: CredentialState,
     ) -> Result<()> {
+        let now = unix_now();
         let grant_row = grant.map(|g| {
             let id = crypto::random_id();
+            let doc = GrantDoc {
+                credential_id: credential_id.to_owned(),
+                refresh_token: g.refresh_token.as_deref().map(copy_secret).map(Secret),
+                scope: g.scope.clone(),
+                subject: g.subject.clone(),
+                obtained_at: now,
+            };
             GrantRow {
-                sealed: keys.seal_json("grants", &id, "sealed", g),
+                sealed: keys.seal_json("grants", &id, "sealed", &doc),
                 id,
-                credential_id: g.credential_id.clone(),
+                credential_id: credential_id.to_owned(),
             }
         });
-        let token_row = token.map(|t| (token_row(keys, t), t.expires_at));
+        let token_row = token.map(|(key, t)| (token_row(keys, key, t), t.reply.expires_at));
         Ok(self.store.commit_grant(
             grant_row.as_ref(),
             token_row.as_ref().map(|(row, exp)| (row, *exp)),
             credential_id,
-            state,
-            now(),
+            state.as_str(),
+            now,
         )?)
     }
 
     /// Forgets a credential's refresh token and access tokens.
-    pub fn drop_grant(&mut self, credential_id: &str, state: &str) -> Result<()> {
-        Ok(self.store.drop_grant(credential_id, state)?)
+    pub fn drop_grant(&mut self, credential_id: &str, state: CredentialState) -> Result<()> {
+        Ok(self.store.drop_grant(credential_id, state.as_str())?)
     }
 
     pub fn store_mut(&mut self) -> &mut Store {
         &mut self.store
     }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
 }
 
 /// A token sealed into a row with a fresh random id (see the `tokens` table).
-fn token_row(keys: &Keys, token: &StoredToken) -> TokenRow {
+fn token_row(keys: &Keys, key: &TokenKey, token: &Token) -> TokenRow {
     let id = crypto::random_id();
+    let doc = TokenDoc {
+        credential_id: key.0.clone(),
+        scope_key: key.1.clone(),
+        access_token: Secret(copy_secret(&token.reply.access_token)),
+        token_type: token.reply.token_type.clone(),
+        expires_at: token.reply.expires_at,
+        effective_expiry: token.effective_expiry,
+        scope: token.reply.scope.clone(),
+        obtained_at: token.obtained_at,
+    };
     TokenRow {
-        token: keys.seal_json("tokens", &id, "token", token),
+        token: keys.seal_json("tokens", &id, "token", &doc),
         id,
-        credential_id: token.credential_id.clone(),
-        scope_key: token.scope_key.clone(),
+        credential_id: key.0.clone(),
+        scope_key: key.1.clone(),
     }
-}
-
-/// The state a new credential starts in: user credentials need a login first.
-fn row_state(grant: &GrantType) -> &'static str {
-    match grant {
-        GrantType::ClientCredentials => "ready",
-        _ => "needs_login",
-    }
-}
-
-/// Unix seconds now (wall clock: token lifetimes are wall-clock facts).
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

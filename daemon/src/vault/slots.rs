@@ -4,7 +4,7 @@
 
 use super::crypto::{self, Dek, Kek, PassphraseSlot};
 use super::store::{SlotRow, Store};
-use super::{keyring, now, Keys, NewSlots, Result, Vault, VaultError};
+use super::{keyring, Keys, NewSlots, Result, Vault, VaultError};
 use latchkey_client::protocol::SlotInfo;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -25,7 +25,7 @@ impl Vault {
                 source: e,
             })?,
         };
-        let now = now();
+        let now = latchkey_client::unix_now();
         let mut rows = Vec::new();
         if let Some(passphrase) = slots.passphrase {
             let id = crypto::random_id();
@@ -71,13 +71,7 @@ impl Vault {
             Ok(store)
         });
         match result {
-            Ok(store) => Ok((
-                Vault {
-                    store,
-                    path: path.to_owned(),
-                },
-                keys,
-            )),
+            Ok(store) => Ok((Vault { store }, keys)),
             Err(e) => {
                 if let Some((backend, account)) = stored_in_keyring {
                     let _ = keyring::delete(backend, &account);

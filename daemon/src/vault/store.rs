@@ -467,24 +467,6 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
-
-    /// The most recent audit rows, newest last.
-    pub fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT at, event, credential, peer_pid, detail FROM
-               (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([limit], |r| {
-            Ok(AuditRow {
-                at: r.get(0)?,
-                event: r.get(1)?,
-                credential: r.get(2)?,
-                peer_pid: r.get(3)?,
-                detail: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
 }
 
 #[cfg(test)]

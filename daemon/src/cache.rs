@@ -4,18 +4,18 @@
 //! for a proactive refresh. It never speaks HTTP itself: the caller hands it
 //! the future that fetches.
 //!
-//! Times are wall-clock Unix seconds, so a machine that slept through an
-//! expiry sees the token as expired when it wakes.
+//! Times are Unix seconds from the daemon's [`Clock`] (the wall clock in
+//! production, so a machine that slept through an expiry sees the token as
+//! expired when it wakes).
 
+use crate::clock::Clock;
 use crate::error::ApiError;
+use crate::sync::lock;
+use crate::vault::{Token, TokenKey as Key};
 use futures::future::{BoxFuture, FutureExt, Shared};
-use secrecy::SecretString;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// A cache entry is per credential id and requested scope set.
-pub type Key = (String, String);
 
 /// Tokens are treated as expired this long before they really expire, for
 /// clock skew and the time the caller needs to use them.
@@ -32,57 +32,41 @@ const BACKOFF_BASE_SECS: i64 = 1;
 /// Backoff never grows beyond this (nor a provider's Retry-After).
 const BACKOFF_CAP_SECS: i64 = 300;
 
-/// An access token in memory. Dropping it zeroizes the token.
-pub struct Issued {
-    pub access_token: SecretString,
-    pub token_type: String,
-    /// Unix seconds as the provider said.
-    pub expires_at: Option<i64>,
-    /// When the daemon considers it dead (a guess when the provider was silent).
-    pub effective_expiry: i64,
-    pub scope: String,
-    pub obtained_at: i64,
-    /// When a proactive refresh should replace it (lifetime/4 + jitter early).
-    pub refresh_at: i64,
+/// The proactive refresh moment of a token: a quarter of the lifetime
+/// before expiry (at least the expiry margin), minus up to a tenth of the
+/// lifetime of jitter so many credentials do not refresh in lockstep.
+pub fn schedule_refresh(token: &Token) -> i64 {
+    let lifetime = (token.effective_expiry - token.obtained_at).max(0);
+    let margin = expiry_margin(lifetime);
+    // At least two ticks before the token turns stale, so the 1 s ticker
+    // refreshes it before a caller has to; never more than half the
+    // lifetime ahead, so a short-lived token is not due when issued.
+    let lead = (lifetime / 4)
+        .max(margin * 2)
+        .max(margin + 2)
+        .min(lifetime / 2);
+    let jitter = if lifetime >= 10 {
+        rand::random_range(0..=lifetime / 10)
+    } else {
+        0
+    };
+    token.effective_expiry - lead - jitter
 }
 
-impl Issued {
-    /// The proactive refresh moment: a quarter of the lifetime before
-    /// expiry (at least the expiry margin), minus up to a tenth of the
-    /// lifetime of jitter so many credentials do not refresh in lockstep.
-    pub fn schedule_refresh(effective_expiry: i64, obtained_at: i64) -> i64 {
-        let lifetime = (effective_expiry - obtained_at).max(0);
-        let margin = expiry_margin(lifetime);
-        // At least two ticks before the token turns stale, so the 1 s ticker
-        // refreshes it before a caller has to; never more than half the
-        // lifetime ahead, so a short-lived token is not due when issued.
-        let lead = (lifetime / 4)
-            .max(margin * 2)
-            .max(margin + 2)
-            .min(lifetime / 2);
-        let jitter = if lifetime >= 10 {
-            rand::random_range(0..=lifetime / 10)
-        } else {
-            0
-        };
-        effective_expiry - lead - jitter
-    }
-
-    /// Whether it stays valid `min_ttl` seconds from `now` (and at least
-    /// the expiry margin).
-    fn lasts(&self, min_ttl: u64, now: i64) -> bool {
-        let margin = expiry_margin(self.effective_expiry - self.obtained_at);
-        // At least one second: times are whole seconds, and a token in its
-        // last second may already be dead when the caller uses it.
-        let need = i64::try_from(min_ttl)
-            .unwrap_or(i64::MAX)
-            .max(margin)
-            .max(1);
-        self.effective_expiry.saturating_sub(now) >= need
-    }
+/// Whether `token` stays valid `min_ttl` seconds from `now` (and at least
+/// the expiry margin).
+fn lasts(token: &Token, min_ttl: u64, now: i64) -> bool {
+    let margin = expiry_margin(token.effective_expiry - token.obtained_at);
+    // At least one second: times are whole seconds, and a token in its
+    // last second may already be dead when the caller uses it.
+    let need = i64::try_from(min_ttl)
+        .unwrap_or(i64::MAX)
+        .max(margin)
+        .max(1);
+    token.effective_expiry.saturating_sub(now) >= need
 }
 
-type Flight = Shared<BoxFuture<'static, Result<Arc<Issued>, ApiError>>>;
+type Flight = Shared<BoxFuture<'static, Result<Arc<Token>, ApiError>>>;
 
 struct Backoff {
     failures: u32,
@@ -90,9 +74,13 @@ struct Backoff {
     error: ApiError,
 }
 
+/// One (credential, scope set): its token, the request in flight, the
+/// backoff after a failure.
 #[derive(Default)]
-struct Slot {
-    token: Option<Arc<Issued>>,
+struct Entry {
+    token: Option<Arc<Token>>,
+    /// When a proactive refresh should replace `token`.
+    refresh_at: i64,
     /// The one token request in flight, with its id.
     flight: Option<(u64, Flight)>,
     backoff: Option<Backoff>,
@@ -105,16 +93,15 @@ struct Slot {
 
 /// What [`TokenCache::get`] returns on success.
 pub struct Hit {
-    pub token: Arc<Issued>,
+    pub token: Arc<Token>,
     /// True the first time this token goes to this peer process.
     pub first_issue: bool,
-    /// True when the caller waited on a token request.
-    pub waited: bool,
 }
 
-#[derive(Default)]
 pub struct TokenCache {
-    slots: Mutex<HashMap<Key, Slot>>,
+    entries: Mutex<HashMap<Key, Entry>>,
+    /// Backoff deadlines are set when a request completes, on this clock.
+    clock: Clock,
     next_flight: AtomicU64,
     /// Calls answered from memory.
     pub hits: AtomicU64,
@@ -132,14 +119,27 @@ pub struct EntryInfo {
 }
 
 impl TokenCache {
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Slot>> {
-        // A panic while holding this lock leaves plain data behind; keep serving.
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn new(clock: Clock) -> TokenCache {
+        TokenCache {
+            entries: Mutex::default(),
+            clock,
+            next_flight: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
+        }
     }
 
-    /// Seeds the cache with a token read back from the vault.
-    pub fn insert_stored(&self, key: Key, token: Issued) {
-        self.slots().entry(key).or_default().token = Some(Arc::new(token));
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
+        lock(&self.entries)
+    }
+
+    /// Puts a token in place (read back from the vault, or a new login's).
+    pub fn insert(&self, key: Key, token: Token) {
+        let mut entries = self.entries();
+        let entry = entries.entry(key).or_default();
+        entry.refresh_at = schedule_refresh(&token);
+        entry.token = Some(Arc::new(token));
     }
 
     /// An access token for `key` lasting `min_ttl` seconds: from memory when
@@ -156,79 +156,75 @@ impl TokenCache {
         fetch: F,
     ) -> Result<Hit, ApiError>
     where
-        F: FnOnce() -> BoxFuture<'static, Result<Issued, ApiError>>,
+        F: FnOnce() -> BoxFuture<'static, Result<Token, ApiError>>,
     {
         let flight = {
-            let mut slots = self.slots();
+            let mut entries = self.entries();
             // Look up before inserting: the hot path (a hit) allocates nothing.
-            if !slots.contains_key(key) {
-                slots.insert(key.clone(), Slot::default());
+            if !entries.contains_key(key) {
+                entries.insert(key.clone(), Entry::default());
             }
-            let slot = slots.get_mut(key).expect("inserted above if missing");
-            slot.last_used = now;
-            if let Some(token) = slot.token.as_ref().filter(|t| t.lasts(min_ttl, now)) {
-                let first_issue = note_issue(&mut slot.issued_to, peer);
+            let entry = entries.get_mut(key).expect("inserted above if missing");
+            entry.last_used = now;
+            if let Some(token) = entry.token.as_ref().filter(|t| lasts(t, min_ttl, now)) {
+                let first_issue = note_issue(&mut entry.issued_to, peer);
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Hit {
                     token: Arc::clone(token),
                     first_issue,
-                    waited: false,
                 });
             }
-            match (&slot.flight, &slot.backoff) {
+            match (&entry.flight, &entry.backoff) {
                 (Some((_, flight)), _) => flight.clone(),
                 (None, Some(backoff)) if backoff.until > now => {
                     let mut error = backoff.error.clone();
                     error.retry_after = Some((backoff.until - now) as u64);
                     return Err(error);
                 }
-                _ => self.start(key, slot, fetch()),
+                _ => self.start(key, entry, fetch()),
             }
         };
         self.waits.fetch_add(1, Ordering::Relaxed);
         let token = flight.await?;
         let first_issue = {
-            let mut slots = self.slots();
-            slots
+            let mut entries = self.entries();
+            entries
                 .get_mut(key)
-                .is_some_and(|slot| note_issue(&mut slot.issued_to, peer))
+                .is_some_and(|entry| note_issue(&mut entry.issued_to, peer))
         };
-        Ok(Hit {
-            token,
-            first_issue,
-            waited: true,
-        })
+        Ok(Hit { token, first_issue })
     }
 
     /// Starts a proactive refresh of `key` unless one is running or the
     /// entry is gone or backing off. Returns whether it started.
     pub fn refresh<F>(self: &Arc<Self>, key: &Key, now: i64, fetch: F) -> bool
     where
-        F: FnOnce() -> BoxFuture<'static, Result<Issued, ApiError>>,
+        F: FnOnce() -> BoxFuture<'static, Result<Token, ApiError>>,
     {
-        let mut slots = self.slots();
-        let Some(slot) = slots.get_mut(key) else {
+        let mut entries = self.entries();
+        let Some(entry) = entries.get_mut(key) else {
             return false;
         };
-        if slot.flight.is_some() || slot.backoff.as_ref().is_some_and(|b| b.until > now) {
+        if entry.flight.is_some() || entry.backoff.as_ref().is_some_and(|b| b.until > now) {
             return false;
         }
         // Nobody waits: the request runs in its own task and records its
         // result in the cache.
-        let _flight = self.start(key, slot, fetch());
+        let _flight = self.start(key, entry, fetch());
         true
     }
 
     /// Entries whose token is due for a proactive refresh: used within the
     /// last `recent_secs`, not already refreshing or backing off.
     pub fn due(&self, now: i64, recent_secs: i64) -> Vec<Key> {
-        self.slots()
+        self.entries()
             .iter()
             .filter(|(_, s)| {
                 s.last_used >= now - recent_secs
                     && s.flight.is_none()
                     && s.backoff.as_ref().is_none_or(|b| b.until <= now)
-                    && s.token.as_ref().is_some_and(|t| now >= t.refresh_at)
+                    && s.token.is_some()
+                    && now >= s.refresh_at
             })
             .map(|(k, _)| k.clone())
             .collect()
@@ -237,8 +233,8 @@ impl TokenCache {
     fn start(
         self: &Arc<Self>,
         key: &Key,
-        slot: &mut Slot,
-        fetch: BoxFuture<'static, Result<Issued, ApiError>>,
+        entry: &mut Entry,
+        fetch: BoxFuture<'static, Result<Token, ApiError>>,
     ) -> Flight {
         let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
         self.fetches.fetch_add(1, Ordering::Relaxed);
@@ -262,33 +258,34 @@ impl TokenCache {
         }
         .boxed()
         .shared();
-        slot.flight = Some((id, flight.clone()));
+        entry.flight = Some((id, flight.clone()));
         flight
     }
 
-    fn complete(&self, key: &Key, id: u64, result: &Result<Arc<Issued>, ApiError>) {
-        let mut slots = self.slots();
+    fn complete(&self, key: &Key, id: u64, result: &Result<Arc<Token>, ApiError>) {
+        let mut entries = self.entries();
         // The entry may be gone (vault locked, credential removed) or taken
         // over by a newer request: then this result is not ours to record.
-        let Some(slot) = slots
+        let Some(entry) = entries
             .get_mut(key)
             .filter(|s| s.flight.as_ref().is_some_and(|(f, _)| *f == id))
         else {
             return;
         };
-        slot.flight = None;
+        entry.flight = None;
         match result {
             Ok(token) => {
-                slot.token = Some(Arc::clone(token));
-                slot.backoff = None;
-                slot.issued_to.clear();
+                entry.refresh_at = schedule_refresh(token);
+                entry.token = Some(Arc::clone(token));
+                entry.backoff = None;
+                entry.issued_to.clear();
             }
             Err(error) => {
-                let failures = slot.backoff.as_ref().map_or(0, |b| b.failures) + 1;
+                let failures = entry.backoff.as_ref().map_or(0, |b| b.failures) + 1;
                 let delay = backoff_delay(failures, error.retry_after);
-                slot.backoff = Some(Backoff {
+                entry.backoff = Some(Backoff {
                     failures,
-                    until: crate::vault::now() + delay,
+                    until: self.clock.now() + delay,
                     error: error.clone(),
                 });
             }
@@ -296,8 +293,8 @@ impl TokenCache {
     }
 
     /// The cached tokens of one credential.
-    pub fn peek(&self, credential_id: &str) -> Vec<Arc<Issued>> {
-        self.slots()
+    pub fn peek(&self, credential_id: &str) -> Vec<Arc<Token>> {
+        self.entries()
             .iter()
             .filter(|((id, _), _)| id == credential_id)
             .filter_map(|(_, s)| s.token.clone())
@@ -306,40 +303,41 @@ impl TokenCache {
 
     /// Removes every entry of one credential and returns its tokens (to
     /// revoke them at the provider).
-    pub fn take(&self, credential_id: &str) -> Vec<Arc<Issued>> {
-        let mut slots = self.slots();
-        let keys: Vec<Key> = slots
+    pub fn take(&self, credential_id: &str) -> Vec<Arc<Token>> {
+        let mut entries = self.entries();
+        let keys: Vec<Key> = entries
             .keys()
             .filter(|(id, _)| id == credential_id)
             .cloned()
             .collect();
         keys.iter()
-            .filter_map(|k| slots.remove(k).and_then(|s| s.token))
+            .filter_map(|k| entries.remove(k).and_then(|s| s.token))
             .collect()
     }
 
     /// Forgets every entry of one credential (removed, or its secret changed).
     pub fn forget(&self, credential_id: &str) {
-        self.slots().retain(|(id, _), _| id != credential_id);
+        self.entries().retain(|(id, _), _| id != credential_id);
     }
 
     /// Drops every token (vault locked); their memory is zeroized as the
     /// last reference goes.
     pub fn clear(&self) {
-        self.slots().clear();
+        self.entries().clear();
     }
 
-    pub fn entries(&self, credential_id: &str, now: i64) -> Vec<EntryInfo> {
-        self.slots()
+    /// What is held for one credential, for `credential show` and `status`.
+    pub fn describe(&self, credential_id: &str, now: i64) -> Vec<EntryInfo> {
+        self.entries()
             .iter()
             .filter(|((id, _), _)| id == credential_id)
             .map(|(_, s)| EntryInfo {
                 scope: s
                     .token
                     .as_ref()
-                    .map(|t| t.scope.clone())
+                    .map(|t| t.reply.scope.clone())
                     .unwrap_or_default(),
-                expires_at: s.token.as_ref().and_then(|t| t.expires_at),
+                expires_at: s.token.as_ref().and_then(|t| t.reply.expires_at),
                 backoff: s
                     .backoff
                     .as_ref()
@@ -385,16 +383,21 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
-    fn token(now: i64, lifetime: i64) -> Issued {
-        Issued {
-            access_token: SecretString::from("t"),
-            token_type: "Bearer".into(),
-            expires_at: Some(now + lifetime),
+    fn token(now: i64, lifetime: i64) -> Token {
+        Token {
+            reply: latchkey_client::TokenReply {
+                access_token: secrecy::SecretString::from("t"),
+                token_type: "Bearer".into(),
+                expires_at: Some(now + lifetime),
+                scope: String::new(),
+            },
             effective_expiry: now + lifetime,
-            scope: String::new(),
             obtained_at: now,
-            refresh_at: Issued::schedule_refresh(now + lifetime, now),
         }
+    }
+
+    fn cache() -> Arc<TokenCache> {
+        Arc::new(TokenCache::new(Clock::Wall))
     }
 
     fn key() -> Key {
@@ -403,9 +406,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_callers_share_one_request() {
-        let cache = Arc::new(TokenCache::default());
+        let cache = cache();
         let requests = Arc::new(AtomicUsize::new(0));
-        let now = crate::vault::now();
+        let now = latchkey_client::unix_now();
         let mut tasks = Vec::new();
         for peer in 0..200 {
             let cache = Arc::clone(&cache);
@@ -435,19 +438,24 @@ mod tests {
             .get(&key(), 60, 1000, now, || unreachable!("cached"))
             .await
             .unwrap();
-        assert!(first.first_issue && !first.waited);
+        assert!(first.first_issue);
         let again = cache
             .get(&key(), 60, 1000, now, || unreachable!("cached"))
             .await
             .unwrap();
-        assert!(!again.first_issue && !again.waited);
+        assert!(!again.first_issue);
+        assert_eq!(
+            cache.hits.load(Ordering::Relaxed),
+            2,
+            "both answered from memory"
+        );
     }
 
     #[tokio::test]
     async fn a_stale_token_is_refetched_once_and_short_lived_tokens_do_not_loop() {
-        let cache = Arc::new(TokenCache::default());
-        let now = crate::vault::now();
-        cache.insert_stored(key(), token(now, 30));
+        let cache = cache();
+        let now = latchkey_client::unix_now();
+        cache.insert(key(), token(now, 30));
         // 30 s left, caller wants 600: one request, whose 30 s token is accepted.
         let hit = cache
             .get(&key(), 600, 1, now, || {
@@ -455,14 +463,15 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(hit.waited);
+        assert_eq!(cache.waits.load(Ordering::Relaxed), 1, "the caller waited");
+        assert_eq!(hit.token.obtained_at, now);
         assert_eq!(cache.fetches.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
     async fn failures_back_off_instead_of_hammering_the_provider() {
-        let cache = Arc::new(TokenCache::default());
-        let now = crate::vault::now();
+        let cache = cache();
+        let now = latchkey_client::unix_now();
         let fail = || async { Err(ApiError::new(ErrorKind::ProviderUnavailable, "down")) }.boxed();
         let err = cache.get(&key(), 0, 1, now, fail).await.err().unwrap();
         assert_eq!(err.kind, ErrorKind::ProviderUnavailable);
@@ -500,7 +509,7 @@ mod tests {
     #[test]
     fn refresh_is_scheduled_ahead_of_expiry() {
         for lifetime in [2, 10, 30, 300, 3600] {
-            let at = Issued::schedule_refresh(1000 + lifetime, 1000);
+            let at = schedule_refresh(&token(1000, lifetime));
             assert!(at < 1000 + lifetime - lifetime / 4 + 1, "{lifetime}: {at}");
             assert!(
                 at >= 1000 + lifetime / 2 - lifetime / 10,
@@ -513,7 +522,7 @@ mod tests {
         }
         // Two ticks of slack between the refresh and the token turning stale.
         for lifetime in [6, 8, 10, 30, 3600] {
-            let at = Issued::schedule_refresh(1000 + lifetime, 1000);
+            let at = schedule_refresh(&token(1000, lifetime));
             let stale = 1000 + lifetime - expiry_margin(lifetime);
             assert!(
                 at <= stale - 2,
@@ -522,14 +531,14 @@ mod tests {
         }
         assert_eq!(expiry_margin(3600), EXPIRY_MARGIN_SECS);
         assert_eq!(expiry_margin(8), 2);
-        let cache = TokenCache::default();
+        let cache = cache();
         let now = 10_000;
-        cache.insert_stored(key(), token(now - 100, 110));
+        cache.insert(key(), token(now - 100, 110));
         assert!(
             cache.due(now, 60).is_empty(),
             "never used: not refreshed ahead"
         );
-        cache.slots().get_mut(&key()).unwrap().last_used = now;
+        cache.entries().get_mut(&key()).unwrap().last_used = now;
         assert_eq!(cache.due(now, 60), vec![key()]);
     }
 }

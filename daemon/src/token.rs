@@ -1,0 +1,287 @@
+//! The token path after dispatch: `token.get` checks what the caller may
+//! have (`policy`), asks the session's cache, and — when the cache cannot
+//! answer — runs the one request for it: the client credentials grant, or
+//! a refresh of a user credential's grant, sealed into the vault before it
+//! is handed out. Also the proactive refresh the ticker starts, and
+//! `daemon.stats`.
+
+use crate::error::ApiError;
+use crate::oauth::{grant, user, Access};
+use crate::policy;
+use crate::state::{Daemon, Peer, Session};
+use crate::vault::{Credential, Grant, Provider, Token, TokenKey};
+use futures::future::{BoxFuture, FutureExt};
+use latchkey_client::protocol::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Lifetime assumed for a token whose response had no `expires_in`.
+/// Conservative: the token is fetched again after this, and callers are
+/// told `expires_at: null` (the truth: the provider did not say).
+const UNKNOWN_LIFETIME_SECS: i64 = 300;
+/// Tokens used within this window are refreshed ahead of expiry.
+const RECENT_USE_SECS: i64 = 600;
+
+/// `token.get`: the policy check, then the cache, which answers from
+/// memory or joins/starts the one token request for this credential.
+pub async fn get(
+    daemon: &Arc<Daemon>,
+    params: TokenParams,
+    peer: Peer,
+) -> Result<Arc<Token>, ApiError> {
+    let session = daemon.session()?;
+    let (credential, provider) = session.lookup(&params.credential)?;
+    let granted = session.grant(&credential.id).map(|g| g.scope);
+    let scopes = policy::allowed_scopes(&credential, granted.as_deref(), params.scopes.as_deref())?;
+    let key: TokenKey = (credential.id.clone(), scopes.join(" "));
+    let now = daemon.clock.now();
+    let fetcher = Arc::clone(daemon);
+    let fetch_session = Arc::clone(&session);
+    let hit = session
+        .tokens
+        .get(
+            &key,
+            params.min_ttl.unwrap_or(0),
+            peer.pid,
+            now,
+            move || fetch(fetcher, fetch_session, credential, provider, scopes),
+        )
+        .await?;
+    if hit.first_issue {
+        daemon.audit.record(
+            "token_issued",
+            Some(&params.credential),
+            Some(peer.pid),
+            Some(hit.token.reply.scope.clone()),
+        );
+    }
+    Ok(hit.token)
+}
+
+/// `daemon.stats`: what the token cache did since the vault was unlocked.
+pub fn stats(daemon: &Daemon) -> Result<StatsResult, ApiError> {
+    let session = daemon.session()?;
+    let t = &session.tokens;
+    Ok(StatsResult {
+        hits: t.hits.load(Ordering::Relaxed),
+        waits: t.waits.load(Ordering::Relaxed),
+        fetches: t.fetches.load(Ordering::Relaxed),
+    })
+}
+
+/// Starts proactive refreshes for recently used tokens near expiry.
+pub fn refresh_due(daemon: &Arc<Daemon>) {
+    let Ok(session) = daemon.session() else {
+        return;
+    };
+    let now = daemon.clock.now();
+    for key in session.tokens.due(now, RECENT_USE_SECS) {
+        let name = session
+            .catalog()
+            .credentials
+            .values()
+            .find(|c| c.id == key.0)
+            .map(|c| c.config.name.clone());
+        // Gone or corrupt: nothing to refresh.
+        let Some(Ok((credential, provider))) = name.map(|n| session.lookup(&n)) else {
+            continue;
+        };
+        let scopes: Vec<String> = key.1.split_whitespace().map(str::to_owned).collect();
+        let fetcher = Arc::clone(daemon);
+        let fetch_session = Arc::clone(&session);
+        session.tokens.refresh(&key, now, move || {
+            tracing::debug!(credential = %credential.config.name, "refreshing ahead of expiry");
+            fetch(fetcher, fetch_session, credential, provider, scopes)
+        });
+    }
+}
+
+/// The future that requests a token from the provider, stores it sealed,
+/// and returns it. Runs in its own task (see `TokenCache::get`).
+fn fetch(
+    daemon: Arc<Daemon>,
+    session: Arc<Session>,
+    credential: Arc<Credential>,
+    provider: Arc<Provider>,
+    scopes: Vec<String>,
+) -> BoxFuture<'static, Result<Token, ApiError>> {
+    async move {
+        let name = &credential.config.name;
+        let result = if credential.config.grant == GrantType::ClientCredentials {
+            client_credentials(&daemon, &session, &credential, &provider, &scopes).await
+        } else {
+            refresh(&daemon, &session, &credential, &provider, &scopes).await
+        };
+        match &result {
+            Ok(t) => daemon.audit.record(
+                "token_fetched",
+                Some(name),
+                None,
+                Some(format!(
+                    "scope={:?} expires_in={}",
+                    t.reply.scope,
+                    t.effective_expiry - t.obtained_at
+                )),
+            ),
+            Err(e) => {
+                tracing::warn!(credential = %name, kind = %e.kind, "token request failed: {e}");
+                daemon
+                    .audit
+                    .record("token_failed", Some(name), None, Some(e.kind.to_string()));
+            }
+        }
+        result
+    }
+    .boxed()
+}
+
+/// The client credentials grant: one request, the token stored sealed.
+async fn client_credentials(
+    daemon: &Daemon,
+    session: &Session,
+    credential: &Credential,
+    provider: &Provider,
+    scopes: &[String],
+) -> Result<Token, ApiError> {
+    let secret = session.client_secret(credential)?;
+    let granted =
+        grant::client_credentials(&daemon.http, provider, credential, secret, scopes).await?;
+    let token = received(granted.access, scopes, daemon.clock.now());
+    // Persist only into the session that asked: after a lock (or a lock
+    // and a new unlock) this result belongs to no one's vault state.
+    if daemon.is_current(session) {
+        let key = (credential.id.clone(), scopes.join(" "));
+        if let Err(e) = session.with_vault(|keys, vault| vault.save_token(keys, &key, &token)) {
+            tracing::warn!(credential = %credential.config.name, "could not store the token (it is still served from memory): {e}");
+        }
+    }
+    Ok(token)
+}
+
+/// A user credential's access token from its refresh token (RFC 6749
+/// §6). Refreshes of one credential never overlap (its gate), and a
+/// rotated refresh token is committed durably — with the access token,
+/// in one transaction — before the access token goes to anyone.
+async fn refresh(
+    daemon: &Daemon,
+    session: &Session,
+    credential: &Credential,
+    provider: &Provider,
+    scopes: &[String],
+) -> Result<Token, ApiError> {
+    let name = &credential.config.name;
+    let gate = session.gate(&credential.id);
+    let _one_at_a_time = gate.lock().await;
+    // Read the grant only now: the previous holder of the gate may
+    // have rotated the refresh token.
+    let grant = session.grant(&credential.id);
+    let Some((refresh_token, grant)) = grant.and_then(|g| g.refresh_token.clone().map(|t| (t, g)))
+    else {
+        return Err(ApiError::reauth(name));
+    };
+    let secret = session.client_secret(credential)?;
+    let client = user::client(provider, credential, secret.as_ref())?;
+    // Ask for a down-scoped token only when the caller wants less than
+    // the grant; otherwise omit `scope` (RFC 6749 §6: same as granted).
+    let down_scope = !scopes.is_empty() && scopes.len() < grant.scope.split_whitespace().count();
+    let result = user::refresh(
+        &daemon.http,
+        provider,
+        credential,
+        &client,
+        &refresh_token,
+        down_scope.then_some(scopes),
+    )
+    .await;
+    let granted = match result {
+        Ok(g) => g,
+        Err(e) if e.kind == ErrorKind::ReauthRequired => {
+            needs_login(
+                daemon,
+                session,
+                credential,
+                "the provider refused the refresh token (invalid_grant)",
+            );
+            return Err(ApiError::reauth(name));
+        }
+        Err(e) => return Err(e),
+    };
+    let rotated = granted.refresh_token.is_some();
+    let new_grant = Grant {
+        refresh_token: Some(granted.refresh_token.map(Arc::new).unwrap_or(refresh_token)),
+        scope: match &granted.access.scope {
+            Some(said) if !down_scope => said.clone(),
+            _ => grant.scope.clone(),
+        },
+        subject: grant.subject.clone(),
+    };
+    let token = received(granted.access, scopes, daemon.clock.now());
+    // The provider may already have invalidated the old refresh token:
+    // memory follows the provider at once, whatever happens on disk.
+    session.set_grant(&credential.id, Some(new_grant.clone()));
+    // Commit even if the vault was locked (or locked and unlocked) while
+    // the request was out: the rotated refresh token is the only one the
+    // provider still honours. Only a lock that already took the keys
+    // stops it (then the grant is honestly lost: `needs_login` later).
+    let key = (credential.id.clone(), scopes.join(" "));
+    let committed = session.with_vault(|keys, vault| {
+        vault.commit_grant(
+            keys,
+            &credential.id,
+            rotated.then_some(&new_grant),
+            Some((&key, &token)),
+            CredentialState::Ready,
+        )
+    });
+    if let Err(e) = committed {
+        // Not handed out: a token whose rotated refresh token is not on
+        // disk would leave a crash with nothing that works.
+        tracing::error!(credential = %name, "could not store the refreshed grant: {e}");
+        return Err(e);
+    }
+    daemon.audit.record(
+        "refreshed",
+        Some(name),
+        None,
+        Some(format!("rotated={rotated}")),
+    );
+    Ok(token)
+}
+
+/// The provider no longer honours this credential's grant: forget it,
+/// durably, and say so in the state callers see.
+fn needs_login(daemon: &Daemon, session: &Session, credential: &Credential, why: &str) {
+    let name = &credential.config.name;
+    session.set_grant(&credential.id, None);
+    session.tokens.forget(&credential.id);
+    if daemon.is_current(session) {
+        let dropped = session
+            .with_vault(|_, vault| vault.drop_grant(&credential.id, CredentialState::NeedsLogin));
+        if let Err(e) = dropped {
+            tracing::error!(credential = %name, "could not record needs_login: {e}");
+        }
+    }
+    tracing::warn!(credential = %name, "needs a new login: {why}");
+    daemon
+        .audit
+        .record("needs_login", Some(name), None, Some(why.into()));
+}
+
+/// The access token of a response received at `now` for the `requested`
+/// scopes, as it is kept and served from then on.
+pub(crate) fn received(access: Access, requested: &[String], now: i64) -> Token {
+    let expires_at = access
+        .expires_in
+        .map(|s| now.saturating_add(i64::try_from(s).unwrap_or(i64::MAX / 2)));
+    Token {
+        reply: TokenReply {
+            access_token: access.access_token,
+            token_type: access.token_type,
+            expires_at,
+            // RFC 6749 §5.1: a silent provider granted the scope requested.
+            scope: access.scope.unwrap_or_else(|| requested.join(" ")),
+        },
+        effective_expiry: expires_at.unwrap_or(now + UNKNOWN_LIFETIME_SECS),
+        obtained_at: now,
+    }
+}
