@@ -1,10 +1,9 @@
-//! Arguments shared by several subcommands: the passphrase source flags,
-//! and parsers for durations (`600`, `30s`, `10m`, `1h`) and scopes
-//! (repeatable, space-separated).
+//! Arguments shared by several subcommands: the passphrase source flags and
+//! the parser for scopes (repeatable, space-separated). Durations are parsed
+//! by `latchkey_client::duration`, the grammar `latchkeyd` shares.
 
 use crate::secret::Source;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Where a passphrase comes from; at most one of these.
 #[derive(clap::Args)]
@@ -35,33 +34,6 @@ impl PassphraseArgs {
 /// How to name the passphrase flags in an error.
 pub const PASSPHRASE_FLAGS: &str =
     "--passphrase-file PATH, --passphrase-stdin or --passphrase-env VAR, or set LATCHKEY_PASSPHRASE_FILE";
-
-/// Parses a duration: plain seconds, or a whole number with one unit
-/// (`s`, `m`, `h`). Used by clap as a value parser, so the error is shown as
-/// a usage error.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!("invalid duration '{text}': use whole seconds or a number with a unit, like 600, 30s, 10m or 1h")
-    };
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    if digits.is_empty() {
-        return Err(bad());
-    }
-    let multiplier = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return Err(bad()),
-    };
-    let count: u64 = digits.parse().map_err(|_| bad())?;
-    let secs = count
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("duration '{text}' is too long"))?;
-    Ok(Duration::from_secs(secs))
-}
 
 /// Checks one `--scope` value: it must hold at least one scope. An empty
 /// value is refused rather than read as "all scopes", which is what leaving
@@ -94,49 +66,6 @@ pub fn scope_subset(values: &[String]) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        let ok = [
-            ("600", 600),
-            ("0", 0),
-            ("30s", 30),
-            ("10m", 600),
-            ("1h", 3600),
-            ("24h", 86_400),
-            ("007m", 420),
-        ];
-        for (text, secs) in ok {
-            assert_eq!(
-                parse_duration(text),
-                Ok(Duration::from_secs(secs)),
-                "{text}"
-            );
-        }
-        let bad = [
-            "",
-            "s",
-            "m",
-            "-5",
-            "+5",
-            "1.5m",
-            "10 m",
-            " 10m",
-            "10m ",
-            "10ms",
-            "1d",
-            "1h30m",
-            "10M",
-            "ten",
-            "99999999999999999999",
-        ];
-        for text in bad {
-            assert!(parse_duration(text).is_err(), "{text:?} should be refused");
-        }
-        assert!(parse_duration("18446744073709551615h")
-            .unwrap_err()
-            .contains("too long"));
-    }
 
     #[test]
     fn scopes() {

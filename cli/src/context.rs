@@ -1,15 +1,17 @@
 //! What every command shares: where the socket and vault are, how chatty to
-//! be, and a [`Session`] with the daemon — started on demand, and re-unlocked
-//! from `$LATCHKEY_PASSPHRASE_FILE` when it auto-locked under a headless caller.
+//! be, and a [`Connection`] to the daemon — started on demand, making typed
+//! calls, and re-unlocking from `$LATCHKEY_PASSPHRASE_FILE` when the vault
+//! auto-locked under a headless caller.
 
 use crate::output;
 use crate::secret::{Source, PASSPHRASE_FILE_ENV};
 use crate::spawn::{self, DaemonArgs};
 use anyhow::{Context as _, Result};
 use latchkey_client::blocking::Client;
-use latchkey_client::protocol::{method, StatusResult, UnlockParams, UnlockResult};
-use latchkey_client::ErrorKind;
-use serde::{de::DeserializeOwned, Serialize};
+use latchkey_client::protocol::{
+    Empty, HelloResult, Status, StatusResult, UnlockParams, VaultUnlock,
+};
+use latchkey_client::{ErrorKind, Method};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,7 +70,7 @@ impl Ctx {
     }
 
     /// Connects to the daemon, starting it when nothing answers on the socket.
-    pub fn connect(&self) -> Result<Session<'_>> {
+    pub fn connect(&self) -> Result<Connection<'_>> {
         let client = match Client::connect_to(&self.socket) {
             Ok(client) => client,
             Err(latchkey_client::Error::Connect { .. }) => {
@@ -80,13 +82,13 @@ impl Ctx {
             }
             Err(err) => return Err(err).context("failed to connect to the latchkey daemon"),
         };
-        self.session(client)
+        self.open(client)
     }
 
     /// Connects to a running daemon; `None` when nothing answers on the socket.
-    pub fn connect_running(&self) -> Result<Option<Session<'_>>> {
+    pub fn connect_running(&self) -> Result<Option<Connection<'_>>> {
         match Client::connect_to(&self.socket) {
-            Ok(client) => self.session(client).map(Some),
+            Ok(client) => self.open(client).map(Some),
             Err(latchkey_client::Error::Connect { .. }) => Ok(None),
             Err(err) => Err(err).context("failed to connect to the latchkey daemon"),
         }
@@ -101,27 +103,31 @@ impl Ctx {
         }
     }
 
-    fn session(&self, client: Client) -> Result<Session<'_>> {
-        let mut session = Session {
+    /// Wraps a fresh client: the default call timeout, and the vault check.
+    fn open(&self, client: Client) -> Result<Connection<'_>> {
+        let mut conn = Connection {
             ctx: self,
             client,
             timeout: CALL_TIMEOUT,
         };
-        session.set_timeout(CALL_TIMEOUT)?;
-        session.check_vault()?;
-        Ok(session)
+        conn.set_timeout(CALL_TIMEOUT)?;
+        conn.check_vault()?;
+        Ok(conn)
     }
 }
 
-/// A connection to the daemon plus the options it was opened with.
-pub struct Session<'a> {
+/// A connection to the daemon plus the options it was opened with. (Not
+/// the daemon's `Session`, which is the unlocked vault.)
+pub struct Connection<'a> {
+    /// For notices and the vault check.
     ctx: &'a Ctx,
+    /// The socket, after the protocol handshake.
     client: Client,
     /// How long a call waits for its reply; named in the error when it runs out.
     timeout: Duration,
 }
 
-impl Session<'_> {
+impl Connection<'_> {
     /// Bounds how long each call waits for its reply. Only `login.wait`,
     /// which blocks until a person finishes a login, needs more than the
     /// default.
@@ -133,27 +139,23 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// One call, as is: the error keeps its daemon kind for callers that branch on it.
-    pub fn raw<P: Serialize, R: DeserializeOwned>(
+    /// One call of method `M`, as is: the error keeps its daemon kind for
+    /// callers that branch on it.
+    pub fn raw<M: Method>(
         &mut self,
-        method: &str,
-        params: &P,
-    ) -> Result<R, latchkey_client::Error> {
+        params: &M::Params,
+    ) -> Result<M::Result, latchkey_client::Error> {
         let timeout = self.timeout;
         self.client
-            .call(method, params)
+            .request::<M>(params)
             .map_err(|err| explain(err, timeout))
     }
 
     /// One call; when the vault turns out locked and `$LATCHKEY_PASSPHRASE_FILE`
     /// is set (a CI runner whose daemon auto-locked), unlocks with that file
     /// and retries once.
-    pub fn call<P: Serialize, R: DeserializeOwned>(
-        &mut self,
-        method: &str,
-        params: &P,
-    ) -> Result<R> {
-        match self.raw(method, params) {
+    pub fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result> {
+        match self.raw::<M>(params) {
             Err(err) if err.kind() == Some(ErrorKind::Locked) => {
                 let Some(source) = Source::passphrase_file_env() else {
                     return Err(err.into());
@@ -164,16 +166,13 @@ impl Session<'_> {
                 let unlock = UnlockParams {
                     passphrase: Some(passphrase),
                 };
-                self.raw::<_, UnlockResult>(method::VAULT_UNLOCK, &unlock)
-                    .with_context(|| {
-                        format!(
-                            "the vault is locked and ${PASSPHRASE_FILE_ENV} could not unlock it"
-                        )
-                    })?;
+                self.raw::<VaultUnlock>(&unlock).with_context(|| {
+                    format!("the vault is locked and ${PASSPHRASE_FILE_ENV} could not unlock it")
+                })?;
                 self.ctx.info(format_args!(
                     "the vault was locked; unlocked it with ${PASSPHRASE_FILE_ENV}"
                 ));
-                Ok(self.raw(method, params)?)
+                Ok(self.raw::<M>(params)?)
             }
             other => Ok(other?),
         }
@@ -181,12 +180,12 @@ impl Session<'_> {
 
     /// `status` (does not reset the daemon's idle timer).
     pub fn status(&mut self) -> Result<StatusResult> {
-        self.raw(method::STATUS, &latchkey_client::protocol::Empty {})
+        self.raw::<Status>(&Empty {})
             .context("failed to get the daemon's status")
     }
 
     /// `hello`: the daemon's pid and version.
-    pub fn hello(&mut self) -> Result<latchkey_client::protocol::HelloResult> {
+    pub fn hello(&mut self) -> Result<HelloResult> {
         self.client
             .hello()
             .map_err(|err| explain(err, self.timeout))

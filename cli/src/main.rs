@@ -6,21 +6,8 @@
 //!
 //! # Exit codes
 //!
-//! The numbers are a stable interface for scripts:
-//!
-//! | code | meaning |
-//! |---|---|
-//! | 0 | ok |
-//! | 1 | other error; `panic`: a credential could not be revoked at its provider |
-//! | 2 | usage error: bad flags (clap's), or a secret with no source and no terminal to prompt on |
-//! | 3 | daemon unreachable or failed to start |
-//! | 4 | vault locked or not initialized |
-//! | 5 | not found |
-//! | 6 | re-authentication required (`reauth_required`): run `latchkey login NAME`; also a login that timed out or expired |
-//! | 7 | provider unavailable or rate limited (transient: retry later) |
-//! | 8 | provider refused the request (`provider_error`, e.g. a bad client secret) |
-//! | 9 | forbidden (e.g. scopes not granted, or the user denied a login) |
-//! | 10 | wrong passphrase, or keyring unavailable |
+//! The numbers are a stable interface for scripts. They and their meanings
+//! are listed once, in [`exit::EXIT_CODES`], which `latchkey --help` prints.
 //!
 //! `latchkey exec` exits with its command's own code (128 + N when a signal
 //! N killed it; 126 or 127 when it cannot be run). Errors are printed on
@@ -43,7 +30,7 @@ use std::process::ExitCode;
 
 /// Hand out short-lived OAuth access tokens from a local, encrypted vault.
 #[derive(Parser)]
-#[command(name = "latchkey", version, after_help = exit::HELP_TABLE)]
+#[command(name = "latchkey", version, after_help = exit::help_table())]
 struct Cli {
     /// The daemon's socket [default: $LATCHKEY_SOCKET, else $XDG_RUNTIME_DIR/latchkey/latchkey.sock]
     #[arg(

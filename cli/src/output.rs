@@ -5,7 +5,6 @@ use crate::exit::BrokenPipe;
 use anyhow::Result;
 use serde::Serialize;
 use std::io::{self, Write};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 fn stdout_error(err: io::Error) -> anyhow::Error {
     if err.kind() == io::ErrorKind::BrokenPipe {
@@ -86,15 +85,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         line(&mut row.iter().map(String::as_str));
     }
     out
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        // A clock before 1970 is broken; treat it as the epoch.
-        .unwrap_or(0)
 }
 
 /// A span for people: `45s`, `14m 32s`, `2h 5m`, `3d 4h`.

@@ -3,8 +3,8 @@
 use crate::codec;
 use crate::framing::{read_frame_blocking, Frame};
 use crate::protocol::{
-    method, HelloParams, HelloResult, StatusResult, TokenParams, TokenReply, MAX_REPLY_LEN,
-    PROTOCOL_VERSION,
+    Empty, Hello, HelloParams, HelloResult, Method, Status, StatusResult, TokenGet, TokenParams,
+    TokenReply, MAX_REPLY_LEN, PROTOCOL_VERSION,
 };
 use crate::Error;
 use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
@@ -56,7 +56,15 @@ impl Client {
         Ok(())
     }
 
-    /// Sends any method with its parameters and returns its result.
+    /// Calls method `M`: its parameters in, its result out, both typed by
+    /// the [`Method`] it names, e.g. `client.request::<TokenGet>(&params)`.
+    pub fn request<M: Method>(&mut self, params: &M::Params) -> Result<M::Result, Error> {
+        self.call(M::NAME, params)
+    }
+
+    /// The escape hatch: sends any method name with any parameters and
+    /// reads the result as any type. Prefer [`request`](Self::request); this
+    /// is for tools and tests that send what the protocol does not describe.
     pub fn call<P: Serialize, R: DeserializeOwned>(
         &mut self,
         method: &str,
@@ -83,12 +91,12 @@ impl Client {
         let params = HelloParams {
             protocol: PROTOCOL_VERSION,
         };
-        self.call(method::HELLO, &params)
+        self.request::<Hello>(&params)
     }
 
     /// `status`: vault state, slots, auto-lock timer. Does not reset the idle timer.
     pub fn status(&mut self) -> Result<StatusResult, Error> {
-        self.call(method::STATUS, &crate::protocol::Empty {})
+        self.request::<Status>(&Empty {})
     }
 
     /// An access token for `credential` with all its scopes.
@@ -101,6 +109,6 @@ impl Client {
 
     /// An access token with a scope subset and/or a minimum remaining lifetime.
     pub fn token_with(&mut self, params: &TokenParams) -> Result<TokenReply, Error> {
-        self.call(method::TOKEN_GET, params)
+        self.request::<TokenGet>(params)
     }
 }

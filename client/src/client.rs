@@ -3,8 +3,8 @@
 use crate::codec;
 use crate::framing::{read_frame, Frame};
 use crate::protocol::{
-    method, HelloParams, HelloResult, StatusResult, TokenParams, TokenReply, MAX_REPLY_LEN,
-    PROTOCOL_VERSION,
+    Empty, Hello, HelloParams, HelloResult, Method, Status, StatusResult, TokenGet, TokenParams,
+    TokenReply, MAX_REPLY_LEN, PROTOCOL_VERSION,
 };
 use crate::Error;
 use interprocess::local_socket::tokio::{prelude::*, Stream};
@@ -52,7 +52,15 @@ impl Client {
         Ok(client)
     }
 
-    /// Sends any method with its parameters and returns its result.
+    /// Calls method `M`: its parameters in, its result out, both typed by
+    /// the [`Method`] it names, e.g. `client.request::<TokenGet>(&params)`.
+    pub async fn request<M: Method>(&mut self, params: &M::Params) -> Result<M::Result, Error> {
+        self.call(M::NAME, params).await
+    }
+
+    /// The escape hatch: sends any method name with any parameters and
+    /// reads the result as any type. Prefer [`request`](Self::request); this
+    /// is for tools and tests that send what the protocol does not describe.
     pub async fn call<P: Serialize, R: DeserializeOwned>(
         &mut self,
         method: &str,
@@ -79,12 +87,12 @@ impl Client {
         let params = HelloParams {
             protocol: PROTOCOL_VERSION,
         };
-        self.call(method::HELLO, &params).await
+        self.request::<Hello>(&params).await
     }
 
     /// `status`: vault state, slots, auto-lock timer. Does not reset the idle timer.
     pub async fn status(&mut self) -> Result<StatusResult, Error> {
-        self.call(method::STATUS, &crate::protocol::Empty {}).await
+        self.request::<Status>(&Empty {}).await
     }
 
     /// An access token for `credential` with all its scopes.
@@ -98,6 +106,6 @@ impl Client {
 
     /// An access token with a scope subset and/or a minimum remaining lifetime.
     pub async fn token_with(&mut self, params: &TokenParams) -> Result<TokenReply, Error> {
-        self.call(method::TOKEN_GET, params).await
+        self.request::<TokenGet>(params).await
     }
 }

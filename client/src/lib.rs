@@ -2,9 +2,10 @@
 //!
 //! `latchkeyd` holds OAuth client secrets and refresh tokens and hands out
 //! short-lived access tokens over a local socket. This crate is the whole
-//! contract with it: the [protocol] types, socket path resolution
-//! ([`socket_path`]), NDJSON [framing], and a [`Client`] with async (tokio)
-//! and [blocking] APIs.
+//! contract with it: the [protocol] (each method a [`Method`] type naming
+//! its parameters and result), socket path resolution ([`socket_path`]),
+//! NDJSON [framing], the [duration] grammar of the command lines, and a
+//! [`Client`] with async (tokio) and [blocking] APIs.
 //!
 //! ```no_run
 //! use secrecy::ExposeSecret;
@@ -15,6 +16,20 @@
 //! println!("expires at {:?}", token.expires_at);
 //! let header = format!("Bearer {}", token.access_token.expose_secret());
 //! # let _ = header;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Any method is one typed call:
+//!
+//! ```no_run
+//! use latchkey_client::protocol::{CredentialList, Empty};
+//!
+//! # fn demo() -> Result<(), latchkey_client::Error> {
+//! let mut client = latchkey_client::blocking::Client::connect()?;
+//! for credential in client.request::<CredentialList>(&Empty {})? {
+//!     println!("{} ({})", credential.name, credential.state);
+//! }
 //! # Ok(())
 //! # }
 //! ```
@@ -37,6 +52,7 @@
 pub mod blocking;
 mod client;
 mod codec;
+pub mod duration;
 mod error;
 pub mod framing;
 mod paths;
@@ -45,12 +61,5 @@ pub mod protocol;
 pub use client::Client;
 pub use error::Error;
 pub use paths::{socket_path, vault_path, SOCKET_ENV, VAULT_ENV};
-pub use protocol::{ErrorKind, TokenParams, TokenReply};
+pub use protocol::{unix_now, ErrorKind, Method, TokenParams, TokenReply};
 pub use secrecy;
-
-/// Unix seconds now: the unit of every time in the protocol.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}

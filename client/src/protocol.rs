@@ -1,8 +1,10 @@
 //! The wire protocol between `latchkeyd` and its clients: one JSON-RPC 2.0
-//! shaped message per line (NDJSON), the method names, their parameters and
-//! results, and the stable error kinds. This module is the whole contract.
+//! shaped message per line (NDJSON), the methods (each a [`Method`] type
+//! naming its parameters and result), the stable error kinds, and the unit
+//! of time ([`unix_now`]). This module is the whole contract.
 
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Version of this protocol. `hello` returns the daemon's; a client refuses a
@@ -18,52 +20,148 @@ pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 /// can exceed the request limit; nothing legitimate comes near this.
 pub const MAX_REPLY_LEN: usize = 4 * 1024 * 1024;
 
-/// Method names, spelled once.
-pub mod method {
-    /// Protocol handshake: [`HelloParams`](super::HelloParams) → [`HelloResult`](super::HelloResult).
-    pub const HELLO: &str = "hello";
-    /// Daemon and vault status (read-only; does not reset the idle timer).
-    pub const STATUS: &str = "status";
-    /// Create the vault: [`InitParams`](super::InitParams).
-    pub const VAULT_INIT: &str = "vault.init";
-    /// Unlock the vault: [`UnlockParams`](super::UnlockParams).
-    pub const VAULT_UNLOCK: &str = "vault.unlock";
+/// A protocol method: its wire name, parameter and result types, and whether it only looks.
+///
+/// Each method is a unit type (such as [`TokenGet`]) that is never built; it
+/// only names the method in calls like
+/// [`Client::request::<TokenGet>`](crate::Client::request).
+pub trait Method {
+    /// The method's name on the wire, e.g. `"token.get"`.
+    const NAME: &'static str;
+    /// Read-only methods never reset the daemon's auto-lock clock.
+    const READ_ONLY: bool;
+    /// What goes in the request's `params`.
+    type Params: Serialize + DeserializeOwned;
+    /// What comes back in the reply's `result`.
+    type Result: Serialize + DeserializeOwned;
+}
+
+/// Declares every method once: a documented unit type with its [`Method`]
+/// impl, and its row in [`METHODS`]. Each entry reads
+/// `Type = "wire.name", Params => Result, read_only: bool;`.
+macro_rules! methods {
+    ($(
+        $(#[doc = $doc:expr])+
+        $ty:ident = $name:literal, $params:ty => $result:ty, read_only: $read_only:literal;
+    )+) => {
+        $(
+            $(#[doc = $doc])+
+            #[doc = ""]
+            #[doc = concat!("Wire name `", $name, "`: [`", stringify!($params), "`] → `", stringify!($result), "`.")]
+            #[derive(Debug, Clone, Copy)]
+            pub struct $ty;
+
+            impl Method for $ty {
+                const NAME: &'static str = $name;
+                const READ_ONLY: bool = $read_only;
+                type Params = $params;
+                type Result = $result;
+            }
+        )+
+
+        /// Every method as `(NAME, READ_ONLY)`, in declaration order: for a
+        /// server to check that its dispatch covers them all.
+        pub const METHODS: &[(&str, bool)] = &[$(($name, $read_only)),+];
+    };
+}
+
+methods! {
+    /// Protocol handshake; every client sends it first.
+    Hello = "hello", HelloParams => HelloResult, read_only: true;
+    /// Daemon and vault status.
+    Status = "status", Empty => StatusResult, read_only: true;
+    /// Create the vault.
+    VaultInit = "vault.init", InitParams => InitResult, read_only: false;
+    /// Unlock the vault.
+    VaultUnlock = "vault.unlock", UnlockParams => UnlockResult, read_only: false;
     /// Lock the vault, zeroizing keys and cached tokens.
-    pub const VAULT_LOCK: &str = "vault.lock";
-    /// Rewrap the data key under a new passphrase: [`ChangePassphraseParams`](super::ChangePassphraseParams).
-    pub const VAULT_CHANGE_PASSPHRASE: &str = "vault.change_passphrase";
-    /// New data key, every field re-encrypted in one transaction: [`RekeyParams`](super::RekeyParams).
-    pub const VAULT_REKEY: &str = "vault.rekey";
-    /// Add a provider: [`ProviderAddParams`](super::ProviderAddParams).
-    pub const PROVIDER_ADD: &str = "provider.add";
-    /// List providers: a JSON array of [`ProviderInfo`](super::ProviderInfo).
-    pub const PROVIDER_LIST: &str = "provider.list";
-    /// Show one provider: [`NameParams`](super::NameParams).
-    pub const PROVIDER_SHOW: &str = "provider.show";
-    /// Remove a provider with no credentials: [`NameParams`](super::NameParams).
-    pub const PROVIDER_REMOVE: &str = "provider.remove";
-    /// Add a credential: [`CredentialAddParams`](super::CredentialAddParams).
-    pub const CREDENTIAL_ADD: &str = "credential.add";
-    /// List credentials: a JSON array of [`CredentialInfo`](super::CredentialInfo).
-    pub const CREDENTIAL_LIST: &str = "credential.list";
-    /// Show one credential: [`NameParams`](super::NameParams).
-    pub const CREDENTIAL_SHOW: &str = "credential.show";
-    /// Revoke a credential's tokens at the provider, then remove it and them: [`RemoveParams`](super::RemoveParams).
-    pub const CREDENTIAL_REMOVE: &str = "credential.remove";
-    /// Get an access token: [`TokenParams`](super::TokenParams) → [`TokenReply`](super::TokenReply).
-    pub const TOKEN_GET: &str = "token.get";
+    VaultLock = "vault.lock", Empty => Empty, read_only: false;
+    /// Rewrap the data key under a new passphrase.
+    VaultChangePassphrase = "vault.change_passphrase", ChangePassphraseParams => Empty, read_only: false;
+    /// New data key, every field re-encrypted in one transaction.
+    VaultRekey = "vault.rekey", RekeyParams => RekeyResult, read_only: false;
+    /// Add a provider; the result is the provider as configured (discovery included).
+    ProviderAdd = "provider.add", ProviderAddParams => ProviderInfo, read_only: false;
+    /// List providers: a bare JSON array.
+    ProviderList = "provider.list", Empty => Vec<ProviderInfo>, read_only: true;
+    /// Show one provider.
+    ProviderShow = "provider.show", NameParams => ProviderInfo, read_only: true;
+    /// Remove a provider with no credentials.
+    ProviderRemove = "provider.remove", NameParams => Empty, read_only: false;
+    /// Add a credential.
+    CredentialAdd = "credential.add", CredentialAddParams => CredentialInfo, read_only: false;
+    /// List credentials: a bare JSON array.
+    CredentialList = "credential.list", Empty => Vec<CredentialInfo>, read_only: true;
+    /// Show one credential.
+    CredentialShow = "credential.show", NameParams => CredentialInfo, read_only: true;
+    /// Revoke a credential's tokens at the provider, then remove it and them.
+    CredentialRemove = "credential.remove", RemoveParams => Empty, read_only: false;
+    /// Get an access token.
+    TokenGet = "token.get", TokenParams => TokenReply, read_only: false;
     /// Ask the daemon to shut down gracefully.
-    pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
-    /// Counters of the token cache: [`StatsResult`](super::StatsResult).
-    pub const DAEMON_STATS: &str = "daemon.stats";
-    /// Start a user login: [`LoginStartParams`](super::LoginStartParams) → [`LoginStartResult`](super::LoginStartResult).
-    pub const LOGIN_START: &str = "login.start";
-    /// Wait for a started login to finish: [`LoginWaitParams`](super::LoginWaitParams) → [`LoginResult`](super::LoginResult).
-    pub const LOGIN_WAIT: &str = "login.wait";
-    /// Revoke a credential's tokens at the provider and forget them: [`RevokeParams`](super::RevokeParams) → [`RevokeResult`](super::RevokeResult).
-    pub const TOKEN_REVOKE: &str = "token.revoke";
-    /// Incident response: revoke everything (or one provider's), drop caches, lock: [`PanicParams`](super::PanicParams) → [`PanicResult`](super::PanicResult).
-    pub const VAULT_PANIC: &str = "vault.panic";
+    DaemonShutdown = "daemon.shutdown", Empty => Empty, read_only: false;
+    /// Counters of the token cache.
+    DaemonStats = "daemon.stats", Empty => StatsResult, read_only: true;
+    /// Start a user login.
+    LoginStart = "login.start", LoginStartParams => LoginStartResult, read_only: false;
+    /// Wait for a started login to finish.
+    LoginWait = "login.wait", LoginWaitParams => LoginResult, read_only: false;
+    /// Revoke a credential's tokens at the provider and forget them.
+    TokenRevoke = "token.revoke", RevokeParams => RevokeResult, read_only: false;
+    /// Incident response: revoke everything (or one provider's), drop caches, lock.
+    VaultPanic = "vault.panic", PanicParams => PanicResult, read_only: false;
+}
+
+/// Method names as strings: kept for the daemon's dispatch until it moves
+/// to the [`Method`] types; will be removed. Each is its type's
+/// [`Method::NAME`].
+pub mod method {
+    use super::Method;
+
+    /// [`Hello::NAME`](super::Hello).
+    pub const HELLO: &str = super::Hello::NAME;
+    /// [`Status::NAME`](super::Status).
+    pub const STATUS: &str = super::Status::NAME;
+    /// [`VaultInit::NAME`](super::VaultInit).
+    pub const VAULT_INIT: &str = super::VaultInit::NAME;
+    /// [`VaultUnlock::NAME`](super::VaultUnlock).
+    pub const VAULT_UNLOCK: &str = super::VaultUnlock::NAME;
+    /// [`VaultLock::NAME`](super::VaultLock).
+    pub const VAULT_LOCK: &str = super::VaultLock::NAME;
+    /// [`VaultChangePassphrase::NAME`](super::VaultChangePassphrase).
+    pub const VAULT_CHANGE_PASSPHRASE: &str = super::VaultChangePassphrase::NAME;
+    /// [`VaultRekey::NAME`](super::VaultRekey).
+    pub const VAULT_REKEY: &str = super::VaultRekey::NAME;
+    /// [`ProviderAdd::NAME`](super::ProviderAdd).
+    pub const PROVIDER_ADD: &str = super::ProviderAdd::NAME;
+    /// [`ProviderList::NAME`](super::ProviderList).
+    pub const PROVIDER_LIST: &str = super::ProviderList::NAME;
+    /// [`ProviderShow::NAME`](super::ProviderShow).
+    pub const PROVIDER_SHOW: &str = super::ProviderShow::NAME;
+    /// [`ProviderRemove::NAME`](super::ProviderRemove).
+    pub const PROVIDER_REMOVE: &str = super::ProviderRemove::NAME;
+    /// [`CredentialAdd::NAME`](super::CredentialAdd).
+    pub const CREDENTIAL_ADD: &str = super::CredentialAdd::NAME;
+    /// [`CredentialList::NAME`](super::CredentialList).
+    pub const CREDENTIAL_LIST: &str = super::CredentialList::NAME;
+    /// [`CredentialShow::NAME`](super::CredentialShow).
+    pub const CREDENTIAL_SHOW: &str = super::CredentialShow::NAME;
+    /// [`CredentialRemove::NAME`](super::CredentialRemove).
+    pub const CREDENTIAL_REMOVE: &str = super::CredentialRemove::NAME;
+    /// [`TokenGet::NAME`](super::TokenGet).
+    pub const TOKEN_GET: &str = super::TokenGet::NAME;
+    /// [`DaemonShutdown::NAME`](super::DaemonShutdown).
+    pub const DAEMON_SHUTDOWN: &str = super::DaemonShutdown::NAME;
+    /// [`DaemonStats::NAME`](super::DaemonStats).
+    pub const DAEMON_STATS: &str = super::DaemonStats::NAME;
+    /// [`LoginStart::NAME`](super::LoginStart).
+    pub const LOGIN_START: &str = super::LoginStart::NAME;
+    /// [`LoginWait::NAME`](super::LoginWait).
+    pub const LOGIN_WAIT: &str = super::LoginWait::NAME;
+    /// [`TokenRevoke::NAME`](super::TokenRevoke).
+    pub const TOKEN_REVOKE: &str = super::TokenRevoke::NAME;
+    /// [`VaultPanic::NAME`](super::VaultPanic).
+    pub const VAULT_PANIC: &str = super::VaultPanic::NAME;
 }
 
 /// A request as sent by a client.
@@ -73,7 +171,7 @@ pub struct Request<'a, P> {
     pub jsonrpc: &'static str,
     /// Chosen by the client, echoed in the reply.
     pub id: u64,
-    /// One of [`method`].
+    /// A [`Method::NAME`].
     pub method: &'a str,
     /// The method's parameters.
     pub params: P,
@@ -242,6 +340,17 @@ fn expose_opt<S: Serializer>(secret: &Option<SecretString>, ser: S) -> Result<S:
         Some(s) => ser.serialize_some(s.expose_secret()),
         None => ser.serialize_none(),
     }
+}
+
+/// Now, in Unix seconds: the unit of every time in this protocol
+/// (`expires_at`, `created_at`, …).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        // Seconds since 1970 fit an i64 for the next 292 billion years.
+        .map(|d| d.as_secs() as i64)
+        // A clock before 1970 is broken; treat it as the epoch.
+        .unwrap_or(0)
 }
 
 /// Parameters of `hello`.
@@ -843,11 +952,77 @@ mod tests {
     }
 
     #[test]
+    fn token_reply_round_trips() {
+        let reply = TokenReply {
+            access_token: SecretString::from("canary-token-123"),
+            token_type: "Bearer".into(),
+            expires_at: None,
+            scope: "a b".into(),
+        };
+        let json = serde_json::to_string(&reply).unwrap();
+        assert_eq!(
+            json,
+            r#"{"access_token":"canary-token-123","token_type":"Bearer","expires_at":null,"scope":"a b"}"#
+        );
+        let back: TokenReply = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.access_token.expose_secret(), "canary-token-123");
+        assert_eq!(back.token_type, reply.token_type);
+        assert_eq!(back.expires_at, reply.expires_at);
+        assert_eq!(back.scope, reply.scope);
+    }
+
+    #[test]
+    fn method_names_are_unique() {
+        let mut names = std::collections::HashSet::new();
+        for (name, _) in METHODS {
+            assert!(names.insert(*name), "duplicate method name {name}");
+        }
+        assert_eq!(METHODS.len(), 22);
+    }
+
+    #[test]
+    fn exactly_the_looking_methods_are_read_only() {
+        let mut read_only: Vec<&str> = METHODS
+            .iter()
+            .filter(|(_, read_only)| *read_only)
+            .map(|(name, _)| *name)
+            .collect();
+        read_only.sort_unstable();
+        assert_eq!(
+            read_only,
+            [
+                "credential.list",
+                "credential.show",
+                "daemon.stats",
+                "hello",
+                "provider.list",
+                "provider.show",
+                "status",
+            ]
+        );
+        assert_eq!((Status::READ_ONLY, TokenGet::READ_ONLY), (true, false));
+        assert_eq!(method::TOKEN_GET, "token.get");
+    }
+
+    #[test]
+    fn empty_results_and_lists_keep_their_wire_shape() {
+        assert_eq!(serde_json::to_string(&Empty {}).unwrap(), "{}");
+        let list: <ProviderList as Method>::Result = serde_json::from_str("[]").unwrap();
+        assert!(list.is_empty());
+    }
+
+    #[test]
+    fn unix_now_is_in_seconds() {
+        // 2023-11-14 and 2100-01-01: seconds, not milliseconds.
+        assert!((1_700_000_000..4_102_444_800).contains(&unix_now()));
+    }
+
+    #[test]
     fn request_matches_the_documented_shape() {
         let req = Request {
             jsonrpc: "2.0",
             id: 1,
-            method: method::TOKEN_GET,
+            method: TokenGet::NAME,
             params: TokenParams {
                 credential: "github".into(),
                 scopes: None,

@@ -6,6 +6,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use latchkey_client::duration;
 use latchkey_daemon::{fsutil, hardening, keyring, lockfile, Clock, Config};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -25,14 +26,14 @@ struct Args {
     /// Vault file [default: $XDG_DATA_HOME/latchkey/vault.db]
     #[arg(long, env = "LATCHKEY_VAULT")]
     vault: Option<PathBuf>,
-    /// Lock the vault after this long without use: 900, 30s, 15m, 1h; 0 never
-    #[arg(long, env = "LATCHKEY_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "15m")]
+    /// Lock the vault after this long without use, in whole seconds: 900, 30s, 15m, 1h, 1d; 0 never
+    #[arg(long, env = "LATCHKEY_IDLE_TIMEOUT", value_parser = duration::parse_whole_secs, default_value = "15m")]
     idle_timeout: Duration,
     /// Unlock at start with the passphrase in this file (headless runs)
     #[arg(long, env = "LATCHKEY_PASSPHRASE_FILE")]
     passphrase_file: Option<PathBuf>,
     /// How long a started request line may take to arrive
-    #[arg(long, env = "LATCHKEY_FRAME_TIMEOUT", value_parser = parse_duration, default_value = "10s", hide = true)]
+    #[arg(long, env = "LATCHKEY_FRAME_TIMEOUT", value_parser = duration::parse, default_value = "10s", hide = true)]
     frame_timeout: Duration,
 }
 
@@ -135,25 +136,4 @@ fn init_tracing() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-}
-
-/// `900`, `30s`, `15m`, `2h`, `1d`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration such as 900, 30s, 15m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        "ms" => return Ok(Duration::from_millis(n)),
-        _ => return Err(format!("'{text}' has an unknown unit; use s, m, h or d")),
-    };
-    Ok(Duration::from_secs(secs))
 }

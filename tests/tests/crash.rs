@@ -159,7 +159,7 @@ fn rotating_refresh_tokens_survive_sigkill_at_random_moments() {
                     reached,
                     "needs_login although the killed refresh never reached the provider (after {delay:?}); {f:?}"
                 );
-                assert_eq!(env.credential_show("app").state, "needs_login");
+                assert_eq!(env.credential_show("app").state, latchkey_client::protocol::CredentialState::NeedsLogin);
                 env.browser_login("app", &Browser::new());
             }
             Err(e) => panic!("after a restart, token.get failed with neither success nor reauth_required: {e}; {f:?}"),

@@ -102,7 +102,10 @@ fn auth_code_end_to_end(confidential: bool) {
         add_public(&env, "app", GrantType::AuthorizationCode);
         (PUBLIC_ID, "none")
     };
-    assert_eq!(env.credential_show("app").state, "needs_login");
+    assert_eq!(
+        env.credential_show("app").state,
+        latchkey_client::protocol::CredentialState::NeedsLogin
+    );
 
     let (login_id, url) = start(&env, "app");
     check_authorization_url(&p, &url, client_id);
@@ -145,7 +148,10 @@ fn auth_code_end_to_end(confidential: bool) {
     );
 
     let info = env.credential_show("app");
-    assert_eq!(info.state, "ready");
+    assert_eq!(
+        info.state,
+        latchkey_client::protocol::CredentialState::Ready
+    );
     assert_eq!(info.subject.as_deref(), Some("alice"));
     assert!(info.has_refresh_token);
     // `status` says whose account the credential holds, and that it needs no login.
@@ -280,7 +286,10 @@ fn a_login_nobody_completes_times_out_cleanly() {
         .is_err(),
         "nothing listens on the callback port {port} after the timeout"
     );
-    assert_eq!(env.credential_show("app").state, "needs_login");
+    assert_eq!(
+        env.credential_show("app").state,
+        latchkey_client::protocol::CredentialState::NeedsLogin
+    );
     assert_eq!(p.stats().token_requests, 0);
     // A late browser finds nobody; a new login works.
     let late = Browser::new().callback_url(url.as_str(), Decision::Approve);
@@ -300,7 +309,10 @@ fn a_refused_consent_is_forbidden() {
     check_security_headers(&callback);
     let (kind, message) = kind_of(env.login_wait(&login_id));
     assert_eq!(kind, ErrorKind::Forbidden, "{message}");
-    assert_eq!(env.credential_show("app").state, "needs_login");
+    assert_eq!(
+        env.credential_show("app").state,
+        latchkey_client::protocol::CredentialState::NeedsLogin
+    );
     assert_eq!(p.stats().token_requests, 0);
 }
 
@@ -359,7 +371,10 @@ fn device_login(confidential: bool, approve: bool) {
         assert!(result.refresh_token);
         assert!(stats.grant(DEVICE_CODE_GRANT) >= 1, "{stats:?}");
         let info = env.credential_show("tv");
-        assert_eq!(info.state, "ready");
+        assert_eq!(
+            info.state,
+            latchkey_client::protocol::CredentialState::Ready
+        );
         let token = env.token_get("tv", None).expect("token.get");
         let at = token.access_token.expose_secret();
         assert_eq!(p.resource(at), 200);
@@ -377,7 +392,10 @@ fn device_login(confidential: bool, approve: bool) {
         let (kind, message) = kind_of(outcome);
         assert_eq!(kind, ErrorKind::Forbidden, "{message}");
         assert!(message.contains("denied"), "{message}");
-        assert_eq!(env.credential_show("tv").state, "needs_login");
+        assert_eq!(
+            env.credential_show("tv").state,
+            latchkey_client::protocol::CredentialState::NeedsLogin
+        );
         let (kind, _) = kind_of(env.token_get("tv", None));
         assert_eq!(kind, ErrorKind::ReauthRequired);
     }

@@ -204,7 +204,11 @@ fn access_revoked_at_the_provider_needs_login_and_a_new_login_restores() {
     assert!(message.contains("latchkey login app"), "{message}");
     assert_eq!(refreshes(&p), 1);
     let info = env.credential_show("app");
-    assert_eq!(info.state, "needs_login", "{info:?}");
+    assert_eq!(
+        info.state,
+        latchkey_client::protocol::CredentialState::NeedsLogin,
+        "{info:?}"
+    );
     assert!(!info.has_refresh_token);
 
     // Later callers are told the same without asking the provider again,
@@ -227,14 +231,16 @@ fn access_revoked_at_the_provider_needs_login_and_a_new_login_restores() {
     );
     let info = env.credential_show("app");
     assert_eq!(
-        info.state, "needs_login",
+        info.state,
+        latchkey_client::protocol::CredentialState::NeedsLogin,
         "credential.show after repeated token.get on a credential that needs a login: {info:?}"
     );
     // Still so once any backoff of those calls has passed.
     std::thread::sleep(Duration::from_millis(2500));
     let info = env.credential_show("app");
     assert_eq!(
-        info.state, "needs_login",
+        info.state,
+        latchkey_client::protocol::CredentialState::NeedsLogin,
         "credential.show a while after token.get on a credential that needs a login: {info:?}"
     );
 
@@ -245,7 +251,10 @@ fn access_revoked_at_the_provider_needs_login_and_a_new_login_restores() {
         .token_get("app", None)
         .expect("token.get after the new login");
     assert_eq!(p.resource(after.access_token.expose_secret()), 200);
-    assert_eq!(env.credential_show("app").state, "ready");
+    assert_eq!(
+        env.credential_show("app").state,
+        latchkey_client::protocol::CredentialState::Ready
+    );
     let forced = env.token_get("app", FORCE).expect("and it refreshes again");
     assert_eq!(p.resource(forced.access_token.expose_secret()), 200);
 }
@@ -319,7 +328,11 @@ fn provider_faults_during_refresh_map_to_error_kinds_and_keep_the_grant() {
         }
         assert_eq!(refreshes(&p), 1, "{name}: one request");
         let info = env.credential_show(name);
-        assert_eq!(info.state, "backoff", "{name}: {info:?}");
+        assert_eq!(
+            info.state,
+            latchkey_client::protocol::CredentialState::Backoff,
+            "{name}: {info:?}"
+        );
         assert!(
             info.has_refresh_token,
             "{name}: a transient fault keeps the grant"
@@ -360,7 +373,11 @@ fn provider_faults_during_refresh_map_to_error_kinds_and_keep_the_grant() {
             2,
             "{name}: one more request once the backoff passed"
         );
-        assert_eq!(env.credential_show(name).state, "ready", "{name}");
+        assert_eq!(
+            env.credential_show(name).state,
+            latchkey_client::protocol::CredentialState::Ready,
+            "{name}"
+        );
     }
 }
 

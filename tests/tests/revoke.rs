@@ -91,7 +91,10 @@ fn token_revoke_revokes_at_the_provider_and_forgets_locally() {
 
     // Here: forgotten, in memory and on disk.
     let info = env.credential_show("app");
-    assert_eq!(info.state, "needs_login");
+    assert_eq!(
+        info.state,
+        latchkey_client::protocol::CredentialState::NeedsLogin
+    );
     assert!(
         !info.has_refresh_token && info.tokens.is_empty(),
         "{info:?}"
@@ -141,7 +144,10 @@ fn local_only_revocation_without_a_revocation_endpoint_is_plain_about_it() {
     );
     assert!(result.forgotten >= 1, "{result:?}");
     assert_eq!(p.stats().revocations, 0);
-    assert_eq!(env.credential_show("app").state, "needs_login");
+    assert_eq!(
+        env.credential_show("app").state,
+        latchkey_client::protocol::CredentialState::NeedsLogin
+    );
     assert_eq!(grant_rows(&env), 0);
     let (kind, _) = kind_of(env.token_get("app", None));
     assert_eq!(kind, ErrorKind::ReauthRequired);
@@ -159,7 +165,10 @@ fn local_only_revocation_without_a_revocation_endpoint_is_plain_about_it() {
     ));
     assert_eq!(kind, ErrorKind::InvalidRequest, "{message}");
     assert!(message.contains("not removed"), "{message}");
-    assert_eq!(env.credential_show("app").state, "ready");
+    assert_eq!(
+        env.credential_show("app").state,
+        latchkey_client::protocol::CredentialState::Ready
+    );
     env.rpc::<_, Empty>(
         method::CREDENTIAL_REMOVE,
         &RemoveParams {

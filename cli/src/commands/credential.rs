@@ -10,8 +10,8 @@ use crate::output::{self, Fields};
 use crate::secret::{self, Source};
 use anyhow::{Context, Result};
 use latchkey_client::protocol::{
-    method, AuthMethod, CredentialAddParams, CredentialInfo, CredentialState, Empty, GrantType,
-    NameParams, RemoveParams,
+    unix_now, AuthMethod, CredentialAdd, CredentialAddParams, CredentialInfo, CredentialList,
+    CredentialRemove, CredentialShow, CredentialState, Empty, GrantType, NameParams, RemoveParams,
 };
 use secrecy::SecretString;
 use std::path::PathBuf;
@@ -165,7 +165,7 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
             "--auth none is for public clients, which have no secret: drop the --client-secret-* flag or choose another --auth",
         ));
     }
-    let mut session = ctx.connect()?;
+    let mut conn = ctx.connect()?;
     let client_secret = match (auth, source) {
         (AuthMethod::None, _) => None,
         (_, Some(source)) => Some(source.read("client secret")?),
@@ -181,8 +181,7 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
         scopes: split_scopes(&args.scopes),
         redirect_uri: args.redirect_uri,
     };
-    let _: serde_json::Value = session
-        .call(method::CREDENTIAL_ADD, &params)
+    conn.call::<CredentialAdd>(&params)
         .with_context(|| format!("failed to add credential '{}'", params.name))?;
     ctx.done(format_args!(
         "added credential '{}' ({}, {})",
@@ -205,11 +204,10 @@ fn prompt_secret(name: &str, auth: AuthMethod) -> Result<SecretString> {
 }
 
 fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
-    let reply: serde_json::Value = ctx
+    let credentials = ctx
         .connect()?
-        .call(method::CREDENTIAL_LIST, &Empty {})
+        .call::<CredentialList>(&Empty {})
         .context("failed to list credentials")?;
-    let credentials: Vec<CredentialInfo> = super::list_reply(reply, "credentials")?;
     if args.json {
         return output::print_json(&credentials);
     }
@@ -218,8 +216,7 @@ fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
             "no credentials: add one with `latchkey credential add NAME --provider P --client-id ID`",
         );
     }
-    let now = output::now_unix();
-    output::print(&list_table(&credentials, now))
+    output::print(&list_table(&credentials, unix_now()))
 }
 
 fn list_table(credentials: &[CredentialInfo], now: i64) -> String {
@@ -264,19 +261,16 @@ fn token_expiry(c: &CredentialInfo, now: i64) -> String {
 }
 
 fn show(ctx: &Ctx, args: ShowArgs) -> Result<()> {
-    let info: CredentialInfo = ctx
+    let info = ctx
         .connect()?
-        .call(
-            method::CREDENTIAL_SHOW,
-            &NameParams {
-                name: args.name.clone(),
-            },
-        )
+        .call::<CredentialShow>(&NameParams {
+            name: args.name.clone(),
+        })
         .with_context(|| format!("failed to show credential '{}'", args.name))?;
     if args.json {
         return output::print_json(&info);
     }
-    output::print(&render(&info, output::now_unix()))
+    output::print(&render(&info, unix_now()))
 }
 
 fn render(info: &CredentialInfo, now: i64) -> String {
@@ -332,15 +326,11 @@ fn render(info: &CredentialInfo, now: i64) -> String {
 fn remove(ctx: &Ctx, args: RemoveArgs) -> Result<()> {
     // The daemon revokes at the provider first, unless told not to; when
     // revocation fails it removes nothing and says to use --local-only.
-    let _: serde_json::Value = ctx
-        .connect()?
-        .call(
-            method::CREDENTIAL_REMOVE,
-            &RemoveParams {
-                name: args.name.clone(),
-                local_only: args.local_only,
-            },
-        )
+    ctx.connect()?
+        .call::<CredentialRemove>(&RemoveParams {
+            name: args.name.clone(),
+            local_only: args.local_only,
+        })
         .with_context(|| format!("failed to remove credential '{}'", args.name))?;
     if args.local_only {
         ctx.done(format_args!(

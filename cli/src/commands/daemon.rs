@@ -1,14 +1,14 @@
 //! `latchkey daemon start|stop|status`: manage `latchkeyd` explicitly (every
 //! other command starts it on demand).
 
-use crate::args::parse_duration;
 use crate::context::Ctx;
 use crate::exit::{self, Silent};
 use crate::output::{self, Fields};
 use crate::spawn;
 use anyhow::{Context, Result};
 use latchkey_client::blocking::Client;
-use latchkey_client::protocol::{method, Empty, VaultState};
+use latchkey_client::duration;
+use latchkey_client::protocol::{DaemonShutdown, Empty, VaultState};
 use latchkey_client::ErrorKind;
 use std::process::Command as Process;
 use std::time::{Duration, Instant};
@@ -29,8 +29,8 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct StartArgs {
-    /// Lock the vault after this long without use: 600, 30s, 10m or 1h; 0 never locks [default: the daemon's, or $LATCHKEY_IDLE_TIMEOUT]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Lock the vault after this long without use: 600, 30s, 10m, 1h or 1d; 0 never locks [default: the daemon's, or $LATCHKEY_IDLE_TIMEOUT]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_whole_secs)]
     idle_timeout: Option<Duration>,
     /// Run the daemon in this terminal instead of the background, logging to stderr
     #[arg(long)]
@@ -51,8 +51,8 @@ fn start(ctx: &Ctx, args: StartArgs) -> Result<()> {
         // The daemon itself refuses to start when another one serves the vault.
         return run_foreground(spawn::command(&daemon_args));
     }
-    if let Some(mut session) = ctx.connect_running()? {
-        let pid = session.hello()?.pid;
+    if let Some(mut conn) = ctx.connect_running()? {
+        let pid = conn.hello()?.pid;
         if args.idle_timeout.is_some() {
             ctx.warn("--idle-timeout was not applied: the running daemon keeps its settings; restart it with `latchkey daemon stop` first");
         }
@@ -106,18 +106,18 @@ fn cannot_start(cmd: &Process, err: std::io::Error) -> anyhow::Error {
 }
 
 fn stop(ctx: &Ctx) -> Result<()> {
-    let Some(mut session) = ctx.connect_running()? else {
+    let Some(mut conn) = ctx.connect_running()? else {
         return ctx.done("daemon is not running");
     };
-    let pid = session.hello()?.pid;
-    match session.raw::<_, serde_json::Value>(method::DAEMON_SHUTDOWN, &Empty {}) {
+    let pid = conn.hello()?.pid;
+    match conn.raw::<DaemonShutdown>(&Empty {}) {
         Ok(_) => {}
         // Going away before or while answering is what we asked for.
         Err(latchkey_client::Error::Io(_)) => {}
         Err(err) if err.kind() == Some(ErrorKind::ShuttingDown) => {}
         Err(err) => return Err(err).context("failed to stop the daemon"),
     }
-    drop(session);
+    drop(conn);
 
     let deadline = Instant::now() + STOP_TIMEOUT;
     let mut pause = Duration::from_millis(5);
@@ -162,15 +162,15 @@ fn process_exists(_pid: u32) -> bool {
 }
 
 fn status(ctx: &Ctx) -> Result<()> {
-    let Some(mut session) = ctx.connect_running()? else {
+    let Some(mut conn) = ctx.connect_running()? else {
         output::print(&format!(
             "daemon: not running (socket {}); start it with `latchkey daemon start`\n",
             ctx.socket.display()
         ))?;
         return Err(Silent(exit::DAEMON_UNREACHABLE).into());
     };
-    let hello = session.hello()?;
-    let status = session.status()?;
+    let hello = conn.hello()?;
+    let status = conn.status()?;
     let mut f = Fields::default();
     f.add("daemon", format!("running (pid {})", hello.pid))
         .add(

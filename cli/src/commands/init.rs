@@ -5,7 +5,7 @@ use crate::context::Ctx;
 use crate::exit;
 use crate::secret::{self, Source};
 use anyhow::{Context, Result};
-use latchkey_client::protocol::{method, InitParams, InitResult, VaultState};
+use latchkey_client::protocol::{InitParams, VaultInit, VaultState};
 use latchkey_client::ErrorKind;
 
 /// Passphrase sources, in order: the flags, `$LATCHKEY_PASSPHRASE_FILE`, a
@@ -21,9 +21,9 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
-    let mut session = ctx.connect()?;
+    let mut conn = ctx.connect()?;
     // Ask before prompting, so nobody types a passphrase twice for nothing.
-    let status = session.status()?;
+    let status = conn.status()?;
     if status.vault != VaultState::Uninitialized {
         return Err(latchkey_client::Error::Daemon {
             kind: ErrorKind::AlreadyInitialized,
@@ -51,8 +51,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
         passphrase,
         keyring: args.keyring,
     };
-    let result: InitResult = session
-        .raw(method::VAULT_INIT, &params)
+    let result = conn
+        .raw::<VaultInit>(&params)
         .context("failed to create the vault")?;
 
     let slots: Vec<String> = result.slots.iter().map(slot_label).collect();

@@ -2,16 +2,15 @@
 
 use crate::context::Ctx;
 use anyhow::{Context, Result};
-use latchkey_client::protocol::{method, Empty};
+use latchkey_client::protocol::{Empty, VaultLock};
 
 pub fn run(ctx: &Ctx) -> Result<()> {
     // A daemon that is not running holds no keys: starting one only to lock
     // it would be wasted work, so `lock` never starts the daemon.
-    let Some(mut session) = ctx.connect_running()? else {
+    let Some(mut conn) = ctx.connect_running()? else {
         return ctx.done("vault is locked (the daemon is not running)");
     };
-    let _: serde_json::Value = session
-        .raw(method::VAULT_LOCK, &Empty {})
+    conn.raw::<VaultLock>(&Empty {})
         .context("failed to lock the vault")?;
     ctx.done("vault locked")
 }

@@ -7,13 +7,13 @@
 //! each alone on its line, then the outcome. Hints, the QR code and the
 //! spinner go to stderr, the last two only when it is a terminal.
 
-use crate::args::parse_duration;
 use crate::context::Ctx;
 use crate::output;
 use crate::terminal::{self, Spinner};
 use anyhow::{Context, Result};
+use latchkey_client::duration;
 use latchkey_client::protocol::{
-    method, LoginResult, LoginStartParams, LoginStartResult, LoginWaitParams,
+    LoginResult, LoginStart, LoginStartParams, LoginStartResult, LoginWait, LoginWaitParams,
 };
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
@@ -47,7 +47,7 @@ pub struct Args {
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let timeout = parse_duration(text)?;
+    let timeout = duration::parse_whole_secs(text).map_err(|e| e.to_string())?;
     if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout) {
         return Err(format!(
             "a login timeout of {} is out of range: use 5s to 1h",
@@ -111,14 +111,14 @@ impl Prompt {
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
     let name = args.name;
-    let mut session = ctx.connect()?;
+    let mut conn = ctx.connect()?;
     let params = LoginStartParams {
         credential: name.clone(),
         device: args.device,
         timeout_secs: Some(args.timeout.as_secs()),
     };
-    let start: LoginStartResult = session
-        .call(method::LOGIN_START, &params)
+    let start = conn
+        .call::<LoginStart>(&params)
         .with_context(|| format!("failed to start the login of credential '{name}'"))?;
     let prompt = Prompt::from_start(&start)?;
     let expires_in = Duration::from_secs(start.expires_in);
@@ -126,7 +126,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
     // expiry; the reply may come a little after (see WAIT_MARGIN).
     let limit = args.timeout.min(expires_in);
     let deadline = Instant::now() + limit;
-    session.set_timeout(args.timeout.max(expires_in) + WAIT_MARGIN)?;
+    conn.set_timeout(args.timeout.max(expires_in) + WAIT_MARGIN)?;
 
     match &prompt {
         Prompt::Browser { .. } if args.no_browser => {
@@ -175,12 +175,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
             ));
             None
         };
-        session.call::<_, LoginResult>(
-            method::LOGIN_WAIT,
-            &LoginWaitParams {
-                login_id: start.login_id,
-            },
-        )
+        conn.call::<LoginWait>(&LoginWaitParams {
+            login_id: start.login_id,
+        })
         // The spinner is erased here, before anything else is printed.
     };
     let result = waited.map_err(|err| name_the_credential(err, &name))?;

@@ -116,32 +116,3 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Daemon(command) => daemon::run(ctx, command),
     }
 }
-
-/// Decodes a `*.list` reply. protocol.rs names no type for it yet, so both a
-/// bare array and an object holding the array under `key` are accepted.
-fn list_reply<T: serde::de::DeserializeOwned>(
-    reply: serde_json::Value,
-    key: &str,
-) -> Result<Vec<T>> {
-    let items = match reply {
-        serde_json::Value::Object(mut map) => map.remove(key).unwrap_or_default(),
-        other => other,
-    };
-    serde_json::from_value(items).map_err(|e| {
-        anyhow::anyhow!("unexpected reply from the latchkey daemon: bad {key} list: {e}")
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn list_replies_come_bare_or_wrapped() {
-        let bare: Vec<String> = list_reply(serde_json::json!(["a", "b"]), "names").unwrap();
-        let wrapped: Vec<String> =
-            list_reply(serde_json::json!({"names": ["a", "b"]}), "names").unwrap();
-        assert_eq!(bare, wrapped);
-        assert!(list_reply::<String>(serde_json::json!({"other": []}), "names").is_err());
-    }
-}

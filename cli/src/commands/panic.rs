@@ -6,7 +6,7 @@
 use crate::context::Ctx;
 use crate::output;
 use anyhow::{Context, Result};
-use latchkey_client::protocol::{method, PanicEntry, PanicParams, PanicResult};
+use latchkey_client::protocol::{PanicEntry, PanicParams, PanicResult, VaultPanic};
 use std::time::Duration;
 
 /// 30 minutes: the daemon revokes credential after credential, each request
@@ -22,15 +22,12 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
-    let mut session = ctx.connect()?;
-    session.set_timeout(PANIC_TIMEOUT)?;
-    let result: PanicResult = session
-        .call(
-            method::VAULT_PANIC,
-            &PanicParams {
-                provider: args.provider,
-            },
-        )
+    let mut conn = ctx.connect()?;
+    conn.set_timeout(PANIC_TIMEOUT)?;
+    let result = conn
+        .call::<VaultPanic>(&PanicParams {
+            provider: args.provider,
+        })
         .context("failed to revoke the vault's tokens")?;
     // The report is the point of the command: printed even with --quiet.
     output::print(&render(&result))?;

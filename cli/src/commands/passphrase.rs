@@ -4,7 +4,7 @@ use crate::context::Ctx;
 use crate::exit;
 use crate::secret::{self, Source};
 use anyhow::{Context, Result};
-use latchkey_client::protocol::{method, ChangePassphraseParams};
+use latchkey_client::protocol::{ChangePassphraseParams, VaultChangePassphrase};
 use secrecy::SecretString;
 use std::path::PathBuf;
 
@@ -27,14 +27,10 @@ pub struct ChangeArgs {
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
     let Command::Change(args) = command;
-    let mut session = ctx.connect()?;
+    let mut conn = ctx.connect()?;
     let old = read(args.old_file, "current passphrase", false)?;
     let new = read(args.new_file, "new passphrase", true)?;
-    let _: serde_json::Value = session
-        .call(
-            method::VAULT_CHANGE_PASSPHRASE,
-            &ChangePassphraseParams { old, new },
-        )
+    conn.call::<VaultChangePassphrase>(&ChangePassphraseParams { old, new })
         .context("failed to change the passphrase")?;
     ctx.done("passphrase changed")
 }

@@ -6,7 +6,8 @@ use crate::output::{self, Fields};
 use anyhow::{Context, Result};
 use clap::ArgGroup;
 use latchkey_client::protocol::{
-    method, Empty, Endpoints, NameParams, ProviderAddParams, ProviderInfo,
+    Empty, Endpoints, NameParams, ProviderAdd, ProviderAddParams, ProviderList, ProviderRemove,
+    ProviderShow,
 };
 
 #[derive(clap::Subcommand)]
@@ -94,29 +95,26 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
             jwks_uri: args.jwks_uri,
         },
     };
-    let reply: serde_json::Value = ctx
+    let info = ctx
         .connect()?
-        .call(method::PROVIDER_ADD, &params)
+        .call::<ProviderAdd>(&params)
         .with_context(|| format!("failed to add provider '{}'", params.name))?;
     ctx.done(format_args!("added provider '{}'", params.name))?;
-    // The daemon may answer with the provider as configured; show what
+    // The daemon answers with the provider as configured; show what
     // discovery found, since that is what the user did not type.
-    if let Ok(info) = serde_json::from_value::<ProviderInfo>(reply) {
-        if params.issuer.is_some() && !ctx.quiet {
-            let mut f = Fields::default();
-            add_endpoints(&mut f, &info.endpoints);
-            output::print(&f.render())?;
-        }
+    if params.issuer.is_some() && !ctx.quiet {
+        let mut f = Fields::default();
+        add_endpoints(&mut f, &info.endpoints);
+        output::print(&f.render())?;
     }
     Ok(())
 }
 
 fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
-    let reply: serde_json::Value = ctx
+    let providers = ctx
         .connect()?
-        .call(method::PROVIDER_LIST, &Empty {})
+        .call::<ProviderList>(&Empty {})
         .context("failed to list providers")?;
-    let providers: Vec<ProviderInfo> = super::list_reply(reply, "providers")?;
     if args.json {
         return output::print_json(&providers);
     }
@@ -144,14 +142,11 @@ fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
 }
 
 fn show(ctx: &Ctx, args: ShowArgs) -> Result<()> {
-    let info: ProviderInfo = ctx
+    let info = ctx
         .connect()?
-        .call(
-            method::PROVIDER_SHOW,
-            &NameParams {
-                name: args.name.clone(),
-            },
-        )
+        .call::<ProviderShow>(&NameParams {
+            name: args.name.clone(),
+        })
         .with_context(|| format!("failed to show provider '{}'", args.name))?;
     if args.json {
         return output::print_json(&info);
@@ -172,14 +167,10 @@ fn show(ctx: &Ctx, args: ShowArgs) -> Result<()> {
 }
 
 fn remove(ctx: &Ctx, args: NameArg) -> Result<()> {
-    let _: serde_json::Value = ctx
-        .connect()?
-        .call(
-            method::PROVIDER_REMOVE,
-            &NameParams {
-                name: args.name.clone(),
-            },
-        )
+    ctx.connect()?
+        .call::<ProviderRemove>(&NameParams {
+            name: args.name.clone(),
+        })
         .with_context(|| format!("failed to remove provider '{}'", args.name))?;
     ctx.done(format_args!("removed provider '{}'", args.name))
 }

@@ -7,7 +7,7 @@ use crate::context::Ctx;
 use crate::exit;
 use crate::secret::{self, Source};
 use anyhow::{Context, Result};
-use latchkey_client::protocol::{method, RekeyParams, RekeyResult};
+use latchkey_client::protocol::{RekeyParams, VaultRekey};
 
 /// The passphrase comes from the flags, else `$LATCHKEY_PASSPHRASE_FILE`,
 /// else a prompt; a vault with only a keyring slot needs none.
@@ -18,7 +18,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
-    let mut session = ctx.connect()?;
+    let mut conn = ctx.connect()?;
     let source = args
         .passphrase
         .source()
@@ -26,7 +26,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
     let passphrase = match source {
         Some(source) => Some(source.read("passphrase")?),
         None => {
-            let status = session.status()?;
+            let status = conn.status()?;
             if !status.slots.iter().any(|s| s.kind == "passphrase") {
                 None
             } else if secret::can_prompt() {
@@ -38,8 +38,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
             }
         }
     };
-    let result: RekeyResult = session
-        .call(method::VAULT_REKEY, &RekeyParams { passphrase })
+    let result = conn
+        .call::<VaultRekey>(&RekeyParams { passphrase })
         .context("failed to rekey the vault")?;
     ctx.done(format_args!(
         "re-encrypted {} field{} under a new data key and rewrapped {} key slot{}",

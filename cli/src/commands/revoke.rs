@@ -4,7 +4,7 @@
 
 use crate::context::Ctx;
 use anyhow::{Context, Result};
-use latchkey_client::protocol::{method, RevokeParams, RevokeResult};
+use latchkey_client::protocol::{RevokeParams, RevokeResult, TokenRevoke};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,9 +20,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
         credential: args.name.clone(),
         local_only: args.local_only,
     };
-    let result: RevokeResult = ctx
+    let result = ctx
         .connect()?
-        .call(method::TOKEN_REVOKE, &params)
+        .call::<TokenRevoke>(&params)
         .with_context(|| format!("failed to revoke the tokens of credential '{}'", args.name))?;
     ctx.done(render(&args.name, &result, args.local_only))
 }

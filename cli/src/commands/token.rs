@@ -1,11 +1,12 @@
 //! `latchkey token NAME`: print an access token (the one place, with
 //! `header`, where a secret is meant to reach stdout).
 
-use crate::args::{parse_duration, parse_scope_arg, scope_subset};
+use crate::args::{parse_scope_arg, scope_subset};
 use crate::context::Ctx;
 use crate::output;
 use anyhow::{Context, Result};
-use latchkey_client::protocol::{method, TokenParams, TokenReply};
+use latchkey_client::duration;
+use latchkey_client::protocol::{TokenGet, TokenParams, TokenReply};
 use latchkey_client::ErrorKind;
 use secrecy::ExposeSecret;
 use std::time::Duration;
@@ -16,8 +17,8 @@ use zeroize::Zeroizing;
 pub struct TokenArgs {
     /// The credential's name
     pub name: String,
-    /// The token must stay valid at least this long: 600, 30s, 10m or 1h (longer than the provider's token lifetime forces one refresh)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// The token must stay valid at least this long: 600, 30s, 10m, 1h or 1d (longer than the provider's token lifetime forces one refresh)
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_whole_secs)]
     pub min_ttl: Option<Duration>,
     /// Ask for a subset of the credential's scopes; repeat the flag or separate scopes with spaces
     #[arg(long = "scope", value_name = "S", value_parser = parse_scope_arg)]
@@ -51,7 +52,7 @@ pub fn fetch(ctx: &Ctx, args: &TokenArgs) -> Result<TokenReply> {
         min_ttl: args.min_ttl.map(|d| d.as_secs()),
     };
     ctx.connect()?
-        .call(method::TOKEN_GET, &params)
+        .call::<TokenGet>(&params)
         .map_err(|err| login_hint(err, &args.name))
         .with_context(|| format!("failed to get a token for '{}'", args.name))
 }

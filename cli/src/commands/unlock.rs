@@ -1,11 +1,11 @@
 //! `latchkey unlock`: open the vault with a passphrase or the keyring slot.
 
 use crate::args::{PassphraseArgs, PASSPHRASE_FLAGS};
-use crate::context::{Ctx, Session};
+use crate::context::{Connection, Ctx};
 use crate::exit;
 use crate::secret::{self, Source};
 use anyhow::{Context, Result};
-use latchkey_client::protocol::{method, UnlockParams, UnlockResult, VaultState};
+use latchkey_client::protocol::{UnlockParams, VaultState, VaultUnlock};
 use latchkey_client::ErrorKind;
 use secrecy::SecretString;
 
@@ -21,10 +21,9 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
-    let mut session = ctx.connect()?;
+    let mut conn = ctx.connect()?;
     if args.keyring {
-        return unlock(ctx, &mut session, None)
-            .context("failed to unlock the vault with the keyring");
+        return unlock(ctx, &mut conn, None).context("failed to unlock the vault with the keyring");
     }
     if let Some(source) = args
         .passphrase
@@ -32,12 +31,12 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
         .or_else(Source::passphrase_file_env)
     {
         let passphrase = source.read("passphrase")?;
-        return unlock(ctx, &mut session, Some(passphrase)).with_context(|| {
+        return unlock(ctx, &mut conn, Some(passphrase)).with_context(|| {
             format!("failed to unlock the vault with the passphrase from {source}")
         });
     }
 
-    let status = session.status()?;
+    let status = conn.status()?;
     match status.vault {
         VaultState::Uninitialized => {
             return Err(latchkey_client::Error::Daemon {
@@ -55,7 +54,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
     }
     let has = |kind: &str| status.slots.iter().any(|s| s.kind == kind);
     if has("keyring") {
-        match unlock(ctx, &mut session, None) {
+        match unlock(ctx, &mut conn, None) {
             Ok(()) => return Ok(()),
             Err(err)
                 if has("passphrase")
@@ -77,15 +76,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
         )));
     }
     let passphrase = secret::prompt("Vault passphrase: ", "passphrase")?;
-    unlock(ctx, &mut session, Some(passphrase)).context("failed to unlock the vault")
+    unlock(ctx, &mut conn, Some(passphrase)).context("failed to unlock the vault")
 }
 
 fn unlock(
     ctx: &Ctx,
-    session: &mut Session,
+    conn: &mut Connection,
     passphrase: Option<SecretString>,
 ) -> Result<(), latchkey_client::Error> {
-    let result: UnlockResult = session.raw(method::VAULT_UNLOCK, &UnlockParams { passphrase })?;
+    let result = conn.raw::<VaultUnlock>(&UnlockParams { passphrase })?;
     let message = if result.already_unlocked {
         "vault is already unlocked".to_owned()
     } else {
