@@ -1,29 +1,17 @@
 //! One request line in, one reply line out: parse the JSON-RPC envelope,
-//! route the method to the daemon's verb, and write the result or the
-//! error with its stable kind. Never echoes request content in errors.
+//! route the method by name to its [`Handler`], and write the result (as
+//! the method's protocol type) or the error with its stable kind. Never
+//! echoes request content in errors.
 
 use crate::error::ApiError;
+use crate::handler::Handler;
 use crate::state::{Daemon, Peer};
-use crate::{lifecycle, login, manage, revoke, token};
-use latchkey_client::protocol::{
-    method, ErrorKind, HelloParams, HelloResult, NameParams, PROTOCOL_VERSION,
-};
+use latchkey_client::protocol::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::sync::Arc;
-
-/// Methods that only look: they never reset the auto-lock clock.
-const READ_ONLY: &[&str] = &[
-    method::HELLO,
-    method::STATUS,
-    method::PROVIDER_LIST,
-    method::PROVIDER_SHOW,
-    method::CREDENTIAL_LIST,
-    method::CREDENTIAL_SHOW,
-    method::DAEMON_STATS,
-];
 
 /// What the connection should do after the reply is written.
 #[derive(Debug, PartialEq, Eq)]
@@ -95,97 +83,37 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec
         return After::Continue;
     }
     let params = request.params;
-    let name = request.method.as_ref();
-    // Read-only calls do not count as use of the vault: a status bar or a
-    // script polling them must not keep it unlocked forever. Everything
-    // else (above all `token.get`) resets the auto-lock clock.
-    if !READ_ONLY.contains(&name) {
-        daemon.touch();
-    }
-    match name {
-        method::HELLO => respond(
-            out,
-            id,
-            parse::<HelloParams>(name, params).map(|p| hello(&p)),
-        ),
-        method::STATUS => respond(out, id, lifecycle::status(daemon)),
-        method::TOKEN_GET => match parse(name, params) {
-            Ok(p) => respond(out, id, token::get(daemon, p, peer).await.map(Served)),
-            Err(e) => write_error(out, id, &e),
-        },
-        method::VAULT_INIT => match parse(name, params) {
-            Ok(p) => respond(out, id, lifecycle::init(daemon, p).await),
-            Err(e) => write_error(out, id, &e),
-        },
-        method::VAULT_UNLOCK => match parse(name, params) {
-            Ok(p) => respond(out, id, lifecycle::unlock(daemon, p, peer).await),
-            Err(e) => write_error(out, id, &e),
-        },
-        method::VAULT_LOCK => respond(out, id, Ok(lifecycle::lock_now(daemon).await)),
-        method::VAULT_CHANGE_PASSPHRASE => match parse(name, params) {
-            Ok(p) => respond(out, id, lifecycle::change_passphrase(daemon, p).await),
-            Err(e) => write_error(out, id, &e),
-        },
-        method::VAULT_REKEY => match parse(name, params) {
-            Ok(p) => respond(out, id, lifecycle::rekey(daemon, p).await),
-            Err(e) => write_error(out, id, &e),
-        },
-        method::PROVIDER_ADD => match parse(name, params) {
-            Ok(p) => respond(out, id, manage::provider_add(daemon, p).await),
-            Err(e) => write_error(out, id, &e),
-        },
-        method::PROVIDER_LIST => respond(out, id, manage::provider_list(daemon)),
-        method::PROVIDER_SHOW => respond(
-            out,
-            id,
-            parse::<NameParams>(name, params).and_then(|p| manage::provider_show(daemon, &p.name)),
-        ),
-        method::PROVIDER_REMOVE => respond(
-            out,
-            id,
-            parse::<NameParams>(name, params)
-                .and_then(|p| manage::provider_remove(daemon, &p.name)),
-        ),
-        method::CREDENTIAL_ADD => respond(
-            out,
-            id,
-            parse(name, params).and_then(|p| manage::credential_add(daemon, p)),
-        ),
-        method::CREDENTIAL_LIST => respond(out, id, manage::credential_list(daemon)),
-        method::CREDENTIAL_SHOW => respond(
-            out,
-            id,
-            parse::<NameParams>(name, params)
-                .and_then(|p| manage::credential_show(daemon, &p.name)),
-        ),
-        method::CREDENTIAL_REMOVE => match parse(name, params) {
-            Ok(p) => respond(out, id, revoke::credential_remove(daemon, p).await),
-            Err(e) => write_error(out, id, &e),
-        },
-        method::LOGIN_START => match parse(name, params) {
-            Ok(p) => respond(out, id, login::start(daemon, p, peer).await),
-            Err(e) => write_error(out, id, &e),
-        },
-        method::LOGIN_WAIT => match parse(name, params) {
-            Ok(p) => respond(out, id, login::wait(daemon, p).await),
-            Err(e) => write_error(out, id, &e),
-        },
-        method::TOKEN_REVOKE => match parse(name, params) {
-            Ok(p) => respond(out, id, revoke::revoke(daemon, p).await),
-            Err(e) => write_error(out, id, &e),
-        },
-        method::VAULT_PANIC => match parse(name, params) {
-            Ok(p) => respond(out, id, revoke::panic(daemon, p).await),
-            Err(e) => write_error(out, id, &e),
-        },
-        method::DAEMON_STATS => respond(out, id, token::stats(daemon)),
-        method::DAEMON_SHUTDOWN => {
-            daemon
-                .audit
-                .record("shutdown_requested", None, Some(peer.pid), None);
-            daemon.shutdown.notify_one();
-            respond(out, id, Ok(latchkey_client::protocol::Empty {}))
-        }
+    let run = Call {
+        daemon,
+        peer,
+        id,
+        params,
+    };
+    // One line per method: its type says its parameters, its result and
+    // whether it only looks; its `Handler` impl lives with its verb.
+    match request.method.as_ref() {
+        Hello::NAME => run.method::<Hello>(out).await,
+        Status::NAME => run.method::<Status>(out).await,
+        VaultInit::NAME => run.method::<VaultInit>(out).await,
+        VaultUnlock::NAME => run.method::<VaultUnlock>(out).await,
+        VaultLock::NAME => run.method::<VaultLock>(out).await,
+        VaultChangePassphrase::NAME => run.method::<VaultChangePassphrase>(out).await,
+        VaultRekey::NAME => run.method::<VaultRekey>(out).await,
+        VaultPanic::NAME => run.method::<VaultPanic>(out).await,
+        ProviderAdd::NAME => run.method::<ProviderAdd>(out).await,
+        ProviderList::NAME => run.method::<ProviderList>(out).await,
+        ProviderShow::NAME => run.method::<ProviderShow>(out).await,
+        ProviderRemove::NAME => run.method::<ProviderRemove>(out).await,
+        CredentialAdd::NAME => run.method::<CredentialAdd>(out).await,
+        CredentialList::NAME => run.method::<CredentialList>(out).await,
+        CredentialShow::NAME => run.method::<CredentialShow>(out).await,
+        CredentialRemove::NAME => run.method::<CredentialRemove>(out).await,
+        TokenGet::NAME => run.method::<TokenGet>(out).await,
+        TokenRevoke::NAME => run.method::<TokenRevoke>(out).await,
+        LoginStart::NAME => run.method::<LoginStart>(out).await,
+        LoginWait::NAME => run.method::<LoginWait>(out).await,
+        DaemonStats::NAME => run.method::<DaemonStats>(out).await,
+        DaemonShutdown::NAME => run.method::<DaemonShutdown>(out).await,
         other => {
             let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
             write_error(
@@ -201,28 +129,31 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec
     After::Continue
 }
 
-/// A cached token as the reply to `token.get`: serialized straight from
-/// the cache, without a copy of the secret.
-struct Served(Arc<crate::vault::Token>);
-
-impl Serialize for Served {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        self.0.reply.serialize(ser)
-    }
+/// One parsed request on its way to its method.
+struct Call<'a> {
+    daemon: &'a Arc<Daemon>,
+    peer: Peer,
+    id: Option<&'a RawValue>,
+    params: Option<&'a RawValue>,
 }
 
-fn hello(params: &HelloParams) -> HelloResult {
-    if params.protocol != PROTOCOL_VERSION {
-        tracing::info!(
-            client = params.protocol,
-            ours = PROTOCOL_VERSION,
-            "client speaks another protocol version"
-        );
-    }
-    HelloResult {
-        protocol: PROTOCOL_VERSION,
-        daemon_version: env!("CARGO_PKG_VERSION").into(),
-        pid: std::process::id(),
+impl Call<'_> {
+    /// Parses the parameters as `M`'s, runs its handler and writes the reply.
+    async fn method<M: Handler>(self, out: &mut Vec<u8>) {
+        // Read-only calls do not count as use of the vault: a status bar or
+        // a script polling them must not keep it unlocked forever.
+        // Everything else (above all `token.get`) resets the auto-lock clock.
+        if !M::READ_ONLY {
+            self.daemon.touch();
+        }
+        let result = match parse::<M::Params>(M::NAME, self.params) {
+            Ok(params) => M::handle(self.daemon, self.peer, params).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(reply) => respond::<M::Result>(out, self.id, reply.borrow()),
+            Err(e) => write_error(out, self.id, &e),
+        }
     }
 }
 
@@ -230,7 +161,9 @@ fn hello(params: &HelloParams) -> HelloResult {
 /// value, which may be a secret sent in the wrong field: only messages that
 /// name fields or variants are passed on.
 fn parse<T: DeserializeOwned>(method: &str, params: Option<&RawValue>) -> Result<T, ApiError> {
+    // Absent (or null) parameters are no parameters.
     let raw = params.map_or("{}", |p| p.get());
+    let raw = if raw == "null" { "{}" } else { raw };
     serde_json::from_str(raw).map_err(|e| {
         let text = e.to_string();
         let safe = ["missing field", "unknown field", "unknown variant"]
@@ -248,26 +181,21 @@ fn parse<T: DeserializeOwned>(method: &str, params: Option<&RawValue>) -> Result
     })
 }
 
-fn respond<T: Serialize>(out: &mut Vec<u8>, id: Option<&RawValue>, result: Result<T, ApiError>) {
-    match result {
-        Ok(value) => {
-            let start = out.len();
-            out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-            out.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
-            out.extend_from_slice(b",\"result\":");
-            if let Err(e) = serde_json::to_writer(&mut *out, &value) {
-                out.truncate(start);
-                write_error(
-                    out,
-                    id,
-                    &ApiError::internal(format!("cannot encode the reply: {e}")),
-                );
-                return;
-            }
-            out.extend_from_slice(b"}\n");
-        }
-        Err(e) => write_error(out, id, &e),
+fn respond<T: Serialize>(out: &mut Vec<u8>, id: Option<&RawValue>, value: &T) {
+    let start = out.len();
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
+    out.extend_from_slice(b",\"result\":");
+    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+        out.truncate(start);
+        write_error(
+            out,
+            id,
+            &ApiError::internal(format!("cannot encode the reply: {e}")),
+        );
+        return;
     }
+    out.extend_from_slice(b"}\n");
 }
 
 #[derive(Serialize)]
@@ -313,4 +241,49 @@ pub fn too_large(out: &mut Vec<u8>) {
             ),
         ),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::Config;
+    use crate::vault::keyring::BackendChoice;
+
+    /// Every method of the protocol reaches a handler: none answers
+    /// `method_not_found`, and an unknown name does.
+    #[tokio::test]
+    async fn every_protocol_method_is_routed() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let daemon = Daemon::new(Config {
+            vault_path: dir.path().join("vault.db"),
+            socket_path: dir.path().join("sock"),
+            idle_timeout: std::time::Duration::ZERO,
+            frame_timeout: std::time::Duration::from_secs(1),
+            passphrase_file: None,
+            keyring: BackendChoice::Auto,
+            clock: Clock::Wall,
+        })
+        .expect("no vault yet is fine");
+        let peer = Peer { pid: 1 };
+        let kind = |out: &[u8]| -> Option<String> {
+            let reply: serde_json::Value = serde_json::from_slice(out).expect("a JSON reply");
+            reply["error"]["data"]["kind"].as_str().map(str::to_owned)
+        };
+        for (name, _) in METHODS {
+            let mut out = Vec::new();
+            let line = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{name}"}}"#);
+            handle(&daemon, peer, line.as_bytes(), &mut out).await;
+            assert_ne!(kind(&out).as_deref(), Some("method_not_found"), "{name}");
+        }
+        let mut out = Vec::new();
+        handle(
+            &daemon,
+            peer,
+            br#"{"jsonrpc":"2.0","id":1,"method":"no.such"}"#,
+            &mut out,
+        )
+        .await;
+        assert_eq!(kind(&out).as_deref(), Some("method_not_found"));
+    }
 }

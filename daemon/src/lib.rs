@@ -17,6 +17,7 @@ mod config;
 mod dispatch;
 mod error;
 pub mod fsutil;
+mod handler;
 pub mod hardening;
 mod lifecycle;
 pub mod lockfile;

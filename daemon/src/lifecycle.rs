@@ -4,6 +4,7 @@
 //! the daemon's life-cycle mutex, so they never interleave.
 
 use crate::error::ApiError;
+use crate::handler::Handler;
 use crate::state::{Daemon, Peer};
 use crate::vault::{keyring, NewSlots, Vault};
 use latchkey_client::protocol::*;
@@ -11,116 +12,140 @@ use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;
 use std::sync::Arc;
 
-/// `status`: vault state, slots, auto-lock timer, and (unlocked) counts,
-/// the credentials that need a login and whose accounts they hold.
-pub fn status(daemon: &Daemon) -> Result<StatusResult, ApiError> {
-    let slots = match daemon.vault().as_ref() {
-        Some(v) => v.slot_infos()?,
-        None => Vec::new(),
-    };
-    let session = daemon.session().ok();
-    let state = match (&session, slots.is_empty()) {
-        (Some(_), _) => VaultState::Unlocked,
-        (None, false) => VaultState::Locked,
-        (None, true) => VaultState::Uninitialized,
-    };
-    let idle = daemon.config.idle_timeout.as_secs();
-    let locks_in = session
-        .as_ref()
-        .filter(|_| idle > 0)
-        .map(|_| idle.saturating_sub(daemon.idle_for() as u64));
-    let mut result = StatusResult {
-        vault: state,
-        vault_path: daemon.config.vault_path.display().to_string(),
-        pid: std::process::id(),
-        daemon_version: env!("CARGO_PKG_VERSION").into(),
-        slots,
-        idle_timeout_secs: idle,
-        locks_in_secs: locks_in,
-        providers: None,
-        credentials: None,
-        needs_login: None,
-        accounts: None,
-    };
-    if let Some(s) = &session {
-        let catalog = s.catalog();
-        let mut waiting: Vec<String> = catalog
-            .credentials
-            .values()
-            .filter(|c| s.needs_login(c))
-            .map(|c| c.config.name.clone())
-            .collect();
-        waiting.sort();
-        result.providers = Some(catalog.providers.len() as u32);
-        result.credentials = Some(catalog.credentials.len() as u32);
-        result.needs_login = Some(waiting);
-        result.accounts = Some(
-            catalog
+/// Vault state, slots, auto-lock timer, and (unlocked) counts, the
+/// credentials that need a login and whose accounts they hold.
+impl Handler for Status {
+    type Reply = StatusResult;
+
+    async fn handle(daemon: &Arc<Daemon>, _: Peer, _: Empty) -> Result<StatusResult, ApiError> {
+        let slots = match daemon.vault().as_ref() {
+            Some(v) => v.slot_infos()?,
+            None => Vec::new(),
+        };
+        let session = daemon.session().ok();
+        let state = match (&session, slots.is_empty()) {
+            (Some(_), _) => VaultState::Unlocked,
+            (None, false) => VaultState::Locked,
+            (None, true) => VaultState::Uninitialized,
+        };
+        let idle = daemon.config.idle_timeout.as_secs();
+        let locks_in = session
+            .as_ref()
+            .filter(|_| idle > 0)
+            .map(|_| idle.saturating_sub(daemon.idle_for() as u64));
+        let mut result = StatusResult {
+            vault: state,
+            vault_path: daemon.config.vault_path.display().to_string(),
+            pid: std::process::id(),
+            daemon_version: env!("CARGO_PKG_VERSION").into(),
+            slots,
+            idle_timeout_secs: idle,
+            locks_in_secs: locks_in,
+            providers: None,
+            credentials: None,
+            needs_login: None,
+            accounts: None,
+        };
+        if let Some(s) = &session {
+            let catalog = s.catalog();
+            let mut waiting: Vec<String> = catalog
                 .credentials
                 .values()
-                .filter_map(|c| Some((c.config.name.clone(), s.grant(&c.id)?.subject?)))
-                .collect(),
-        );
+                .filter(|c| s.needs_login(c))
+                .map(|c| c.config.name.clone())
+                .collect();
+            waiting.sort();
+            result.providers = Some(catalog.providers.len() as u32);
+            result.credentials = Some(catalog.credentials.len() as u32);
+            result.needs_login = Some(waiting);
+            result.accounts = Some(
+                catalog
+                    .credentials
+                    .values()
+                    .filter_map(|c| Some((c.config.name.clone(), s.grant(&c.id)?.subject?)))
+                    .collect(),
+            );
+        }
+        Ok(result)
     }
-    Ok(result)
 }
 
-/// `vault.init`: creates the vault with the slots asked for, unlocked.
-pub async fn init(daemon: &Arc<Daemon>, params: InitParams) -> Result<InitResult, ApiError> {
-    let _guard = daemon.lifecycle.lock().await;
-    if daemon.vault().is_some() {
-        return Err(ApiError::new(
+/// Creates the vault with the slots asked for, unlocked.
+impl Handler for VaultInit {
+    type Reply = InitResult;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        params: InitParams,
+    ) -> Result<InitResult, ApiError> {
+        let _guard = daemon.lifecycle.lock().await;
+        if daemon.vault().is_some() {
+            return Err(ApiError::new(
             ErrorKind::AlreadyInitialized,
             format!(
                 "a vault already exists at {}: unlock it with `latchkey unlock`, or point LATCHKEY_VAULT elsewhere",
                 daemon.config.vault_path.display()
             ),
         ));
+        }
+        if params.passphrase.is_none() && !params.keyring {
+            return Err(ApiError::invalid_params(
+                "vault.init needs a passphrase, a keyring slot, or both",
+            ));
+        }
+        if params
+            .passphrase
+            .as_ref()
+            .is_some_and(|p| p.expose_secret().is_empty())
+        {
+            return Err(ApiError::invalid_params(
+                "the passphrase is empty; choose a non-empty one",
+            ));
+        }
+        let path = daemon.config.vault_path.clone();
+        let choice = daemon.config.keyring;
+        let (vault, keys) = tokio::task::spawn_blocking(move || {
+            let backend = if params.keyring {
+                Some(keyring::open(choice)?)
+            } else {
+                None
+            };
+            let slots = NewSlots {
+                passphrase: params.passphrase.as_ref(),
+                keyring: backend,
+            };
+            Vault::create(&path, slots)
+        })
+        .await
+        .map_err(ApiError::internal)??;
+        let vault_id = keys.vault_id.clone();
+        let slots = vault.slot_infos()?;
+        *daemon.vault() = Some(vault);
+        daemon.open_session(keys)?;
+        let kinds: Vec<&str> = slots.iter().map(|s| s.kind.as_str()).collect();
+        daemon
+            .audit
+            .record("vault_init", None, None, Some(kinds.join(",")));
+        Ok(InitResult { vault_id, slots })
     }
-    if params.passphrase.is_none() && !params.keyring {
-        return Err(ApiError::invalid_params(
-            "vault.init needs a passphrase, a keyring slot, or both",
-        ));
-    }
-    if params
-        .passphrase
-        .as_ref()
-        .is_some_and(|p| p.expose_secret().is_empty())
-    {
-        return Err(ApiError::invalid_params(
-            "the passphrase is empty; choose a non-empty one",
-        ));
-    }
-    let path = daemon.config.vault_path.clone();
-    let choice = daemon.config.keyring;
-    let (vault, keys) = tokio::task::spawn_blocking(move || {
-        let backend = if params.keyring {
-            Some(keyring::open(choice)?)
-        } else {
-            None
-        };
-        let slots = NewSlots {
-            passphrase: params.passphrase.as_ref(),
-            keyring: backend,
-        };
-        Vault::create(&path, slots)
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    let vault_id = keys.vault_id.clone();
-    let slots = vault.slot_infos()?;
-    *daemon.vault() = Some(vault);
-    daemon.open_session(keys)?;
-    let kinds: Vec<&str> = slots.iter().map(|s| s.kind.as_str()).collect();
-    daemon
-        .audit
-        .record("vault_init", None, None, Some(kinds.join(",")));
-    Ok(InitResult { vault_id, slots })
 }
 
-/// `vault.unlock`: opens the data key with a passphrase or a keyring slot.
-/// Wrong passphrases slow further attempts down.
-pub async fn unlock(
+impl Handler for VaultUnlock {
+    type Reply = UnlockResult;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        peer: Peer,
+        params: UnlockParams,
+    ) -> Result<UnlockResult, ApiError> {
+        unlock(daemon, params, peer).await
+    }
+}
+
+/// Opens the data key with a passphrase or a keyring slot. Wrong
+/// passphrases slow further attempts down.
+async fn unlock(
     daemon: &Arc<Daemon>,
     params: UnlockParams,
     peer: Peer,
@@ -205,11 +230,14 @@ pub fn lock(daemon: &Daemon, reason: &str) -> bool {
     true
 }
 
-/// `vault.lock`.
-pub async fn lock_now(daemon: &Daemon) -> Empty {
-    let _guard = daemon.lifecycle.lock().await;
-    lock(daemon, "requested");
-    Empty {}
+impl Handler for VaultLock {
+    type Reply = Empty;
+
+    async fn handle(daemon: &Arc<Daemon>, _: Peer, _: Empty) -> Result<Empty, ApiError> {
+        let _guard = daemon.lifecycle.lock().await;
+        lock(daemon, "requested");
+        Ok(Empty {})
+    }
 }
 
 /// Auto-lock: called every tick by the timer task.
@@ -220,68 +248,81 @@ pub fn lock_if_idle(daemon: &Daemon) {
     }
 }
 
-/// `vault.change_passphrase`: rewraps the data key only; works locked too.
-pub async fn change_passphrase(
-    daemon: &Arc<Daemon>,
-    params: ChangePassphraseParams,
-) -> Result<Empty, ApiError> {
-    let _guard = daemon.lifecycle.lock().await;
-    if params.new.expose_secret().is_empty() {
-        return Err(ApiError::invalid_params(
-            "the new passphrase is empty; choose a non-empty one",
-        ));
-    }
-    check_limit(daemon)?;
-    let worker = Arc::clone(daemon);
-    let result = tokio::task::spawn_blocking(move || {
-        let mut vault = worker.vault();
-        let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
-        vault
-            .change_passphrase(&params.old, &params.new)
-            .map_err(ApiError::from)
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    match result {
-        Ok(slot) => {
-            daemon
-                .audit
-                .record("passphrase_changed", None, None, Some(slot.id));
-            Ok(Empty {})
+/// Rewraps the data key only; works locked too.
+impl Handler for VaultChangePassphrase {
+    type Reply = Empty;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        params: ChangePassphraseParams,
+    ) -> Result<Empty, ApiError> {
+        let _guard = daemon.lifecycle.lock().await;
+        if params.new.expose_secret().is_empty() {
+            return Err(ApiError::invalid_params(
+                "the new passphrase is empty; choose a non-empty one",
+            ));
         }
-        Err(e) => {
-            note_failure(daemon, &e);
-            Err(e)
+        check_limit(daemon)?;
+        let worker = Arc::clone(daemon);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut vault = worker.vault();
+            let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
+            vault
+                .change_passphrase(&params.old, &params.new)
+                .map_err(ApiError::from)
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        match result {
+            Ok(slot) => {
+                daemon
+                    .audit
+                    .record("passphrase_changed", None, None, Some(slot.id));
+                Ok(Empty {})
+            }
+            Err(e) => {
+                note_failure(daemon, &e);
+                Err(e)
+            }
         }
     }
 }
 
-/// `vault.rekey`: a new data key, every field and slot rewritten in one
-/// transaction; the session continues under the new key.
-pub async fn rekey(daemon: &Arc<Daemon>, params: RekeyParams) -> Result<RekeyResult, ApiError> {
-    let _guard = daemon.lifecycle.lock().await;
-    let session = daemon.session()?;
-    check_limit(daemon)?;
-    let worker = Arc::clone(&session);
-    let result = tokio::task::spawn_blocking(move || {
-        worker.with_vault(|keys, vault| vault.rekey(keys, params.passphrase.as_ref()))
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    match result {
-        Ok((new_keys, fields, slots)) => {
-            session.replace_keys(new_keys);
-            daemon.audit.record(
-                "rekey",
-                None,
-                None,
-                Some(format!("{fields} fields, {slots} slots")),
-            );
-            Ok(RekeyResult { fields, slots })
-        }
-        Err(e) => {
-            note_failure(daemon, &e);
-            Err(e)
+/// A new data key, every field and slot rewritten in one transaction; the
+/// session continues under the new key.
+impl Handler for VaultRekey {
+    type Reply = RekeyResult;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        params: RekeyParams,
+    ) -> Result<RekeyResult, ApiError> {
+        let _guard = daemon.lifecycle.lock().await;
+        let session = daemon.session()?;
+        check_limit(daemon)?;
+        let worker = Arc::clone(&session);
+        let result = tokio::task::spawn_blocking(move || {
+            worker.with_vault(|keys, vault| vault.rekey(keys, params.passphrase.as_ref()))
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        match result {
+            Ok((new_keys, fields, slots)) => {
+                session.replace_keys(new_keys);
+                daemon.audit.record(
+                    "rekey",
+                    None,
+                    None,
+                    Some(format!("{fields} fields, {slots} slots")),
+                );
+                Ok(RekeyResult { fields, slots })
+            }
+            Err(e) => {
+                note_failure(daemon, &e);
+                Err(e)
+            }
         }
     }
 }

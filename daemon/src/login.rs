@@ -7,13 +7,14 @@
 
 use crate::callback;
 use crate::error::ApiError;
+use crate::handler::Handler;
 use crate::oauth::{user, Granted};
 use crate::state::{Daemon, LoginOutcome, Peer, Session};
 use crate::token::received;
 use crate::vault::{crypto::random_id, Credential, Grant, Provider};
 use latchkey_client::protocol::{
-    CredentialState, ErrorKind, GrantType, LoginResult, LoginStartParams, LoginStartResult,
-    LoginWaitParams,
+    CredentialState, ErrorKind, GrantType, LoginResult, LoginStart, LoginStartParams,
+    LoginStartResult, LoginWait, LoginWaitParams,
 };
 use oauth2::RedirectUrl;
 use std::sync::Arc;
@@ -24,146 +25,161 @@ use tokio::sync::watch;
 const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_LOGIN_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// `login.start`: prepares the login, starts the task that finishes it,
-/// and returns what the user must do.
-pub async fn start(
-    daemon: &Arc<Daemon>,
-    params: LoginStartParams,
-    peer: Peer,
-) -> Result<LoginStartResult, ApiError> {
-    let session = daemon.session()?;
-    let (credential, provider) = session.lookup(&params.credential)?;
-    let name = credential.config.name.clone();
-    if credential.config.grant == GrantType::ClientCredentials {
-        return Err(ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!("credential '{name}' uses the client_credentials grant and needs no login: `latchkey token {name}` works as it is"),
-            ));
-    }
-    let timeout = params
-        .timeout_secs
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_LOGIN_TIMEOUT)
-        .clamp(Duration::from_secs(5), MAX_LOGIN_TIMEOUT);
-    let secret = session.client_secret(&credential)?;
-    let client = user::client(&provider, &credential, secret.as_ref())?;
-    let scopes = credential.config.scopes.clone();
-    let login_id = random_id();
-    let (tx, rx) = watch::channel::<LoginOutcome>(None);
-    daemon.logins().insert(login_id.clone(), rx);
-    daemon
-        .audit
-        .record("login_started", Some(&name), Some(peer.pid), None);
-    let task_daemon = Arc::clone(daemon);
-    let device = params.device || credential.config.grant == GrantType::DeviceCode;
-    if device {
-        let details =
-            user::device_authorize(&daemon.http, &provider, &credential, &client, &scopes).await?;
-        let expires_in = details.expires_in().as_secs();
-        let result = LoginStartResult {
-            login_id,
-            authorization_url: None,
-            verification_uri: Some(details.verification_uri().to_string()),
-            verification_uri_complete: details
-                .verification_uri_complete()
-                .map(|u| u.secret().clone()),
-            user_code: Some(details.user_code().secret().clone()),
-            expires_in,
-        };
-        let limit = timeout.min(Duration::from_secs(expires_in.max(1)));
-        tokio::spawn(async move {
-            let daemon = task_daemon;
-            let outcome = match user::device_poll(
-                &daemon.http,
-                &provider,
-                &credential,
-                &client,
-                &details,
-                limit,
-            )
-            .await
-            {
-                Ok(granted) => {
-                    finish(&daemon, &session, &credential, &provider, granted, None).await
-                }
-                // Our own deadline ended it, not the provider's code expiry.
-                Err(e) if e.kind == ErrorKind::ReauthRequired && limit.as_secs() < expires_in => {
-                    Err(timed_out(&credential, limit))
-                }
-                Err(e) => Err(e),
+/// Prepares the login, starts the task that finishes it, and returns what
+/// the user must do.
+impl Handler for LoginStart {
+    type Reply = LoginStartResult;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        peer: Peer,
+        params: LoginStartParams,
+    ) -> Result<LoginStartResult, ApiError> {
+        let session = daemon.session()?;
+        let (credential, provider) = session.lookup(&params.credential)?;
+        let name = credential.config.name.clone();
+        if credential.config.grant == GrantType::ClientCredentials {
+            return Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("credential '{name}' uses the client_credentials grant and needs no login: `latchkey token {name}` works as it is"),
+                ));
+        }
+        let timeout = params
+            .timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_LOGIN_TIMEOUT)
+            .clamp(Duration::from_secs(5), MAX_LOGIN_TIMEOUT);
+        let secret = session.client_secret(&credential)?;
+        let client = user::client(&provider, &credential, secret.as_ref())?;
+        let scopes = credential.config.scopes.clone();
+        let login_id = random_id();
+        let (tx, rx) = watch::channel::<LoginOutcome>(None);
+        daemon.logins().insert(login_id.clone(), rx);
+        daemon
+            .audit
+            .record("login_started", Some(&name), Some(peer.pid), None);
+        let task_daemon = Arc::clone(daemon);
+        let device = params.device || credential.config.grant == GrantType::DeviceCode;
+        if device {
+            let details =
+                user::device_authorize(&daemon.http, &provider, &credential, &client, &scopes)
+                    .await?;
+            let expires_in = details.expires_in().as_secs();
+            let result = LoginStartResult {
+                login_id,
+                authorization_url: None,
+                verification_uri: Some(details.verification_uri().to_string()),
+                verification_uri_complete: details
+                    .verification_uri_complete()
+                    .map(|u| u.secret().clone()),
+                user_code: Some(details.user_code().secret().clone()),
+                expires_in,
             };
-            report(&daemon, &credential, outcome, tx);
-        });
-        return Ok(result);
-    }
-    let loopback = callback::bind(credential.config.redirect_uri.as_deref()).await?;
-    let redirect =
-        RedirectUrl::new(loopback.redirect_uri.to_string()).map_err(ApiError::internal)?;
-    let request = user::authorization_request(&provider, &client, &scopes, &redirect)?;
-    let result = LoginStartResult {
-        login_id,
-        authorization_url: Some(request.url.to_string()),
-        verification_uri: None,
-        verification_uri_complete: None,
-        user_code: None,
-        expires_in: timeout.as_secs(),
-    };
-    let state = request.state.secret().clone();
-    let issuer = provider.config.issuer.clone();
-    tokio::spawn(async move {
-        let daemon = task_daemon;
-        let outcome = match tokio::time::timeout(timeout, loopback.wait(state, issuer)).await {
-            Err(_) => Err(timed_out(&credential, timeout)),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(callback::Code(code))) => {
-                match user::exchange_code(
+            let limit = timeout.min(Duration::from_secs(expires_in.max(1)));
+            tokio::spawn(async move {
+                let daemon = task_daemon;
+                let outcome = match user::device_poll(
                     &daemon.http,
                     &provider,
                     &credential,
                     &client,
-                    code,
-                    request.pkce_verifier,
-                    &redirect,
+                    &details,
+                    limit,
                 )
                 .await
                 {
                     Ok(granted) => {
-                        finish(
-                            &daemon,
-                            &session,
-                            &credential,
-                            &provider,
-                            granted,
-                            request.nonce,
-                        )
-                        .await
+                        finish(&daemon, &session, &credential, &provider, granted, None).await
+                    }
+                    // Our own deadline ended it, not the provider's code expiry.
+                    Err(e)
+                        if e.kind == ErrorKind::ReauthRequired && limit.as_secs() < expires_in =>
+                    {
+                        Err(timed_out(&credential, limit))
                     }
                     Err(e) => Err(e),
-                }
-            }
+                };
+                report(&daemon, &credential, outcome, tx);
+            });
+            return Ok(result);
+        }
+        let loopback = callback::bind(credential.config.redirect_uri.as_deref()).await?;
+        let redirect =
+            RedirectUrl::new(loopback.redirect_uri.to_string()).map_err(ApiError::internal)?;
+        let request = user::authorization_request(&provider, &client, &scopes, &redirect)?;
+        let result = LoginStartResult {
+            login_id,
+            authorization_url: Some(request.url.to_string()),
+            verification_uri: None,
+            verification_uri_complete: None,
+            user_code: None,
+            expires_in: timeout.as_secs(),
         };
-        report(&daemon, &credential, outcome, tx);
-    });
-    Ok(result)
+        let state = request.state.secret().clone();
+        let issuer = provider.config.issuer.clone();
+        tokio::spawn(async move {
+            let daemon = task_daemon;
+            let outcome = match tokio::time::timeout(timeout, loopback.wait(state, issuer)).await {
+                Err(_) => Err(timed_out(&credential, timeout)),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(callback::Code(code))) => {
+                    match user::exchange_code(
+                        &daemon.http,
+                        &provider,
+                        &credential,
+                        &client,
+                        code,
+                        request.pkce_verifier,
+                        &redirect,
+                    )
+                    .await
+                    {
+                        Ok(granted) => {
+                            finish(
+                                &daemon,
+                                &session,
+                                &credential,
+                                &provider,
+                                granted,
+                                request.nonce,
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            report(&daemon, &credential, outcome, tx);
+        });
+        Ok(result)
+    }
 }
 
-/// `login.wait`: waits for a started login's outcome.
-pub async fn wait(daemon: &Daemon, params: LoginWaitParams) -> Result<LoginResult, ApiError> {
-    let rx = daemon.logins().get(&params.login_id).cloned();
-    let Some(mut rx) = rx else {
-        return Err(ApiError::new(
-                ErrorKind::NotFound,
-                "no such login in progress (it finished, timed out, or the daemon restarted); run `latchkey login NAME` again",
-            ));
-    };
-    let outcome = rx
-        .wait_for(Option::is_some)
-        .await
-        .map_err(|_| ApiError::internal("the login task ended without an outcome"))?
-        .clone()
-        .expect("waited for Some");
-    daemon.logins().remove(&params.login_id);
-    outcome
+/// Waits for a started login's outcome.
+impl Handler for LoginWait {
+    type Reply = LoginResult;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        params: LoginWaitParams,
+    ) -> Result<LoginResult, ApiError> {
+        let rx = daemon.logins().get(&params.login_id).cloned();
+        let Some(mut rx) = rx else {
+            return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    "no such login in progress (it finished, timed out, or the daemon restarted); run `latchkey login NAME` again",
+                ));
+        };
+        let outcome = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| ApiError::internal("the login task ended without an outcome"))?
+            .clone()
+            .expect("waited for Some");
+        daemon.logins().remove(&params.login_id);
+        outcome
+    }
 }
 
 fn report(

@@ -3,252 +3,303 @@
 //! revokes first, in `revoke`), with their checks on URLs and secrets.
 
 use crate::error::ApiError;
+use crate::handler::Handler;
 use crate::oauth::{discovery, http::check_url};
 use crate::policy::{check_name, normalize_scopes};
-use crate::state::{Daemon, Session};
+use crate::state::{Daemon, Peer, Session};
 use crate::vault::{Catalog, Credential, CredentialConfig, Provider, ProviderConfig};
 use latchkey_client::protocol::*;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 
-/// `provider.add`: discovery (when an issuer is given), explicit endpoints
-/// over discovered ones, then the provider sealed into the vault.
-pub async fn provider_add(
-    daemon: &Daemon,
-    params: ProviderAddParams,
-) -> Result<ProviderInfo, ApiError> {
-    check_name("provider", &params.name)?;
-    daemon.session()?;
-    let (issuer, mut endpoints) = match &params.issuer {
-        Some(issuer) => {
-            let (issuer, endpoints) = discovery::discover(&daemon.http, issuer).await?;
-            (Some(issuer), endpoints)
-        }
-        None => (None, Endpoints::default()),
-    };
-    let explicit = params.endpoints;
-    let overrides = [
-        (
-            &mut endpoints.authorization_endpoint,
-            explicit.authorization_endpoint,
-            "authorization endpoint",
-        ),
-        (
-            &mut endpoints.token_endpoint,
-            explicit.token_endpoint,
-            "token endpoint",
-        ),
-        (
-            &mut endpoints.device_authorization_endpoint,
-            explicit.device_authorization_endpoint,
-            "device authorization endpoint",
-        ),
-        (
-            &mut endpoints.revocation_endpoint,
-            explicit.revocation_endpoint,
-            "revocation endpoint",
-        ),
-        (
-            &mut endpoints.introspection_endpoint,
-            explicit.introspection_endpoint,
-            "introspection endpoint",
-        ),
-        (&mut endpoints.jwks_uri, explicit.jwks_uri, "JWKS URI"),
-    ];
-    for (slot, value, what) in overrides {
-        if let Some(value) = value {
-            *slot = Some(
-                check_url(what, &value)
-                    .map_err(ApiError::invalid_params)?
-                    .to_string(),
-            );
-        }
-    }
-    if endpoints.token_endpoint.is_none() {
-        return Err(ApiError::invalid_params(format!(
-                "provider '{}' needs a token endpoint: pass --issuer URL for discovery, or --token-endpoint URL",
-                params.name
-            )));
-    }
-    // Re-take the session: discovery awaited the network, and the vault
-    // may have been locked (and reopened) meanwhile.
-    let session = daemon.session()?;
-    if session.catalog().providers.contains_key(&params.name) {
-        return Err(ApiError::new(
-            ErrorKind::AlreadyExists,
-            format!(
-                "a provider named '{}' exists: remove it first with `latchkey provider remove {}`",
-                params.name, params.name
+/// Discovery (when an issuer is given), explicit endpoints over
+/// discovered ones, then the provider sealed into the vault.
+impl Handler for ProviderAdd {
+    type Reply = ProviderInfo;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        params: ProviderAddParams,
+    ) -> Result<ProviderInfo, ApiError> {
+        check_name("provider", &params.name)?;
+        daemon.session()?;
+        let (issuer, mut endpoints) = match &params.issuer {
+            Some(issuer) => {
+                let (issuer, endpoints) = discovery::discover(&daemon.http, issuer).await?;
+                (Some(issuer), endpoints)
+            }
+            None => (None, Endpoints::default()),
+        };
+        let explicit = params.endpoints;
+        let overrides = [
+            (
+                &mut endpoints.authorization_endpoint,
+                explicit.authorization_endpoint,
+                "authorization endpoint",
             ),
-        ));
-    }
-    let config = ProviderConfig {
-        name: params.name.clone(),
-        issuer,
-        endpoints,
-    };
-    let provider = session.with_vault(|keys, vault| vault.add_provider(keys, config))?;
-    let info = provider_info(&provider, &[]);
-    session
-        .catalog_mut()
-        .providers
-        .insert(params.name.clone(), Arc::new(provider));
-    daemon
-        .audit
-        .record("provider_added", None, None, Some(params.name));
-    Ok(info)
-}
-
-pub fn provider_list(daemon: &Daemon) -> Result<Vec<ProviderInfo>, ApiError> {
-    let session = daemon.session()?;
-    let catalog = session.catalog();
-    let mut list: Vec<ProviderInfo> = catalog
-        .providers
-        .values()
-        .map(|p| provider_info(p, &credentials_of(&catalog, &p.id)))
-        .collect();
-    list.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(list)
-}
-
-pub fn provider_show(daemon: &Daemon, name: &str) -> Result<ProviderInfo, ApiError> {
-    let session = daemon.session()?;
-    let catalog = session.catalog();
-    let provider = catalog
-        .providers
-        .get(name)
-        .ok_or_else(|| ApiError::no_provider(name))?;
-    Ok(provider_info(
-        provider,
-        &credentials_of(&catalog, &provider.id),
-    ))
-}
-
-pub fn provider_remove(daemon: &Daemon, name: &str) -> Result<Empty, ApiError> {
-    let session = daemon.session()?;
-    let mut catalog = session.catalog_mut();
-    let provider = catalog
-        .providers
-        .get(name)
-        .ok_or_else(|| ApiError::no_provider(name))?;
-    let users = credentials_of(&catalog, &provider.id);
-    if !users.is_empty() {
-        return Err(ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!(
-                    "provider '{name}' is used by credential(s) {}: remove them first with `latchkey credential remove NAME`",
-                    users.join(", ")
-                ),
-            ));
-    }
-    let id = provider.id.clone();
-    session.with_vault(|_, vault| vault.remove_provider(&id))?;
-    catalog.providers.remove(name);
-    daemon
-        .audit
-        .record("provider_removed", None, None, Some(name.into()));
-    Ok(Empty {})
-}
-
-/// `credential.add`: checks the client's settings, then seals the
-/// credential (and its secret) into the vault.
-pub fn credential_add(
-    daemon: &Daemon,
-    params: CredentialAddParams,
-) -> Result<CredentialInfo, ApiError> {
-    check_name("credential", &params.name)?;
-    if params.client_id.is_empty() {
-        return Err(ApiError::invalid_params("the client id is empty"));
-    }
-    let needs_secret = params.auth != AuthMethod::None;
-    match (&params.client_secret, needs_secret) {
-            (None, true) => {
-                return Err(ApiError::invalid_params(format!(
-                    "auth method {} needs a client secret: pass it with --client-secret-stdin, --client-secret-file or --client-secret-env",
-                    params.auth.as_str()
-                )))
+            (
+                &mut endpoints.token_endpoint,
+                explicit.token_endpoint,
+                "token endpoint",
+            ),
+            (
+                &mut endpoints.device_authorization_endpoint,
+                explicit.device_authorization_endpoint,
+                "device authorization endpoint",
+            ),
+            (
+                &mut endpoints.revocation_endpoint,
+                explicit.revocation_endpoint,
+                "revocation endpoint",
+            ),
+            (
+                &mut endpoints.introspection_endpoint,
+                explicit.introspection_endpoint,
+                "introspection endpoint",
+            ),
+            (&mut endpoints.jwks_uri, explicit.jwks_uri, "JWKS URI"),
+        ];
+        for (slot, value, what) in overrides {
+            if let Some(value) = value {
+                *slot = Some(
+                    check_url(what, &value)
+                        .map_err(ApiError::invalid_params)?
+                        .to_string(),
+                );
             }
-            (Some(s), true) if s.expose_secret().is_empty() => {
-                return Err(ApiError::invalid_params("the client secret is empty"))
-            }
-            (Some(_), false) => {
-                return Err(ApiError::invalid_params(
-                    "auth method none is for public clients, which have no secret; drop the secret or choose --auth client_secret_basic",
-                ))
-            }
-            _ => {}
         }
-    if params.grant == GrantType::ClientCredentials && !needs_secret {
-        return Err(ApiError::invalid_params(
-                "the client_credentials grant needs a confidential client: use --auth client_secret_basic or client_secret_post with a secret",
-            ));
-    }
-    if let Some(uri) = &params.redirect_uri {
-        let url = check_url("redirect URI", uri).map_err(ApiError::invalid_params)?;
-        if url.scheme() != "http" || !crate::oauth::http::is_loopback(&url) {
+        if endpoints.token_endpoint.is_none() {
             return Err(ApiError::invalid_params(format!(
-                    "redirect URI '{uri}' must be a loopback http URI such as http://127.0.0.1/callback (RFC 8252)"
+                    "provider '{}' needs a token endpoint: pass --issuer URL for discovery, or --token-endpoint URL",
+                    params.name
                 )));
         }
-    }
-    let scopes = normalize_scopes(&params.scopes)?;
-    let session = daemon.session()?;
-    let mut catalog = session.catalog_mut();
-    if catalog.credentials.contains_key(&params.name) {
-        return Err(ApiError::new(
+        // Re-take the session: discovery awaited the network, and the vault
+        // may have been locked (and reopened) meanwhile.
+        let session = daemon.session()?;
+        if session.catalog().providers.contains_key(&params.name) {
+            return Err(ApiError::new(
                 ErrorKind::AlreadyExists,
                 format!(
-                    "a credential named '{0}' exists: remove it first with `latchkey credential remove {0}`",
-                    params.name
+                    "a provider named '{}' exists: remove it first with `latchkey provider remove {}`",
+                    params.name, params.name
                 ),
             ));
+        }
+        let config = ProviderConfig {
+            name: params.name.clone(),
+            issuer,
+            endpoints,
+        };
+        let provider = session.with_vault(|keys, vault| vault.add_provider(keys, config))?;
+        let info = provider_info(&provider, &[]);
+        session
+            .catalog_mut()
+            .providers
+            .insert(params.name.clone(), Arc::new(provider));
+        daemon
+            .audit
+            .record("provider_added", None, None, Some(params.name));
+        Ok(info)
     }
-    let provider = catalog
-        .providers
-        .get(&params.provider)
-        .ok_or_else(|| ApiError::no_provider(&params.provider))?;
-    let config = CredentialConfig {
-        name: params.name.clone(),
-        provider_id: provider.id.clone(),
-        client_id: params.client_id,
-        grant: params.grant,
-        auth: params.auth,
-        scopes,
-        redirect_uri: params.redirect_uri,
-    };
-    let credential = session.with_vault(|keys, vault| {
-        vault.add_credential(keys, config, params.client_secret.as_ref())
-    })?;
-    let info = credential_info(daemon, &catalog, &credential, &session);
-    catalog
-        .credentials
-        .insert(params.name.clone(), Arc::new(credential));
-    daemon
-        .audit
-        .record("credential_added", Some(&params.name), None, None);
-    Ok(info)
 }
 
-pub fn credential_list(daemon: &Daemon) -> Result<Vec<CredentialInfo>, ApiError> {
-    let session = daemon.session()?;
-    let catalog = session.catalog();
-    let mut list: Vec<CredentialInfo> = catalog
-        .credentials
-        .values()
-        .map(|c| credential_info(daemon, &catalog, c, &session))
-        .collect();
-    list.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(list)
+impl Handler for ProviderList {
+    type Reply = Vec<ProviderInfo>;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        _: Empty,
+    ) -> Result<Vec<ProviderInfo>, ApiError> {
+        let session = daemon.session()?;
+        let catalog = session.catalog();
+        let mut list: Vec<ProviderInfo> = catalog
+            .providers
+            .values()
+            .map(|p| provider_info(p, &credentials_of(&catalog, &p.id)))
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
 }
 
-pub fn credential_show(daemon: &Daemon, name: &str) -> Result<CredentialInfo, ApiError> {
-    let session = daemon.session()?;
-    let catalog = session.catalog();
-    let credential = catalog
-        .credentials
-        .get(name)
-        .ok_or_else(|| ApiError::no_credential(name))?;
-    Ok(credential_info(daemon, &catalog, credential, &session))
+impl Handler for ProviderShow {
+    type Reply = ProviderInfo;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        params: NameParams,
+    ) -> Result<ProviderInfo, ApiError> {
+        let name = params.name.as_str();
+        let session = daemon.session()?;
+        let catalog = session.catalog();
+        let provider = catalog
+            .providers
+            .get(name)
+            .ok_or_else(|| ApiError::no_provider(name))?;
+        Ok(provider_info(
+            provider,
+            &credentials_of(&catalog, &provider.id),
+        ))
+    }
+}
+
+/// Only a provider that no credential uses.
+impl Handler for ProviderRemove {
+    type Reply = Empty;
+
+    async fn handle(daemon: &Arc<Daemon>, _: Peer, params: NameParams) -> Result<Empty, ApiError> {
+        let name = params.name.as_str();
+        let session = daemon.session()?;
+        let mut catalog = session.catalog_mut();
+        let provider = catalog
+            .providers
+            .get(name)
+            .ok_or_else(|| ApiError::no_provider(name))?;
+        let users = credentials_of(&catalog, &provider.id);
+        if !users.is_empty() {
+            return Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "provider '{name}' is used by credential(s) {}: remove them first with `latchkey credential remove NAME`",
+                        users.join(", ")
+                    ),
+                ));
+        }
+        let id = provider.id.clone();
+        session.with_vault(|_, vault| vault.remove_provider(&id))?;
+        catalog.providers.remove(name);
+        daemon
+            .audit
+            .record("provider_removed", None, None, Some(name.into()));
+        Ok(Empty {})
+    }
+}
+
+/// Checks the client's settings, then seals the credential (and its
+/// secret) into the vault.
+impl Handler for CredentialAdd {
+    type Reply = CredentialInfo;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        params: CredentialAddParams,
+    ) -> Result<CredentialInfo, ApiError> {
+        check_name("credential", &params.name)?;
+        if params.client_id.is_empty() {
+            return Err(ApiError::invalid_params("the client id is empty"));
+        }
+        let needs_secret = params.auth != AuthMethod::None;
+        match (&params.client_secret, needs_secret) {
+                (None, true) => {
+                    return Err(ApiError::invalid_params(format!(
+                        "auth method {} needs a client secret: pass it with --client-secret-stdin, --client-secret-file or --client-secret-env",
+                        params.auth.as_str()
+                    )))
+                }
+                (Some(s), true) if s.expose_secret().is_empty() => {
+                    return Err(ApiError::invalid_params("the client secret is empty"))
+                }
+                (Some(_), false) => {
+                    return Err(ApiError::invalid_params(
+                        "auth method none is for public clients, which have no secret; drop the secret or choose --auth client_secret_basic",
+                    ))
+                }
+                _ => {}
+            }
+        if params.grant == GrantType::ClientCredentials && !needs_secret {
+            return Err(ApiError::invalid_params(
+                    "the client_credentials grant needs a confidential client: use --auth client_secret_basic or client_secret_post with a secret",
+                ));
+        }
+        if let Some(uri) = &params.redirect_uri {
+            let url = check_url("redirect URI", uri).map_err(ApiError::invalid_params)?;
+            if url.scheme() != "http" || !crate::oauth::http::is_loopback(&url) {
+                return Err(ApiError::invalid_params(format!(
+                        "redirect URI '{uri}' must be a loopback http URI such as http://127.0.0.1/callback (RFC 8252)"
+                    )));
+            }
+        }
+        let scopes = normalize_scopes(&params.scopes)?;
+        let session = daemon.session()?;
+        let mut catalog = session.catalog_mut();
+        if catalog.credentials.contains_key(&params.name) {
+            return Err(ApiError::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "a credential named '{0}' exists: remove it first with `latchkey credential remove {0}`",
+                        params.name
+                    ),
+                ));
+        }
+        let provider = catalog
+            .providers
+            .get(&params.provider)
+            .ok_or_else(|| ApiError::no_provider(&params.provider))?;
+        let config = CredentialConfig {
+            name: params.name.clone(),
+            provider_id: provider.id.clone(),
+            client_id: params.client_id,
+            grant: params.grant,
+            auth: params.auth,
+            scopes,
+            redirect_uri: params.redirect_uri,
+        };
+        let credential = session.with_vault(|keys, vault| {
+            vault.add_credential(keys, config, params.client_secret.as_ref())
+        })?;
+        let info = credential_info(daemon, &catalog, &credential, &session);
+        catalog
+            .credentials
+            .insert(params.name.clone(), Arc::new(credential));
+        daemon
+            .audit
+            .record("credential_added", Some(&params.name), None, None);
+        Ok(info)
+    }
+}
+
+impl Handler for CredentialList {
+    type Reply = Vec<CredentialInfo>;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        _: Empty,
+    ) -> Result<Vec<CredentialInfo>, ApiError> {
+        let session = daemon.session()?;
+        let catalog = session.catalog();
+        let mut list: Vec<CredentialInfo> = catalog
+            .credentials
+            .values()
+            .map(|c| credential_info(daemon, &catalog, c, &session))
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
+}
+
+impl Handler for CredentialShow {
+    type Reply = CredentialInfo;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        params: NameParams,
+    ) -> Result<CredentialInfo, ApiError> {
+        let name = params.name.as_str();
+        let session = daemon.session()?;
+        let catalog = session.catalog();
+        let credential = catalog
+            .credentials
+            .get(name)
+            .ok_or_else(|| ApiError::no_credential(name))?;
+        Ok(credential_info(daemon, &catalog, credential, &session))
+    }
 }
 
 /// Deletes a credential and everything it holds, here only (see

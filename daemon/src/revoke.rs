@@ -4,57 +4,75 @@
 //! holds (or one provider's), drops every cache and locks the vault.
 
 use crate::error::ApiError;
+use crate::handler::Handler;
 use crate::lifecycle;
 use crate::manage;
 use crate::oauth::user;
-use crate::state::{Daemon, Session};
+use crate::state::{Daemon, Peer, Session};
 use crate::vault::{Credential, Provider};
 use latchkey_client::protocol::{
-    CredentialState, Empty, ErrorKind, PanicEntry, PanicParams, PanicResult, RemoveParams,
-    RevokeParams, RevokeResult,
+    CredentialRemove, CredentialState, Empty, ErrorKind, PanicEntry, PanicParams, PanicResult,
+    RemoveParams, RevokeParams, RevokeResult, TokenRevoke, VaultPanic,
 };
 use oauth2::{AccessToken, RefreshToken, StandardRevocableToken};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 
-/// `token.revoke`.
-pub async fn revoke(daemon: &Daemon, params: RevokeParams) -> Result<RevokeResult, ApiError> {
-    let session = daemon.session()?;
-    let (credential, provider) = session.lookup(&params.credential)?;
-    let result =
-        revoke_credential(daemon, &session, &credential, &provider, params.local_only).await?;
-    daemon.audit.record(
-        "revoked",
-        Some(&credential.config.name),
-        None,
-        Some(if params.local_only {
-            "local only".into()
-        } else {
-            result.revoked.join(",")
-        }),
-    );
-    Ok(result)
+/// Revokes a credential's tokens at the provider (unless `local_only`)
+/// and forgets them.
+impl Handler for TokenRevoke {
+    type Reply = RevokeResult;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        params: RevokeParams,
+    ) -> Result<RevokeResult, ApiError> {
+        let session = daemon.session()?;
+        let (credential, provider) = session.lookup(&params.credential)?;
+        let result =
+            revoke_credential(daemon, &session, &credential, &provider, params.local_only).await?;
+        daemon.audit.record(
+            "revoked",
+            Some(&credential.config.name),
+            None,
+            Some(if params.local_only {
+                "local only".into()
+            } else {
+                result.revoked.join(",")
+            }),
+        );
+        Ok(result)
+    }
 }
 
-/// `credential.remove`: revoke at the provider first (unless
-/// `local_only`), then delete the credential and everything it holds.
-pub async fn credential_remove(daemon: &Daemon, params: RemoveParams) -> Result<Empty, ApiError> {
-    let session = daemon.session()?;
-    if let Ok((credential, provider)) = session.lookup(&params.name) {
-        let has_something = session.grant(&credential.id).is_some()
-            || !session.tokens.peek(&credential.id).is_empty();
-        if has_something {
-            revoke_credential(daemon, &session, &credential, &provider, params.local_only)
-                    .await
-                    .map_err(|e| {
-                        ApiError::new(
-                            e.kind,
-                            format!("{e}; the credential was not removed (use --local-only to remove it without revoking)"),
-                        )
-                    })?;
+/// Revokes at the provider first (unless `local_only`), then deletes the
+/// credential and everything it holds.
+impl Handler for CredentialRemove {
+    type Reply = Empty;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        params: RemoveParams,
+    ) -> Result<Empty, ApiError> {
+        let session = daemon.session()?;
+        if let Ok((credential, provider)) = session.lookup(&params.name) {
+            let has_something = session.grant(&credential.id).is_some()
+                || !session.tokens.peek(&credential.id).is_empty();
+            if has_something {
+                revoke_credential(daemon, &session, &credential, &provider, params.local_only)
+                        .await
+                        .map_err(|e| {
+                            ApiError::new(
+                                e.kind,
+                                format!("{e}; the credential was not removed (use --local-only to remove it without revoking)"),
+                            )
+                        })?;
+            }
         }
+        manage::credential_delete(daemon, &params.name)
     }
-    manage::credential_delete(daemon, &params.name)
 }
 
 /// Revokes the refresh token (which at most providers also ends the
@@ -123,59 +141,67 @@ async fn revoke_credential(
 
 /// The leaked-credentials playbook: revoke every token held (or one
 /// provider's), forget them, drop all caches, lock the vault.
-pub async fn panic(daemon: &Daemon, params: PanicParams) -> Result<PanicResult, ApiError> {
-    let session = daemon.session()?;
-    let targets: Vec<(Arc<Credential>, Arc<Provider>)> = {
-        let catalog = session.catalog();
-        if let Some(p) = &params.provider {
-            if !catalog.providers.contains_key(p) {
-                return Err(ApiError::no_provider(p));
+impl Handler for VaultPanic {
+    type Reply = PanicResult;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        _: Peer,
+        params: PanicParams,
+    ) -> Result<PanicResult, ApiError> {
+        let session = daemon.session()?;
+        let targets: Vec<(Arc<Credential>, Arc<Provider>)> = {
+            let catalog = session.catalog();
+            if let Some(p) = &params.provider {
+                if !catalog.providers.contains_key(p) {
+                    return Err(ApiError::no_provider(p));
+                }
             }
+            catalog
+                .credentials
+                .values()
+                .filter(|c| !c.corrupt)
+                .filter_map(|c| {
+                    let provider = catalog.provider_by_id(&c.config.provider_id)?;
+                    let selected = params
+                        .provider
+                        .as_ref()
+                        .is_none_or(|p| &provider.config.name == p);
+                    selected.then(|| (Arc::clone(c), Arc::clone(provider)))
+                })
+                .collect()
+        };
+        // Revoke at every provider at once: in an incident, minutes count.
+        // Boxed as `Send` explicitly: join_all over borrowed async fns
+        // otherwise trips rustc's higher-ranked Send inference.
+        let mut revocations: Vec<futures::future::BoxFuture<'_, PanicEntry>> = Vec::new();
+        for (credential, provider) in targets {
+            revocations.push(Box::pin(panic_one(
+                daemon,
+                Arc::clone(&session),
+                credential,
+                provider,
+            )));
         }
-        catalog
-            .credentials
-            .values()
-            .filter(|c| !c.corrupt)
-            .filter_map(|c| {
-                let provider = catalog.provider_by_id(&c.config.provider_id)?;
-                let selected = params
-                    .provider
-                    .as_ref()
-                    .is_none_or(|p| &provider.config.name == p);
-                selected.then(|| (Arc::clone(c), Arc::clone(provider)))
-            })
-            .collect()
-    };
-    // Revoke at every provider at once: in an incident, minutes count.
-    // Boxed as `Send` explicitly: join_all over borrowed async fns
-    // otherwise trips rustc's higher-ranked Send inference.
-    let mut revocations: Vec<futures::future::BoxFuture<'_, PanicEntry>> = Vec::new();
-    for (credential, provider) in targets {
-        revocations.push(Box::pin(panic_one(
-            daemon,
-            Arc::clone(&session),
-            credential,
-            provider,
-        )));
+        let mut entries = futures::future::join_all(revocations).await;
+        entries.sort_by(|a, b| a.credential.cmp(&b.credential));
+        drop(session);
+        let locked = lifecycle::lock(daemon, "panic");
+        daemon.audit.record(
+            "panic",
+            None,
+            None,
+            Some(format!(
+                "{} credential(s), provider {:?}",
+                entries.len(),
+                params.provider
+            )),
+        );
+        Ok(PanicResult {
+            credentials: entries,
+            locked,
+        })
     }
-    let mut entries = futures::future::join_all(revocations).await;
-    entries.sort_by(|a, b| a.credential.cmp(&b.credential));
-    drop(session);
-    let locked = lifecycle::lock(daemon, "panic");
-    daemon.audit.record(
-        "panic",
-        None,
-        None,
-        Some(format!(
-            "{} credential(s), provider {:?}",
-            entries.len(),
-            params.provider
-        )),
-    );
-    Ok(PanicResult {
-        credentials: entries,
-        locked,
-    })
 }
 
 async fn panic_one(

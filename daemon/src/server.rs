@@ -3,10 +3,14 @@
 //! that lets every in-flight request finish.
 
 use crate::dispatch::{self, After};
+use crate::error::ApiError;
+use crate::handler::Handler;
 use crate::state::{Daemon, Peer};
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
 use latchkey_client::framing::{read_frame, Frame};
-use latchkey_client::protocol::MAX_REQUEST_LEN;
+use latchkey_client::protocol::{
+    DaemonShutdown, Empty, Hello, HelloParams, HelloResult, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,4 +173,42 @@ async fn connection(
         }
     }
     line.as_mut_slice().zeroize();
+}
+
+/// The handshake: the daemon's protocol version, whatever the client's (a
+/// client refuses a daemon that speaks another one).
+impl Handler for Hello {
+    type Reply = HelloResult;
+
+    async fn handle(
+        _: &Arc<Daemon>,
+        _: Peer,
+        params: HelloParams,
+    ) -> Result<HelloResult, ApiError> {
+        if params.protocol != PROTOCOL_VERSION {
+            tracing::info!(
+                client = params.protocol,
+                ours = PROTOCOL_VERSION,
+                "client speaks another protocol version"
+            );
+        }
+        Ok(HelloResult {
+            protocol: PROTOCOL_VERSION,
+            daemon_version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+        })
+    }
+}
+
+/// Stops accepting; in-flight requests finish (see [`serve`]).
+impl Handler for DaemonShutdown {
+    type Reply = Empty;
+
+    async fn handle(daemon: &Arc<Daemon>, peer: Peer, _: Empty) -> Result<Empty, ApiError> {
+        daemon
+            .audit
+            .record("shutdown_requested", None, Some(peer.pid), None);
+        daemon.shutdown.notify_one();
+        Ok(Empty {})
+    }
 }

@@ -6,6 +6,7 @@
 //! `daemon.stats`.
 
 use crate::error::ApiError;
+use crate::handler::Handler;
 use crate::oauth::{grant, user, Access};
 use crate::policy;
 use crate::state::{Daemon, Peer, Session};
@@ -22,51 +23,70 @@ const UNKNOWN_LIFETIME_SECS: i64 = 300;
 /// Tokens used within this window are refreshed ahead of expiry.
 const RECENT_USE_SECS: i64 = 600;
 
-/// `token.get`: the policy check, then the cache, which answers from
-/// memory or joins/starts the one token request for this credential.
-pub async fn get(
-    daemon: &Arc<Daemon>,
-    params: TokenParams,
-    peer: Peer,
-) -> Result<Arc<Token>, ApiError> {
-    let session = daemon.session()?;
-    let (credential, provider) = session.lookup(&params.credential)?;
-    let granted = session.grant(&credential.id).map(|g| g.scope);
-    let scopes = policy::allowed_scopes(&credential, granted.as_deref(), params.scopes.as_deref())?;
-    let key: TokenKey = (credential.id.clone(), scopes.join(" "));
-    let now = daemon.clock.now();
-    let fetcher = Arc::clone(daemon);
-    let fetch_session = Arc::clone(&session);
-    let hit = session
-        .tokens
-        .get(
-            &key,
-            params.min_ttl.unwrap_or(0),
-            peer.pid,
-            now,
-            move || fetch(fetcher, fetch_session, credential, provider, scopes),
-        )
-        .await?;
-    if hit.first_issue {
-        daemon.audit.record(
-            "token_issued",
-            Some(&params.credential),
-            Some(peer.pid),
-            Some(hit.token.reply.scope.clone()),
-        );
+/// The policy check, then the cache, which answers from memory or
+/// joins/starts the one token request for this credential.
+impl Handler for TokenGet {
+    type Reply = Served;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        peer: Peer,
+        params: TokenParams,
+    ) -> Result<Served, ApiError> {
+        let session = daemon.session()?;
+        let (credential, provider) = session.lookup(&params.credential)?;
+        let granted = session.grant(&credential.id).map(|g| g.scope);
+        let scopes =
+            policy::allowed_scopes(&credential, granted.as_deref(), params.scopes.as_deref())?;
+        let key: TokenKey = (credential.id.clone(), scopes.join(" "));
+        let now = daemon.clock.now();
+        let fetcher = Arc::clone(daemon);
+        let fetch_session = Arc::clone(&session);
+        let hit = session
+            .tokens
+            .get(
+                &key,
+                params.min_ttl.unwrap_or(0),
+                peer.pid,
+                now,
+                move || fetch(fetcher, fetch_session, credential, provider, scopes),
+            )
+            .await?;
+        if hit.first_issue {
+            daemon.audit.record(
+                "token_issued",
+                Some(&params.credential),
+                Some(peer.pid),
+                Some(hit.token.reply.scope.clone()),
+            );
+        }
+        Ok(Served(hit.token))
     }
-    Ok(hit.token)
 }
 
-/// `daemon.stats`: what the token cache did since the vault was unlocked.
-pub fn stats(daemon: &Daemon) -> Result<StatsResult, ApiError> {
-    let session = daemon.session()?;
-    let t = &session.tokens;
-    Ok(StatsResult {
-        hits: t.hits.load(Ordering::Relaxed),
-        waits: t.waits.load(Ordering::Relaxed),
-        fetches: t.fetches.load(Ordering::Relaxed),
-    })
+/// What the token cache did since the vault was unlocked.
+impl Handler for DaemonStats {
+    type Reply = StatsResult;
+
+    async fn handle(daemon: &Arc<Daemon>, _: Peer, _: Empty) -> Result<StatsResult, ApiError> {
+        let session = daemon.session()?;
+        let t = &session.tokens;
+        Ok(StatsResult {
+            hits: t.hits.load(Ordering::Relaxed),
+            waits: t.waits.load(Ordering::Relaxed),
+            fetches: t.fetches.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// A cached token as the reply to `token.get`: it serializes as the
+/// protocol's [`TokenReply`] it holds, with no copy of the secret.
+pub struct Served(Arc<Token>);
+
+impl std::borrow::Borrow<TokenReply> for Served {
+    fn borrow(&self) -> &TokenReply {
+        &self.0.reply
+    }
 }
 
 /// Starts proactive refreshes for recently used tokens near expiry.
