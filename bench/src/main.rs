@@ -63,11 +63,11 @@ mod procfs;
 mod raw;
 mod refresh;
 mod report;
-mod token_endpoint;
 
 use anyhow::{Context, Result};
 use daemon::{DaemonGuard, Env, CREDENTIAL};
 use latchkey_client::secrecy::ExposeSecret;
+use latchkey_testkit::token_endpoint;
 use load::Plan;
 use report::mib;
 use std::process::ExitCode;
