@@ -217,7 +217,7 @@ impl TestEnv {
         self.transcript.lock().unwrap().clone()
     }
 
-    /// `latchkey init --passphrase-file` with [`PASSPHRASE`] (starting the
+    /// `latchkey init --passphrase-file` with [`PASSPHRASE`](crate::env::PASSPHRASE) (starting the
     /// daemon if none runs).
     pub fn init(&self) -> CliResult {
         let file = self.passphrase_file();

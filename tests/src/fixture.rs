@@ -85,7 +85,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// `n` callers of `token.get` for `credential`, each on its own connection
 /// (all open before anyone asks), released at once behind a barrier
-/// ([`latchkey_testkit::burst`]). Returns every caller's access token, in
+/// ([`latchkey_testkit::burst()`]). Returns every caller's access token, in
 /// caller order; panics unless each gets one within [`CALL_TIMEOUT`].
 pub fn concurrent_tokens(env: &TestEnv, credential: &str, n: usize) -> Vec<String> {
     runtime().block_on(async {

@@ -1,6 +1,6 @@
 //! End-to-end test harness: runs the real binaries against a real authorization server.
 //!
-//! By concern: [`env`] (one test's temp dirs, environment and cleanup),
+//! By concern: [`env`](mod@env) (one test's temp dirs, environment and cleanup),
 //! [`cli`] (running `latchkey`), [`process`] (starting and stopping
 //! `latchkeyd`, `/proc`), [`raw`] (raw socket connections), [`rpc`] (the
 //! protocol through `latchkey_client`), [`provider`] and [`browser`] (the
