@@ -27,10 +27,20 @@ pub fn bin_dir() -> Result<PathBuf> {
     latchkey_testkit::bin_dir().context("cannot find the bench's own path")
 }
 
-/// `bin_dir/name`, if it exists; warns when it is older than the sources
+/// Where the bench's own helper binaries are: beside the bench itself,
+/// whatever `$LATCHKEY_BIN_DIR` says (cargo builds them together).
+pub fn own_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the bench's own path")?;
+    Ok(exe
+        .parent()
+        .context("the bench binary has no parent directory")?
+        .to_owned())
+}
+
+/// `dir/name`, if it exists; warns when it is older than the sources
 /// it is built from (a stale build would measure old code).
-pub fn find_binary(name: &str, sources: &[&str]) -> Result<Option<PathBuf>> {
-    let path = bin_dir()?.join(name);
+pub fn find_binary(dir: &Path, name: &str, sources: &[&str]) -> Result<Option<PathBuf>> {
+    let path = dir.join(name);
     if !path.is_file() {
         return Ok(None);
     }
