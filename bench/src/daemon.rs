@@ -5,7 +5,6 @@
 //! through `PR_SET_PDEATHSIG`, when the bench itself is killed).
 
 use crate::procfs;
-use crate::token_endpoint::TokenEndpoint;
 use anyhow::{bail, Context, Result};
 use latchkey_client::protocol::{
     method, AuthMethod, CredentialAddParams, CredentialInfo, Endpoints, GrantType, InitParams,
@@ -13,6 +12,7 @@ use latchkey_client::protocol::{
 };
 use latchkey_client::secrecy::SecretString;
 use latchkey_client::Client;
+use latchkey_testkit::token_endpoint::TokenEndpoint;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,9 +21,15 @@ use std::time::{Duration, Instant, SystemTime};
 /// The credential (and provider) name the bench creates.
 pub const CREDENTIAL: &str = "bench";
 
-/// The directory holding this bench's binary, which in a cargo build is
-/// where `latchkeyd` and `latchkey` land too.
+/// Where `latchkeyd` and `latchkey` are: [`latchkey_testkit::bin_dir`]
+/// (`$LATCHKEY_BIN_DIR`, else the target dir this bench was built into).
 pub fn bin_dir() -> Result<PathBuf> {
+    latchkey_testkit::bin_dir().context("cannot find the bench's own path")
+}
+
+/// Where the bench's own helper binaries are: beside the bench itself,
+/// whatever `$LATCHKEY_BIN_DIR` says (cargo builds them together).
+pub fn own_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the bench's own path")?;
     Ok(exe
         .parent()
@@ -31,10 +37,10 @@ pub fn bin_dir() -> Result<PathBuf> {
         .to_owned())
 }
 
-/// `bin_dir/name`, if it exists; warns when it is older than the sources
+/// `dir/name`, if it exists; warns when it is older than the sources
 /// it is built from (a stale build would measure old code).
-pub fn find_binary(name: &str, sources: &[&str]) -> Result<Option<PathBuf>> {
-    let path = bin_dir()?.join(name);
+pub fn find_binary(dir: &Path, name: &str, sources: &[&str]) -> Result<Option<PathBuf>> {
+    let path = dir.join(name);
     if !path.is_file() {
         return Ok(None);
     }

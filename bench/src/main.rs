@@ -63,11 +63,11 @@ mod procfs;
 mod raw;
 mod refresh;
 mod report;
-mod token_endpoint;
 
 use anyhow::{Context, Result};
 use daemon::{DaemonGuard, Env, CREDENTIAL};
 use latchkey_client::secrecy::ExposeSecret;
+use latchkey_testkit::token_endpoint;
 use load::Plan;
 use report::mib;
 use std::process::ExitCode;
@@ -192,15 +192,16 @@ fn run() -> Result<()> {
         // Before the daemon starts, so it inherits the limit.
         raise_nofile(4 * refresh::BURST_CALLERS as u64)?;
     }
-    let daemon_bin = daemon::find_binary("latchkeyd", &["daemon/src", "client/src"])?
+    let bins = daemon::bin_dir()?;
+    let daemon_bin = daemon::find_binary(&bins, "latchkeyd", &["daemon/src", "client/src"])?
         .with_context(|| {
             format!(
-                "no latchkeyd in {}: build it first with `cargo build --release -p latchkey-daemon -p latchkey-cli -p latchkey-bench`",
-                daemon::bin_dir().unwrap_or_default().display()
+                "no latchkeyd in {}: build it first with `cargo build --release -p latchkey-daemon -p latchkey-cli -p latchkey-bench` (or set LATCHKEY_BIN_DIR)",
+                bins.display()
             )
         })?;
-    let cli_bin = daemon::find_binary("latchkey", &["cli/src", "client/src"])?;
-    let empty_bin = daemon::find_binary("latchkey-bench-empty", &[])?;
+    let cli_bin = daemon::find_binary(&bins, "latchkey", &["cli/src", "client/src"])?;
+    let empty_bin = daemon::find_binary(&daemon::own_dir()?, "latchkey-bench-empty", &[])?;
 
     // Dropped in reverse order: client runtime, then daemon, then the dir.
     let dir = tempfile::Builder::new()

@@ -10,9 +10,9 @@
 
 use crate::daemon::{Env, CREDENTIAL};
 use crate::load::{new_histogram, p50, p99, us};
-use crate::token_endpoint;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
+use latchkey_testkit::token_endpoint;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;

@@ -29,7 +29,6 @@
 
 use crate::load::{new_histogram, p50, p99, us};
 use crate::procfs;
-use crate::token_endpoint::{TokenEndpoint, UserClientConfig, UserStats};
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use latchkey_client::protocol::{
@@ -39,10 +38,11 @@ use latchkey_client::protocol::{
 };
 use latchkey_client::secrecy::ExposeSecret;
 use latchkey_client::Client;
+use latchkey_testkit::token_endpoint::{TokenEndpoint, UserClientConfig, UserStats};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The provider the user credentials use.
@@ -378,36 +378,27 @@ async fn burst(
 
     let stats_before = stats(&mut admin).await?;
     let before = endpoint.user_stats(name);
-    let barrier = Arc::new(tokio::sync::Barrier::new(BURST_CALLERS));
-    let released: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|mut client| {
-            let barrier = Arc::clone(&barrier);
-            let released = Arc::clone(&released);
-            let name = name.to_owned();
-            tokio::spawn(async move {
-                if barrier.wait().await.is_leader() {
-                    let _ = released.set(Instant::now());
-                }
-                let start = Instant::now();
-                let reply = tokio::time::timeout(CALL_TIMEOUT, client.token(&name)).await;
-                let latency = start.elapsed();
-                let token = match reply {
-                    Ok(Ok(t)) => Ok(t.access_token.expose_secret().to_owned()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no reply within {CALL_TIMEOUT:?}")),
-                };
-                (latency, token, client)
-            })
-        })
-        .collect();
+    let burst = latchkey_testkit::burst(clients, |mut client| {
+        let name = name.to_owned();
+        async move {
+            let start = Instant::now();
+            let reply = tokio::time::timeout(CALL_TIMEOUT, client.token(&name)).await;
+            let latency = start.elapsed();
+            let token = match reply {
+                Ok(Ok(t)) => Ok(t.access_token.expose_secret().to_owned()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no reply within {CALL_TIMEOUT:?}")),
+            };
+            (latency, token, client)
+        }
+    })
+    .await
+    .context("a burst caller panicked")?;
     let mut tokens: HashMap<String, usize> = HashMap::new();
     let mut latency = new_histogram();
     let (mut ok, mut failed, mut first_error) = (0, 0, None);
     let mut clients = Vec::with_capacity(BURST_CALLERS);
-    for task in tasks {
-        let (lat, token, client) = task.await.context("a burst caller panicked")?;
+    for (lat, token, client) in burst.results {
         clients.push(client);
         latency.saturating_record(lat.as_nanos() as u64);
         match token {
@@ -437,8 +428,7 @@ async fn burst(
             .as_ref()
             .is_some_and(|t| tokens.contains_key(t) && Some(t) != login_token.as_ref());
     let d = delta(&stats_after, &stats_before);
-    let took = released.get().map(|r| done - *r);
-    let took = took.map_or("?".into(), |t| format!("{:.1} ms", t.as_secs_f64() * 1e3));
+    let took = format!("{:.1} ms", (done - burst.released).as_secs_f64() * 1e3);
     if main {
         println!(
             "  login: {} device authorization, {} device_code grant (refresh token issued); waited {:.1} s for the login token to expire; {BURST_CALLERS} connections opened in {:.0} ms",

@@ -25,6 +25,8 @@ use reqwest::blocking::Client;
 use reqwest::header::{HeaderMap, LOCATION};
 use reqwest::Url;
 
+use crate::blocking::off_runtime;
+
 /// Per-request bound.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// More redirects and forms than any login here needs: a loop is a failure.
@@ -581,18 +583,6 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// Runs blocking HTTP work off any tokio runtime the caller may be inside.
-fn off_runtime<T: Send>(work: impl FnOnce() -> Result<T, String> + Send) -> Result<T, String> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return work();
-    }
-    std::thread::scope(|s| {
-        s.spawn(work)
-            .join()
-            .unwrap_or_else(|_| Err("helper thread panicked".into()))
-    })
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::blocking::off_runtime;
+
 /// How long the server may take to print `READY`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Per-request timeout for admin, discovery and introspection calls.
@@ -549,13 +551,7 @@ impl Provider {
     }
 
     fn admin_post(&self, name: &str, body: Value) {
-        let url = self.admin(name);
-        let (status, answer) = off_runtime(|| read_json(self.http.post(&url).json(&body).send()))
-            .unwrap_or_else(|e| panic!("test provider: POST {url} failed: {e}"));
-        assert_eq!(
-            status, 200,
-            "test provider: POST {url} {body} answered {status}: {answer}"
-        );
+        self.admin_post_json(name, body);
     }
 
     fn get_json(&self, url: &str) -> (u16, Value) {
@@ -583,18 +579,6 @@ impl std::fmt::Debug for Provider {
             .field("pid", &self.child.id())
             .finish()
     }
-}
-
-/// Runs blocking HTTP work off any tokio runtime the caller may be inside.
-fn off_runtime<T: Send>(work: impl FnOnce() -> Result<T, String> + Send) -> Result<T, String> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return work();
-    }
-    std::thread::scope(|s| {
-        s.spawn(work)
-            .join()
-            .unwrap_or_else(|_| Err("helper thread panicked".into()))
-    })
 }
 
 fn read_json(resp: reqwest::Result<reqwest::blocking::Response>) -> Result<(u16, Value), String> {

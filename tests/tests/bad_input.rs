@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use latchkey_client::protocol::{MAX_REQUEST_LEN, PROTOCOL_VERSION};
 use latchkey_client::ErrorKind;
-use latchkey_tests::daemon::{alive, DaemonHandle, DaemonOpts, RawConn, TestEnv};
-use latchkey_tests::provider::{ClientSpec, Provider};
+use latchkey_tests::fixture::{svc, svc_env};
+use latchkey_tests::provider::Provider;
+use latchkey_tests::{alive, DaemonHandle, DaemonOpts, RawConn, TestEnv};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
@@ -31,23 +32,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let p = Provider::start(&[ClientSpec::client_credentials(
+    let p = Provider::start(&[svc()]);
+    let (env, daemon) = svc_env(
+        &p,
+        DaemonOpts::new().env("LATCHKEY_FRAME_TIMEOUT", "1s"),
         "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    )]);
-    let env = TestEnv::new();
-    let daemon = env.start_daemon_with(DaemonOpts::new().env("LATCHKEY_FRAME_TIMEOUT", "1s"));
-    env.init();
-    env.add_provider("test", p.issuer());
-    env.add_credential(
-        "svc",
-        "test",
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
     );
     let cached = env.token("svc");
     Fixture {

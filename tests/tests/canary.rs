@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use latchkey_client::protocol::{method, Empty, UnlockParams};
 use latchkey_client::ErrorKind;
-use latchkey_tests::daemon::{processes, TestEnv};
+use latchkey_tests::fixture::{client_credentials, TEST_PROVIDER};
 use latchkey_tests::provider::{ClientSpec, Provider};
+use latchkey_tests::{processes, TestEnv};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
@@ -402,24 +403,17 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
 fn a_wrong_client_secret_is_not_echoed_by_the_provider_error() {
     let right = unique("right");
     let wrong = unique("wrong");
-    let p = Provider::start(&[ClientSpec::client_credentials(
-        "svc",
-        &right,
-        "client_secret_post",
-        "api:read",
-    )]);
+    let client = ClientSpec::client_credentials("svc", &right, "client_secret_post", "api:read");
+    let p = Provider::start(std::slice::from_ref(&client));
     let env = TestEnv::new();
     env.set_env("LATCHKEY_LOG", "debug");
     env.init();
-    env.add_provider("test", p.issuer());
-    env.add_credential(
-        "svc",
-        "test",
-        "svc",
-        &wrong,
-        "client_secret_post",
-        "api:read",
-    );
+    env.add_provider(TEST_PROVIDER, p.issuer());
+    let with_the_wrong_secret = ClientSpec {
+        client_secret: Some(wrong.clone()),
+        ..client
+    };
+    client_credentials(&env, TEST_PROVIDER, "svc", &with_the_wrong_secret);
     let r = env.latchkey(&["token", "svc"]);
     r.code_is(8);
     assert!(r.stderr.contains("invalid_client"), "{}", r.stderr);

@@ -14,18 +14,16 @@
 //!
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
-mod userflow;
-
 use std::time::{Duration, Instant};
 
 use latchkey_client::protocol::{method, Empty, GrantType, StatusResult, VaultState};
 use latchkey_client::ErrorKind;
 use latchkey_tests::browser::Browser;
-use latchkey_tests::daemon::{DaemonOpts, TestEnv};
+use latchkey_tests::fixture::*;
+use latchkey_tests::{DaemonOpts, TestEnv};
 use rand::{Rng, SeedableRng};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use userflow::*;
 
 /// Successful refreshes to reach.
 const CYCLES: u64 = 500;

@@ -10,8 +10,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use latchkey_tests::daemon::{alive, wait_for, DaemonOpts, TestEnv};
+use latchkey_tests::fixture::{client_credentials, svc, TEST_PROVIDER};
 use latchkey_tests::provider::{ClientSpec, Provider};
+use latchkey_tests::{alive, wait_for, DaemonOpts, TestEnv};
 use serde_json::{json, Value};
 
 fn now() -> i64 {
@@ -292,8 +293,9 @@ fn tokens_headers_exec_and_scopes_with_every_secret_source() {
 
 #[test]
 fn a_path_issuer_is_discovered_and_serves_tokens() {
+    let client = ClientSpec::client_credentials("svc", "s3cret", "client_secret_post", "api:read");
     let p = Provider::start_with(json!({
-        "clients": [ClientSpec::client_credentials("svc", "s3cret", "client_secret_post", "api:read").to_json()],
+        "clients": [client.to_json()],
         "issuer_path": "/tenant-a",
     }));
     assert!(p.issuer().ends_with("/tenant-a"));
@@ -308,14 +310,7 @@ fn a_path_issuer_is_discovered_and_serves_tokens() {
         shown["endpoints"]["token_endpoint"],
         format!("{}/token", p.issuer())
     );
-    env.add_credential(
-        "svc",
-        "tenant",
-        "svc",
-        "s3cret",
-        "client_secret_post",
-        "api:read",
-    );
+    client_credentials(&env, "tenant", "svc", &client);
     let token = env.token("svc");
     let intro = p.introspect(&token, "svc", "s3cret");
     assert_eq!(intro["active"], true, "{intro}");
@@ -327,12 +322,7 @@ fn a_path_issuer_is_discovered_and_serves_tokens() {
 /// Also the suite's test of the production Argon2id parameters.
 #[test]
 fn a_restarted_daemon_serves_the_stored_token_and_min_ttl_forces_one_request() {
-    let p = Provider::start(&[ClientSpec::client_credentials(
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    )]);
+    let p = Provider::start(&[svc()]);
     let env = TestEnv::with_real_kdf();
     let first = env.start_daemon();
     let init = env.init();
@@ -346,15 +336,8 @@ fn a_restarted_daemon_serves_the_stored_token_and_min_ttl_forces_one_request() {
         [json!({"m_kib": 65536, "t": 3, "p": 4})],
         "without LATCHKEY_INSECURE_TEST_KDF, slots use RFC 9106's second recommended option"
     );
-    env.add_provider("test", p.issuer());
-    env.add_credential(
-        "svc",
-        "test",
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    );
+    env.add_provider(TEST_PROVIDER, p.issuer());
+    client_credentials(&env, TEST_PROVIDER, "svc", &svc());
     let t1 = env.token("svc");
     assert_eq!(p.stats().token_requests, 1);
 
@@ -544,12 +527,7 @@ fn plain_http_providers_off_loopback_are_refused() {
 
 #[test]
 fn wrong_passphrases_keep_the_vault_locked_and_lock_unlock_round_trips() {
-    let p = Provider::start(&[ClientSpec::client_credentials(
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    )]);
+    let p = Provider::start(&[svc()]);
     let env = TestEnv::new();
     env.init();
     assert_eq!(
@@ -557,15 +535,8 @@ fn wrong_passphrases_keep_the_vault_locked_and_lock_unlock_round_trips() {
         [json!({"m_kib": 19456, "t": 2, "p": 1})],
         "LATCHKEY_INSECURE_TEST_KDF=1 lowers Argon2id to OWASP's minimum, not below"
     );
-    env.add_provider("test", p.issuer());
-    env.add_credential(
-        "svc",
-        "test",
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    );
+    env.add_provider(TEST_PROVIDER, p.issuer());
+    client_credentials(&env, TEST_PROVIDER, "svc", &svc());
     let t1 = env.token("svc");
 
     assert!(env.latchkey(&["lock"]).out().contains("locked"));
@@ -592,7 +563,7 @@ fn wrong_passphrases_keep_the_vault_locked_and_lock_unlock_round_trips() {
 
     let r = env
         .cli(&["unlock", "--passphrase-stdin"])
-        .stdin(format!("{}\n", latchkey_tests::daemon::PASSPHRASE))
+        .stdin(format!("{}\n", latchkey_tests::env::PASSPHRASE))
         .run();
     assert!(r.out().contains("unlocked"), "{}", r.stdout);
     assert_eq!(vault_state(&env), "unlocked");
@@ -631,21 +602,9 @@ fn the_vault_locks_itself_when_idle_and_status_does_not_keep_it_open() {
     assert_eq!(status["idle_timeout_secs"], 3, "{status}");
 
     // Real use (tokens) keeps it open...
-    let p = Provider::start(&[ClientSpec::client_credentials(
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    )]);
+    let p = Provider::start(&[svc()]);
     env.add_provider("idp", p.issuer());
-    env.add_credential(
-        "svc",
-        "idp",
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    );
+    client_credentials(&env, "idp", "svc", &svc());
     let until = std::time::Instant::now() + Duration::from_secs(4);
     while std::time::Instant::now() < until {
         env.token("svc");

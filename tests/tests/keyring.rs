@@ -12,7 +12,7 @@
 //!
 //! Needs `cargo build --workspace --bins`; no authorization server.
 
-use latchkey_tests::daemon::{DaemonHandle, DaemonOpts, TestEnv};
+use latchkey_tests::{DaemonHandle, DaemonOpts, TestEnv};
 use serde_json::Value;
 
 fn keyring_required() -> bool {

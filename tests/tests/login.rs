@@ -6,20 +6,18 @@
 //!
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
-mod userflow;
-
 use std::time::{Duration, Instant};
 
 use latchkey_client::protocol::{GrantType, LoginStartParams};
 use latchkey_client::ErrorKind;
 use latchkey_tests::browser::{query_param, Browser, Decision};
+use latchkey_tests::fixture::*;
 use latchkey_tests::provider::{Provider, DEVICE_CODE_GRANT};
 use reqwest::Url;
 use secrecy::ExposeSecret;
 use serde_json::json;
-use userflow::*;
 
-fn start(env: &latchkey_tests::daemon::TestEnv, name: &str) -> (String, Url) {
+fn start(env: &latchkey_tests::TestEnv, name: &str) -> (String, Url) {
     let started = env
         .login_start(&LoginStartParams {
             credential: name.into(),

@@ -4,8 +4,9 @@
 //!
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
-use latchkey_tests::daemon::TestEnv;
-use latchkey_tests::provider::{ClientSpec, Provider};
+use latchkey_tests::fixture::{svc, svc_env};
+use latchkey_tests::provider::Provider;
+use latchkey_tests::{DaemonOpts, TestEnv};
 use std::process::Command;
 
 /// The body of the first fenced block in README.md that starts with `lang`.
@@ -23,29 +24,12 @@ fn readme_block(lang: &str, containing: &str) -> String {
 }
 
 fn ready_env(p: &Provider) -> TestEnv {
-    let env = TestEnv::new();
-    env.start_daemon();
-    env.init();
-    env.add_provider("test", p.issuer());
-    env.add_credential(
-        "deploy-api",
-        "test",
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    );
-    env
+    svc_env(p, DaemonOpts::new(), "deploy-api").0
 }
 
 #[test]
 fn the_python_example_returns_the_token() {
-    let p = Provider::start(&[ClientSpec::client_credentials(
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    )]);
+    let p = Provider::start(&[svc()]);
     let env = ready_env(&p);
     let expected = env.token("deploy-api");
     let function = readme_block("python", "def latchkey_token");
@@ -88,12 +72,7 @@ fn the_socat_example_returns_the_token() {
         eprintln!("skipped: socat is not installed");
         return;
     }
-    let p = Provider::start(&[ClientSpec::client_credentials(
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    )]);
+    let p = Provider::start(&[svc()]);
     let env = ready_env(&p);
     let expected = env.token("deploy-api");
     let block = readme_block("sh", "socat");

@@ -7,20 +7,17 @@
 //!
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
-mod userflow;
-
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use latchkey_client::protocol::{method, Empty, GrantType, StatsResult, StatusResult};
 use latchkey_client::{ErrorKind, TokenParams};
 use latchkey_tests::browser::Browser;
-use latchkey_tests::daemon::TestEnv;
+use latchkey_tests::fixture::*;
 use latchkey_tests::provider::Provider;
+use latchkey_tests::TestEnv;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
-use userflow::*;
 
 /// A `min_ttl` longer than any token here lives: forces one refresh.
 const FORCE: Option<u64> = Some(7200);
@@ -138,34 +135,7 @@ fn a_thousand_concurrent_callers_on_an_expired_token_cause_one_refresh() {
     p.reset();
     // The refresh takes 500 ms: every caller arrives while it is in flight.
     p.delay_all(500);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let tokens = rt.block_on(async {
-        let mut clients = Vec::with_capacity(CALLERS);
-        for _ in 0..CALLERS {
-            clients.push(env.async_client().await);
-        }
-        let barrier = Arc::new(tokio::sync::Barrier::new(CALLERS));
-        let mut tasks = tokio::task::JoinSet::new();
-        for mut client in clients {
-            let barrier = Arc::clone(&barrier);
-            tasks.spawn(async move {
-                barrier.wait().await;
-                tokio::time::timeout(Duration::from_secs(60), client.token("app"))
-                    .await
-                    .expect("token.get answered in time")
-                    .map(|t| t.access_token.expose_secret().to_string())
-            });
-        }
-        let mut tokens = Vec::with_capacity(CALLERS);
-        while let Some(joined) = tasks.join_next().await {
-            tokens.push(joined.unwrap().expect("every caller gets a token"));
-        }
-        tokens
-    });
+    let tokens = concurrent_tokens(&env, "app", CALLERS);
     p.delay_all(0);
     let stats = p.stats();
     assert_eq!(

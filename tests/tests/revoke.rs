@@ -5,19 +5,17 @@
 //!
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
-mod userflow;
-
 use latchkey_client::protocol::{
     method, Empty, GrantType, PanicParams, PanicResult, RemoveParams, RevokeParams, RevokeResult,
     StatusResult, VaultState,
 };
 use latchkey_client::ErrorKind;
 use latchkey_tests::browser::Browser;
-use latchkey_tests::daemon::TestEnv;
+use latchkey_tests::fixture::*;
 use latchkey_tests::provider::Provider;
+use latchkey_tests::TestEnv;
 use secrecy::ExposeSecret;
 use serde_json::json;
-use userflow::*;
 
 /// Logs `name` in and gets a token: returns (access token, refresh token
 /// the daemon now holds).

@@ -5,80 +5,30 @@
 //!
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use latchkey_client::{ErrorKind, TokenParams};
-use latchkey_tests::daemon::{wait_for, TestEnv};
-use latchkey_tests::provider::{ClientSpec, Provider};
+use latchkey_tests::fixture::{concurrent_tokens, runtime, svc, svc_env, CALL_TIMEOUT};
+use latchkey_tests::provider::Provider;
+use latchkey_tests::{wait_for, DaemonOpts, TestEnv};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
 /// Concurrent callers in the single-flight test.
 const CALLERS: usize = 200;
-/// Bound on any one async call in these tests.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn setup(p: &Provider) -> TestEnv {
-    let env = TestEnv::new();
-    env.start_daemon();
-    env.init();
-    env.add_provider("test", p.issuer());
-    env.add_credential(
-        "svc",
-        "test",
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    );
-    env
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    svc_env(p, DaemonOpts::new(), "svc").0
 }
 
 #[test]
 fn two_hundred_concurrent_callers_share_one_token_request() {
-    let p = Provider::start(&[ClientSpec::client_credentials(
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    )]);
+    let p = Provider::start(&[svc()]);
     let env = setup(&p);
     // Every token request takes 300 ms, so all callers arrive while the
     // first one is in flight.
     p.delay_all(300);
-    let tokens = runtime().block_on(async {
-        // Separate connections, all open before anyone asks.
-        let mut clients = Vec::with_capacity(CALLERS);
-        for _ in 0..CALLERS {
-            clients.push(env.async_client().await);
-        }
-        let barrier = Arc::new(tokio::sync::Barrier::new(CALLERS));
-        let mut tasks = tokio::task::JoinSet::new();
-        for mut client in clients {
-            let barrier = Arc::clone(&barrier);
-            tasks.spawn(async move {
-                barrier.wait().await;
-                tokio::time::timeout(CALL_TIMEOUT, client.token("svc"))
-                    .await
-                    .expect("token.get answered in time")
-                    .map(|t| t.access_token.expose_secret().to_string())
-            });
-        }
-        let mut tokens = Vec::with_capacity(CALLERS);
-        while let Some(joined) = tasks.join_next().await {
-            tokens.push(joined.unwrap().expect("every caller gets a token"));
-        }
-        tokens
-    });
+    let tokens = concurrent_tokens(&env, "svc", CALLERS);
     p.delay_all(0);
     assert_eq!(tokens.len(), CALLERS);
     assert!(
@@ -98,12 +48,7 @@ fn two_hundred_concurrent_callers_share_one_token_request() {
 
 #[test]
 fn a_failing_provider_is_backed_off_from_then_used_again() {
-    let p = Provider::start(&[ClientSpec::client_credentials(
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    )]);
+    let p = Provider::start(&[svc()]);
     let env = setup(&p);
     p.inject(json!({"kind": "status", "status": 503, "retry_after": 2, "count": 1}));
 
@@ -166,36 +111,26 @@ fn a_failing_provider_is_backed_off_from_then_used_again() {
 
 #[test]
 fn concurrent_callers_of_a_failing_request_share_its_failure() {
-    let p = Provider::start(&[ClientSpec::client_credentials(
-        "svc",
-        "s3cret",
-        "client_secret_basic",
-        "api:read",
-    )]);
+    let p = Provider::start(&[svc()]);
     let env = setup(&p);
     p.delay_all(300);
     p.inject(json!({"kind": "status", "status": 500, "count": 1}));
     let kinds = runtime().block_on(async {
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..50 {
-            let mut client = env.async_client().await;
-            tasks.spawn(async move {
-                let params = TokenParams {
-                    credential: "svc".into(),
-                    ..TokenParams::default()
-                };
-                tokio::time::timeout(CALL_TIMEOUT, client.token_with(&params))
-                    .await
-                    .expect("answered in time")
-                    .err()
-                    .and_then(|e| e.kind())
-            });
-        }
-        let mut kinds = Vec::new();
-        while let Some(k) = tasks.join_next().await {
-            kinds.push(k.unwrap());
-        }
-        kinds
+        let clients = env.async_clients(50).await;
+        latchkey_testkit::burst(clients, |mut client| async move {
+            let params = TokenParams {
+                credential: "svc".into(),
+                ..TokenParams::default()
+            };
+            tokio::time::timeout(CALL_TIMEOUT, client.token_with(&params))
+                .await
+                .expect("answered in time")
+                .err()
+                .and_then(|e| e.kind())
+        })
+        .await
+        .expect("no caller panicked")
+        .results
     });
     p.delay_all(0);
     assert!(

@@ -7,8 +7,9 @@
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
 use latchkey_client::ErrorKind;
-use latchkey_tests::daemon::{alive, DaemonHandle, DaemonOpts, TestEnv};
+use latchkey_tests::fixture::{client_credentials, TEST_PROVIDER};
 use latchkey_tests::provider::{ClientSpec, Provider};
+use latchkey_tests::{alive, DaemonHandle, DaemonOpts, TestEnv};
 use rusqlite::params;
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -21,30 +22,15 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let p = Provider::start(&[
-        ClientSpec::client_credentials("svc-a", "secret-a", "client_secret_basic", "api:read"),
-        ClientSpec::client_credentials("svc-b", "secret-b", "client_secret_basic", "api:read"),
-    ]);
+    let a = ClientSpec::client_credentials("svc-a", "secret-a", "client_secret_basic", "api:read");
+    let b = ClientSpec::client_credentials("svc-b", "secret-b", "client_secret_basic", "api:read");
+    let p = Provider::start(&[a.clone(), b.clone()]);
     let env = TestEnv::new();
     let daemon = env.start_daemon();
     env.init();
-    env.add_provider("test", p.issuer());
-    env.add_credential(
-        "a",
-        "test",
-        "svc-a",
-        "secret-a",
-        "client_secret_basic",
-        "api:read",
-    );
-    env.add_credential(
-        "b",
-        "test",
-        "svc-b",
-        "secret-b",
-        "client_secret_basic",
-        "api:read",
-    );
+    env.add_provider(TEST_PROVIDER, p.issuer());
+    client_credentials(&env, TEST_PROVIDER, "a", &a);
+    client_credentials(&env, TEST_PROVIDER, "b", &b);
     Fixture { p, env, daemon }
 }
 

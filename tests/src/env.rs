@@ -1,0 +1,203 @@
+//! One test's private world ([`TestEnv`]): a temp directory with its own
+//! `XDG_RUNTIME_DIR`, `XDG_DATA_HOME` and `HOME` (and `LATCHKEY_SOCKET` /
+//! `LATCHKEY_VAULT` set explicitly), the environment every CLI run and
+//! daemon gets, the vault file, and cleanup: dropping a [`TestEnv`] kills
+//! every daemon it started, and every daemon the CLI started for it, so a
+//! test never leaves an orphan.
+//!
+//! The binaries are found with [`latchkey_testkit::bin_dir`] (the cargo
+//! target dir, or `$LATCHKEY_BIN_DIR`); build them first with
+//! `cargo build --workspace --bins`. When a test fails, the env prints
+//! every daemon log; set `LATCHKEY_TEST_KEEP=1` to keep its temp directory
+//! as well.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cli::CliResult;
+
+/// The passphrase [`TestEnv::init`] creates the vault with.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+pub(crate) const BUILD_HINT: &str = "run `cargo build --workspace --bins` first";
+
+/// One test's private world: temp dirs, environment, daemons. See the module docs.
+pub struct TestEnv {
+    dir: tempfile::TempDir,
+    /// The temp directory everything lives in.
+    pub root: PathBuf,
+    /// `$LATCHKEY_SOCKET`.
+    pub socket: PathBuf,
+    /// `$LATCHKEY_VAULT`.
+    pub vault: PathBuf,
+    bin_dir: PathBuf,
+    /// The environment every CLI run and daemon gets (after `env_clear`).
+    pub(crate) vars: Mutex<BTreeMap<String, OsString>>,
+    /// Daemons started directly: pid, child, log.
+    pub(crate) daemons: Mutex<Vec<(u32, Child, PathBuf)>>,
+    /// How many daemons were started so far: numbers their log files.
+    pub(crate) started: Mutex<u32>,
+    /// Every CLI run, in order.
+    pub(crate) transcript: Mutex<Vec<CliResult>>,
+}
+
+impl TestEnv {
+    /// A fresh env with `LATCHKEY_INSECURE_TEST_KDF=1` (fast Argon2id).
+    pub fn new() -> TestEnv {
+        let env = TestEnv::with_real_kdf();
+        env.set_env("LATCHKEY_INSECURE_TEST_KDF", "1");
+        env
+    }
+
+    /// A fresh env whose vaults use the production Argon2id parameters.
+    pub fn with_real_kdf() -> TestEnv {
+        let bin_dir = bin_dir();
+        // Short prefix: a Unix socket path must fit in 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("lk-")
+            .tempdir()
+            .expect("cannot create a temp dir");
+        let root = dir.path().to_path_buf();
+        let run = root.join("run");
+        let data = root.join("data");
+        let home = root.join("home");
+        for d in [&run, &data, &home] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let socket = run.join("latchkey").join("latchkey.sock");
+        let vault = data.join("latchkey").join("vault.db");
+        let mut vars = BTreeMap::new();
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+        vars.insert("PATH".to_string(), path);
+        vars.insert("HOME".to_string(), home.into_os_string());
+        vars.insert("XDG_RUNTIME_DIR".to_string(), run.into_os_string());
+        vars.insert("XDG_DATA_HOME".to_string(), data.into_os_string());
+        vars.insert(
+            "LATCHKEY_SOCKET".to_string(),
+            socket.clone().into_os_string(),
+        );
+        vars.insert("LATCHKEY_VAULT".to_string(), vault.clone().into_os_string());
+        let env = TestEnv {
+            dir,
+            root,
+            socket,
+            vault,
+            bin_dir,
+            vars: Mutex::new(vars),
+            daemons: Mutex::new(Vec::new()),
+            started: Mutex::new(0),
+            transcript: Mutex::new(Vec::new()),
+        };
+        env.write_secret_file("passphrase", PASSPHRASE);
+        env
+    }
+
+    /// Path of a binary in the target dir.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    /// Sets a variable in the environment of every later CLI run and daemon.
+    pub fn set_env(&self, key: &str, value: impl Into<OsString>) {
+        self.vars.lock().unwrap().insert(key.into(), value.into());
+    }
+
+    /// Removes a variable from the environment of later CLI runs and daemons.
+    pub fn remove_env(&self, key: &str) {
+        self.vars.lock().unwrap().remove(key);
+    }
+
+    /// Passes the test process's own value of `key` on, if it has one.
+    pub fn pass_env(&self, key: &str) -> bool {
+        match std::env::var_os(key) {
+            Some(v) => {
+                self.set_env(key, v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes a 0600 file in the env's root and returns its path.
+    pub fn write_secret_file(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.root.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    /// The file holding [`PASSPHRASE`].
+    pub fn passphrase_file(&self) -> PathBuf {
+        self.root.join("passphrase")
+    }
+
+    /// Opens the vault file with SQLite, for inspection and tampering. Stop
+    /// the daemon before writing: it must not see a file change under it.
+    pub fn vault_db(&self) -> rusqlite::Connection {
+        let db = rusqlite::Connection::open(&self.vault)
+            .unwrap_or_else(|e| panic!("cannot open the vault {}: {e}", self.vault.display()));
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        db
+    }
+
+    /// The Argon2id parameters of the vault's passphrase slots (`kdf` of each slot's params).
+    pub fn passphrase_slot_kdf(&self) -> Vec<Value> {
+        let db = self.vault_db();
+        let mut stmt = db
+            .prepare("SELECT params FROM key_slots WHERE kind = 'passphrase'")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|p| serde_json::from_str::<Value>(&p.unwrap()).unwrap()["kdf"].clone())
+            .collect();
+        rows
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        TestEnv::new()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        if panicking {
+            eprintln!(
+                "=== latchkey test env {} (daemon logs follow) ===\n{}",
+                self.root.display(),
+                self.all_daemon_logs()
+            );
+        }
+        self.kill_every_daemon();
+        if std::env::var_os("LATCHKEY_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("kept {}", dir.keep().display());
+        }
+    }
+}
+
+/// [`latchkey_testkit::bin_dir`], checked to hold both binaries.
+fn bin_dir() -> PathBuf {
+    let dir = latchkey_testkit::bin_dir().expect("the test knows its own path");
+    for name in ["latchkey", "latchkeyd"] {
+        if !dir.join(name).is_file() {
+            panic!(
+                "{} not found in {}: {BUILD_HINT} (or set LATCHKEY_BIN_DIR)",
+                name,
+                dir.display()
+            );
+        }
+    }
+    dir
+}
