@@ -6,7 +6,7 @@
 use crate::daemon::CREDENTIAL;
 use crate::load::Conn;
 use anyhow::{bail, Context, Result};
-use latchkey_client::protocol::{method, Request, TokenParams};
+use latchkey_client::protocol::{Method, Request, TokenGet, TokenParams};
 use latchkey_client::Client;
 use std::path::Path;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -40,7 +40,7 @@ pub fn request_line(id: u64) -> Result<Vec<u8>> {
     let mut line = serde_json::to_vec(&Request {
         jsonrpc: "2.0",
         id,
-        method: method::TOKEN_GET,
+        method: TokenGet::NAME,
         params: TokenParams {
             credential: CREDENTIAL.into(),
             ..TokenParams::default()

@@ -7,8 +7,8 @@
 use crate::procfs;
 use anyhow::{bail, Context, Result};
 use latchkey_client::protocol::{
-    method, AuthMethod, CredentialAddParams, CredentialInfo, Endpoints, GrantType, InitParams,
-    InitResult, ProviderAddParams, ProviderInfo,
+    AuthMethod, CredentialAdd, CredentialAddParams, CredentialInfo, Endpoints, GrantType,
+    InitParams, InitResult, ProviderAdd, ProviderAddParams, ProviderInfo, VaultInit,
 };
 use latchkey_client::secrecy::SecretString;
 use latchkey_client::Client;
@@ -230,43 +230,34 @@ impl Drop for DaemonGuard {
 pub async fn set_up_vault(socket: &Path, endpoint: &TokenEndpoint) -> Result<()> {
     let mut c = Client::connect_to(socket).await?;
     let _: InitResult = c
-        .call(
-            method::VAULT_INIT,
-            &InitParams {
-                passphrase: Some(SecretString::from("correct horse battery staple")),
-                keyring: false,
-            },
-        )
+        .request::<VaultInit>(&InitParams {
+            passphrase: Some(SecretString::from("correct horse battery staple")),
+            keyring: false,
+        })
         .await
         .context("vault.init failed")?;
     let _: ProviderInfo = c
-        .call(
-            method::PROVIDER_ADD,
-            &ProviderAddParams {
-                name: CREDENTIAL.into(),
-                issuer: None,
-                endpoints: Endpoints {
-                    token_endpoint: Some(endpoint.url.clone()),
-                    ..Endpoints::default()
-                },
+        .request::<ProviderAdd>(&ProviderAddParams {
+            name: CREDENTIAL.into(),
+            issuer: None,
+            endpoints: Endpoints {
+                token_endpoint: Some(endpoint.url.clone()),
+                ..Endpoints::default()
             },
-        )
+        })
         .await
         .context("provider.add failed")?;
     let _: CredentialInfo = c
-        .call(
-            method::CREDENTIAL_ADD,
-            &CredentialAddParams {
-                name: CREDENTIAL.into(),
-                provider: CREDENTIAL.into(),
-                client_id: "bench-client".into(),
-                client_secret: Some(SecretString::from("bench-client-secret")),
-                grant: GrantType::ClientCredentials,
-                auth: AuthMethod::ClientSecretBasic,
-                scopes: vec!["read".into()],
-                redirect_uri: None,
-            },
-        )
+        .request::<CredentialAdd>(&CredentialAddParams {
+            name: CREDENTIAL.into(),
+            provider: CREDENTIAL.into(),
+            client_id: "bench-client".into(),
+            client_secret: Some(SecretString::from("bench-client-secret")),
+            grant: GrantType::ClientCredentials,
+            auth: AuthMethod::ClientSecretBasic,
+            scopes: vec!["read".into()],
+            redirect_uri: None,
+        })
         .await
         .context("credential.add failed")?;
     Ok(())

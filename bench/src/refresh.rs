@@ -32,9 +32,10 @@ use crate::procfs;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use latchkey_client::protocol::{
-    method, AuthMethod, CredentialAddParams, CredentialInfo, Empty, Endpoints, GrantType,
-    LoginResult, LoginStartParams, LoginStartResult, LoginWaitParams, NameParams,
-    ProviderAddParams, ProviderInfo, RemoveParams, StatsResult,
+    AuthMethod, CredentialAdd, CredentialAddParams, CredentialInfo, CredentialRemove,
+    CredentialShow, DaemonStats, Empty, Endpoints, GrantType, LoginResult, LoginStart,
+    LoginStartParams, LoginStartResult, LoginWait, LoginWaitParams, NameParams, ProviderAdd,
+    ProviderAddParams, ProviderInfo, RemoveParams, StatsResult, EXPIRY_MARGIN_SECS,
 };
 use latchkey_client::secrecy::ExposeSecret;
 use latchkey_client::Client;
@@ -70,8 +71,6 @@ const MAX_STEADY_SECS: u64 = 3600;
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 /// Bound on any one call (a login, a `token.get`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// The daemon's `EXPIRY_MARGIN_SECS`: a cached token with less left is stale.
-const DAEMON_EXPIRY_MARGIN: u64 = 5;
 /// Waited calls listed one by one (all are counted).
 const WAITED_SHOWN: usize = 10;
 
@@ -189,7 +188,7 @@ pub fn run(
     // Information only: every token shorter than the daemon's expiry
     // margin, and a provider that answers at loopback speed.
     println!(
-        "  for information, a credential whose every token lives {BURST_LOGIN_LIFETIME} s (< the daemon's {DAEMON_EXPIRY_MARGIN}-s expiry margin: a fresh token is already stale), provider answering at once:"
+        "  for information, a credential whose every token lives {BURST_LOGIN_LIFETIME} s (< the daemon's {EXPIRY_MARGIN_SECS}-s expiry margin: a fresh token is already stale), provider answering at once:"
     );
     rt.block_on(burst(
         socket,
@@ -235,18 +234,15 @@ pub fn run(
 async fn add_provider(socket: &Path, endpoint: &TokenEndpoint) -> Result<()> {
     let mut c = Client::connect_to(socket).await?;
     let _: ProviderInfo = c
-        .call(
-            method::PROVIDER_ADD,
-            &ProviderAddParams {
-                name: PROVIDER.into(),
-                issuer: None,
-                endpoints: Endpoints {
-                    token_endpoint: Some(endpoint.url.clone()),
-                    device_authorization_endpoint: Some(endpoint.device_url.clone()),
-                    ..Endpoints::default()
-                },
+        .request::<ProviderAdd>(&ProviderAddParams {
+            name: PROVIDER.into(),
+            issuer: None,
+            endpoints: Endpoints {
+                token_endpoint: Some(endpoint.url.clone()),
+                device_authorization_endpoint: Some(endpoint.device_url.clone()),
+                ..Endpoints::default()
             },
-        )
+        })
         .await
         .context("provider.add (user provider) failed")?;
     Ok(())
@@ -262,40 +258,31 @@ async fn add_and_log_in(
 ) -> Result<LoginResult> {
     endpoint.add_user_client(name, config);
     let _: CredentialInfo = c
-        .call(
-            method::CREDENTIAL_ADD,
-            &CredentialAddParams {
-                name: name.into(),
-                provider: PROVIDER.into(),
-                client_id: name.into(),
-                client_secret: None,
-                grant: GrantType::DeviceCode,
-                auth: AuthMethod::None,
-                scopes: vec!["read".into()],
-                redirect_uri: None,
-            },
-        )
+        .request::<CredentialAdd>(&CredentialAddParams {
+            name: name.into(),
+            provider: PROVIDER.into(),
+            client_id: name.into(),
+            client_secret: None,
+            grant: GrantType::DeviceCode,
+            auth: AuthMethod::None,
+            scopes: vec!["read".into()],
+            redirect_uri: None,
+        })
         .await
         .with_context(|| format!("credential.add {name} failed"))?;
     let started: LoginStartResult = c
-        .call(
-            method::LOGIN_START,
-            &LoginStartParams {
-                credential: name.into(),
-                device: true,
-                timeout_secs: Some(CALL_TIMEOUT.as_secs()),
-            },
-        )
+        .request::<LoginStart>(&LoginStartParams {
+            credential: name.into(),
+            device: true,
+            timeout_secs: Some(CALL_TIMEOUT.as_secs()),
+        })
         .await
         .with_context(|| format!("login.start {name} failed"))?;
     let result: LoginResult = tokio::time::timeout(
         CALL_TIMEOUT,
-        c.call(
-            method::LOGIN_WAIT,
-            &LoginWaitParams {
-                login_id: started.login_id,
-            },
-        ),
+        c.request::<LoginWait>(&LoginWaitParams {
+            login_id: started.login_id,
+        }),
     )
     .await
     .with_context(|| format!("login.wait {name} did not finish within {CALL_TIMEOUT:?}"))?
@@ -308,20 +295,17 @@ async fn add_and_log_in(
 
 async fn remove(c: &mut Client, name: &str) -> Result<()> {
     let _: Empty = c
-        .call(
-            method::CREDENTIAL_REMOVE,
-            &RemoveParams {
-                name: name.into(),
-                local_only: true,
-            },
-        )
+        .request::<CredentialRemove>(&RemoveParams {
+            name: name.into(),
+            local_only: true,
+        })
         .await
         .with_context(|| format!("credential.remove {name} failed"))?;
     Ok(())
 }
 
 async fn stats(c: &mut Client) -> Result<StatsResult> {
-    c.call(method::DAEMON_STATS, &Empty {})
+    c.request::<DaemonStats>(&Empty {})
         .await
         .context("daemon.stats failed")
 }
@@ -362,7 +346,7 @@ async fn burst(
 
     // Wait until the login token has really expired (bounded).
     let info: CredentialInfo = admin
-        .call(method::CREDENTIAL_SHOW, &NameParams { name: name.into() })
+        .request::<CredentialShow>(&NameParams { name: name.into() })
         .await
         .context("credential.show failed")?;
     let expires_at = info.tokens.iter().filter_map(|t| t.expires_at).max();
@@ -724,7 +708,7 @@ fn refresh_timing(stats: &UserStats, skip: usize) -> String {
         _ => String::new(),
     };
     format!(
-        "each came {:.1}–{:.1} s (median {:.1} s) before the token it replaced expired (the daemon stops serving a token {DAEMON_EXPIRY_MARGIN} s before expiry){gaps}",
+        "each came {:.1}–{:.1} s (median {:.1} s) before the token it replaced expired (the daemon stops serving a token {EXPIRY_MARGIN_SECS} s before expiry){gaps}",
         leads[0],
         leads[leads.len() - 1],
         leads[leads.len() / 2],

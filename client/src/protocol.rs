@@ -112,58 +112,6 @@ methods! {
     VaultPanic = "vault.panic", PanicParams => PanicResult, read_only: false;
 }
 
-/// Method names as strings: kept for the daemon's dispatch until it moves
-/// to the [`Method`] types; will be removed. Each is its type's
-/// [`Method::NAME`].
-pub mod method {
-    use super::Method;
-
-    /// [`Hello::NAME`](super::Hello).
-    pub const HELLO: &str = super::Hello::NAME;
-    /// [`Status::NAME`](super::Status).
-    pub const STATUS: &str = super::Status::NAME;
-    /// [`VaultInit::NAME`](super::VaultInit).
-    pub const VAULT_INIT: &str = super::VaultInit::NAME;
-    /// [`VaultUnlock::NAME`](super::VaultUnlock).
-    pub const VAULT_UNLOCK: &str = super::VaultUnlock::NAME;
-    /// [`VaultLock::NAME`](super::VaultLock).
-    pub const VAULT_LOCK: &str = super::VaultLock::NAME;
-    /// [`VaultChangePassphrase::NAME`](super::VaultChangePassphrase).
-    pub const VAULT_CHANGE_PASSPHRASE: &str = super::VaultChangePassphrase::NAME;
-    /// [`VaultRekey::NAME`](super::VaultRekey).
-    pub const VAULT_REKEY: &str = super::VaultRekey::NAME;
-    /// [`ProviderAdd::NAME`](super::ProviderAdd).
-    pub const PROVIDER_ADD: &str = super::ProviderAdd::NAME;
-    /// [`ProviderList::NAME`](super::ProviderList).
-    pub const PROVIDER_LIST: &str = super::ProviderList::NAME;
-    /// [`ProviderShow::NAME`](super::ProviderShow).
-    pub const PROVIDER_SHOW: &str = super::ProviderShow::NAME;
-    /// [`ProviderRemove::NAME`](super::ProviderRemove).
-    pub const PROVIDER_REMOVE: &str = super::ProviderRemove::NAME;
-    /// [`CredentialAdd::NAME`](super::CredentialAdd).
-    pub const CREDENTIAL_ADD: &str = super::CredentialAdd::NAME;
-    /// [`CredentialList::NAME`](super::CredentialList).
-    pub const CREDENTIAL_LIST: &str = super::CredentialList::NAME;
-    /// [`CredentialShow::NAME`](super::CredentialShow).
-    pub const CREDENTIAL_SHOW: &str = super::CredentialShow::NAME;
-    /// [`CredentialRemove::NAME`](super::CredentialRemove).
-    pub const CREDENTIAL_REMOVE: &str = super::CredentialRemove::NAME;
-    /// [`TokenGet::NAME`](super::TokenGet).
-    pub const TOKEN_GET: &str = super::TokenGet::NAME;
-    /// [`DaemonShutdown::NAME`](super::DaemonShutdown).
-    pub const DAEMON_SHUTDOWN: &str = super::DaemonShutdown::NAME;
-    /// [`DaemonStats::NAME`](super::DaemonStats).
-    pub const DAEMON_STATS: &str = super::DaemonStats::NAME;
-    /// [`LoginStart::NAME`](super::LoginStart).
-    pub const LOGIN_START: &str = super::LoginStart::NAME;
-    /// [`LoginWait::NAME`](super::LoginWait).
-    pub const LOGIN_WAIT: &str = super::LoginWait::NAME;
-    /// [`TokenRevoke::NAME`](super::TokenRevoke).
-    pub const TOKEN_REVOKE: &str = super::TokenRevoke::NAME;
-    /// [`VaultPanic::NAME`](super::VaultPanic).
-    pub const VAULT_PANIC: &str = super::VaultPanic::NAME;
-}
-
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
 pub struct Request<'a, P> {
@@ -738,6 +686,11 @@ pub struct TokenSummary {
     pub expires_at: Option<i64>,
 }
 
+/// The daemon stops handing out a token this many seconds before it
+/// expires (clock skew, and the time a caller needs to use it); a quarter
+/// of the lifetime for tokens that live under 20 s. `min_ttl` asks for more.
+pub const EXPIRY_MARGIN_SECS: i64 = 5;
+
 /// Parameters of `token.get`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TokenParams {
@@ -1001,7 +954,7 @@ mod tests {
             ]
         );
         assert_eq!((Status::READ_ONLY, TokenGet::READ_ONLY), (true, false));
-        assert_eq!(method::TOKEN_GET, "token.get");
+        assert_eq!(TokenGet::NAME, "token.get");
     }
 
     #[test]

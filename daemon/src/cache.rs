@@ -13,13 +13,10 @@ use crate::error::ApiError;
 use crate::sync::lock;
 use crate::vault::{Token, TokenKey as Key};
 use futures::future::{BoxFuture, FutureExt, Shared};
+use latchkey_client::protocol::EXPIRY_MARGIN_SECS;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// Tokens are treated as expired this long before they really expire, for
-/// clock skew and the time the caller needs to use them.
-pub const EXPIRY_MARGIN_SECS: i64 = 5;
 
 /// The margin for a token of this lifetime: 5 s, but never more than a
 /// quarter of the lifetime, or a provider's 4-second tokens would be stale

@@ -32,7 +32,6 @@ mod sync;
 mod token;
 mod vault;
 
-pub use cache::EXPIRY_MARGIN_SECS;
 pub use clock::Clock;
 pub use config::Config;
 pub use vault::keyring;

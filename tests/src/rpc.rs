@@ -3,6 +3,7 @@
 //! ([`TestEnv::rpc`]), and the user-flow verbs (credentials, logins,
 //! tokens) the login / refresh / revoke / crash tests drive without the CLI.
 
+use latchkey_client::protocol::{CredentialAdd, CredentialShow, LoginStart, LoginWait};
 use std::time::Duration;
 
 use crate::env::TestEnv;
@@ -38,12 +39,11 @@ impl TestEnv {
     }
 
     /// One call over a fresh blocking connection (30 s reply bound).
-    pub fn rpc<P: serde::Serialize, R: serde::de::DeserializeOwned>(
+    pub fn rpc<M: latchkey_client::Method>(
         &self,
-        method: &str,
-        params: &P,
-    ) -> Result<R, latchkey_client::Error> {
-        self.client().call(method, params)
+        params: &M::Params,
+    ) -> Result<M::Result, latchkey_client::Error> {
+        self.client().request::<M>(params)
     }
 
     /// `credential.add` for a user credential (authorization code or device
@@ -69,18 +69,15 @@ impl TestEnv {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             redirect_uri: None,
         };
-        self.rpc(latchkey_client::protocol::method::CREDENTIAL_ADD, &params)
+        self.rpc::<CredentialAdd>(&params)
             .unwrap_or_else(|e| panic!("credential.add {name}: {e}"))
     }
 
     /// `credential.show`.
     #[track_caller]
     pub fn credential_show(&self, name: &str) -> latchkey_client::protocol::CredentialInfo {
-        self.rpc(
-            latchkey_client::protocol::method::CREDENTIAL_SHOW,
-            &latchkey_client::protocol::NameParams { name: name.into() },
-        )
-        .unwrap_or_else(|e| panic!("credential.show {name}: {e}"))
+        self.rpc::<CredentialShow>(&latchkey_client::protocol::NameParams { name: name.into() })
+            .unwrap_or_else(|e| panic!("credential.show {name}: {e}"))
     }
 
     /// `login.start`.
@@ -88,7 +85,7 @@ impl TestEnv {
         &self,
         params: &latchkey_client::protocol::LoginStartParams,
     ) -> Result<latchkey_client::protocol::LoginStartResult, latchkey_client::Error> {
-        self.rpc(latchkey_client::protocol::method::LOGIN_START, params)
+        self.rpc::<LoginStart>(params)
     }
 
     /// `login.wait`, bounded by [`LOGIN_WAIT_TIMEOUT`].
@@ -98,12 +95,9 @@ impl TestEnv {
     ) -> Result<latchkey_client::protocol::LoginResult, latchkey_client::Error> {
         let mut client = self.client();
         client.set_timeout(Some(LOGIN_WAIT_TIMEOUT)).unwrap();
-        client.call(
-            latchkey_client::protocol::method::LOGIN_WAIT,
-            &latchkey_client::protocol::LoginWaitParams {
-                login_id: login_id.into(),
-            },
-        )
+        client.request::<LoginWait>(&latchkey_client::protocol::LoginWaitParams {
+            login_id: login_id.into(),
+        })
     }
 
     /// A complete browser login of credential `name`: `login.start`, the

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use latchkey_client::protocol::{method, Empty, UnlockParams};
+use latchkey_client::protocol::{
+    CredentialAdd, Empty, Method, TokenGet, UnlockParams, VaultChangePassphrase, VaultInit,
+    VaultLock, VaultUnlock,
+};
 use latchkey_client::ErrorKind;
 use latchkey_tests::fixture::{client_credentials, TEST_PROVIDER};
 use latchkey_tests::provider::{ClientSpec, Provider};
@@ -182,33 +185,30 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
                 .expect_err("this request must fail");
             errors.push(format!("{m}: {err} ({:?})", err.kind()));
         };
-    let _: Value = client.call(method::VAULT_LOCK, &Empty {}).unwrap();
+    client.request::<VaultLock>(&Empty {}).unwrap();
     expect_err(
         &mut client,
-        method::VAULT_UNLOCK,
+        VaultUnlock::NAME,
         json!({"passphrase": format!("{passphrase}x")}),
     );
     expect_err(
         &mut client,
-        method::VAULT_UNLOCK,
+        VaultUnlock::NAME,
         json!({"passphrase": {"p": passphrase}}),
     );
-    let _: Value = client
-        .call(
-            method::VAULT_UNLOCK,
-            &UnlockParams {
-                passphrase: Some(SecretString::from(passphrase.clone())),
-            },
-        )
+    let _ = client
+        .request::<VaultUnlock>(&UnlockParams {
+            passphrase: Some(SecretString::from(passphrase.clone())),
+        })
         .unwrap();
     expect_err(
         &mut client,
-        method::VAULT_INIT,
+        VaultInit::NAME,
         json!({"passphrase": passphrase}),
     );
     expect_err(
         &mut client,
-        method::VAULT_CHANGE_PASSPHRASE,
+        VaultChangePassphrase::NAME,
         json!({"old": format!("{passphrase}z"), "new": passphrase}),
     );
     let add = |name: &str, auth: &str| {
@@ -217,34 +217,34 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
     };
     expect_err(
         &mut client,
-        method::CREDENTIAL_ADD,
+        CredentialAdd::NAME,
         add("svc", "client_secret_basic"),
     );
     expect_err(
         &mut client,
-        method::CREDENTIAL_ADD,
+        CredentialAdd::NAME,
         add("bad name!", "client_secret_basic"),
     );
-    expect_err(&mut client, method::CREDENTIAL_ADD, add("public", "none"));
+    expect_err(&mut client, CredentialAdd::NAME, add("public", "none"));
     expect_err(
         &mut client,
-        method::CREDENTIAL_ADD,
+        CredentialAdd::NAME,
         add("weird", "client_secret_jwt"),
     );
     expect_err(
         &mut client,
-        method::CREDENTIAL_ADD,
+        CredentialAdd::NAME,
         json!({"name": "x", "provider": "test", "client_id": "svc", "client_secret": [secret],
                "grant": "client_credentials", "auth": "client_secret_basic"}),
     );
     expect_err(
         &mut client,
-        method::TOKEN_GET,
+        TokenGet::NAME,
         json!({"credential": {"secret": secret}}),
     );
     expect_err(
         &mut client,
-        method::TOKEN_GET,
+        TokenGet::NAME,
         json!({"credential": "svc", "min_ttl": token}),
     );
     assert!(errors.len() >= 11, "{errors:?}");
@@ -385,13 +385,10 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
     // out of a reply, the one place it is meant to go.
     env.start_daemon();
     let mut client = env.client();
-    let _: Value = client
-        .call(
-            method::VAULT_UNLOCK,
-            &UnlockParams {
-                passphrase: Some(SecretString::from(passphrase.clone())),
-            },
-        )
+    let _ = client
+        .request::<VaultUnlock>(&UnlockParams {
+            passphrase: Some(SecretString::from(passphrase.clone())),
+        })
         .unwrap();
     assert_eq!(
         client.token("svc").unwrap().access_token.expose_secret(),

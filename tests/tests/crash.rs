@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use latchkey_client::protocol::{method, Empty, GrantType, StatusResult, VaultState};
+use latchkey_client::protocol::{Empty, GrantType, Status, StatusResult, VaultState};
 use latchkey_client::ErrorKind;
 use latchkey_tests::browser::Browser;
 use latchkey_tests::fixture::*;
@@ -132,7 +132,7 @@ fn rotating_refresh_tokens_survive_sigkill_at_random_moments() {
         }
 
         daemon = env.start_daemon_with(DaemonOpts::new().unlocked(&env));
-        let status: StatusResult = env.rpc(method::STATUS, &Empty {}).unwrap();
+        let status: StatusResult = env.rpc::<Status>(&Empty {}).unwrap();
         assert_eq!(
             status.vault,
             VaultState::Unlocked,

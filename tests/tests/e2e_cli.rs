@@ -8,19 +8,13 @@
 //!
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use latchkey_client::unix_now;
+use std::time::Duration;
 
 use latchkey_tests::fixture::{client_credentials, svc, TEST_PROVIDER};
 use latchkey_tests::provider::{ClientSpec, Provider};
 use latchkey_tests::{alive, wait_for, DaemonOpts, TestEnv};
 use serde_json::{json, Value};
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 /// The pid in a "started daemon (pid N)" notice, if the text has one.
 fn started_pid(stderr: &str) -> Option<u32> {
@@ -190,9 +184,9 @@ fn tokens_headers_exec_and_scopes_with_every_secret_source() {
     assert_eq!(j["scope"], "api:read api:write");
     let expires_at = j["expires_at"].as_i64().expect("expires_at is a number");
     assert!(
-        (now() + 3000..=now() + 3601).contains(&expires_at),
+        (unix_now() + 3000..=unix_now() + 3601).contains(&expires_at),
         "expires_at {expires_at}, now {}",
-        now()
+        unix_now()
     );
 
     // header
@@ -376,7 +370,7 @@ fn a_restarted_daemon_serves_the_stored_token_and_min_ttl_forces_one_request() {
     assert_eq!(p.stats().token_requests, 2);
     let expires_at = r["expires_at"].as_i64().unwrap();
     assert!(
-        expires_at <= now() + 3600,
+        expires_at <= unix_now() + 3600,
         "expires_at tells the truth: {expires_at}"
     );
     assert_eq!(p.introspect(&t2, "svc", "s3cret")["active"], true);

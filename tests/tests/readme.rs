@@ -1,6 +1,7 @@
 //! The README's protocol examples really work: its Python function and its
 //! `socat` one-liner are taken from README.md itself and run against a real
-//! daemon, and must return the token `latchkey token` prints.
+//! daemon, and must return the token `latchkey token` prints. Its exit-code
+//! table lists the codes `latchkey --help` prints from the CLI's one table.
 //!
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
@@ -98,4 +99,35 @@ fn the_socat_example_returns_the_token() {
     );
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON reply");
     assert_eq!(reply["result"]["access_token"], expected.as_str());
+}
+
+/// The codes (first column) of the rows that follow `heading` up to the
+/// first blank line after them.
+fn codes_after(text: &str, heading: &str, row: impl Fn(&str) -> Option<&str>) -> Vec<u8> {
+    let rest = text
+        .split_once(heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in {text}"))
+        .1;
+    rest.lines()
+        .skip_while(|l| row(l).is_none())
+        .map_while(|l| row(l))
+        .filter_map(|code| code.parse().ok())
+        .collect()
+}
+
+#[test]
+fn the_readme_lists_the_exit_codes_the_cli_has() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md is readable");
+    let documented = codes_after(&readme, "## Exit codes of `latchkey`", |l| {
+        l.strip_prefix('|')?.split('|').next().map(str::trim)
+    });
+    let env = TestEnv::new();
+    let help = env.latchkey(&["--help"]);
+    let help = help.success().out();
+    let printed = codes_after(help, "Exit codes:", |l| {
+        l.trim_start().split_once("  ").map(|(code, _)| code)
+    });
+    assert_eq!(printed, (0..=10).collect::<Vec<u8>>(), "{help}");
+    assert_eq!(documented, printed, "README.md's exit-code table");
 }

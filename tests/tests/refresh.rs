@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use latchkey_client::protocol::{method, Empty, GrantType, StatsResult, StatusResult};
+use latchkey_client::protocol::{DaemonStats, Empty, GrantType, StatsResult, Status, StatusResult};
 use latchkey_client::{ErrorKind, TokenParams};
 use latchkey_tests::browser::Browser;
 use latchkey_tests::fixture::*;
@@ -150,7 +150,7 @@ fn a_thousand_concurrent_callers_on_an_expired_token_cause_one_refresh() {
         "every caller got the one refreshed token"
     );
     assert_eq!(p.resource(&tokens[0]), 200);
-    let daemon: StatsResult = env.rpc(method::DAEMON_STATS, &Empty {}).unwrap();
+    let daemon: StatsResult = env.rpc::<DaemonStats>(&Empty {}).unwrap();
     assert_eq!(daemon.fetches, 1, "{daemon:?}");
     assert_eq!(daemon.hits + daemon.waits, CALLERS as u64, "{daemon:?}");
 }
@@ -193,7 +193,7 @@ fn access_revoked_at_the_provider_needs_login_and_a_new_login_restores() {
         1,
         "no request without a refresh token"
     );
-    let status: StatusResult = env.rpc(method::STATUS, &Empty {}).unwrap();
+    let status: StatusResult = env.rpc::<Status>(&Empty {}).unwrap();
     assert_eq!(
         status.needs_login,
         Some(vec!["app".to_string()]),

@@ -6,8 +6,8 @@
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
 use latchkey_client::protocol::{
-    method, Empty, GrantType, PanicParams, PanicResult, RemoveParams, RevokeParams, RevokeResult,
-    StatusResult, VaultState,
+    CredentialRemove, CredentialShow, Empty, GrantType, PanicParams, PanicResult, RemoveParams,
+    RevokeParams, RevokeResult, Status, StatusResult, TokenRevoke, VaultPanic, VaultState,
 };
 use latchkey_client::ErrorKind;
 use latchkey_tests::browser::Browser;
@@ -44,13 +44,10 @@ fn revoke(
     name: &str,
     local_only: bool,
 ) -> Result<RevokeResult, latchkey_client::Error> {
-    env.rpc(
-        method::TOKEN_REVOKE,
-        &RevokeParams {
-            credential: name.into(),
-            local_only,
-        },
-    )
+    env.rpc::<TokenRevoke>(&RevokeParams {
+        credential: name.into(),
+        local_only,
+    })
 }
 
 fn grant_rows(env: &TestEnv) -> i64 {
@@ -154,31 +151,24 @@ fn local_only_revocation_without_a_revocation_endpoint_is_plain_about_it() {
 
     // credential.remove follows the same rule.
     env.browser_login("app", &Browser::new());
-    let (kind, message) = kind_of(env.rpc::<_, Empty>(
-        method::CREDENTIAL_REMOVE,
-        &RemoveParams {
-            name: "app".into(),
-            local_only: false,
-        },
-    ));
+    let (kind, message) = kind_of(env.rpc::<CredentialRemove>(&RemoveParams {
+        name: "app".into(),
+        local_only: false,
+    }));
     assert_eq!(kind, ErrorKind::InvalidRequest, "{message}");
     assert!(message.contains("not removed"), "{message}");
     assert_eq!(
         env.credential_show("app").state,
         latchkey_client::protocol::CredentialState::Ready
     );
-    env.rpc::<_, Empty>(
-        method::CREDENTIAL_REMOVE,
-        &RemoveParams {
-            name: "app".into(),
-            local_only: true,
-        },
-    )
+    env.rpc::<CredentialRemove>(&RemoveParams {
+        name: "app".into(),
+        local_only: true,
+    })
     .expect("credential.remove --local-only");
-    let (kind, _) = kind_of(env.rpc::<_, Empty>(
-        method::CREDENTIAL_SHOW,
-        &latchkey_client::protocol::NameParams { name: "app".into() },
-    ));
+    let (kind, _) = kind_of(
+        env.rpc::<CredentialShow>(&latchkey_client::protocol::NameParams { name: "app".into() }),
+    );
     assert_eq!(kind, ErrorKind::NotFound);
 }
 
@@ -192,7 +182,7 @@ fn panic_revokes_every_credential_at_the_provider_and_locks() {
     let (at_conf, rt_conf) = logged_in(&p, &env, "conf", CONF_ID);
 
     let result: PanicResult = env
-        .rpc(method::VAULT_PANIC, &PanicParams::default())
+        .rpc::<VaultPanic>(&PanicParams::default())
         .expect("vault.panic");
     assert!(result.locked, "{result:?}");
     assert_eq!(result.credentials.len(), 2, "{result:?}");
@@ -218,7 +208,7 @@ fn panic_revokes_every_credential_at_the_provider_and_locks() {
     assert_eq!(p.resource(&at_pub), 401);
     assert_eq!(p.resource(&at_conf), 401);
 
-    let status: StatusResult = env.rpc(method::STATUS, &Empty {}).unwrap();
+    let status: StatusResult = env.rpc::<Status>(&Empty {}).unwrap();
     assert_eq!(status.vault, VaultState::Locked);
     let (kind, _) = kind_of(env.token_get("pub", None));
     assert_eq!(kind, ErrorKind::Locked);
@@ -231,13 +221,10 @@ fn credential_remove_revokes_at_the_provider_first() {
     let (env, _d) = env_with(&p);
     add_confidential(&env, "app", GrantType::AuthorizationCode);
     let (at, rt) = logged_in(&p, &env, "app", CONF_ID);
-    env.rpc::<_, Empty>(
-        method::CREDENTIAL_REMOVE,
-        &RemoveParams {
-            name: "app".into(),
-            local_only: false,
-        },
-    )
+    env.rpc::<CredentialRemove>(&RemoveParams {
+        name: "app".into(),
+        local_only: false,
+    })
     .expect("credential.remove");
     assert!(p.stats().revocations >= 1);
     assert!(!active(&p, &at), "access token revoked");
