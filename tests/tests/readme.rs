@@ -110,7 +110,7 @@ fn codes_after(text: &str, heading: &str, row: impl Fn(&str) -> Option<&str>) ->
         .1;
     rest.lines()
         .skip_while(|l| row(l).is_none())
-        .map_while(|l| row(l))
+        .map_while(&row)
         .filter_map(|code| code.parse().ok())
         .collect()
 }
