@@ -42,13 +42,7 @@ impl Client {
             next_id: 1,
             buf: Vec::with_capacity(1024),
         };
-        let hello = client.hello().await?;
-        if hello.protocol != PROTOCOL_VERSION {
-            return Err(Error::Protocol(format!(
-                "daemon speaks protocol {} but this client speaks {PROTOCOL_VERSION}; restart the daemon with `latchkey daemon stop` so the matching version starts",
-                hello.protocol
-            )));
-        }
+        codec::check_protocol(&client.hello().await?)?;
         Ok(client)
     }
 

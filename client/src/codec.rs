@@ -1,7 +1,7 @@
 //! Turning typed calls into request lines and reply lines into results;
 //! shared by the async and blocking clients.
 
-use crate::protocol::{Request, Response};
+use crate::protocol::{HelloResult, Request, Response, PROTOCOL_VERSION};
 use crate::Error;
 use serde::{de::DeserializeOwned, Serialize};
 use zeroize::Zeroizing;
@@ -51,4 +51,15 @@ pub(crate) fn closed() -> Error {
 
 pub(crate) fn too_long() -> Error {
     Error::Protocol("reply exceeds the size limit".into())
+}
+
+/// A daemon that speaks another protocol version is refused, with the fix.
+pub(crate) fn check_protocol(hello: &HelloResult) -> Result<(), Error> {
+    if hello.protocol == PROTOCOL_VERSION {
+        return Ok(());
+    }
+    Err(Error::Protocol(format!(
+        "daemon speaks protocol {} but this client speaks {PROTOCOL_VERSION}; restart the daemon with `latchkey daemon stop` so the matching version starts",
+        hello.protocol
+    )))
 }

@@ -88,6 +88,17 @@ pub struct Store {
 }
 
 impl Store {
+    /// Every row `sql` selects, each mapped by `row`.
+    fn all<T>(
+        &self,
+        sql: &str,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map([], row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Opens (creating when `create`) the vault file with owner-only
     /// permissions, WAL and full fsync, and runs pending migrations.
     pub fn open(path: &Path, create: bool) -> Result<Store> {
@@ -171,10 +182,7 @@ impl Store {
     }
 
     pub fn slots(&self) -> Result<Vec<SlotRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, kind, params, wrapped_dek, created_at FROM key_slots ORDER BY created_at, id",
-        )?;
-        let rows = stmt.query_map([], |r| {
+        self.all("SELECT id, kind, params, wrapped_dek, created_at FROM key_slots ORDER BY created_at, id", |r| {
             Ok(SlotRow {
                 id: r.get(0)?,
                 kind: r.get(1)?,
@@ -182,8 +190,7 @@ impl Store {
                 wrapped_dek: r.get(3)?,
                 created_at: r.get(4)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     /// Replaces one slot's parameters and wrapped key (passphrase change).
@@ -196,17 +203,16 @@ impl Store {
     }
 
     pub fn providers(&self) -> Result<Vec<ProviderRow>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, name, config FROM providers ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ProviderRow {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                config: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.all(
+            "SELECT id, name, config FROM providers ORDER BY name",
+            |r| {
+                Ok(ProviderRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    config: r.get(2)?,
+                })
+            },
+        )
     }
 
     pub fn insert_provider(&mut self, row: &ProviderRow, now: i64) -> Result<()> {
@@ -224,10 +230,7 @@ impl Store {
     }
 
     pub fn credentials(&self) -> Result<Vec<CredentialRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, name, provider_id, config, client_secret, state FROM credentials ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |r| {
+        self.all("SELECT id, name, provider_id, config, client_secret, state FROM credentials ORDER BY name", |r| {
             Ok(CredentialRow {
                 id: r.get(0)?,
                 name: r.get(1)?,
@@ -236,8 +239,7 @@ impl Store {
                 client_secret: r.get(4)?,
                 state: r.get(5)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     /// The sealed client secret of one credential, read when a token request needs it.
@@ -278,18 +280,17 @@ impl Store {
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRow>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, credential_id, scope_key, token FROM tokens")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(TokenRow {
-                id: r.get(0)?,
-                credential_id: r.get(1)?,
-                scope_key: r.get(2)?,
-                token: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.all(
+            "SELECT id, credential_id, scope_key, token FROM tokens",
+            |r| {
+                Ok(TokenRow {
+                    id: r.get(0)?,
+                    credential_id: r.get(1)?,
+                    scope_key: r.get(2)?,
+                    token: r.get(3)?,
+                })
+            },
+        )
     }
 
     /// Replaces the stored token of (credential, scope set) in one
@@ -309,17 +310,13 @@ impl Store {
     }
 
     pub fn grants(&self) -> Result<Vec<GrantRow>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, credential_id, sealed FROM grants")?;
-        let rows = stmt.query_map([], |r| {
+        self.all("SELECT id, credential_id, sealed FROM grants", |r| {
             Ok(GrantRow {
                 id: r.get(0)?,
                 credential_id: r.get(1)?,
                 sealed: r.get(2)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     /// Commits a login or a refresh in one durable transaction: the grant
