@@ -150,7 +150,7 @@ fn handle(
             "This callback does not belong to the login Latchkey is waiting for (state mismatch). Start the login again from the terminal.",
         );
     }
-    let Some(sender) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+    let Some(sender) = crate::sync::lock(slot).take() else {
         return page(
             StatusCode::BAD_REQUEST,
             "Login already finished",
