@@ -1,6 +1,7 @@
 //! Accepting connections on the local socket: the peer-uid check, the
 //! connection limit, bounded framing (size and time), and graceful shutdown
-//! that lets every in-flight request finish.
+//! that lets every in-flight request finish; with them the two methods that
+//! are about the connection and the server, `hello` and `daemon.shutdown`.
 
 use crate::dispatch::{self, After};
 use crate::error::ApiError;
