@@ -6,11 +6,14 @@
 //!
 //! Time: the daemon reads its [`Clock`] from tokio (`Clock::following_tokio`)
 //! and every test starts with tokio's clock paused. Paused, tokio jumps the
-//! clock to the next timer whenever the runtime would wait — also while it
-//! waits for loopback I/O, so every call would let seconds pass. The harness
-//! therefore holds the clock still ([`Frozen`]) and lets it run only in
-//! [`TestDaemon::pass`]: calls happen at one instant, and time passes only
-//! where a test says so (the daemon's 1 s ticker then runs as it would).
+//! clock to the next timer (here: the daemon's 1 s ticker) whenever the
+//! runtime has nothing to run and a zero-timeout poll finds no I/O ready.
+//! Loopback I/O is usually ready at once, but not always (a busy machine
+//! may still hold a TCP segment in the kernel), and then a call would let
+//! a second pass. So the harness holds the clock still ([`Frozen`]) and
+//! lets it run only in [`TestDaemon::pass`]: calls happen at one instant,
+//! time passes only where a test says so, and the assertions on seconds
+//! (`locks_in_secs`, `retry_after`) are exact.
 
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use latchkey_client::protocol::*;
