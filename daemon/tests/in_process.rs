@@ -1,0 +1,756 @@
+//! The daemon in-process: `latchkey_daemon::run` serving a socket in a temp
+//! dir, the testkit's token endpoint on loopback, tokio's clock paused. The
+//! level between the unit tests inside the crate and the end-to-end tests
+//! of the real binaries (`tests/`): it needs only `cargo test -p
+//! latchkey-daemon` (no Node, no keyring, no network).
+//!
+//! Time: the daemon reads its [`Clock`] from tokio (`Clock::following_tokio`)
+//! and every test starts with tokio's clock paused. Paused, tokio jumps the
+//! clock to the next timer (here: the daemon's 1 s ticker) whenever the
+//! runtime has nothing to run and a zero-timeout poll finds no I/O ready.
+//! Loopback I/O is usually ready at once, but not always (a busy machine
+//! may still hold a TCP segment in the kernel), and then a call would let
+//! a second pass. So the harness holds the clock still ([`Frozen`]) and
+//! lets it run only in [`TestDaemon::pass`]: calls happen at one instant,
+//! time passes only where a test says so, and the assertions on seconds
+//! (`locks_in_secs`, `retry_after`) are exact.
+
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use latchkey_client::protocol::*;
+use latchkey_client::secrecy::{ExposeSecret, SecretString};
+use latchkey_client::{Client, Error};
+use latchkey_daemon::{keyring, Clock, Config};
+use latchkey_testkit::token_endpoint::{token_for, Fault, TokenEndpoint, UserClientConfig};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+// ---------------------------------------------------------------- harness
+
+const PASSPHRASE: &str = "correct horse battery staple";
+
+/// Holds tokio's paused clock still: while a blocking task is in flight,
+/// tokio's test-util does not auto-advance the clock, so the runtime waits
+/// for I/O in real time. Dropping this ends the task and lets time run.
+struct Frozen {
+    _release: std::sync::mpsc::Sender<()>,
+}
+
+fn freeze() -> Frozen {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    // The task returns when the sender drops; nobody needs its result.
+    drop(tokio::task::spawn_blocking(move || {
+        let _ = released.recv();
+    }));
+    Frozen { _release: release }
+}
+
+#[derive(Default)]
+struct Opts {
+    /// Zero: no auto-lock.
+    idle_timeout: Duration,
+}
+
+/// One daemon served by `run` on this test's runtime, its socket, and the
+/// token endpoint its providers point at.
+struct TestDaemon {
+    socket: PathBuf,
+    endpoint: TokenEndpoint,
+    /// `Some` except inside [`TestDaemon::pass`] and [`TestDaemon::running`].
+    frozen: Option<Frozen>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+    /// Holds the vault file and the socket; removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+impl TestDaemon {
+    async fn start(opts: Opts) -> TestDaemon {
+        let frozen = freeze();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let socket = dir.path().join("latchkey.sock");
+        let endpoint = TokenEndpoint::start()
+            .await
+            .expect("the token endpoint binds 127.0.0.1:0");
+        let config = Config {
+            vault_path: dir.path().join("vault.db"),
+            socket_path: socket.clone(),
+            idle_timeout: opts.idle_timeout,
+            frame_timeout: Duration::from_secs(10),
+            passphrase_file: None,
+            keyring: keyring::BackendChoice::Auto,
+            clock: Clock::following_tokio(),
+        };
+        let name = socket
+            .as_path()
+            .to_fs_name::<GenericFilePath>()
+            .expect("a valid socket path");
+        let listener = ListenerOptions::new()
+            .name(name)
+            .create_tokio()
+            .expect("binds the socket");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(latchkey_daemon::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        TestDaemon {
+            socket,
+            endpoint,
+            frozen: Some(frozen),
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect_to(&self.socket)
+            .await
+            .expect("connects and says hello")
+    }
+
+    /// Lets `secs` seconds pass on the daemon's clock, its ticker running.
+    async fn pass(&mut self, secs: u64) {
+        self.frozen = None;
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        self.frozen = Some(freeze());
+    }
+
+    /// Awaits `work` with the clock running (for what waits on timers).
+    async fn running<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+        self.frozen = None;
+        let out = work.await;
+        self.frozen = Some(freeze());
+        out
+    }
+
+    /// Stops the daemon as SIGTERM would and checks `run` returned Ok.
+    async fn stop(mut self) {
+        self.frozen = None;
+        if let Some(stop) = self.stop.take() {
+            // Already gone when a test sent `daemon.shutdown`.
+            let _ = stop.send(());
+        }
+        let result = (&mut self.task).await.expect("the daemon task panicked");
+        result.expect("run returned an error");
+    }
+
+    /// `vault.init` with a passphrase, then provider `idp` at the endpoint
+    /// (token and device endpoints, no revocation endpoint).
+    async fn init(&self, client: &mut Client) {
+        let init = InitParams {
+            passphrase: Some(SecretString::from(PASSPHRASE)),
+            keyring: false,
+        };
+        client
+            .request::<VaultInit>(&init)
+            .await
+            .expect("vault.init");
+        let provider = ProviderAddParams {
+            name: "idp".into(),
+            issuer: None,
+            endpoints: Endpoints {
+                token_endpoint: Some(self.endpoint.url.clone()),
+                device_authorization_endpoint: Some(self.endpoint.device_url.clone()),
+                ..Endpoints::default()
+            },
+        };
+        client
+            .request::<ProviderAdd>(&provider)
+            .await
+            .expect("provider.add");
+    }
+}
+
+/// A client-credentials credential at `idp` with scopes `read write`.
+async fn add_cc_credential(client: &mut Client, name: &str) {
+    let params = CredentialAddParams {
+        name: name.into(),
+        provider: "idp".into(),
+        client_id: format!("{name}-client"),
+        client_secret: Some(SecretString::from("s3cret")),
+        grant: GrantType::ClientCredentials,
+        auth: AuthMethod::ClientSecretBasic,
+        scopes: vec!["read".into(), "write".into()],
+        redirect_uri: None,
+    };
+    client
+        .request::<CredentialAdd>(&params)
+        .await
+        .expect("credential.add");
+}
+
+/// A device-code credential at `idp` for the endpoint's public client `client_id`.
+async fn add_device_credential(client: &mut Client, name: &str, client_id: &str) {
+    let params = CredentialAddParams {
+        name: name.into(),
+        provider: "idp".into(),
+        client_id: client_id.into(),
+        client_secret: None,
+        grant: GrantType::DeviceCode,
+        auth: AuthMethod::None,
+        scopes: vec!["read".into()],
+        redirect_uri: None,
+    };
+    client
+        .request::<CredentialAdd>(&params)
+        .await
+        .expect("credential.add");
+}
+
+async fn unlock(client: &mut Client, passphrase: &str) -> Result<UnlockResult, Error> {
+    let params = UnlockParams {
+        passphrase: Some(SecretString::from(passphrase)),
+    };
+    client.request::<VaultUnlock>(&params).await
+}
+
+async fn stats(client: &mut Client) -> StatsResult {
+    client
+        .request::<DaemonStats>(&Empty {})
+        .await
+        .expect("daemon.stats")
+}
+
+async fn show(client: &mut Client, name: &str) -> CredentialInfo {
+    let params = NameParams { name: name.into() };
+    client
+        .request::<CredentialShow>(&params)
+        .await
+        .expect("credential.show")
+}
+
+async fn vault_state(client: &mut Client) -> VaultState {
+    client.status().await.expect("status").vault
+}
+
+fn secret(reply: &TokenReply) -> String {
+    reply.access_token.expose_secret().to_owned()
+}
+
+/// The error kind of a call that must fail.
+fn kind<T>(result: Result<T, Error>) -> ErrorKind {
+    match result {
+        Ok(_) => panic!("expected an error, the call succeeded"),
+        Err(e) => e
+            .kind()
+            .unwrap_or_else(|| panic!("expected a daemon error, got: {e}")),
+    }
+}
+
+/// Kind and `retry_after` of a call that must fail.
+fn kind_and_retry<T>(result: Result<T, Error>) -> (ErrorKind, Option<u64>) {
+    match result {
+        Ok(_) => panic!("expected an error, the call succeeded"),
+        Err(Error::Daemon {
+            kind, retry_after, ..
+        }) => (kind, retry_after),
+        Err(e) => panic!("expected a daemon error, got: {e}"),
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+/// Uninitialized → unlocked → locked → (wrong passphrases, rate limit) →
+/// unlocked, and the token sealed into the vault survives the lock.
+#[tokio::test(start_paused = true)]
+async fn vault_states_and_what_each_allows() {
+    let mut d = TestDaemon::start(Opts::default()).await;
+    let mut c = d.client().await;
+    assert_eq!(vault_state(&mut c).await, VaultState::Uninitialized);
+    assert_eq!(kind(c.token("api").await), ErrorKind::NotInitialized);
+    assert_eq!(
+        kind(unlock(&mut c, PASSPHRASE).await),
+        ErrorKind::NotInitialized
+    );
+
+    d.init(&mut c).await;
+    assert_eq!(vault_state(&mut c).await, VaultState::Unlocked);
+    add_cc_credential(&mut c, "api").await;
+    let first = c.token("api").await.expect("a token");
+    assert_eq!(secret(&first), token_for(1));
+    assert_eq!(d.endpoint.served(), 1);
+
+    c.request::<VaultLock>(&Empty {}).await.expect("vault.lock");
+    assert_eq!(vault_state(&mut c).await, VaultState::Locked);
+    assert_eq!(kind(c.token("api").await), ErrorKind::Locked);
+    assert_eq!(
+        kind(c.request::<CredentialList>(&Empty {}).await),
+        ErrorKind::Locked
+    );
+    assert_eq!(
+        kind(c.request::<DaemonStats>(&Empty {}).await),
+        ErrorKind::Locked
+    );
+
+    // Three wrong passphrases are answered as such; then attempts wait,
+    // even with the right passphrase.
+    for _ in 0..3 {
+        assert_eq!(
+            kind(unlock(&mut c, "wrong").await),
+            ErrorKind::WrongPassphrase
+        );
+    }
+    let (limited, retry_after) = kind_and_retry(unlock(&mut c, PASSPHRASE).await);
+    assert_eq!(limited, ErrorKind::RateLimited);
+    let retry_after = retry_after.expect("rate_limited says when to retry");
+    assert!(retry_after > 0);
+    assert_eq!(vault_state(&mut c).await, VaultState::Locked);
+    d.pass(retry_after).await;
+    let unlocked = unlock(&mut c, PASSPHRASE).await.expect("unlocks");
+    assert!(!unlocked.already_unlocked);
+    assert_eq!(unlocked.slot.kind, "passphrase");
+    assert_eq!(vault_state(&mut c).await, VaultState::Unlocked);
+
+    // The cache was dropped at the lock, but the token is sealed in the
+    // vault: it comes back from there, without a request.
+    let again = c.token("api").await.expect("a token after unlock");
+    assert_eq!(secret(&again), secret(&first));
+    assert_eq!(d.endpoint.served(), 1);
+    let s = stats(&mut c).await;
+    assert_eq!((s.hits, s.fetches), (1, 0), "fresh counters per unlock");
+    d.stop().await;
+}
+
+/// Only use keeps the vault unlocked: read-only calls do not reset the
+/// idle clock, `token.get` does; the ticker locks once the timeout passes.
+#[tokio::test(start_paused = true)]
+async fn auto_lock_counts_token_requests_not_looking() {
+    let mut d = TestDaemon::start(Opts {
+        idle_timeout: Duration::from_secs(60),
+    })
+    .await;
+    let mut c = d.client().await;
+    d.init(&mut c).await;
+    add_cc_credential(&mut c, "api").await;
+    c.token("api").await.expect("a token");
+
+    d.pass(40).await;
+    // Every read-only method, as a status bar or a script would poll them.
+    c.hello().await.expect("hello");
+    assert_eq!(c.status().await.expect("status").locks_in_secs, Some(20));
+    c.request::<CredentialList>(&Empty {}).await.expect("list");
+    c.request::<ProviderList>(&Empty {}).await.expect("list");
+    show(&mut c, "api").await;
+    let idp = NameParams { name: "idp".into() };
+    c.request::<ProviderShow>(&idp).await.expect("show");
+    stats(&mut c).await;
+    let status = c.status().await.expect("status");
+    assert_eq!(status.locks_in_secs, Some(20), "looking reset nothing");
+
+    d.pass(19).await;
+    assert_eq!(vault_state(&mut c).await, VaultState::Unlocked, "59 s idle");
+    d.pass(2).await;
+    assert_eq!(vault_state(&mut c).await, VaultState::Locked, "61 s idle");
+
+    // Now with use in between: a token request restarts the 60 s.
+    unlock(&mut c, PASSPHRASE).await.expect("unlocks");
+    d.pass(40).await;
+    c.token("api").await.expect("a token");
+    d.pass(40).await;
+    assert_eq!(
+        vault_state(&mut c).await,
+        VaultState::Unlocked,
+        "80 s since unlock, 40 s since use"
+    );
+    d.pass(21).await;
+    assert_eq!(vault_state(&mut c).await, VaultState::Locked);
+    assert_eq!(kind(c.token("api").await), ErrorKind::Locked);
+    d.stop().await;
+}
+
+/// A used token is refreshed by the ticker in the last quarter of its
+/// life, before it expires, so the next caller does not wait.
+#[tokio::test(start_paused = true)]
+async fn used_tokens_are_refreshed_ahead_of_expiry() {
+    let mut d = TestDaemon::start(Opts::default()).await;
+    let mut c = d.client().await;
+    d.init(&mut c).await;
+    add_cc_credential(&mut c, "api").await;
+    d.endpoint.set_token_lifetime(100);
+    let first = c.token("api").await.expect("a token");
+    let expires_at = first.expires_at.expect("the endpoint sends expires_in");
+    assert_eq!(d.endpoint.served(), 1);
+
+    // Due 25 s before expiry, minus up to 10 s of jitter: not before 65 s.
+    d.pass(64).await;
+    assert_eq!(d.endpoint.served(), 1, "not refreshed before 65 s");
+    d.pass(16).await;
+    assert_eq!(d.endpoint.served(), 2, "refreshed by 80 s, before 100 s");
+
+    let before = stats(&mut c).await;
+    let next = c.token("api").await.expect("a token");
+    let after = stats(&mut c).await;
+    assert_eq!(secret(&next), token_for(2), "the refreshed token");
+    assert_ne!(secret(&next), secret(&first));
+    assert!(next.expires_at.expect("expires_at") > expires_at);
+    assert_eq!(after.waits, before.waits, "the caller did not wait");
+    assert_eq!(after.hits, before.hits + 1);
+    assert_eq!(d.endpoint.served(), 2);
+    d.stop().await;
+}
+
+/// Proactive refresh is for tokens in use: one not asked for in the last
+/// 10 minutes is left to expire, until a caller asks again.
+#[tokio::test(start_paused = true)]
+async fn unused_tokens_are_not_refreshed_ahead() {
+    let mut d = TestDaemon::start(Opts::default()).await;
+    let mut c = d.client().await;
+    d.init(&mut c).await;
+    add_cc_credential(&mut c, "api").await;
+    // 20 min: due between 15 and 13 min, when the last use is older than 10.
+    d.endpoint.set_token_lifetime(1200);
+    let first = c.token("api").await.expect("a token");
+    d.pass(1000).await;
+    assert_eq!(d.endpoint.served(), 1, "unused for 16 min: not refreshed");
+
+    // Still valid, so served from memory; now it is in use and overdue.
+    let again = c.token("api").await.expect("a token");
+    assert_eq!(secret(&again), secret(&first));
+    assert_eq!(d.endpoint.served(), 1);
+    d.pass(3).await;
+    assert_eq!(d.endpoint.served(), 2, "used again: refreshed at once");
+    d.stop().await;
+}
+
+/// After a failed token request the credential backs off: callers get the
+/// error (with `retry_after`) without a new request until the delay (or
+/// the provider's Retry-After) has passed; a success clears it.
+#[tokio::test(start_paused = true)]
+async fn failures_back_off_without_requests() {
+    let mut d = TestDaemon::start(Opts::default()).await;
+    let mut c = d.client().await;
+    d.init(&mut c).await;
+    add_cc_credential(&mut c, "api").await;
+    let e = &d.endpoint;
+    e.fail_next(
+        1,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+    );
+    e.fail_next(
+        1,
+        Fault::Status {
+            status: 503,
+            retry_after: Some(30),
+        },
+    );
+
+    assert_eq!(kind(c.token("api").await), ErrorKind::ProviderUnavailable);
+    assert_eq!(d.endpoint.requests(), 1);
+    // First backoff: 1 s (no Retry-After).
+    for _ in 0..5 {
+        let (k, retry_after) = kind_and_retry(c.token("api").await);
+        assert_eq!(k, ErrorKind::ProviderUnavailable);
+        assert_eq!(retry_after, Some(1));
+    }
+    assert_eq!(d.endpoint.requests(), 1, "no request while backing off");
+    let info = show(&mut c, "api").await;
+    assert_eq!(info.state, CredentialState::Backoff);
+    assert!(info.last_error.is_some());
+
+    d.pass(1).await;
+    let (k, retry_after) = kind_and_retry(c.token("api").await);
+    assert_eq!(d.endpoint.requests(), 2, "a new attempt after the delay");
+    assert_eq!((k, retry_after), (ErrorKind::ProviderUnavailable, Some(30)));
+
+    // The provider's Retry-After is a floor: nothing goes out before 30 s.
+    for step in [1, 10, 18] {
+        d.pass(step).await;
+        let (k, retry_after) = kind_and_retry(c.token("api").await);
+        assert_eq!(k, ErrorKind::ProviderUnavailable);
+        assert!(retry_after.is_some_and(|r| r >= 1), "{retry_after:?}");
+    }
+    assert_eq!(d.endpoint.requests(), 2, "29 s: still backing off");
+    d.pass(1).await;
+    let token = c.token("api").await.expect("the faults are used up");
+    assert_eq!(secret(&token), token_for(1));
+    assert_eq!(d.endpoint.requests(), 3);
+    let info = show(&mut c, "api").await;
+    assert_eq!(info.state, CredentialState::Ready);
+    assert_eq!(info.last_error, None);
+    c.token("api").await.expect("from memory");
+    assert_eq!(d.endpoint.requests(), 3);
+    d.stop().await;
+}
+
+/// Many callers of a cold credential, each on its own connection, share
+/// one token request — and one failure.
+#[tokio::test(start_paused = true)]
+async fn concurrent_callers_share_one_request() {
+    const CALLERS: usize = 100;
+    let d = TestDaemon::start(Opts::default()).await;
+    let mut c = d.client().await;
+    d.init(&mut c).await;
+    add_cc_credential(&mut c, "api").await;
+    add_cc_credential(&mut c, "flaky").await;
+
+    async fn callers(d: &TestDaemon) -> Vec<Client> {
+        let mut all = Vec::with_capacity(CALLERS);
+        for _ in 0..CALLERS {
+            all.push(d.client().await);
+        }
+        all
+    }
+    let get = |name: &'static str| {
+        move |mut client: Client| async move {
+            client
+                .token(name)
+                .await
+                .map(|t| secret(&t))
+                .map_err(|e| e.kind())
+        }
+    };
+
+    let burst = latchkey_testkit::burst(callers(&d).await, get("api"))
+        .await
+        .expect("no caller panicked");
+    assert_eq!(
+        d.endpoint.requests(),
+        1,
+        "one request for {CALLERS} callers"
+    );
+    assert!(burst.results.iter().all(|r| r == &Ok(token_for(1))));
+    let s = stats(&mut c).await;
+    assert_eq!(s.fetches, 1);
+    assert_eq!(s.hits + s.waits, CALLERS as u64);
+    assert!(s.waits >= 1);
+
+    d.endpoint.fail_next(
+        1,
+        Fault::Status {
+            status: 500,
+            retry_after: None,
+        },
+    );
+    let burst = latchkey_testkit::burst(callers(&d).await, get("flaky"))
+        .await
+        .expect("no caller panicked");
+    assert_eq!(d.endpoint.requests(), 2, "one failed request for all");
+    assert!(burst
+        .results
+        .iter()
+        .all(|r| r == &Err(Some(ErrorKind::ProviderUnavailable))));
+    assert_eq!(stats(&mut c).await.fetches, 2);
+    d.stop().await;
+}
+
+/// What a table row expects: the call succeeds, or fails with this kind.
+fn ok() -> Option<ErrorKind> {
+    None
+}
+
+fn fails(kind: ErrorKind) -> Option<ErrorKind> {
+    Some(kind)
+}
+
+/// Every protocol method, with unmet or bad input, answers its stable
+/// error kind; locked, each answers `locked` where the vault is needed.
+#[tokio::test(start_paused = true)]
+async fn every_method_answers_its_error_kinds() {
+    use ErrorKind::*;
+    let d = TestDaemon::start(Opts::default()).await;
+    let mut c = d.client().await;
+    d.init(&mut c).await;
+    add_cc_credential(&mut c, "api").await;
+    add_device_credential(&mut c, "user", "app").await;
+    c.token("api").await.expect("a token, so revoking has work");
+    let url = d.endpoint.url.clone();
+    let cc = |name: &str, provider: &str| {
+        json!({"name": name, "provider": provider, "client_id": "id", "client_secret": "s",
+               "grant": "client_credentials", "auth": "client_secret_basic"})
+    };
+    // (method, params, what it answers), in order: rows change state.
+    type Row = (&'static str, Value, Option<ErrorKind>);
+    #[rustfmt::skip]
+    let phases: [(&str, Vec<Row>); 2] = [
+        (
+            "unlocked",
+            vec![
+                ("hello", json!({}), fails(InvalidParams)), // no protocol field
+                ("hello", json!({"protocol": PROTOCOL_VERSION}), ok()),
+                ("status", json!({}), ok()),
+                ("vault.init", json!({"passphrase": "p"}), fails(AlreadyInitialized)),
+                ("vault.unlock", json!({"passphrase": 5}), fails(InvalidParams)),
+                ("vault.change_passphrase", json!({"old": "p"}), fails(InvalidParams)),
+                ("vault.change_passphrase", json!({"old": PASSPHRASE, "new": ""}), fails(InvalidParams)),
+                ("vault.change_passphrase", json!({"old": "wrong", "new": "n"}), fails(WrongPassphrase)),
+                ("vault.rekey", json!({"passphrase": "wrong"}), fails(WrongPassphrase)),
+                ("provider.add", json!({"name": "bare"}), fails(InvalidParams)),
+                ("provider.add", json!({"name": "bad name", "endpoints": {"token_endpoint": url}}), fails(InvalidParams)),
+                ("provider.add", json!({"name": "far", "endpoints": {"token_endpoint": "http://example.com/token"}}), fails(InvalidParams)),
+                ("provider.add", json!({"name": "idp", "endpoints": {"token_endpoint": url}}), fails(AlreadyExists)),
+                ("provider.list", json!({}), ok()),
+                ("provider.show", json!({}), fails(InvalidParams)),
+                ("provider.show", json!({"name": "nope"}), fails(NotFound)),
+                ("provider.remove", json!({"name": "nope"}), fails(NotFound)),
+                ("provider.remove", json!({"name": "idp"}), fails(InvalidRequest)), // in use
+                ("credential.add", cc("api", "idp"), fails(AlreadyExists)),
+                ("credential.add", cc("new", "nope"), fails(NotFound)),
+                ("credential.add", json!({"name": "new", "provider": "idp", "client_id": "id",
+                    "grant": "client_credentials", "auth": "client_secret_basic"}), fails(InvalidParams)), // no secret
+                ("credential.add", json!({"name": "new", "provider": "idp", "client_id": "id",
+                    "grant": "client_credentials", "auth": "none"}), fails(InvalidParams)), // public cc client
+                ("credential.add", json!({"name": "new", "provider": "idp", "client_id": "id",
+                    "grant": "password", "auth": "none"}), fails(InvalidParams)),
+                ("credential.list", json!({}), ok()),
+                ("credential.show", json!({"name": "nope"}), fails(NotFound)),
+                ("credential.remove", json!({"name": "nope"}), fails(NotFound)),
+                ("token.get", json!({}), fails(InvalidParams)),
+                ("token.get", json!({"credential": "nope"}), fails(NotFound)),
+                ("token.get", json!({"credential": "api", "scopes": ["admin"]}), fails(Forbidden)),
+                ("token.get", json!({"credential": "api", "scopes": ["a\"b"]}), fails(InvalidParams)),
+                ("token.get", json!({"credential": "user"}), fails(ReauthRequired)), // never logged in
+                ("token.revoke", json!({"credential": "nope"}), fails(NotFound)),
+                ("token.revoke", json!({"credential": "api"}), fails(InvalidRequest)), // no revocation endpoint
+                ("login.start", json!({"credential": "nope"}), fails(NotFound)),
+                ("login.start", json!({"credential": "api"}), fails(InvalidRequest)), // client credentials
+                ("login.wait", json!({}), fails(InvalidParams)),
+                ("login.wait", json!({"login_id": "nope"}), fails(NotFound)),
+                ("daemon.stats", json!({}), ok()),
+                ("vault.panic", json!({"provider": "nope"}), fails(NotFound)),
+                ("vault.explode", json!({}), fails(MethodNotFound)),
+                ("vault.lock", json!({}), ok()),
+            ],
+        ),
+        (
+            "locked",
+            vec![
+                ("hello", json!({"protocol": PROTOCOL_VERSION}), ok()),
+                ("status", json!({}), ok()),
+                ("vault.init", json!({"passphrase": "p"}), fails(AlreadyInitialized)),
+                ("vault.lock", json!({}), ok()),
+                ("vault.rekey", json!({"passphrase": PASSPHRASE}), fails(Locked)),
+                ("provider.add", json!({"name": "new", "endpoints": {"token_endpoint": url}}), fails(Locked)),
+                ("provider.list", json!({}), fails(Locked)),
+                ("provider.show", json!({"name": "idp"}), fails(Locked)),
+                ("provider.remove", json!({"name": "idp"}), fails(Locked)),
+                ("credential.add", cc("new", "idp"), fails(Locked)),
+                ("credential.list", json!({}), fails(Locked)),
+                ("credential.show", json!({"name": "api"}), fails(Locked)),
+                ("credential.remove", json!({"name": "api"}), fails(Locked)),
+                ("token.get", json!({"credential": "api"}), fails(Locked)),
+                ("token.revoke", json!({"credential": "api"}), fails(Locked)),
+                ("login.start", json!({"credential": "user"}), fails(Locked)),
+                ("login.wait", json!({"login_id": "nope"}), fails(NotFound)),
+                ("daemon.stats", json!({}), fails(Locked)),
+                ("vault.panic", json!({}), fails(Locked)),
+                // The third wrong passphrase (two above): the limiter starts.
+                ("vault.unlock", json!({"passphrase": "wrong"}), fails(WrongPassphrase)),
+                ("vault.unlock", json!({"passphrase": PASSPHRASE}), fails(RateLimited)),
+                ("vault.change_passphrase", json!({"old": PASSPHRASE, "new": "n"}), fails(RateLimited)),
+                ("daemon.shutdown", json!({}), ok()),
+            ],
+        ),
+    ];
+    let mut covered = BTreeSet::new();
+    for (phase, rows) in phases {
+        for (method, params, expected) in rows {
+            let got = c.call::<Value, Value>(method, &params).await;
+            let got = got.map(|_| ()).map_err(|e| e.kind());
+            let want = expected.map_or(Ok(()), |k| Err(Some(k)));
+            assert_eq!(got, want, "{phase}: {method} {params}");
+            covered.insert(method);
+        }
+    }
+    let missing: Vec<&str> = METHODS
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !covered.contains(name))
+        .collect();
+    assert!(missing.is_empty(), "methods not tested: {missing:?}");
+    // `daemon.shutdown` above: `run` returns, and Ok.
+    d.stop().await;
+}
+
+/// A user credential end to end at the testkit endpoint: device login,
+/// refresh with a rotated refresh token once the first token expires,
+/// and `invalid_grant` on refresh turning it to `needs_login`.
+#[tokio::test(start_paused = true)]
+async fn device_login_refresh_rotation_and_reauth() {
+    let mut d = TestDaemon::start(Opts::default()).await;
+    d.endpoint.add_user_client(
+        "app",
+        UserClientConfig {
+            login_lifetime: 30,
+            refresh_lifetime: 60,
+            refresh_delay: Duration::ZERO,
+        },
+    );
+    let mut c = d.client().await;
+    d.init(&mut c).await;
+    add_device_credential(&mut c, "user", "app").await;
+    assert_eq!(
+        show(&mut c, "user").await.state,
+        CredentialState::NeedsLogin
+    );
+    assert_eq!(kind(c.token("user").await), ErrorKind::ReauthRequired);
+
+    let start = LoginStartParams {
+        credential: "user".into(),
+        device: true,
+        timeout_secs: None,
+    };
+    let started = c.request::<LoginStart>(&start).await.expect("login.start");
+    assert!(started.user_code.is_some() && started.verification_uri.is_some());
+    let wait = LoginWaitParams {
+        login_id: started.login_id,
+    };
+    // The device grant polls every `interval` (1 s): let the clock run.
+    let login = d
+        .running(c.request::<LoginWait>(&wait))
+        .await
+        .expect("the endpoint approves device logins at once");
+    assert!(login.refresh_token);
+    assert_eq!(login.scope, "read");
+    let stats_after_login = d.endpoint.user_stats("app");
+    assert_eq!(stats_after_login.logins, 1);
+    let info = show(&mut c, "user").await;
+    assert_eq!(info.state, CredentialState::Ready);
+    assert!(info.has_refresh_token);
+
+    let first = c.token("user").await.expect("the login's token");
+    let (login_access, _) = stats_after_login.last_access.expect("a token was minted");
+    assert_eq!(secret(&first), login_access, "no refresh needed yet");
+    assert_eq!(d.endpoint.user_stats("app").refreshes, 0);
+
+    // Past the login token's 30 s: a refresh (ahead of expiry, by the
+    // ticker) with the rotated refresh token honoured.
+    d.pass(35).await;
+    let second = c.token("user").await.expect("a refreshed token");
+    assert_ne!(secret(&second), secret(&first));
+    let stats = d.endpoint.user_stats("app");
+    assert_eq!((stats.refreshes, stats.refresh_rejected), (1, 0));
+    assert_eq!(secret(&second), stats.last_access.expect("minted").0);
+    // Once more, forced: the refresh token the first refresh rotated in
+    // is the one the daemon kept (the endpoint refuses a reused one).
+    let force = TokenParams {
+        credential: "user".into(),
+        scopes: None,
+        min_ttl: Some(3600), // longer than any token here lives
+    };
+    let third = c.token_with(&force).await.expect("a refreshed token");
+    assert_ne!(secret(&third), secret(&second));
+    let stats = d.endpoint.user_stats("app");
+    assert_eq!((stats.refreshes, stats.refresh_rejected), (2, 0));
+
+    // A refresh the provider refuses: the grant is dropped, callers are
+    // told to log in, and no further request goes out.
+    d.endpoint.fail_next(1, Fault::OAuth("invalid_grant"));
+    let requests = d.endpoint.requests();
+    assert_eq!(kind(c.token_with(&force).await), ErrorKind::ReauthRequired);
+    assert_eq!(d.endpoint.requests(), requests + 1);
+    let info = show(&mut c, "user").await;
+    assert_eq!(info.state, CredentialState::NeedsLogin);
+    assert!(!info.has_refresh_token);
+    let status = c.status().await.expect("status");
+    assert_eq!(status.needs_login, Some(vec!["user".to_owned()]));
+    assert_eq!(kind(c.token("user").await), ErrorKind::ReauthRequired);
+    assert_eq!(d.endpoint.requests(), requests + 1);
+    d.stop().await;
+}
