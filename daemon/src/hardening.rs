@@ -30,10 +30,3 @@ pub fn harden_process() -> Vec<String> {
     }
     refused
 }
-
-/// Whether the process is currently non-dumpable (for `status` and tests).
-#[cfg(target_os = "linux")]
-pub fn is_dumpable() -> bool {
-    // SAFETY: PR_GET_DUMPABLE takes no argument.
-    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) != 0 }
-}
