@@ -509,6 +509,22 @@ fn token_row(keys: &Keys, key: &TokenKey, token: &Token) -> TokenRow {
 mod tests {
     use super::*;
 
+    /// Format v1's sealed token and grant documents, as the first daemon
+    /// wrote them: they read back and are written again byte for byte.
+    #[test]
+    fn sealed_documents_keep_format_v1() {
+        let token = r#"{"credential_id":"c1","scope_key":"a b","access_token":"tok","token_type":"Bearer","expires_at":1700000300,"effective_expiry":1700000300,"scope":"a b","obtained_at":1700000000}"#;
+        let doc: TokenDoc = serde_json::from_str(token).unwrap();
+        assert_eq!(doc.access_token.0.expose_secret(), "tok");
+        assert_eq!(serde_json::to_string(&doc).unwrap(), token);
+        let grant = r#"{"credential_id":"c1","refresh_token":"rt","scope":"openid api","subject":"alice","obtained_at":1700000000}"#;
+        let doc: GrantDoc = serde_json::from_str(grant).unwrap();
+        assert_eq!(serde_json::to_string(&doc).unwrap(), grant);
+        let no_refresh = r#"{"credential_id":"c1","refresh_token":null,"scope":"","subject":null,"obtained_at":1}"#;
+        let doc: GrantDoc = serde_json::from_str(no_refresh).unwrap();
+        assert_eq!(serde_json::to_string(&doc).unwrap(), no_refresh);
+    }
+
     fn config(name: &str, provider_id: &str) -> CredentialConfig {
         CredentialConfig {
             name: name.into(),
