@@ -32,7 +32,7 @@ const BACKOFF_CAP_SECS: i64 = 300;
 /// The proactive refresh moment of a token: a quarter of the lifetime
 /// before expiry (at least the expiry margin), minus up to a tenth of the
 /// lifetime of jitter so many credentials do not refresh in lockstep.
-pub fn schedule_refresh(token: &Token) -> i64 {
+fn schedule_refresh(token: &Token) -> i64 {
     let lifetime = (token.effective_expiry - token.obtained_at).max(0);
     let margin = expiry_margin(lifetime);
     // At least two ticks before the token turns stale, so the 1 s ticker

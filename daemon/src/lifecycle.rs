@@ -82,12 +82,12 @@ impl Handler for VaultInit {
         let _guard = daemon.lifecycle.lock().await;
         if daemon.vault().is_some() {
             return Err(ApiError::new(
-            ErrorKind::AlreadyInitialized,
-            format!(
-                "a vault already exists at {}: unlock it with `latchkey unlock`, or point LATCHKEY_VAULT elsewhere",
-                daemon.config.vault_path.display()
-            ),
-        ));
+                ErrorKind::AlreadyInitialized,
+                format!(
+                    "a vault already exists at {}: unlock it with `latchkey unlock`, or point LATCHKEY_VAULT elsewhere",
+                    daemon.config.vault_path.display()
+                ),
+            ));
         }
         if params.passphrase.is_none() && !params.keyring {
             return Err(ApiError::invalid_params(
