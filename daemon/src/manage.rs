@@ -91,6 +91,7 @@ impl Handler for ProviderAdd {
             name: params.name.clone(),
             issuer,
             endpoints,
+            iss_parameter_supported: false,
         };
         let provider = session.with_vault(|keys, vault| vault.add_provider(keys, config))?;
         let info = provider_info(&provider, &[]);

@@ -111,6 +111,10 @@ pub struct ProviderConfig {
     pub name: String,
     pub issuer: Option<String>,
     pub endpoints: Endpoints,
+    /// RFC 9207: the metadata says authorization responses carry `iss`, so
+    /// a callback without it is refused. Absent in older documents: false.
+    #[serde(default)]
+    pub iss_parameter_supported: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -545,6 +549,7 @@ mod tests {
                 token_endpoint: Some("https://as.example.com/token".into()),
                 ..Endpoints::default()
             },
+            iss_parameter_supported: false,
         }
     }
 
