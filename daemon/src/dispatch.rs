@@ -228,6 +228,11 @@ fn write_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &ApiError) {
     out.extend_from_slice(b"}\n");
 }
 
+/// An error reply to no request (`id` null): a connection refused at accept.
+pub fn error_frame(out: &mut Vec<u8>, error: &ApiError) {
+    write_error(out, None, error);
+}
+
 /// The reply for a request line longer than the limit.
 pub fn too_large(out: &mut Vec<u8>) {
     write_error(
@@ -260,6 +265,8 @@ mod tests {
             socket_path: dir.path().join("sock"),
             idle_timeout: std::time::Duration::ZERO,
             frame_timeout: std::time::Duration::from_secs(1),
+            max_connections: 8,
+            connection_idle_timeout: std::time::Duration::ZERO,
             passphrase_file: None,
             keyring: BackendChoice::Auto,
             clock: Clock::Wall,

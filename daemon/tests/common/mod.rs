@@ -36,6 +36,10 @@ pub fn freeze() -> Frozen {
 pub struct Opts {
     /// Zero: no auto-lock.
     pub idle_timeout: Duration,
+    /// Client connections served at once (default 256).
+    pub max_connections: Option<usize>,
+    /// Zero: idle client connections stay open.
+    pub connection_idle_timeout: Duration,
 }
 
 /// One daemon served by `run` on this test's runtime, its socket, and the
@@ -64,6 +68,8 @@ impl TestDaemon {
             socket_path: socket.clone(),
             idle_timeout: opts.idle_timeout,
             frame_timeout: Duration::from_secs(10),
+            max_connections: opts.max_connections.unwrap_or(256),
+            connection_idle_timeout: opts.connection_idle_timeout,
             passphrase_file: None,
             keyring: keyring::BackendChoice::Auto,
             clock: Clock::following_tokio(),
