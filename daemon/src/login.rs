@@ -136,8 +136,12 @@ impl Handler for LoginStart {
             let limit = timeout.min(Duration::from_secs(expires_in.max(1)));
             tokio::spawn(async move {
                 let daemon = task_daemon;
+                let mut left = false;
                 let polled = tokio::select! {
-                    () = cancel.notified() => Err(cancelled(&credential)),
+                    () = cancel.notified() => {
+                        left = true;
+                        Err(cancelled(&credential))
+                    }
                     polled = user::device_poll(
                         &daemon.http,
                         &provider,
@@ -159,7 +163,7 @@ impl Handler for LoginStart {
                     }
                     Err(e) => Err(e),
                 };
-                report(&daemon, &credential, outcome, tx, registered).await;
+                report(&daemon, &credential, outcome, tx, registered, left).await;
             });
             return Ok(result);
         }
@@ -186,8 +190,12 @@ impl Handler for LoginStart {
             let daemon = task_daemon;
             // The listener (and every connection it holds) is dropped when
             // this ends: at the callback, the timeout or a cancel.
+            let mut left = false;
             let called_back = tokio::select! {
-                () = cancel.notified() => Err(cancelled(&credential)),
+                () = cancel.notified() => {
+                    left = true;
+                    Err(cancelled(&credential))
+                }
                 waited = tokio::time::timeout(timeout, loopback.wait(expect)) => {
                     waited.unwrap_or_else(|_| Err(timed_out(&credential, timeout)))
                 }
@@ -221,7 +229,7 @@ impl Handler for LoginStart {
                     }
                 }
             };
-            report(&daemon, &credential, outcome, tx, registered).await;
+            report(&daemon, &credential, outcome, tx, registered, left).await;
         });
         Ok(result)
     }
@@ -274,13 +282,15 @@ impl Drop for CancelOnDrop {
 }
 
 /// Audits the outcome, hands it to the waiters, and keeps it a while for
-/// a waiter still to come; the entry goes when `registered` drops.
+/// a waiter still to come (unless the waiter left: the login was
+/// cancelled); the entry goes when `registered` drops.
 async fn report(
     daemon: &Daemon,
     credential: &Credential,
     outcome: Result<LoginResult, ApiError>,
     tx: watch::Sender<LoginOutcome>,
     registered: Registered,
+    waiter_left: bool,
 ) {
     match &outcome {
         Ok(r) => daemon.audit.record(
@@ -301,8 +311,11 @@ async fn report(
     }
     let _ = tx.send(Some(outcome));
     // Every receiver is gone once `login.wait` took the entry out; until
-    // then (bounded) the outcome waits for it.
-    let _ = tokio::time::timeout(UNCLAIMED_OUTCOME_KEPT, tx.closed()).await;
+    // then (bounded) the outcome waits for it. A cancelled login's waiter
+    // is gone already: nobody is to come.
+    if !waiter_left {
+        let _ = tokio::time::timeout(UNCLAIMED_OUTCOME_KEPT, tx.closed()).await;
+    }
     drop(registered);
 }
 

@@ -36,7 +36,8 @@ pub fn freeze() -> Frozen {
 pub struct Opts {
     /// Zero: no auto-lock.
     pub idle_timeout: Duration,
-    /// Client connections served at once (default 256).
+    /// Client connections served at once (default 4096, the ceiling: one
+    /// test process is one peer, and holds a quarter of it).
     pub max_connections: Option<usize>,
     /// Zero: idle client connections stay open.
     pub connection_idle_timeout: Duration,
@@ -68,7 +69,7 @@ impl TestDaemon {
             socket_path: socket.clone(),
             idle_timeout: opts.idle_timeout,
             frame_timeout: Duration::from_secs(10),
-            max_connections: opts.max_connections.unwrap_or(256),
+            max_connections: opts.max_connections.unwrap_or(4096),
             connection_idle_timeout: opts.connection_idle_timeout,
             passphrase_file: None,
             keyring: keyring::BackendChoice::Auto,
