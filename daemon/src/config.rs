@@ -38,7 +38,7 @@ const MIN_CONNECTIONS: usize = 8;
 impl Config {
     /// The client connection cap for a descriptor limit of `open_files`:
     /// half of it (the rest is for login listeners, their connections,
-    /// the vault and HTTP), at most [`MAX_CONNECTIONS_CEILING`].
+    /// the vault and HTTP), at most 4096 (`MAX_CONNECTIONS_CEILING`).
     pub fn connection_cap(open_files: u64) -> usize {
         let half = usize::try_from(open_files / 2).unwrap_or(usize::MAX);
         half.clamp(MIN_CONNECTIONS, MAX_CONNECTIONS_CEILING)
