@@ -586,6 +586,9 @@ fn wrong_passphrases_keep_the_vault_locked_and_lock_unlock_round_trips() {
 
 #[test]
 fn the_vault_locks_itself_when_idle_and_status_does_not_keep_it_open() {
+    // The provider starts before the daemon: on a loaded machine node takes
+    // seconds to boot, longer than the idle timeout below.
+    let p = Provider::start(&[svc()]);
     let env = TestEnv::new();
     // 3 s: the daemon counts idle time in whole seconds, so the vault may
     // lock after just over 2 s of real idleness; the use loop below leaves
@@ -604,7 +607,6 @@ fn the_vault_locks_itself_when_idle_and_status_does_not_keep_it_open() {
     assert_eq!(status["idle_timeout_secs"], 3, "{status}");
 
     // Real use (tokens) keeps it open...
-    let p = Provider::start(&[svc()]);
     env.add_provider("idp", p.issuer());
     client_credentials(&env, "idp", "svc", &svc());
     let until = std::time::Instant::now() + Duration::from_secs(4);
