@@ -6,7 +6,7 @@ use crate::protocol::{
     Empty, Hello, HelloParams, HelloResult, Method, Status, StatusResult, TokenGet, TokenParams,
     TokenReply, MAX_REPLY_LEN, PROTOCOL_VERSION,
 };
-use crate::Error;
+use crate::{trust, Error};
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use serde::{de::DeserializeOwned, Serialize};
@@ -30,13 +30,17 @@ impl Client {
     }
 
     /// Connects to the daemon at `path` and checks the protocol version.
+    /// Before any byte is sent, the socket's directory and the server's uid
+    /// must be ours ([`crate::trust`]); else [`Error::Untrusted`].
     pub async fn connect_to(path: &Path) -> Result<Client, Error> {
         let connect_err = |source| Error::Connect {
             path: path.to_owned(),
             source,
         };
+        trust::before_connect(path)?;
         let name = path.to_fs_name::<GenericFilePath>().map_err(connect_err)?;
         let stream = Stream::connect(name).await.map_err(connect_err)?;
+        trust::check_peer(path, stream.peer_creds().map(|creds| creds.euid()))?;
         let mut client = Client {
             reader: BufReader::new(stream),
             next_id: 1,

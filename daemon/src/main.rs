@@ -89,10 +89,16 @@ fn start(args: Args) -> anyhow::Result<()> {
     }
     let _lock = lockfile::acquire(&config.vault_path)?;
     let socket = &config.socket_path;
-    if let Some(dir) = socket.parent() {
-        fsutil::private_dir(dir)
-            .with_context(|| format!("failed to prepare the socket directory {}", dir.display()))?;
-    }
+    // The socket's directory must be ours, 0700 and no symbolic link, whoever
+    // created it: refused, never re-chmodded or taken over (DESIGN.md, "a fake
+    // daemon"). The client makes the same check before it connects.
+    let socket_dir = latchkey_client::trust::socket_dir(socket);
+    latchkey_client::trust::private_dir(socket_dir).with_context(|| {
+        format!(
+            "failed to prepare the socket directory {}",
+            socket_dir.display()
+        )
+    })?;
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             bail!(

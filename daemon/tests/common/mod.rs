@@ -60,6 +60,12 @@ impl TestDaemon {
     pub async fn start(opts: Opts) -> TestDaemon {
         let frozen = freeze();
         let dir = tempfile::tempdir().expect("a temp dir");
+        // The client trusts only a socket directory of ours with mode 0700.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("a temp dir of ours can be made private");
         let socket = dir.path().join("latchkey.sock");
         let endpoint = TokenEndpoint::start()
             .await
