@@ -367,6 +367,12 @@ fn credential_info(
         grant: credential.config.grant,
         auth: credential.config.auth,
         scopes: credential.config.scopes.clone(),
+        granted_scopes: grant.as_ref().map(|g| {
+            let mut granted: Vec<String> = g.scope.split_whitespace().map(str::to_owned).collect();
+            granted.sort();
+            granted.dedup();
+            granted
+        }),
         has_client_secret: credential.has_client_secret,
         state,
         tokens: entries

@@ -245,12 +245,18 @@ async fn refresh(
     // the request was out: the rotated refresh token is the only one the
     // provider still honours. Only a lock that already took the keys
     // stops it (then the grant is honestly lost: `needs_login` later).
+    // A grant the provider narrowed (or widened) is stored too, so
+    // `credential show` and the scope check say what is granted now.
+    let rescoped = new_grant.scope != grant.scope;
+    if rescoped {
+        tracing::warn!(credential = %name, granted = %new_grant.scope, "the provider changed the grant's scopes on refresh; `latchkey login {name}` asks for the configured ones again");
+    }
     let key = (credential.id.clone(), scopes.join(" "));
     let committed = session.with_vault(|keys, vault| {
         vault.commit_grant(
             keys,
             &credential.id,
-            rotated.then_some(&new_grant),
+            (rotated || rescoped).then_some(&new_grant),
             Some((&key, &token)),
             CredentialState::Ready,
         )
