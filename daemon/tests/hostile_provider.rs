@@ -88,6 +88,65 @@ async fn a_token_type_with_a_line_break_is_refused_without_echoing_it() {
     d.stop().await;
 }
 
+/// A provider that echoes the whole request into `error_description`: the
+/// error callers see holds none of the secrets sent (client secret, refresh
+/// token), no control characters, and a bounded length.
+#[tokio::test(start_paused = true)]
+async fn an_echoing_provider_never_gets_a_secret_into_an_error() {
+    let mut d = TestDaemon::start(Opts::default()).await;
+    d.endpoint.add_user_client("app", lifetimes(3600, 3600));
+    let mut c = d.client().await;
+    d.init(&mut c).await;
+    // client_secret_post: the secret is in the body the provider echoes.
+    let params = CredentialAddParams {
+        name: "api".into(),
+        provider: "idp".into(),
+        client_id: "api-client".into(),
+        client_secret: Some(latchkey_client::secrecy::SecretString::from(
+            "s3cret-canary",
+        )),
+        grant: GrantType::ClientCredentials,
+        auth: AuthMethod::ClientSecretPost,
+        scopes: vec!["read".into()],
+        redirect_uri: None,
+    };
+    c.request::<CredentialAdd>(&params)
+        .await
+        .expect("credential.add");
+    add_user(&mut c, &["read"]).await;
+    device_login(&mut d, &mut c, None).await.expect("approved");
+    let refresh_token = d
+        .endpoint
+        .user_stats("app")
+        .last_access
+        .expect("minted")
+        .0
+        .replace("-at-", "-rt-");
+
+    d.endpoint.fail_next(2, Fault::Echo);
+    let cc = c.token("api").await.expect_err("refused").to_string();
+    let refresh = c
+        .token_with(&force())
+        .await
+        .expect_err("refused")
+        .to_string();
+    for (message, secret) in [(&cc, "s3cret-canary"), (&refresh, refresh_token.as_str())] {
+        assert!(
+            message.contains("you sent:"),
+            "the echo is quoted: {message}"
+        );
+        assert!(message.contains("[redacted]"), "{message}");
+        assert!(!message.contains(secret), "{message}");
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert!(
+            message.chars().count() < 800,
+            "{} chars",
+            message.chars().count()
+        );
+    }
+    d.stop().await;
+}
+
 /// `interval: 0` and a user who never approves: polls every 5 s (RFC
 /// 8628's default), not as fast as the network answers, and the poll ends
 /// at the login's time limit with the timed-out error.

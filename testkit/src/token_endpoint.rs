@@ -109,6 +109,10 @@ pub enum Fault {
     /// `400 Bad Request` with this OAuth error code (RFC 6749 §5.2), e.g.
     /// `invalid_grant` or `invalid_client`.
     OAuth(&'static str),
+    /// A hostile provider: `400` `invalid_request` whose `error_description`
+    /// echoes the whole request body (client secret, refresh token, device
+    /// code, ...) between ANSI escapes, followed by 2000 characters.
+    Echo,
 }
 
 /// A running endpoint (a handle: clones share it). It serves until the
@@ -391,7 +395,7 @@ async fn connection(mut stream: TcpStream, counters: Arc<Counters>) {
         let ((status, json), delay) = if device {
             (device_authorization(&counters, &form), Duration::ZERO)
         } else if let Some(fault) = fault {
-            (fault_reply(&fault), Duration::ZERO)
+            (fault_reply(&fault, &body), Duration::ZERO)
         } else if matches!(
             grant,
             Some("refresh_token" | "urn:ietf:params:oauth:grant-type:device_code")
@@ -462,9 +466,22 @@ fn oauth_error(error: &str) -> Reply {
     )
 }
 
-fn fault_reply(fault: &Fault) -> Reply {
+fn fault_reply(fault: &Fault, body: &str) -> Reply {
     match fault {
         Fault::OAuth(error) => oauth_error(error),
+        Fault::Echo => {
+            let echoed: String = body.chars().filter(|c| *c != '"' && *c != '\\').collect();
+            (
+                Status {
+                    code: 400,
+                    retry_after: None,
+                },
+                format!(
+                    "{{\"error\":\"invalid_request\",\"error_description\":\"\\u001b[2J\\u001b[31myou sent: {echoed}\\r\\n{}\"}}",
+                    "x".repeat(2000)
+                ),
+            )
+        }
         Fault::Status {
             status,
             retry_after,

@@ -338,7 +338,7 @@ pub async fn device_poll(
     let name = &credential.config.name;
     let device_code = SecretString::from(details.device_code().secret().as_str());
     let sent = client.sent(&[&device_code]);
-    let sleep = |interval: Duration| tokio::time::sleep(interval.min(MAX_DEVICE_POLL_INTERVAL));
+    let sleep = |interval: Duration| tokio::time::sleep(poll_wait(interval));
     let poll = request.request_async(http, sleep, Some(timeout));
     let result = match tokio::time::timeout(timeout, poll).await {
         Ok(result) => result,
@@ -360,6 +360,13 @@ pub async fn device_poll(
             ),
         })
         .and_then(|r| granted(r, provider, credential))
+}
+
+/// How long to wait before the next poll when the crate says `interval`
+/// (the provider's, raised to the floor, plus 5 s per `slow_down`, or
+/// doubled after a network error): at most [`MAX_DEVICE_POLL_INTERVAL`].
+fn poll_wait(interval: Duration) -> Duration {
+    interval.clamp(MIN_DEVICE_POLL_INTERVAL, MAX_DEVICE_POLL_INTERVAL)
 }
 
 /// The device authorization response with `interval` raised to at least
@@ -541,4 +548,39 @@ fn http_failure(provider: &Provider, credential: &Credential, h: HttpError) -> A
         RequestTokenError::Request(h),
         &[],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_polls_wait_between_five_seconds_and_a_minute() {
+        let secs = Duration::from_secs;
+        assert_eq!(poll_wait(secs(0)), secs(5));
+        assert_eq!(poll_wait(secs(7)), secs(7));
+        assert_eq!(poll_wait(secs(5 + 5 * 30)), secs(60), "30 slow_downs");
+    }
+
+    #[test]
+    fn a_zero_interval_is_raised_to_the_rfc_default() {
+        let zero: StandardDeviceAuthorizationResponse = serde_json::from_value(serde_json::json!({
+            "device_code": "dc", "user_code": "UC", "verification_uri": "https://example.com/d",
+            "expires_in": 600, "interval": 0
+        }))
+        .unwrap();
+        assert_eq!(
+            with_min_interval(&zero).unwrap().interval(),
+            Duration::from_secs(5)
+        );
+        let slow: StandardDeviceAuthorizationResponse = serde_json::from_value(serde_json::json!({
+            "device_code": "dc", "user_code": "UC", "verification_uri": "https://example.com/d",
+            "expires_in": 600, "interval": 9
+        }))
+        .unwrap();
+        assert_eq!(
+            with_min_interval(&slow).unwrap().interval(),
+            Duration::from_secs(9)
+        );
+    }
 }
