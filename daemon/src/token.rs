@@ -307,7 +307,7 @@ pub(crate) const LIFETIME_CEILING_SECS: u64 = 24 * 3600;
 /// said"), else at most [`LIFETIME_CEILING_SECS`]. Short lifetimes are kept
 /// as they are: serving a token past the provider's own expiry would hand
 /// out a dead token; how often short-lived tokens cost a request is the
-/// scheduling floor's business (`cache::MIN_REFRESH_INTERVAL_SECS`).
+/// scheduling floor's business (`cache::MIN_PROACTIVE_LIFETIME_SECS`).
 /// Returns whether the stated value was changed, for the log.
 fn usable_lifetime(expires_in: Option<u64>) -> (Option<u64>, bool) {
     match expires_in {
