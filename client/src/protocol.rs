@@ -614,6 +614,10 @@ pub struct CredentialInfo {
     pub auth: AuthMethod,
     /// Configured scopes.
     pub scopes: Vec<String>,
+    /// The scopes the provider granted now (user credentials with a grant;
+    /// the provider may have narrowed them on a refresh), sorted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_scopes: Option<Vec<String>>,
     /// Whether a client secret is stored.
     pub has_client_secret: bool,
     /// Life-cycle state.
