@@ -12,6 +12,7 @@
 //! accept errors.
 
 use crate::error::ApiError;
+use crate::oauth::text::provider_text;
 use crate::vault::crypto::random_id;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -372,7 +373,8 @@ fn handle(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Ful
     let iss = params.get("iss");
     let refused_iss = match (expect.issuer.as_deref(), iss) {
         (Some(expected), Some(got)) if got.trim_end_matches('/') != expected.trim_end_matches('/') => Some(format!(
-            "the login callback names issuer '{got}', not '{expected}' (RFC 9207 mix-up protection); the login was refused"
+            "the login callback names issuer '{}', not '{expected}' (RFC 9207 mix-up protection); the login was refused",
+            provider_text(got, &[])
         )),
         (_, None) if expect.iss_required => Some(
             "the login callback carried no issuer (iss), which the provider's metadata promises (RFC 9207 mix-up protection); the login was refused: run it again, and if it recurs, re-add the provider so its metadata is read afresh".to_owned()
@@ -393,19 +395,19 @@ fn handle(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Ful
         );
     }
     if let Some(error) = params.get("error") {
-        let shown: String = error
-            .chars()
-            .filter(|c| c.is_ascii_graphic())
-            .take(64)
-            .collect();
+        let shown = provider_text(error, &[]);
         let kind = if shown == "access_denied" {
             ErrorKind::Forbidden
         } else {
             ErrorKind::ProviderError
         };
+        let said = match params.get("error_description") {
+            Some(description) => format!("'{shown}' ({})", provider_text(description, &[])),
+            None => format!("'{shown}'"),
+        };
         let error = ApiError::new(
             kind,
-            format!("the provider ended the login with '{shown}'; run the login again to retry"),
+            format!("the provider ended the login with {said}; run the login again to retry"),
         );
         if !decide(shared, Err(error)) {
             return already();

@@ -329,6 +329,7 @@ async fn finish(
     granted: Granted,
     nonce: Option<String>,
 ) -> Result<LoginResult, ApiError> {
+    crate::token::warn_clamped(&credential.config.name, granted.access.expires_in);
     let scopes = &credential.config.scopes;
     let wants_oidc = scopes.iter().any(|s| s == "openid");
     let subject = match (&granted.id_token, wants_oidc) {
