@@ -1,6 +1,16 @@
 //! Process hardening at start: owner-only file modes, no core dumps, not
-//! dumpable (which also stops same-user ptrace). Key pages are mlock'd
-//! where they are made (vault/crypto.rs).
+//! dumpable (which also stops same-user ptrace); a release build refuses
+//! the test suite's switches. Key pages are mlock'd where they are made
+//! (vault/crypto.rs).
+
+use crate::vault::crypto;
+
+/// A release daemon refuses to start while a test-only switch
+/// (`LATCHKEY_INSECURE_TEST_KDF`) is set; the error says to unset it.
+pub fn refuse_test_switches() -> Result<(), String> {
+    let value = std::env::var_os(crypto::INSECURE_TEST_KDF_ENV);
+    crypto::test_kdf_switch(value.as_deref(), crypto::RELEASE_BUILD).map(|_| ())
+}
 
 /// Applies what the OS allows and returns what it refused, for the log.
 pub fn harden_process() -> Vec<String> {
