@@ -8,16 +8,15 @@ use crate::error::ApiError;
 use crate::handler::Handler;
 use crate::state::{Daemon, Peer};
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
-use latchkey_client::framing::{read_frame, Frame};
+use latchkey_client::framing::{read_frame, Frame, SecretBuf, ZeroizingReader, READ_BUFFER};
 use latchkey_client::protocol::{
     DaemonShutdown, Empty, Hello, HelloParams, HelloResult, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, Semaphore};
-use zeroize::Zeroize;
 
 /// Concurrent connections served; more are closed at once (a local process
 /// opening thousands of sockets must not exhaust the daemon's descriptors).
@@ -120,9 +119,11 @@ async fn connection(
     mut stop: broadcast::Receiver<()>,
     frame_timeout: Duration,
 ) {
-    let mut reader = BufReader::with_capacity(8 * 1024, stream);
-    let mut line = Vec::with_capacity(1024);
-    let mut out = Vec::with_capacity(1024);
+    // Requests carry passphrases and secrets, replies carry tokens: every
+    // buffer they pass through is wiped (framing.rs).
+    let mut reader = ZeroizingReader::with_capacity(READ_BUFFER, stream);
+    let mut line = SecretBuf::with_capacity(1024);
+    let mut out = SecretBuf::with_capacity(1024);
     loop {
         // Idle between requests for as long as the client likes, but stop
         // waiting when the daemon shuts down.
@@ -165,15 +166,13 @@ async fn connection(
         }
         let after = dispatch::handle(daemon, peer, &line, &mut out).await;
         // Requests may carry passphrases or secrets, replies carry tokens.
-        line.as_mut_slice().zeroize();
+        line.clear();
         let written = tokio::time::timeout(WRITE_TIMEOUT, reader.get_mut().write_all(&out)).await;
-        out.as_mut_slice().zeroize();
         out.clear();
         if !matches!(written, Ok(Ok(()))) || after == After::Close {
             break;
         }
     }
-    line.as_mut_slice().zeroize();
 }
 
 /// The handshake: the daemon's protocol version, whatever the client's (a
