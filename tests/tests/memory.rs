@@ -111,7 +111,8 @@ fn a_release_daemon_refuses_the_test_kdf_switch() {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "the release daemon {} still runs with LATCHKEY_INSECURE_TEST_KDF set",
+                "the release daemon {} still runs with LATCHKEY_INSECURE_TEST_KDF set \
+                 (if it predates the refusal, rebuild it: `cargo build --release -p latchkey-daemon`)",
                 binary.display()
             );
         }
