@@ -1,7 +1,7 @@
 //! The async (tokio) client.
 
 use crate::codec;
-use crate::framing::{read_frame, Frame};
+use crate::framing::{read_frame, Frame, SecretBuf, ZeroizingReader, READ_BUFFER};
 use crate::protocol::{
     Empty, Hello, HelloParams, HelloResult, Method, Status, StatusResult, TokenGet, TokenParams,
     TokenReply, MAX_REPLY_LEN, PROTOCOL_VERSION,
@@ -11,15 +11,14 @@ use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
-use tokio::io::{AsyncWriteExt, BufReader};
-use zeroize::Zeroize;
+use tokio::io::AsyncWriteExt;
 
 /// A connection to `latchkeyd`. Calls on one `Client` are sequential; open
 /// one per task for concurrency (connections are cheap).
 pub struct Client {
-    reader: BufReader<Stream>,
+    reader: ZeroizingReader<Stream>,
     next_id: u64,
-    buf: Vec<u8>,
+    buf: SecretBuf,
 }
 
 impl Client {
@@ -42,9 +41,9 @@ impl Client {
         let stream = Stream::connect(name).await.map_err(connect_err)?;
         trust::check_peer(path, stream.peer_creds().map(|creds| creds.euid()))?;
         let mut client = Client {
-            reader: BufReader::new(stream),
+            reader: ZeroizingReader::with_capacity(READ_BUFFER, stream),
             next_id: 1,
-            buf: Vec::with_capacity(1024),
+            buf: SecretBuf::with_capacity(1024),
         };
         codec::check_protocol(&client.hello().await?)?;
         Ok(client)
@@ -72,7 +71,7 @@ impl Client {
             Frame::Line => {
                 let result = codec::decode(id, &self.buf);
                 // Replies carry access tokens: do not keep them around.
-                self.buf.as_mut_slice().zeroize();
+                self.buf.clear();
                 result
             }
             Frame::Eof => Err(codec::closed()),

@@ -1,7 +1,10 @@
 //! Process hardening at start: owner-only file modes, no core dumps, not
-//! dumpable (which also stops same-user ptrace), and the descriptor limit
-//! raised so the connection caps, not the kernel, decide who is served.
-//! Key pages are mlock'd where they are made (vault/crypto.rs).
+//! dumpable (which also stops same-user ptrace), the descriptor limit
+//! raised so the connection caps, not the kernel, decide who is served; a
+//! release build refuses the test suite's switches. Key pages are mlock'd
+//! where they are made (vault/crypto.rs).
+
+use crate::vault::crypto;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft
 /// limit now in effect (`u64::MAX` for unlimited).
@@ -36,6 +39,13 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
     } else {
         lim.rlim_cur as u64
     })
+}
+
+/// A release daemon refuses to start while a test-only switch
+/// (`LATCHKEY_INSECURE_TEST_KDF`) is set; the error says to unset it.
+pub fn refuse_test_switches() -> Result<(), String> {
+    let value = std::env::var_os(crypto::INSECURE_TEST_KDF_ENV);
+    crypto::test_kdf_switch(value.as_deref(), crypto::RELEASE_BUILD).map(|_| ())
 }
 
 /// Applies what the OS allows and returns what it refused, for the log.

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
 }
 
 fn start(args: Args) -> anyhow::Result<()> {
+    hardening::refuse_test_switches().map_err(anyhow::Error::msg)?;
     for refused in hardening::harden_process() {
         tracing::warn!("hardening not applied: {refused}");
     }

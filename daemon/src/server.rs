@@ -10,7 +10,7 @@ use crate::handler::Handler;
 use crate::state::{Daemon, Peer};
 use futures::FutureExt;
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
-use latchkey_client::framing::{read_frame, Frame};
+use latchkey_client::framing::{read_frame, Frame, SecretBuf, ZeroizingReader, READ_BUFFER};
 use latchkey_client::protocol::{
     DaemonShutdown, Empty, ErrorKind, Hello, HelloParams, HelloResult, LoginWait, Method,
     MAX_REQUEST_LEN, PROTOCOL_VERSION,
@@ -19,9 +19,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
-use zeroize::Zeroize;
 
 /// 4: one peer process may hold at most a quarter of the connection cap,
 /// so a runaway (or hostile) program cannot starve every other one.
@@ -174,7 +173,7 @@ impl Drop for Slot {
 /// socket takes it at once (a fresh socket's buffer is empty, so it does):
 /// the accept loop never waits on a refused client.
 fn refuse(mut stream: Stream, why: &ApiError) {
-    let mut frame = Vec::with_capacity(256);
+    let mut frame = SecretBuf::with_capacity(256);
     dispatch::error_frame(&mut frame, why);
     let _ = stream.write_all(&frame).now_or_never();
 }
@@ -223,9 +222,11 @@ async fn connection(
     timeouts: Timeouts,
 ) {
     let frame_timeout = timeouts.frame;
-    let mut reader = BufReader::with_capacity(8 * 1024, stream);
-    let mut line = Vec::with_capacity(1024);
-    let mut out = Vec::with_capacity(1024);
+    // Requests carry passphrases and secrets, replies carry tokens: every
+    // buffer they pass through is wiped (framing.rs).
+    let mut reader = ZeroizingReader::with_capacity(READ_BUFFER, stream);
+    let mut line = SecretBuf::with_capacity(1024);
+    let mut out = SecretBuf::with_capacity(1024);
     loop {
         // Idle between requests up to the idle timeout; stop waiting when
         // the daemon shuts down.
@@ -287,15 +288,13 @@ async fn connection(
             dispatch::handle(daemon, peer, &line, &mut out).await
         };
         // Requests may carry passphrases or secrets, replies carry tokens.
-        line.as_mut_slice().zeroize();
+        line.clear();
         let written = tokio::time::timeout(WRITE_TIMEOUT, reader.get_mut().write_all(&out)).await;
-        out.as_mut_slice().zeroize();
         out.clear();
         if !matches!(written, Ok(Ok(()))) || after == After::Close {
             break;
         }
     }
-    line.as_mut_slice().zeroize();
 }
 
 /// Whether `line` is a `login.wait` call: the one request that waits on
@@ -315,7 +314,7 @@ fn waits_for_a_person(line: &[u8]) -> bool {
 
 /// Resolves when the peer closes its end (EOF or an error). Bytes of a
 /// next request stay buffered for after the reply.
-async fn hung_up(reader: &mut BufReader<Stream>) {
+async fn hung_up(reader: &mut ZeroizingReader<Stream>) {
     if matches!(reader.fill_buf().await, Ok(buf) if !buf.is_empty()) {
         std::future::pending::<()>().await;
     }
