@@ -255,6 +255,9 @@ fn a_request_sent_by_the_blocking_client_leaves_no_copy() {
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("lk-zeroize-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
+    // 0700: the client trusts only a socket directory of our own.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&dir)
+        .unwrap();
     dir
 }
