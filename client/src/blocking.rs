@@ -10,7 +10,7 @@ use crate::{trust, Error};
 use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A blocking connection to `latchkeyd`; same calls as [`crate::Client`].
@@ -18,6 +18,12 @@ pub struct Client {
     reader: ZeroizingReader<Stream>,
     next_id: u64,
     buf: SecretBuf,
+    /// Where it connected: the daemon closes idle connections, and the
+    /// next call connects here again (with the same checks).
+    path: PathBuf,
+    /// The reply timeout set by [`set_timeout`](Self::set_timeout), kept
+    /// for a new connection.
+    timeout: Option<Duration>,
 }
 
 impl Client {
@@ -42,6 +48,8 @@ impl Client {
             reader: ZeroizingReader::with_capacity(READ_BUFFER, stream),
             next_id: 1,
             buf: SecretBuf::with_capacity(1024),
+            path: path.to_owned(),
+            timeout: None,
         };
         codec::check_protocol(&client.hello()?)?;
         Ok(client)
@@ -50,6 +58,7 @@ impl Client {
     /// Bounds how long a call waits for its reply (`None`: forever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
         self.reader.get_mut().set_recv_timeout(timeout)?;
+        self.timeout = timeout;
         Ok(())
     }
 
@@ -67,6 +76,7 @@ impl Client {
         method: &str,
         params: &P,
     ) -> Result<R, Error> {
+        self.reconnect_if_closed()?;
         let id = self.next_id;
         self.next_id += 1;
         let line = codec::encode(id, method, params)?;
@@ -81,6 +91,23 @@ impl Client {
             Frame::Eof => Err(codec::closed()),
             Frame::TooLong => Err(codec::too_long()),
         }
+    }
+
+    /// Connects again when the daemon closed this connection while it was
+    /// idle. Only a connection that served a call and has ended since is
+    /// replaced, before anything is sent on it, so no request is ever sent
+    /// twice (and a daemon refusing new connections is not retried forever).
+    fn reconnect_if_closed(&mut self) -> Result<(), Error> {
+        let served = self.next_id > 1;
+        if !served
+            || self.reader.has_buffered()
+            || !codec::hung_up(stream_fd(self.reader.get_ref()))
+        {
+            return Ok(());
+        }
+        let timeout = self.timeout;
+        *self = Client::connect_to(&self.path)?;
+        self.set_timeout(timeout)
     }
 
     /// `hello`: the daemon's protocol and version.
@@ -107,5 +134,12 @@ impl Client {
     /// An access token with a scope subset and/or a minimum remaining lifetime.
     pub fn token_with(&mut self, params: &TokenParams) -> Result<TokenReply, Error> {
         self.request::<TokenGet>(params)
+    }
+}
+
+fn stream_fd(stream: &Stream) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    match stream {
+        Stream::UdSocket(s) => s.as_fd(),
     }
 }

@@ -10,7 +10,7 @@ use crate::{trust, Error};
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use serde::{de::DeserializeOwned, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
 /// A connection to `latchkeyd`. Calls on one `Client` are sequential; open
@@ -19,6 +19,9 @@ pub struct Client {
     reader: ZeroizingReader<Stream>,
     next_id: u64,
     buf: SecretBuf,
+    /// Where it connected: the daemon closes idle connections, and the
+    /// next call connects here again (with the same checks).
+    path: PathBuf,
 }
 
 impl Client {
@@ -44,6 +47,7 @@ impl Client {
             reader: ZeroizingReader::with_capacity(READ_BUFFER, stream),
             next_id: 1,
             buf: SecretBuf::with_capacity(1024),
+            path: path.to_owned(),
         };
         codec::check_protocol(&client.hello().await?)?;
         Ok(client)
@@ -63,6 +67,7 @@ impl Client {
         method: &str,
         params: &P,
     ) -> Result<R, Error> {
+        self.reconnect_if_closed().await?;
         let id = self.next_id;
         self.next_id += 1;
         let line = codec::encode(id, method, params)?;
@@ -77,6 +82,22 @@ impl Client {
             Frame::Eof => Err(codec::closed()),
             Frame::TooLong => Err(codec::too_long()),
         }
+    }
+
+    /// Connects again when the daemon closed this connection while it was
+    /// idle. Only a connection that served a call and has ended since is
+    /// replaced, before anything is sent on it, so no request is ever sent
+    /// twice (and a daemon refusing new connections is not retried forever).
+    async fn reconnect_if_closed(&mut self) -> Result<(), Error> {
+        let served = self.next_id > 1;
+        if !served
+            || self.reader.has_buffered()
+            || !codec::hung_up(stream_fd(self.reader.get_ref()))
+        {
+            return Ok(());
+        }
+        *self = Box::pin(Client::connect_to(&self.path)).await?;
+        Ok(())
     }
 
     /// `hello`: the daemon's protocol and version.
@@ -104,5 +125,12 @@ impl Client {
     /// An access token with a scope subset and/or a minimum remaining lifetime.
     pub async fn token_with(&mut self, params: &TokenParams) -> Result<TokenReply, Error> {
         self.request::<TokenGet>(params).await
+    }
+}
+
+fn stream_fd(stream: &Stream) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    match stream {
+        Stream::UdSocket(s) => s.as_fd(),
     }
 }

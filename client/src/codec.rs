@@ -46,6 +46,29 @@ pub(crate) fn decode<R: DeserializeOwned>(id: u64, line: &[u8]) -> Result<R, Err
         .ok_or_else(|| Error::Protocol("reply has neither result nor error".into()))
 }
 
+/// Whether the daemon has closed the connection on `fd` (it closes
+/// connections idle for a while): peeks without waiting. Only an end of
+/// stream (or a reset) counts, never data that is merely pending.
+pub(crate) fn hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer we own; MSG_PEEK leaves any data queued,
+    // MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
 pub(crate) fn closed() -> Error {
     Error::Io(std::io::Error::new(
         std::io::ErrorKind::UnexpectedEof,

@@ -178,6 +178,11 @@ impl<R> ZeroizingReader<R> {
         &self.inner
     }
 
+    /// Whether bytes read from the stream wait here unconsumed.
+    pub fn has_buffered(&self) -> bool {
+        self.pos < self.filled
+    }
+
     fn advance(&mut self, amount: usize) {
         self.pos = (self.pos + amount).min(self.filled);
         if self.pos == self.filled {

@@ -133,7 +133,7 @@ async fn one_process_holds_at_most_its_share_of_connections() {
 }
 
 /// A connection with no request for the idle timeout is closed; one in
-/// use stays open.
+/// use stays open; the clients connect again on their next call.
 #[tokio::test(start_paused = true)]
 async fn idle_client_connections_are_closed() {
     let mut d = TestDaemon::start(Opts {
@@ -141,7 +141,16 @@ async fn idle_client_connections_are_closed() {
         ..Opts::default()
     })
     .await;
+    let mut raw = tokio::net::UnixStream::connect(&d.socket)
+        .await
+        .expect("connects");
     let mut idle = d.client().await;
+    let blocking_socket = d.socket.clone();
+    let mut blocking = tokio::task::spawn_blocking(move || {
+        latchkey_client::blocking::Client::connect_to(&blocking_socket).expect("connects")
+    })
+    .await
+    .expect("the blocking client connects");
     let mut busy = d.client().await;
     d.pass(40).await;
     busy.status().await.expect("status");
@@ -149,7 +158,18 @@ async fn idle_client_connections_are_closed() {
     busy.status()
         .await
         .expect("40 s + 30 s: used 30 s ago, still open");
-    assert!(idle.status().await.is_err(), "idle 70 s: closed");
+    let mut byte = [0u8; 1];
+    let read = tokio::io::AsyncReadExt::read(&mut raw, &mut byte).await;
+    assert_eq!(read.expect("an orderly close"), 0, "idle 70 s: closed");
+    // The client libraries notice the close and connect again, before
+    // sending anything on the dead connection.
+    idle.status()
+        .await
+        .expect("the async client reconnects after an idle close");
+    tokio::task::spawn_blocking(move || blocking.status().map(|_| ()))
+        .await
+        .expect("the blocking call ran")
+        .expect("the blocking client reconnects after an idle close");
     d.stop().await;
 }
 
