@@ -541,3 +541,83 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::NewSlots;
+
+    /// A daemon over a new vault, unlocked.
+    async fn unlocked_daemon(dir: &std::path::Path) -> Arc<Daemon> {
+        let path = dir.join("vault.db");
+        let pass = SecretString::from("pass");
+        let slots = NewSlots {
+            passphrase: Some(&pass),
+            keyring: None,
+        };
+        let (vault, keys) = Vault::create(&path, slots).unwrap();
+        drop(vault);
+        let daemon = Daemon::new(Config {
+            vault_path: path,
+            socket_path: dir.join("s.sock"),
+            idle_timeout: Duration::ZERO,
+            frame_timeout: Duration::from_secs(10),
+            passphrase_file: None,
+            keyring: crate::vault::keyring::BackendChoice::Auto,
+            clock: Clock::following_tokio(),
+        })
+        .unwrap();
+        daemon.open_session(keys).await.unwrap();
+        daemon
+    }
+
+    /// A lock refuses new commits at once, waits for a registered one,
+    /// and — when it never ends — locks anyway after the bound.
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_waits_for_registered_commits_up_to_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = unlocked_daemon(dir.path()).await;
+        let session = daemon.session().unwrap();
+        let guard = session.begin_commit("api").unwrap();
+
+        let locking = {
+            let daemon = Arc::clone(&daemon);
+            tokio::spawn(async move { daemon.end_session(COMMIT_WAIT).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!locking.is_finished(), "the lock waits for the commit");
+        assert_eq!(
+            session.begin_commit("other").err().map(|e| e.kind),
+            Some(ErrorKind::Locked),
+            "no new commit starts once a lock has begun"
+        );
+        // The registered one still has the keys.
+        session.with_vault(|_, _| Ok(())).await.unwrap();
+        drop(guard);
+        assert!(locking.await.unwrap(), "locked once the commit ended");
+        assert!(!daemon.is_unlocked());
+
+        // A commit that never ends: locked anyway after the bound.
+        let pass = SecretString::from("pass");
+        let rows = daemon
+            .with_vault_file(|v| Ok(v.slot_rows()?))
+            .await
+            .unwrap();
+        let (keys, _) = rows.open_with_passphrase(&pass).unwrap();
+        daemon.open_session(keys).await.unwrap();
+        let session = daemon.session().unwrap();
+        let _stuck = session.begin_commit("api").unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(daemon.end_session(COMMIT_WAIT).await.is_some());
+        assert_eq!(started.elapsed(), COMMIT_WAIT);
+        assert_eq!(
+            session
+                .with_vault(|_, _| Ok(()))
+                .await
+                .err()
+                .map(|e| e.kind),
+            Some(ErrorKind::Locked),
+            "the keys are gone"
+        );
+    }
+}

@@ -300,6 +300,22 @@ async fn a_requested_lock_holds_against_automatic_unlocks_and_the_idle_lock_does
         .await
         .expect("an automatic unlock after the idle lock");
     assert!(!opened.already_unlocked);
+
+    // `panic` holds too, and says so.
+    let panic = c
+        .request::<VaultPanic>(&PanicParams { provider: None })
+        .await
+        .expect("vault.panic");
+    assert!(panic.locked);
+    let refused = c.request::<VaultUnlock>(&automatic).await;
+    let Err(latchkey_client::Error::Daemon { kind, message, .. }) = refused else {
+        panic!("an automatic unlock after panic must fail");
+    };
+    assert_eq!(kind, ErrorKind::Locked);
+    assert!(
+        message.starts_with("the vault was locked by `latchkey panic` at "),
+        "{message}"
+    );
     d.stop().await;
 }
 
