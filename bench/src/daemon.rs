@@ -1,5 +1,6 @@
 //! The real `latchkeyd` for parts 2–4: finds the release binaries, starts
-//! the daemon in a private temp dir with a throwaway vault (test KDF), sets
+//! the daemon in a private temp dir with a throwaway vault (production
+//! Argon2id: a release daemon refuses the test KDF switch), sets
 //! up a client-credentials credential through the protocol, and stops the
 //! daemon when the guard drops — on success, error or panic alike (and,
 //! through `PR_SET_PDEATHSIG`, when the bench itself is killed).
@@ -140,8 +141,7 @@ impl DaemonGuard {
         let log = std::fs::File::create(&env.log).context("failed to create the daemon log")?;
         let mut cmd = Command::new(binary);
         env.apply(&mut cmd, true);
-        cmd.env("LATCHKEY_INSECURE_TEST_KDF", "1")
-            .env("LATCHKEY_IDLE_TIMEOUT", "15m")
+        cmd.env("LATCHKEY_IDLE_TIMEOUT", "15m")
             .env(
                 "LATCHKEY_LOG",
                 std::env::var("LATCHKEY_BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into()),

@@ -29,12 +29,22 @@ pub struct Ctx {
     pub vault: Option<PathBuf>,
     /// `-q`: no notices on stderr and no confirmations on stdout.
     pub quiet: bool,
+    /// Variables this invocation reads a secret from, kept out of a daemon
+    /// it starts ([`DaemonArgs::withheld_env`]).
+    pub withheld_env: Vec<String>,
 }
 
 impl Ctx {
     /// Resolves the global options. Paths are made absolute because the
-    /// daemon may not share our working directory.
-    pub fn new(socket: Option<PathBuf>, vault: Option<PathBuf>, quiet: bool) -> Ctx {
+    /// daemon may not share our working directory. `withheld_env` names the
+    /// variables the command reads a secret from (see
+    /// [`crate::secret::env_sources`]).
+    pub fn new(
+        socket: Option<PathBuf>,
+        vault: Option<PathBuf>,
+        quiet: bool,
+        withheld_env: Vec<String>,
+    ) -> Ctx {
         let socket = socket.unwrap_or_else(latchkey_client::socket_path);
         let vault = vault.or_else(|| {
             std::env::var_os(latchkey_client::VAULT_ENV)
@@ -45,6 +55,7 @@ impl Ctx {
             socket: absolute(socket),
             vault: vault.map(absolute),
             quiet,
+            withheld_env,
         }
     }
 
@@ -100,6 +111,7 @@ impl Ctx {
             socket: &self.socket,
             vault: self.vault.as_deref(),
             idle_timeout,
+            withheld_env: &self.withheld_env,
         }
     }
 

@@ -12,7 +12,8 @@ pub const OTHER: u8 = 1;
 /// Bad flags (clap's own exit code) or an input the CLI cannot obtain, such
 /// as a passphrase with no source and no terminal to prompt on.
 pub const USAGE: u8 = 2;
-/// The daemon cannot be reached, failed to start, or went away mid-call.
+/// The daemon cannot be reached, failed to start, or went away mid-call; or
+/// what listens on the socket is not provably ours, so nothing was sent.
 pub const DAEMON_UNREACHABLE: u8 = 3;
 /// The vault is locked or not initialized.
 pub const LOCKED: u8 = 4;
@@ -41,7 +42,10 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
         USAGE,
         "usage error (bad flags, or a secret with no source and no terminal)",
     ),
-    (DAEMON_UNREACHABLE, "daemon unreachable or failed to start"),
+    (
+        DAEMON_UNREACHABLE,
+        "daemon unreachable or failed to start (or its socket is not yours)",
+    ),
     (LOCKED, "vault locked or not initialized"),
     (NOT_FOUND, "not found"),
     (
@@ -151,9 +155,10 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
 /// The exit code for a client error.
 pub fn for_client_error(err: &latchkey_client::Error) -> u8 {
     match err {
-        latchkey_client::Error::Connect { .. } | latchkey_client::Error::Io(_) => {
-            DAEMON_UNREACHABLE
-        }
+        // A socket that is not ours is no daemon of ours: none is reachable.
+        latchkey_client::Error::Connect { .. }
+        | latchkey_client::Error::Io(_)
+        | latchkey_client::Error::Untrusted(_) => DAEMON_UNREACHABLE,
         latchkey_client::Error::Daemon { kind, .. } => for_kind(*kind),
         _ => OTHER,
     }
@@ -247,7 +252,16 @@ mod tests {
         };
         let io = latchkey_client::Error::Io(std::io::ErrorKind::UnexpectedEof.into());
         let protocol = latchkey_client::Error::Protocol("x".into());
-        let cases: [(anyhow::Error, &str); 6] = [
+        let untrusted = latchkey_client::Error::Untrusted(latchkey_client::trust::Untrusted {
+            path: PathBuf::from("/tmp/latchkey-0"),
+            subject: latchkey_client::trust::Subject::SocketDir,
+            problem: latchkey_client::trust::Problem::Symlink,
+        });
+        let cases: [(anyhow::Error, &str); 7] = [
+            (
+                anyhow::Error::new(untrusted).context("failed to connect"),
+                "not yours",
+            ),
             (anyhow::Error::new(connect), "daemon unreachable"),
             (anyhow::Error::new(io), "daemon unreachable"),
             (anyhow::Error::new(protocol), "other error"),

@@ -23,7 +23,7 @@ mod secret;
 mod spawn;
 mod terminal;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,8 +59,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let ctx = context::Ctx::new(cli.socket, cli.vault, cli.quiet);
+    let matches = Cli::command().get_matches();
+    // The variables a secret is read from, before any command may start a daemon.
+    let withheld_env = secret::env_sources(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    let ctx = context::Ctx::new(cli.socket, cli.vault, cli.quiet, withheld_env);
     match commands::run(&ctx, cli.command) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) if exit::is_broken_pipe(&err) => ExitCode::from(exit::OK),
@@ -77,11 +80,38 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn secret_variables_are_found_in_any_subcommand() {
+        let cases: [(&[&str], &[&str]); 4] = [
+            (
+                &[
+                    "latchkey",
+                    "credential",
+                    "add",
+                    "c",
+                    "--provider",
+                    "p",
+                    "--client-id",
+                    "i",
+                    "--client-secret-env",
+                    "MY_SECRET",
+                ],
+                &["MY_SECRET"],
+            ),
+            (&["latchkey", "init", "--passphrase-env", "PW"], &["PW"]),
+            (&["latchkey", "unlock", "--passphrase-env", "PW2"], &["PW2"]),
+            (&["latchkey", "token", "x"], &[]),
+        ];
+        for (argv, want) in cases {
+            let matches = Cli::command().try_get_matches_from(argv).unwrap();
+            assert_eq!(secret::env_sources(&matches), want, "{argv:?}");
+        }
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! names: a file, stdin, an environment variable, or a no-echo prompt on the
 //! terminal. Never from argv. Every buffer a secret passes through is
 //! zeroized; the result is a [`SecretString`] that goes straight to the socket.
+//! A secret file must be ours and readable by nobody else (as ssh insists
+//! for a private key), and a variable that holds a secret is kept out of a
+//! daemon the CLI starts ([`env_sources`]).
 
 use crate::exit;
 use anyhow::{Context, Result};
+use latchkey_client::trust;
 use secrecy::{ExposeSecret, SecretString};
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -17,6 +21,28 @@ const MAX_SECRET_LEN: u64 = 16 * 1024;
 /// Environment variable naming a file that holds the vault passphrase; used
 /// by `init`, `unlock`, and to unlock an auto-locked vault headlessly.
 pub const PASSPHRASE_FILE_ENV: &str = "LATCHKEY_PASSPHRASE_FILE";
+
+/// The ids of the flags that name an environment variable holding a secret,
+/// in any subcommand: `--client-secret-env VAR`, `--passphrase-env VAR`.
+const SECRET_ENV_FLAGS: &[&str] = &["client_secret_env", "passphrase_env"];
+
+/// The variables the parsed command line reads a secret from (the values of
+/// [`SECRET_ENV_FLAGS`] at any subcommand depth). Known before any command
+/// runs, so a daemon started on the way never inherits them.
+pub fn env_sources(matches: &clap::ArgMatches) -> Vec<String> {
+    let mut vars = Vec::new();
+    let mut level = Some(matches);
+    while let Some(m) = level {
+        for id in SECRET_ENV_FLAGS {
+            // An id this subcommand does not define is an error: skip it.
+            if let Ok(Some(var)) = m.try_get_one::<String>(id) {
+                vars.push(var.clone());
+            }
+        }
+        level = m.subcommand().map(|(_, sub)| sub);
+    }
+    vars
+}
 
 /// Where a secret comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,8 +169,11 @@ fn secret_from_utf8(bytes: &[u8]) -> Result<SecretString> {
     Ok(SecretString::from(text))
 }
 
+/// Reads a secret file, after checking the opened file is ours and private
+/// ([`trust::check_secret_file`]); a refusal is a usage error naming the fix.
 fn read_file(path: &Path) -> Result<SecretString> {
     let file = std::fs::File::open(path)?;
+    trust::check_secret_file(&file, path).map_err(|refused| exit::usage(refused.to_string()))?;
     let buf = read_bounded(file)?;
     secret_from_utf8(strip_newline(&buf))
 }
@@ -220,8 +249,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("latchkey-cli-secret-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let write = |name: &str, content: &[u8]| {
+            use std::os::unix::fs::PermissionsExt;
             let path = dir.join(name);
             std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             Source::File(path)
         };
         let secret = write("ok", b"correct horse\n").read("passphrase").unwrap();
@@ -242,6 +273,24 @@ mod tests {
         assert!(format!("{err:#}").contains("longer than"), "{err:#}");
         let exact = vec![b'x'; MAX_SECRET_LEN as usize];
         assert!(write("exact", &exact).read("passphrase").is_ok());
+
+        let loose = write("loose", b"pw-canary\n");
+        let Source::File(loose_path) = &loose else {
+            unreachable!("write makes a file source")
+        };
+        std::fs::set_permissions(
+            loose_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        let err = loose.read("passphrase").unwrap_err();
+        assert_eq!(exit::for_error(&err), exit::USAGE);
+        let message = format!("{err:#}");
+        assert!(
+            message.contains(&format!("run `chmod 600 {}`", loose_path.display())),
+            "{message}"
+        );
+        assert!(!message.contains("canary"), "{message}");
 
         let err = Source::File(dir.join("missing"))
             .read("passphrase")

@@ -1,10 +1,15 @@
 //! Finding `latchkeyd` and starting it in the background: detached from the
 //! terminal, its output appended to `latchkeyd.log` beside the socket, and
 //! polled until it answers (or exits, in which case its log says why).
+//! The socket's directory must be ours and 0700 and the log is opened
+//! without following a symbolic link ([`latchkey_client::trust`]); the
+//! daemon inherits our environment minus the variables that held a secret
+//! and the test-only switches.
 
 use crate::exit;
 use anyhow::{Context, Result};
 use latchkey_client::blocking::Client;
+use latchkey_client::trust;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -29,6 +34,15 @@ const RACE_GRACE: Duration = Duration::from_secs(2);
 /// How many lines of the log an error quotes.
 const LOG_TAIL_LINES: usize = 10;
 
+/// Switches only tests set, never passed on to a daemon we start: a test
+/// setting left in a shell must not weaken a real vault. Each entry says
+/// where the daemon reads it.
+pub const TEST_ONLY_ENV: &[&str] = &[
+    // daemon/src/vault/crypto.rs (`INSECURE_TEST_KDF_ENV`): new passphrase
+    // slots get Argon2id parameters far below OWASP's minimum.
+    "LATCHKEY_INSECURE_TEST_KDF",
+];
+
 /// What the daemon is started with.
 pub struct DaemonArgs<'a> {
     /// Socket to listen on; always passed, so it listens where we poll.
@@ -37,6 +51,10 @@ pub struct DaemonArgs<'a> {
     pub vault: Option<&'a Path>,
     /// Auto-lock after this long idle, when given on the command line.
     pub idle_timeout: Option<Duration>,
+    /// Environment variables this invocation reads a secret from
+    /// (`--client-secret-env VAR`, `--passphrase-env VAR`): kept out of the
+    /// daemon's environment, where they would live on in `/proc/PID/environ`.
+    pub withheld_env: &'a [String],
 }
 
 /// A daemon that now answers.
@@ -66,9 +84,17 @@ pub fn daemon_binary() -> PathBuf {
 }
 
 /// The daemon's command line. The environment is inherited, so
-/// `LATCHKEY_*` and `XDG_*` variables reach it unchanged.
+/// `LATCHKEY_*` and `XDG_*` variables reach it unchanged, except the
+/// variables that hold a secret ([`DaemonArgs::withheld_env`]) and the
+/// [`TEST_ONLY_ENV`] switches.
 pub fn command(args: &DaemonArgs) -> Command {
     let mut cmd = Command::new(daemon_binary());
+    for var in args.withheld_env {
+        cmd.env_remove(var);
+    }
+    for var in TEST_ONLY_ENV {
+        cmd.env_remove(var);
+    }
     cmd.arg("--socket").arg(args.socket);
     if let Some(vault) = args.vault {
         cmd.arg("--vault").arg(vault);
@@ -81,10 +107,7 @@ pub fn command(args: &DaemonArgs) -> Command {
 
 /// The directory that holds the socket (and the log).
 pub fn socket_dir(socket: &Path) -> &Path {
-    match socket.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
+    trust::socket_dir(socket)
 }
 
 /// Where the daemon's output goes.
@@ -95,11 +118,19 @@ pub fn log_path(socket: &Path) -> PathBuf {
 /// Starts the daemon in the background and waits until it answers.
 pub fn start(args: &DaemonArgs) -> Result<Started> {
     let dir = socket_dir(args.socket);
-    create_private_dir(dir)
-        .with_context(|| format!("failed to create the socket directory {}", dir.display()))?;
+    create_private_dir(dir).map_err(|err| {
+        refusal(
+            err,
+            format!("failed to create the socket directory {}", dir.display()),
+        )
+    })?;
     let log_path = log_path(args.socket);
-    let log = open_log(&log_path)
-        .with_context(|| format!("failed to open the daemon log {}", log_path.display()))?;
+    let log = open_log(&log_path).map_err(|err| {
+        refusal(
+            err,
+            format!("failed to open the daemon log {}", log_path.display()),
+        )
+    })?;
     // Only what this start appends is quoted if it fails.
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
 
@@ -212,10 +243,21 @@ fn poll_connect(socket: &Path, within: Duration) -> Option<Client> {
     }
 }
 
+/// An I/O error as the CLI reports it: a trust refusal as the client's
+/// [`latchkey_client::Error::Untrusted`] (its message names the path and the
+/// fix, and it maps to the exit code of an unreachable daemon), anything
+/// else under `context`.
+fn refusal(err: std::io::Error, context: String) -> anyhow::Error {
+    match trust::as_untrusted(&err) {
+        Some(untrusted) => latchkey_client::Error::Untrusted(untrusted.clone()).into(),
+        None => anyhow::Error::new(err).context(context),
+    }
+}
+
 /// The last lines the daemon wrote, as an indented block for an error message.
 fn log_tail(path: &Path, from: u64) -> String {
     let mut text = String::new();
-    let read = File::open(path).and_then(|mut file| {
+    let read = trust::open_own_file(OpenOptions::new().read(true), path).and_then(|mut file| {
         let len = file.metadata()?.len();
         // 16 KiB is plenty for ten lines; never read a huge log whole.
         file.seek(SeekFrom::Start(from.max(len.saturating_sub(16 * 1024))))?;
@@ -262,31 +304,20 @@ fn printable(line: &str) -> String {
     out
 }
 
-/// Creates the directory (and missing parents) 0700 if it does not exist.
+/// Creates the directory (and missing parents) 0700 if it does not exist;
+/// one that exists, or that someone else created first, must be ours and
+/// 0700 and not a symbolic link, or it is refused ([`trust::private_dir`]).
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
+    trust::private_dir(dir)
 }
 
-/// Opens the log for appending, creating it 0600.
+/// Opens the log for appending, creating it 0600; a symbolic link planted at
+/// its path, or a file of another user, is refused ([`trust::open_own_file`]).
 fn open_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut options = OpenOptions::new();
-    options.append(true).create(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)
+    options.append(true).create(true).mode(0o600);
+    trust::open_own_file(&options, path)
 }
 
 /// Puts the child in a session of its own, so closing the terminal (SIGHUP)
@@ -334,6 +365,7 @@ mod tests {
             socket: Path::new("/d/l.sock"),
             vault: Some(Path::new("/v.db")),
             idle_timeout: Some(Duration::from_secs(600)),
+            withheld_env: &[],
         });
         let args: Vec<_> = cmd
             .get_args()
@@ -350,6 +382,25 @@ mod tests {
                 "600"
             ]
         );
+    }
+
+    #[test]
+    fn the_daemon_gets_no_secret_variable_and_no_test_switch() {
+        let withheld = ["MY_CLIENT_SECRET".to_string()];
+        let cmd = command(&DaemonArgs {
+            socket: Path::new("/d/l.sock"),
+            vault: None,
+            idle_timeout: None,
+            withheld_env: &withheld,
+        });
+        let removed: Vec<String> = cmd
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(key, _)| key.to_string_lossy().into_owned())
+            .collect();
+        for var in ["MY_CLIENT_SECRET", "LATCHKEY_INSECURE_TEST_KDF"] {
+            assert!(removed.iter().any(|r| r == var), "{var} in {removed:?}");
+        }
     }
 
     #[test]

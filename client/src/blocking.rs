@@ -1,24 +1,23 @@
 //! The blocking client, for programs without an async runtime (the CLI uses it).
 
 use crate::codec;
-use crate::framing::{read_frame_blocking, Frame};
+use crate::framing::{read_frame_blocking, Frame, SecretBuf, ZeroizingReader, READ_BUFFER};
 use crate::protocol::{
     Empty, Hello, HelloParams, HelloResult, Method, Status, StatusResult, TokenGet, TokenParams,
     TokenReply, MAX_REPLY_LEN, PROTOCOL_VERSION,
 };
-use crate::Error;
+use crate::{trust, Error};
 use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
 use serde::{de::DeserializeOwned, Serialize};
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
-use zeroize::Zeroize;
 
 /// A blocking connection to `latchkeyd`; same calls as [`crate::Client`].
 pub struct Client {
-    reader: BufReader<Stream>,
+    reader: ZeroizingReader<Stream>,
     next_id: u64,
-    buf: Vec<u8>,
+    buf: SecretBuf,
 }
 
 impl Client {
@@ -28,17 +27,21 @@ impl Client {
     }
 
     /// Connects to the daemon at `path` and checks the protocol version.
+    /// Before any byte is sent, the socket's directory and the server's uid
+    /// must be ours ([`crate::trust`]); else [`Error::Untrusted`].
     pub fn connect_to(path: &Path) -> Result<Client, Error> {
         let connect_err = |source| Error::Connect {
             path: path.to_owned(),
             source,
         };
+        trust::before_connect(path)?;
         let name = path.to_fs_name::<GenericFilePath>().map_err(connect_err)?;
         let stream = Stream::connect(name).map_err(connect_err)?;
+        trust::check_peer(path, stream.peer_creds().map(|creds| creds.euid()))?;
         let mut client = Client {
-            reader: BufReader::new(stream),
+            reader: ZeroizingReader::with_capacity(READ_BUFFER, stream),
             next_id: 1,
-            buf: Vec::with_capacity(1024),
+            buf: SecretBuf::with_capacity(1024),
         };
         codec::check_protocol(&client.hello()?)?;
         Ok(client)
@@ -72,7 +75,7 @@ impl Client {
             Frame::Line => {
                 let result = codec::decode(id, &self.buf);
                 // Replies carry access tokens: do not keep them around.
-                self.buf.as_mut_slice().zeroize();
+                self.buf.clear();
                 result
             }
             Frame::Eof => Err(codec::closed()),

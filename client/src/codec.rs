@@ -1,27 +1,31 @@
 //! Turning typed calls into request lines and reply lines into results;
 //! shared by the async and blocking clients.
 
+use crate::framing::SecretBuf;
 use crate::protocol::{HelloResult, Request, Response, PROTOCOL_VERSION};
 use crate::Error;
 use serde::{de::DeserializeOwned, Serialize};
-use zeroize::Zeroizing;
+
+/// 512 bytes: most requests fit without growing (growth is wiped anyway).
+const ENCODE_CAPACITY: usize = 512;
 
 /// Serializes a request as one line, `\n` included. The line may carry a
-/// passphrase or client secret, so it is zeroized when dropped.
-pub(crate) fn encode<P: Serialize>(
-    id: u64,
-    method: &str,
-    params: &P,
-) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let mut line = serde_json::to_vec(&Request {
-        jsonrpc: "2.0",
-        id,
-        method,
-        params,
-    })
+/// passphrase or client secret, so it is built in a [`SecretBuf`]: no
+/// unwiped copy is left behind as it grows, and it is zeroized when dropped.
+pub(crate) fn encode<P: Serialize>(id: u64, method: &str, params: &P) -> Result<SecretBuf, Error> {
+    let mut line = SecretBuf::with_capacity(ENCODE_CAPACITY);
+    serde_json::to_writer(
+        &mut line,
+        &Request {
+            jsonrpc: "2.0",
+            id,
+            method,
+            params,
+        },
+    )
     .map_err(|e| Error::Protocol(format!("cannot encode {method} request: {e}")))?;
     line.push(b'\n');
-    Ok(Zeroizing::new(line))
+    Ok(line)
 }
 
 /// Parses a reply line and checks it answers request `id`.

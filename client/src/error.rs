@@ -27,6 +27,10 @@ pub enum Error {
         /// Seconds after which a retry makes sense.
         retry_after: Option<u64>,
     },
+    /// The socket's directory or the process listening on the socket is not
+    /// provably ours (another user may pose as the daemon): nothing was sent.
+    #[error("{0}")]
+    Untrusted(#[from] crate::trust::Untrusted),
     /// The daemon answered something this client cannot understand.
     #[error("unexpected reply from the latchkey daemon: {0}")]
     Protocol(String),

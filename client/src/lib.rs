@@ -5,7 +5,9 @@
 //! contract with it: the [protocol] (each method a [`Method`] type naming
 //! its parameters and result), socket path resolution ([`socket_path`]),
 //! NDJSON [framing], the [duration] grammar of the command lines, and a
-//! [`Client`] with async (tokio) and [blocking] APIs.
+//! [`Client`] with async (tokio) and [blocking] APIs. Before a client sends
+//! a byte it checks that the socket's directory and the server are ours
+//! ([trust]).
 //!
 //! ```no_run
 //! use secrecy::ExposeSecret;
@@ -57,6 +59,7 @@ mod error;
 pub mod framing;
 mod paths;
 pub mod protocol;
+pub mod trust;
 
 pub use client::Client;
 pub use error::Error;

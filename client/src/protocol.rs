@@ -619,6 +619,10 @@ pub struct CredentialInfo {
     pub auth: AuthMethod,
     /// Configured scopes.
     pub scopes: Vec<String>,
+    /// The scopes the provider granted now (user credentials with a grant;
+    /// the provider may have narrowed them on a refresh), sorted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_scopes: Option<Vec<String>>,
     /// Whether a client secret is stored.
     pub has_client_secret: bool,
     /// Life-cycle state.
@@ -765,9 +769,16 @@ pub struct LoginStartParams {
 pub struct LoginStartResult {
     /// Pass to `login.wait`.
     pub login_id: String,
-    /// Browser login: open this URL.
+    /// Browser login: the authorization URL, to show the person (copy and
+    /// paste). It holds `state` and the PKCE challenge: give a browser
+    /// opener `start_url` instead, since argv is visible to every local user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_url: Option<String>,
+    /// Browser login: a one-time loopback URL of the daemon that redirects
+    /// to `authorization_url`; this is the one to pass to a browser opener.
+    /// Absent from daemons older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_url: Option<String>,
     /// Device login: the page where the user enters the code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification_uri: Option<String>,

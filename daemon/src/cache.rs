@@ -29,11 +29,23 @@ const BACKOFF_BASE_SECS: i64 = 1;
 /// Backoff never grows beyond this (nor a provider's Retry-After).
 const BACKOFF_CAP_SECS: i64 = 300;
 
+/// 10 s: the scheduling floor. A token that lives less is never refreshed
+/// ahead: by the next caller the refreshed token would be stale too, and
+/// on the 1 s ticker a credential used once would cost a request every
+/// second or two for the whole recent-use window. Callers of such a
+/// credential fetch on demand (one request per expiry, shared). This only
+/// changes when latchkey asks; a token is never served past its expiry.
+pub(crate) const MIN_PROACTIVE_LIFETIME_SECS: i64 = 10;
+
 /// The proactive refresh moment of a token: a quarter of the lifetime
 /// before expiry (at least the expiry margin), minus up to a tenth of the
-/// lifetime of jitter so many credentials do not refresh in lockstep.
+/// lifetime of jitter so many credentials do not refresh in lockstep;
+/// never for tokens shorter-lived than [`MIN_PROACTIVE_LIFETIME_SECS`].
 fn schedule_refresh(token: &Token) -> i64 {
     let lifetime = (token.effective_expiry - token.obtained_at).max(0);
+    if lifetime < MIN_PROACTIVE_LIFETIME_SECS {
+        return i64::MAX;
+    }
     let margin = expiry_margin(lifetime);
     // At least two ticks before the token turns stale, so the 1 s ticker
     // refreshes it before a caller has to; never more than half the
@@ -505,7 +517,14 @@ mod tests {
 
     #[test]
     fn refresh_is_scheduled_ahead_of_expiry() {
-        for lifetime in [2, 10, 30, 300, 3600] {
+        for lifetime in [0, 1, 2, 6, 9] {
+            assert_eq!(
+                schedule_refresh(&token(1000, lifetime)),
+                i64::MAX,
+                "{lifetime}: too short-lived to refresh ahead"
+            );
+        }
+        for lifetime in [10, 30, 300, 3600] {
             let at = schedule_refresh(&token(1000, lifetime));
             assert!(at < 1000 + lifetime - lifetime / 4 + 1, "{lifetime}: {at}");
             assert!(
@@ -518,7 +537,7 @@ mod tests {
             );
         }
         // Two ticks of slack between the refresh and the token turning stale.
-        for lifetime in [6, 8, 10, 30, 3600] {
+        for lifetime in [10, 12, 30, 3600] {
             let at = schedule_refresh(&token(1000, lifetime));
             let stale = 1000 + lifetime - expiry_margin(lifetime);
             assert!(

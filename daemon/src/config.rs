@@ -15,9 +15,46 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// A started request line must arrive whole within this.
     pub frame_timeout: Duration,
+    /// Client connections served at once; each peer process may hold a
+    /// quarter of them. `main.rs` sets [`Config::connection_cap`] of the
+    /// descriptor limit.
+    pub max_connections: usize,
+    /// A client connection that sends no request for this long is closed
+    /// (it holds a descriptor and a task); zero keeps idle ones open.
+    pub connection_idle_timeout: Duration,
     /// Unlock with this file's passphrase at start (headless runs).
     pub passphrase_file: Option<PathBuf>,
     pub keyring: BackendChoice,
     /// The wall clock, except in in-process tests that drive tokio's.
     pub clock: Clock,
+}
+
+/// 4096: enough for every program of a desktop session with room to
+/// spare; a cap keeps a flood's memory and descriptors bounded.
+const MAX_CONNECTIONS_CEILING: usize = 4096;
+/// 8: the fewest connections a daemon serves, however low the limit.
+const MIN_CONNECTIONS: usize = 8;
+
+impl Config {
+    /// The client connection cap for a descriptor limit of `open_files`:
+    /// half of it (the rest is for login listeners, their connections,
+    /// the vault and HTTP), at most 4096 (`MAX_CONNECTIONS_CEILING`).
+    pub fn connection_cap(open_files: u64) -> usize {
+        let half = usize::try_from(open_files / 2).unwrap_or(usize::MAX);
+        half.clamp(MIN_CONNECTIONS, MAX_CONNECTIONS_CEILING)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_is_half_the_descriptor_limit_within_bounds() {
+        assert_eq!(Config::connection_cap(1024), 512);
+        assert_eq!(Config::connection_cap(4096), 2048);
+        assert_eq!(Config::connection_cap(1 << 20), 4096);
+        assert_eq!(Config::connection_cap(u64::MAX), 4096);
+        assert_eq!(Config::connection_cap(3), 8);
+    }
 }

@@ -6,6 +6,7 @@
 use crate::error::ApiError;
 use crate::handler::Handler;
 use crate::state::{Daemon, Peer};
+use latchkey_client::framing::SecretBuf;
 use latchkey_client::protocol::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,7 @@ struct Incoming<'a> {
 }
 
 /// Handles one request line, appending exactly one reply line to `out`.
-pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Vec<u8>) -> After {
+pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut SecretBuf) -> After {
     let Ok(text) = std::str::from_utf8(line) else {
         write_error(
             out,
@@ -139,7 +140,7 @@ struct Call<'a> {
 
 impl Call<'_> {
     /// Parses the parameters as `M`'s, runs its handler and writes the reply.
-    async fn method<M: Handler>(self, out: &mut Vec<u8>) {
+    async fn method<M: Handler>(self, out: &mut SecretBuf) {
         // Read-only calls do not count as use of the vault: a status bar or
         // a script polling them must not keep it unlocked forever.
         // Everything else (above all `token.get`) resets the auto-lock clock.
@@ -181,7 +182,7 @@ fn parse<T: DeserializeOwned>(method: &str, params: Option<&RawValue>) -> Result
     })
 }
 
-fn respond<T: Serialize>(out: &mut Vec<u8>, id: Option<&RawValue>, value: &T) {
+fn respond<T: Serialize>(out: &mut SecretBuf, id: Option<&RawValue>, value: &T) {
     let start = out.len();
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
@@ -212,7 +213,7 @@ struct ErrorData {
     retry_after: Option<u64>,
 }
 
-fn write_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &ApiError) {
+fn write_error(out: &mut SecretBuf, id: Option<&RawValue>, error: &ApiError) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
     out.extend_from_slice(b",\"error\":");
@@ -228,8 +229,13 @@ fn write_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &ApiError) {
     out.extend_from_slice(b"}\n");
 }
 
+/// An error reply to no request (`id` null): a connection refused at accept.
+pub fn error_frame(out: &mut SecretBuf, error: &ApiError) {
+    write_error(out, None, error);
+}
+
 /// The reply for a request line longer than the limit.
-pub fn too_large(out: &mut Vec<u8>) {
+pub fn too_large(out: &mut SecretBuf) {
     write_error(
         out,
         None,
@@ -260,6 +266,8 @@ mod tests {
             socket_path: dir.path().join("sock"),
             idle_timeout: std::time::Duration::ZERO,
             frame_timeout: std::time::Duration::from_secs(1),
+            max_connections: 8,
+            connection_idle_timeout: std::time::Duration::ZERO,
             passphrase_file: None,
             keyring: BackendChoice::Auto,
             clock: Clock::Wall,
@@ -271,12 +279,12 @@ mod tests {
             reply["error"]["data"]["kind"].as_str().map(str::to_owned)
         };
         for (name, _) in METHODS {
-            let mut out = Vec::new();
+            let mut out = SecretBuf::new();
             let line = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{name}"}}"#);
             handle(&daemon, peer, line.as_bytes(), &mut out).await;
             assert_ne!(kind(&out).as_deref(), Some("method_not_found"), "{name}");
         }
-        let mut out = Vec::new();
+        let mut out = SecretBuf::new();
         handle(
             &daemon,
             peer,

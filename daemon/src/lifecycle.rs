@@ -458,10 +458,15 @@ pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
 }
 
 fn read_passphrase_file(path: &Path) -> Result<SecretString, String> {
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the passphrase file {}: {e}", path.display()))?,
-    );
+    use std::io::Read;
+    let cannot = |e: &dyn std::fmt::Display| {
+        format!("cannot read the passphrase file {}: {e}", path.display())
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    // Ours and readable by nobody else, as the CLI insists too.
+    latchkey_client::trust::check_secret_file(&file, path).map_err(|e| cannot(&e))?;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    file.read_to_string(&mut text).map_err(|e| cannot(&e))?;
     let trimmed = text.strip_suffix('\n').unwrap_or(&text);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     Ok(SecretString::from(trimmed))

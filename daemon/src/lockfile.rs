@@ -1,5 +1,6 @@
 //! One daemon per vault: an exclusive lock on `<vault>.lock`, holding the
-//! owner's pid so a second daemon can say who is running.
+//! owner's pid so a second daemon can say who is running. The file is
+//! opened without following a symbolic link and must be a regular file of ours.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -31,14 +32,18 @@ pub fn acquire(vault: &Path) -> Result<LockFile, LockError> {
         path: path.clone(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io)?;
+    // Not through a symbolic link, and only a regular file of ours: a link
+    // planted here would make us truncate and write whatever it points to.
+    let mut file = latchkey_client::trust::open_own_file(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600),
+        &path,
+    )
+    .map_err(io)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -77,5 +82,23 @@ mod tests {
             Err(e) => panic!("unexpected error: {e}"),
             Ok(_) => panic!("the second lock must fail"),
         }
+    }
+
+    #[test]
+    fn a_symlink_at_the_lock_path_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, "keep me").unwrap();
+        let vault = dir.path().join("vault.db");
+        std::os::unix::fs::symlink(&target, dir.path().join("vault.db.lock")).unwrap();
+        let err = match acquire(&vault) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a lock through a symbolic link must fail"),
+        };
+        assert!(
+            err.contains("vault.db.lock") && err.contains("symbolic link"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     }
 }

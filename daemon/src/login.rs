@@ -4,12 +4,18 @@
 //! user must do; the login finishes in its own task; `login.wait` waits
 //! for its outcome. A finished login is committed durably (grant and first
 //! access token in one transaction) before anyone is told.
+//!
+//! Bookkeeping: at most [`MAX_LOGINS`] run at once; each login task owns its
+//! registry entry and removes it whatever ends it (success, error, timeout,
+//! its waiter leaving, a panic); a waiter that leaves before the outcome
+//! cancels the wait for the person, which ends the loopback listener and
+//! every one of its connections.
 
 use crate::callback;
 use crate::error::ApiError;
 use crate::handler::Handler;
 use crate::oauth::{user, Granted};
-use crate::state::{Daemon, LoginOutcome, Peer, Session};
+use crate::state::{Daemon, LoginEntry, LoginOutcome, Peer, Session};
 use crate::token::received;
 use crate::vault::{crypto::random_id, Credential, Grant, Provider};
 use latchkey_client::protocol::{
@@ -19,11 +25,62 @@ use latchkey_client::protocol::{
 use oauth2::RedirectUrl;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// How long a login waits for the user unless told otherwise.
 const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// 1 h: the longest a person may take; a login holds a port and a task.
 const MAX_LOGIN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// 8: a person logs in to one or two credentials at a time; more at once
+/// is a script gone wrong or a flood, and each login holds a loopback
+/// listener, its connections and a task.
+pub const MAX_LOGINS: usize = 8;
+/// 60 s: how long a finished login's outcome waits for a `login.wait` that
+/// has not come yet (a quick browser can finish before the CLI asks).
+const UNCLAIMED_OUTCOME_KEPT: Duration = Duration::from_secs(60);
+
+/// A login's registry entry, removed when this drops: whatever ends the
+/// login task (an outcome, a panic, the runtime shutting down), its entry
+/// does not outlive it.
+struct Registered {
+    daemon: Arc<Daemon>,
+    id: String,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.daemon.logins().remove(&self.id);
+    }
+}
+
+/// A new login's entry, unless [`MAX_LOGINS`] are in progress.
+fn register(
+    daemon: &Arc<Daemon>,
+) -> Result<(Registered, watch::Sender<LoginOutcome>, Arc<Notify>), ApiError> {
+    let mut logins = daemon.logins();
+    if logins.len() >= MAX_LOGINS {
+        return Err(ApiError::new(
+            ErrorKind::RateLimited,
+            format!("{MAX_LOGINS} logins are already in progress: finish them, end them (Ctrl-C their `latchkey login`), or wait until they time out, then try again"),
+        )
+        .with_retry_after(Some(UNCLAIMED_OUTCOME_KEPT.as_secs())));
+    }
+    let id = random_id();
+    let (tx, rx) = watch::channel::<LoginOutcome>(None);
+    let cancel = Arc::new(Notify::new());
+    logins.insert(
+        id.clone(),
+        LoginEntry {
+            outcome: rx,
+            cancel: Arc::clone(&cancel),
+        },
+    );
+    let registered = Registered {
+        daemon: Arc::clone(daemon),
+        id,
+    };
+    Ok((registered, tx, cancel))
+}
 
 /// Prepares the login, starts the task that finishes it, and returns what
 /// the user must do.
@@ -52,9 +109,9 @@ impl Handler for LoginStart {
         let secret = session.client_secret(&credential).await?;
         let client = user::client(&provider, &credential, secret.as_ref())?;
         let scopes = credential.config.scopes.clone();
-        let login_id = random_id();
-        let (tx, rx) = watch::channel::<LoginOutcome>(None);
-        daemon.logins().insert(login_id.clone(), rx);
+        // Registered first, so that a failure below removes it (on drop).
+        let (registered, tx, cancel) = register(daemon)?;
+        let login_id = registered.id.clone();
         daemon
             .audit
             .record("login_started", Some(&name), Some(peer.pid), None);
@@ -68,6 +125,7 @@ impl Handler for LoginStart {
             let result = LoginStartResult {
                 login_id,
                 authorization_url: None,
+                start_url: None,
                 verification_uri: Some(details.verification_uri().to_string()),
                 verification_uri_complete: details
                     .verification_uri_complete()
@@ -78,16 +136,22 @@ impl Handler for LoginStart {
             let limit = timeout.min(Duration::from_secs(expires_in.max(1)));
             tokio::spawn(async move {
                 let daemon = task_daemon;
-                let outcome = match user::device_poll(
-                    &daemon.http,
-                    &provider,
-                    &credential,
-                    &client,
-                    &details,
-                    limit,
-                )
-                .await
-                {
+                let mut left = false;
+                let polled = tokio::select! {
+                    () = cancel.notified() => {
+                        left = true;
+                        Err(cancelled(&credential))
+                    }
+                    polled = user::device_poll(
+                        &daemon.http,
+                        &provider,
+                        &credential,
+                        &client,
+                        &details,
+                        limit,
+                    ) => polled,
+                };
+                let outcome = match polled {
                     Ok(granted) => {
                         finish(&daemon, &session, &credential, &provider, granted, None).await
                     }
@@ -99,7 +163,7 @@ impl Handler for LoginStart {
                     }
                     Err(e) => Err(e),
                 };
-                report(&daemon, &credential, outcome, tx);
+                report(&daemon, &credential, outcome, tx, registered, left).await;
             });
             return Ok(result);
         }
@@ -110,19 +174,35 @@ impl Handler for LoginStart {
         let result = LoginStartResult {
             login_id,
             authorization_url: Some(request.url.to_string()),
+            start_url: Some(loopback.start_url.to_string()),
             verification_uri: None,
             verification_uri_complete: None,
             user_code: None,
             expires_in: timeout.as_secs(),
         };
-        let state = request.state.secret().clone();
-        let issuer = provider.config.issuer.clone();
+        let expect = callback::Expect {
+            state: request.state.secret().clone(),
+            issuer: provider.config.issuer.clone(),
+            iss_required: provider.config.iss_parameter_supported,
+            authorization_url: request.url.clone(),
+        };
         tokio::spawn(async move {
             let daemon = task_daemon;
-            let outcome = match tokio::time::timeout(timeout, loopback.wait(state, issuer)).await {
-                Err(_) => Err(timed_out(&credential, timeout)),
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(callback::Code(code))) => {
+            // The listener (and every connection it holds) is dropped when
+            // this ends: at the callback, the timeout or a cancel.
+            let mut left = false;
+            let called_back = tokio::select! {
+                () = cancel.notified() => {
+                    left = true;
+                    Err(cancelled(&credential))
+                }
+                waited = tokio::time::timeout(timeout, loopback.wait(expect)) => {
+                    waited.unwrap_or_else(|_| Err(timed_out(&credential, timeout)))
+                }
+            };
+            let outcome = match called_back {
+                Err(e) => Err(e),
+                Ok(callback::Code(code)) => {
                     match user::exchange_code(
                         &daemon.http,
                         &provider,
@@ -149,13 +229,14 @@ impl Handler for LoginStart {
                     }
                 }
             };
-            report(&daemon, &credential, outcome, tx);
+            report(&daemon, &credential, outcome, tx, registered, left).await;
         });
         Ok(result)
     }
 }
 
-/// Waits for a started login's outcome.
+/// Waits for a started login's outcome. A waiter that leaves first (its
+/// connection closed: the server drops this future) cancels the login.
 impl Handler for LoginWait {
     type Reply = LoginResult;
 
@@ -164,29 +245,52 @@ impl Handler for LoginWait {
         _: Peer,
         params: LoginWaitParams,
     ) -> Result<LoginResult, ApiError> {
-        let rx = daemon.logins().get(&params.login_id).cloned();
-        let Some(mut rx) = rx else {
+        let found = daemon
+            .logins()
+            .get(&params.login_id)
+            .map(|e| (e.outcome.clone(), Arc::clone(&e.cancel)));
+        let Some((mut rx, cancel)) = found else {
             return Err(ApiError::new(
                     ErrorKind::NotFound,
                     "no such login in progress (it finished, timed out, or the daemon restarted); run `latchkey login NAME` again",
                 ));
         };
+        let mut leaving = CancelOnDrop(Some(cancel));
         let outcome = rx
             .wait_for(Option::is_some)
             .await
             .map_err(|_| ApiError::internal("the login task ended without an outcome"))?
             .clone()
             .expect("waited for Some");
+        leaving.0 = None;
         daemon.logins().remove(&params.login_id);
         outcome
     }
 }
 
-fn report(
+/// Cancels a login when its waiter goes away before the outcome.
+struct CancelOnDrop(Option<Arc<Notify>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            // A stored permit: the login task sees it even if it is not
+            // waiting on it at this instant.
+            cancel.notify_one();
+        }
+    }
+}
+
+/// Audits the outcome, hands it to the waiters, and keeps it a while for
+/// a waiter still to come (unless the waiter left: the login was
+/// cancelled); the entry goes when `registered` drops.
+async fn report(
     daemon: &Daemon,
     credential: &Credential,
     outcome: Result<LoginResult, ApiError>,
     tx: watch::Sender<LoginOutcome>,
+    registered: Registered,
+    waiter_left: bool,
 ) {
     match &outcome {
         Ok(r) => daemon.audit.record(
@@ -206,6 +310,13 @@ fn report(
         }
     }
     let _ = tx.send(Some(outcome));
+    // Every receiver is gone once `login.wait` took the entry out; until
+    // then (bounded) the outcome waits for it. A cancelled login's waiter
+    // is gone already: nobody is to come.
+    if !waiter_left {
+        let _ = tokio::time::timeout(UNCLAIMED_OUTCOME_KEPT, tx.closed()).await;
+    }
+    drop(registered);
 }
 
 /// Validates the ID token (when OIDC), then commits grant and first
@@ -220,6 +331,7 @@ async fn finish(
 ) -> Result<LoginResult, ApiError> {
     // From here until the commit: a lock waits for it.
     let _until_committed = session.begin_commit(&credential.config.name)?;
+    crate::token::warn_clamped(&credential.config.name, granted.access.expires_in);
     let scopes = &credential.config.scopes;
     let wants_oidc = scopes.iter().any(|s| s == "openid");
     let subject = match (&granted.id_token, wants_oidc) {
@@ -282,6 +394,14 @@ async fn finish(
     session.tokens.forget(&credential.id);
     session.tokens.insert(key, token);
     Ok(result)
+}
+
+fn cancelled(credential: &Credential) -> ApiError {
+    let name = &credential.config.name;
+    ApiError::new(
+        ErrorKind::InvalidRequest,
+        format!("the login of credential '{name}' was cancelled: its waiter went away; run `latchkey login {name}` again"),
+    )
 }
 
 fn timed_out(credential: &Credential, after: Duration) -> ApiError {

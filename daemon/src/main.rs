@@ -35,6 +35,9 @@ struct Args {
     /// How long a started request line may take to arrive
     #[arg(long, env = "LATCHKEY_FRAME_TIMEOUT", value_parser = duration::parse, default_value = "10s", hide = true)]
     frame_timeout: Duration,
+    /// Close a client connection that sends no request for this long; 0 never
+    #[arg(long, env = "LATCHKEY_CONNECTION_IDLE_TIMEOUT", value_parser = duration::parse, default_value = "10m", hide = true)]
+    connection_idle_timeout: Duration,
 }
 
 fn main() -> ExitCode {
@@ -50,15 +53,33 @@ fn main() -> ExitCode {
 }
 
 fn start(args: Args) -> anyhow::Result<()> {
+    hardening::refuse_test_switches().map_err(anyhow::Error::msg)?;
     for refused in hardening::harden_process() {
         tracing::warn!("hardening not applied: {refused}");
     }
     keyring::prepare_process();
+    let open_files = match hardening::raise_open_files_limit() {
+        Ok(limit) => {
+            tracing::debug!(
+                limit,
+                "descriptor limit (RLIMIT_NOFILE, soft) raised to the hard limit"
+            );
+            limit
+        }
+        Err(e) => {
+            tracing::warn!("cannot read the descriptor limit (RLIMIT_NOFILE): {e}; assuming 1024");
+            1024
+        }
+    };
+    let max_connections = Config::connection_cap(open_files);
+    tracing::debug!(max_connections, "client connection cap");
     let config = Config {
         vault_path: args.vault.unwrap_or_else(latchkey_client::vault_path),
         socket_path: args.socket.unwrap_or_else(latchkey_client::socket_path),
         idle_timeout: args.idle_timeout,
         frame_timeout: args.frame_timeout,
+        max_connections,
+        connection_idle_timeout: args.connection_idle_timeout,
         passphrase_file: args.passphrase_file.filter(|p| !p.as_os_str().is_empty()),
         keyring: keyring::BackendChoice::from_env()?,
         clock: Clock::Wall,
@@ -69,10 +90,16 @@ fn start(args: Args) -> anyhow::Result<()> {
     }
     let _lock = lockfile::acquire(&config.vault_path)?;
     let socket = &config.socket_path;
-    if let Some(dir) = socket.parent() {
-        fsutil::private_dir(dir)
-            .with_context(|| format!("failed to prepare the socket directory {}", dir.display()))?;
-    }
+    // The socket's directory must be ours, 0700 and no symbolic link, whoever
+    // created it: refused, never re-chmodded or taken over (DESIGN.md, "a fake
+    // daemon"). The client makes the same check before it connects.
+    let socket_dir = latchkey_client::trust::socket_dir(socket);
+    latchkey_client::trust::private_dir(socket_dir).with_context(|| {
+        format!(
+            "failed to prepare the socket directory {}",
+            socket_dir.display()
+        )
+    })?;
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             bail!(

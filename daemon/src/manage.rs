@@ -24,12 +24,16 @@ impl Handler for ProviderAdd {
     ) -> Result<ProviderInfo, ApiError> {
         check_name("provider", &params.name)?;
         daemon.session()?;
-        let (issuer, mut endpoints) = match &params.issuer {
+        let (issuer, mut endpoints, iss_parameter_supported) = match &params.issuer {
             Some(issuer) => {
-                let (issuer, endpoints) = discovery::discover(&daemon.http, issuer).await?;
-                (Some(issuer), endpoints)
+                let found = discovery::discover(&daemon.http, issuer).await?;
+                (
+                    Some(found.issuer),
+                    found.endpoints,
+                    found.iss_parameter_supported,
+                )
             }
-            None => (None, Endpoints::default()),
+            None => (None, Endpoints::default(), false),
         };
         let explicit = params.endpoints;
         let overrides = [
@@ -91,7 +95,7 @@ impl Handler for ProviderAdd {
             name: params.name.clone(),
             issuer,
             endpoints,
-            iss_parameter_supported: false,
+            iss_parameter_supported,
         };
         let provider = session
             .with_vault(move |keys, vault| vault.add_provider(keys, config))
@@ -381,6 +385,12 @@ fn credential_info(
         grant: credential.config.grant,
         auth: credential.config.auth,
         scopes: credential.config.scopes.clone(),
+        granted_scopes: grant.as_ref().map(|g| {
+            let mut granted: Vec<String> = g.scope.split_whitespace().map(str::to_owned).collect();
+            granted.sort();
+            granted.dedup();
+            granted
+        }),
         has_client_secret: credential.has_client_secret,
         state,
         tokens: entries

@@ -73,19 +73,26 @@ pub fn allowed_scopes(
         .collect();
     if !extra.is_empty() {
         let name = &credential.config.name;
-        let what = if granted.is_some() {
-            "was not granted"
-        } else {
-            "is not configured for"
-        };
-        return Err(ApiError::new(
-            ErrorKind::Forbidden,
+        let extra = extra.join(" ");
+        let allowed = allowed.join(" ");
+        let configured = |s: &str| credential.config.scopes.iter().any(|c| c == s);
+        let message = if granted.is_some() && asked.iter().all(|s| configured(s)) {
+            // Configured, but not (or no longer) granted: the provider
+            // narrowed the grant (at login or on a refresh).
             format!(
-                "credential '{name}' {what} scope(s) {}: its scopes are '{}'; ask for a subset, or add a credential with the scopes you need",
-                extra.join(" "),
-                allowed.join(" ")
-            ),
-        ));
+                "credential '{name}' was granted only '{allowed}' now, not scope(s) {extra}: the provider narrowed the grant; ask for a subset, or run `latchkey login {name}` to ask the provider for the rest"
+            )
+        } else {
+            let what = if granted.is_some() {
+                "was not granted"
+            } else {
+                "is not configured for"
+            };
+            format!(
+                "credential '{name}' {what} scope(s) {extra}: its scopes are '{allowed}'; ask for a subset, or add a credential with the scopes you need"
+            )
+        };
+        return Err(ApiError::new(ErrorKind::Forbidden, message));
     }
     Ok(asked)
 }
@@ -141,7 +148,11 @@ mod tests {
         let err = allowed_scopes(&credential, None, Some(&["admin".into()])).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Forbidden);
         assert!(err.message.contains("admin"));
-        let err = allowed_scopes(&credential, Some("read"), Some(&["write".into()])).unwrap_err();
+        let err = allowed_scopes(&credential, Some("read"), Some(&["admin".into()])).unwrap_err();
         assert!(err.message.contains("was not granted"), "{err}");
+        // Configured but granted no longer: the truth, and the fix.
+        let err = allowed_scopes(&credential, Some("read"), Some(&["write".into()])).unwrap_err();
+        assert!(err.message.contains("was granted only 'read' now"), "{err}");
+        assert!(err.message.contains("`latchkey login api`"), "{err}");
     }
 }

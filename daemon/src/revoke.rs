@@ -95,13 +95,7 @@ async fn revoke_credential(
     let anything_held = held_refresh.is_some() || !held_access.is_empty();
     if !local_only && anything_held {
         if provider.config.endpoints.revocation_endpoint.is_none() {
-            return Err(ApiError::new(
-                    ErrorKind::InvalidRequest,
-                    format!(
-                        "provider '{}' has no revocation endpoint, so its tokens stay valid there until they expire (revoke the app's access in the provider's account settings); forget them here with --local-only",
-                        provider.config.name
-                    ),
-                ));
+            return Err(no_revocation_endpoint(&provider.config.name));
         }
         let secret = session.client_secret(credential).await?;
         let client = user::client(provider, credential, secret.as_ref())?;
@@ -232,5 +226,42 @@ async fn panic_one(
                 error: Some(e.message),
             }
         }
+    }
+}
+
+/// Nothing can be revoked at a provider without an RFC 7009 endpoint. The
+/// fix is the endpoint; `--local-only` is named only as what it is: the
+/// choice that leaves the tokens live at the provider.
+fn no_revocation_endpoint(provider: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::InvalidRequest,
+        format!(
+            "provider '{provider}' has no revocation endpoint, so nothing was revoked and its tokens stay valid there until they expire; \
+             if the provider has an RFC 7009 endpoint (see its documentation), configure it with \
+             `latchkey provider add {provider} --revocation-endpoint URL` (on a provider added anew), \
+             or revoke the app's access in the provider's account settings; \
+             `--local-only` forgets the tokens here only and leaves them live at the provider"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod no_endpoint_tests {
+    use super::*;
+
+    #[test]
+    fn the_fix_is_the_revocation_endpoint_and_local_only_is_named_for_what_it_leaves() {
+        let message = no_revocation_endpoint("gh").message;
+        assert!(
+            message.contains("latchkey provider add gh --revocation-endpoint URL"),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                "`--local-only` forgets the tokens here only and leaves them live at the provider"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("stay valid"), "{message}");
     }
 }

@@ -1,5 +1,6 @@
 //! Accepting connections on the local socket: the peer-uid check, the
-//! connection limit, bounded framing (size and time), and graceful shutdown
+//! connection limits (a cap, and each peer process's share of it), bounded
+//! framing (size and time), idle connections closed, and graceful shutdown
 //! that lets every in-flight request finish; with them the two methods that
 //! are about the connection and the server, `hello` and `daemon.shutdown`.
 
@@ -7,21 +8,26 @@ use crate::dispatch::{self, After};
 use crate::error::ApiError;
 use crate::handler::Handler;
 use crate::state::{Daemon, Peer};
+use futures::FutureExt;
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
-use latchkey_client::framing::{read_frame, Frame};
+use latchkey_client::framing::{read_frame, Frame, SecretBuf, ZeroizingReader, READ_BUFFER};
 use latchkey_client::protocol::{
-    DaemonShutdown, Empty, Hello, HelloParams, HelloResult, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    DaemonShutdown, Empty, ErrorKind, Hello, HelloParams, HelloResult, LoginWait, Method,
+    MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{broadcast, mpsc, Semaphore};
-use zeroize::Zeroize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc};
 
-/// Concurrent connections served; more are closed at once (a local process
-/// opening thousands of sockets must not exhaust the daemon's descriptors).
-const MAX_CONNECTIONS: usize = 1024;
+/// 4: one peer process may hold at most a quarter of the connection cap,
+/// so a runaway (or hostile) program cannot starve every other one.
+const PEER_SHARE: usize = 4;
+/// 50 ms: after an accept error (out of descriptors, mostly), pause
+/// instead of retrying at once: the error would repeat and spin a core.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// A client that does not read its reply within this is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests.
@@ -37,7 +43,8 @@ pub async fn serve(
 ) {
     let (stop_tx, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Slots::new(daemon.config.max_connections));
+    let idle_timeout = daemon.config.connection_idle_timeout;
     // SAFETY: geteuid has no preconditions.
     let our_uid = unsafe { libc::geteuid() };
     tokio::pin!(shutdown);
@@ -48,7 +55,7 @@ pub async fn serve(
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     // Out of descriptors and the like: do not spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
@@ -58,16 +65,23 @@ pub async fn serve(
         let Some(peer) = check_peer(&daemon, &stream, our_uid) else {
             continue;
         };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            tracing::warn!(pid = peer.pid, "too many connections; closing a new one");
-            continue;
+        let slot = match Slots::take(&slots, peer.pid) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                refuse(stream, &refusal);
+                continue;
+            }
         };
         let daemon = Arc::clone(&daemon);
         let stop = stop_tx.subscribe();
         let done = done_tx.clone();
+        let timeouts = Timeouts {
+            frame: frame_timeout,
+            idle: idle_timeout,
+        };
         tokio::spawn(async move {
-            connection(&daemon, stream, peer, stop, frame_timeout).await;
-            drop(permit);
+            connection(&daemon, stream, peer, stop, timeouts).await;
+            drop(slot);
             drop(done);
         });
     }
@@ -84,6 +98,84 @@ pub async fn serve(
             DRAIN_TIMEOUT.as_secs()
         );
     }
+}
+
+/// The connection cap and each peer's share of it; a [`Slot`] per
+/// connection served.
+struct Slots {
+    max: usize,
+    per_peer: usize,
+    /// Connections held: in all, and by peer pid.
+    held: Mutex<(usize, HashMap<u32, usize>)>,
+}
+
+/// One connection's place; given back on drop.
+struct Slot {
+    slots: Arc<Slots>,
+    pid: u32,
+}
+
+impl Slots {
+    fn new(max: usize) -> Slots {
+        Slots {
+            max,
+            per_peer: (max / PEER_SHARE).max(1),
+            held: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// A place for a connection of `pid`, or why there is none.
+    fn take(slots: &Arc<Slots>, pid: u32) -> Result<Slot, ApiError> {
+        let mut held = crate::sync::lock(&slots.held);
+        let (total, by_peer) = &mut *held;
+        if *total >= slots.max {
+            tracing::warn!(pid, "{} connections are open; closing a new one", slots.max);
+            return Err(ApiError::new(
+                ErrorKind::RateLimited,
+                format!("the latchkey daemon serves at most {} connections at once and has no room for another; retry shortly, and look for a program that opens connections without closing them", slots.max),
+            ).with_retry_after(Some(1)));
+        }
+        let mine = by_peer.entry(pid).or_insert(0);
+        if *mine >= slots.per_peer {
+            tracing::warn!(
+                pid,
+                "process {pid} holds {mine} connections, its share; closing a new one"
+            );
+            return Err(ApiError::new(
+                ErrorKind::RateLimited,
+                format!("this process already holds {mine} connections to the latchkey daemon, its share of {}; close some (reuse one client) and retry", slots.max),
+            ).with_retry_after(Some(1)));
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(Slot {
+            slots: Arc::clone(slots),
+            pid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = crate::sync::lock(&self.slots.held);
+        let (total, by_peer) = &mut *held;
+        *total -= 1;
+        if let Some(mine) = by_peer.get_mut(&self.pid) {
+            *mine -= 1;
+            if *mine == 0 {
+                by_peer.remove(&self.pid);
+            }
+        }
+    }
+}
+
+/// Closes a connection there is no room for, with an error frame if the
+/// socket takes it at once (a fresh socket's buffer is empty, so it does):
+/// the accept loop never waits on a refused client.
+fn refuse(mut stream: Stream, why: &ApiError) {
+    let mut frame = SecretBuf::with_capacity(256);
+    dispatch::error_frame(&mut frame, why);
+    let _ = stream.write_all(&frame).now_or_never();
 }
 
 /// Only processes of our own user may talk to us, whatever the socket's
@@ -113,22 +205,44 @@ fn check_peer(daemon: &Daemon, stream: &Stream, our_uid: u32) -> Option<Peer> {
     }
 }
 
+/// The time bounds of one connection.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// A started request must arrive whole within this.
+    frame: Duration,
+    /// No request for this long closes the connection; zero: never.
+    idle: Duration,
+}
+
 async fn connection(
     daemon: &Arc<Daemon>,
     stream: Stream,
     peer: Peer,
     mut stop: broadcast::Receiver<()>,
-    frame_timeout: Duration,
+    timeouts: Timeouts,
 ) {
-    let mut reader = BufReader::with_capacity(8 * 1024, stream);
-    let mut line = Vec::with_capacity(1024);
-    let mut out = Vec::with_capacity(1024);
+    let frame_timeout = timeouts.frame;
+    // Requests carry passphrases and secrets, replies carry tokens: every
+    // buffer they pass through is wiped (framing.rs).
+    let mut reader = ZeroizingReader::with_capacity(READ_BUFFER, stream);
+    let mut line = SecretBuf::with_capacity(1024);
+    let mut out = SecretBuf::with_capacity(1024);
     loop {
-        // Idle between requests for as long as the client likes, but stop
-        // waiting when the daemon shuts down.
+        // Idle between requests up to the idle timeout; stop waiting when
+        // the daemon shuts down.
+        let idle = async {
+            if timeouts.idle.is_zero() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(timeouts.idle).await;
+        };
         let started = tokio::select! {
             r = reader.fill_buf() => matches!(r, Ok(buf) if !buf.is_empty()),
             _ = stop.recv() => false,
+            () = idle => {
+                tracing::debug!(pid = peer.pid, "closing a connection idle for {} s", timeouts.idle.as_secs());
+                false
+            }
         };
         if !started {
             break;
@@ -163,17 +277,47 @@ async fn connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let after = dispatch::handle(daemon, peer, &line, &mut out).await;
+        let after = if waits_for_a_person(&line) {
+            // The person's wait ends with the connection: dropping the
+            // handler cancels the login (login.rs), so its listener closes.
+            tokio::select! {
+                after = dispatch::handle(daemon, peer, &line, &mut out) => after,
+                () = hung_up(&mut reader) => break,
+            }
+        } else {
+            dispatch::handle(daemon, peer, &line, &mut out).await
+        };
         // Requests may carry passphrases or secrets, replies carry tokens.
-        line.as_mut_slice().zeroize();
+        line.clear();
         let written = tokio::time::timeout(WRITE_TIMEOUT, reader.get_mut().write_all(&out)).await;
-        out.as_mut_slice().zeroize();
         out.clear();
         if !matches!(written, Ok(Ok(()))) || after == After::Close {
             break;
         }
     }
-    line.as_mut_slice().zeroize();
+}
+
+/// Whether `line` is a `login.wait` call: the one request that waits on
+/// a person for minutes, and whose waiter leaving must end what it waits for.
+fn waits_for_a_person(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        method: Option<&'a str>,
+    }
+    let name = LoginWait::NAME.as_bytes();
+    // The cheap test first: every request passes here.
+    line.windows(name.len()).any(|w| w == name)
+        && serde_json::from_slice::<Envelope<'_>>(line)
+            .is_ok_and(|e| e.method == Some(LoginWait::NAME))
+}
+
+/// Resolves when the peer closes its end (EOF or an error). Bytes of a
+/// next request stay buffered for after the reply.
+async fn hung_up(reader: &mut ZeroizingReader<Stream>) {
+    if matches!(reader.fill_buf().await, Ok(buf) if !buf.is_empty()) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The handshake: the daemon's protocol version, whatever the client's (a

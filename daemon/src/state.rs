@@ -33,6 +33,15 @@ type SharedVault = Arc<Mutex<Option<Vault>>>;
 /// A login's outcome as its waiters see it: `None` while it runs.
 pub type LoginOutcome = Option<Result<LoginResult, ApiError>>;
 
+/// A login in progress, as the registry holds it.
+pub struct LoginEntry {
+    /// Its outcome, `None` while it runs.
+    pub outcome: watch::Receiver<LoginOutcome>,
+    /// Notified when a waiter leaves before the outcome: the login stops
+    /// waiting for the person (its listener and tasks end).
+    pub cancel: Arc<tokio::sync::Notify>,
+}
+
 /// The peer process on the other end of a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
@@ -58,8 +67,8 @@ pub struct Daemon {
     pub(crate) audit: Audit,
     /// Notified by `daemon.shutdown`; the server stops accepting.
     pub(crate) shutdown: tokio::sync::Notify,
-    /// Logins in progress, by login id.
-    logins: Mutex<HashMap<String, watch::Receiver<LoginOutcome>>>,
+    /// Logins in progress, by login id; each login task removes its own.
+    logins: Mutex<HashMap<String, LoginEntry>>,
 }
 
 /// Everything that exists only while the vault is unlocked.
@@ -339,7 +348,7 @@ impl Daemon {
         (self.clock.now() - self.last_activity.load(Ordering::Relaxed)).max(0)
     }
 
-    pub(crate) fn logins(&self) -> MutexGuard<'_, HashMap<String, watch::Receiver<LoginOutcome>>> {
+    pub(crate) fn logins(&self) -> MutexGuard<'_, HashMap<String, LoginEntry>> {
         lock(&self.logins)
     }
 }
@@ -562,6 +571,8 @@ mod tests {
             socket_path: dir.join("s.sock"),
             idle_timeout: Duration::ZERO,
             frame_timeout: Duration::from_secs(10),
+            max_connections: 16,
+            connection_idle_timeout: Duration::ZERO,
             passphrase_file: None,
             keyring: crate::vault::keyring::BackendChoice::Auto,
             clock: Clock::following_tokio(),

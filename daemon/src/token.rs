@@ -166,6 +166,7 @@ async fn client_credentials(
     let secret = session.client_secret(credential).await?;
     let granted =
         grant::client_credentials(&daemon.http, provider, credential, secret, scopes).await?;
+    warn_clamped(&credential.config.name, granted.access.expires_in);
     let token = received(granted.access, scopes, daemon.clock.now());
     // Persist only into the session that asked: after a lock (or a lock
     // and a new unlock) this result belongs to no one's vault state.
@@ -242,6 +243,7 @@ async fn refresh(
         },
         subject: grant.subject.clone(),
     };
+    warn_clamped(name, granted.access.expires_in);
     let token = received(granted.access, scopes, daemon.clock.now());
     // The provider may already have invalidated the old refresh token:
     // memory follows the provider at once, whatever happens on disk.
@@ -250,14 +252,20 @@ async fn refresh(
     // the request was out: the rotated refresh token is the only one the
     // provider still honours. Only a lock that already took the keys
     // stops it (then the grant is honestly lost: `needs_login` later).
+    // A grant the provider narrowed (or widened) is stored too, so
+    // `credential show` and the scope check say what is granted now.
+    let rescoped = new_grant.scope != grant.scope;
+    if rescoped {
+        tracing::warn!(credential = %name, granted = %new_grant.scope, "the provider changed the grant's scopes on refresh; `latchkey login {name}` asks for the configured ones again");
+    }
     let key = (credential.id.clone(), scopes.join(" "));
-    let (id, stored, rotated_grant) = (credential.id.clone(), token.copy(), new_grant.clone());
+    let (id, stored, stored_grant) = (credential.id.clone(), token.copy(), new_grant.clone());
     let committed = session
         .with_vault(move |keys, vault| {
             vault.commit_grant(
                 keys,
                 &id,
-                rotated.then_some(&rotated_grant),
+                (rotated || rescoped).then_some(&stored_grant),
                 Some((&key, &stored)),
                 CredentialState::Ready,
             )
@@ -299,12 +307,64 @@ async fn needs_login(daemon: &Daemon, session: &Session, credential: &Credential
         .record("needs_login", Some(name), None, Some(why.into()));
 }
 
+/// 24 h: the longest a token is kept, whatever the provider says. A token
+/// the provider says lives a year is still replaced daily, so revoking the
+/// grant at the provider takes effect here within a day; callers are told
+/// the shorter expiry (the token is valid at least that long).
+pub(crate) const LIFETIME_CEILING_SECS: u64 = 24 * 3600;
+
+/// The lifetime a response states, as latchkey uses it: `None` when the
+/// provider gave none we can use (absent, or 0 — "expired already" would
+/// make every call a token request, and providers that send 0 mean "not
+/// said"), else at most [`LIFETIME_CEILING_SECS`]. Short lifetimes are kept
+/// as they are: serving a token past the provider's own expiry would hand
+/// out a dead token; how often short-lived tokens cost a request is the
+/// scheduling floor's business (`cache::MIN_PROACTIVE_LIFETIME_SECS`).
+/// Returns whether the stated value was changed, for the log.
+fn usable_lifetime(expires_in: Option<u64>) -> (Option<u64>, bool) {
+    match expires_in {
+        None => (None, false),
+        Some(0) => (None, true),
+        Some(s) if s > LIFETIME_CEILING_SECS => (Some(LIFETIME_CEILING_SECS), true),
+        Some(s) => (Some(s), false),
+    }
+}
+
+/// Credentials whose provider's stated lifetime was clamped, so the log
+/// says so once per credential (per daemon process), not per token.
+static CLAMP_WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Logs, once per credential, that the provider's `expires_in` was not
+/// used as sent.
+pub(crate) fn warn_clamped(credential: &str, expires_in: Option<u64>) {
+    let (used, clamped) = usable_lifetime(expires_in);
+    if !clamped {
+        return;
+    }
+    let mut warned = crate::sync::lock(&CLAMP_WARNED);
+    if warned.iter().any(|c| c == credential) {
+        return;
+    }
+    warned.push(credential.to_owned());
+    drop(warned);
+    let said = expires_in.unwrap_or_default();
+    match used {
+        Some(used) => tracing::warn!(
+            credential,
+            "the provider says its tokens live {said} s; latchkey keeps them at most {used} s (24 h) so a revocation at the provider takes effect within a day"
+        ),
+        None => tracing::warn!(
+            credential,
+            "the provider sent expires_in 0; latchkey treats the lifetime as unknown (expires_at null) and fetches a new token after {UNKNOWN_LIFETIME_SECS} s"
+        ),
+    }
+}
+
 /// The access token of a response received at `now` for the `requested`
-/// scopes, as it is kept and served from then on.
+/// scopes, as it is kept and served from then on (see [`usable_lifetime`]).
 pub(crate) fn received(access: Access, requested: &[String], now: i64) -> Token {
-    let expires_at = access
-        .expires_in
-        .map(|s| now.saturating_add(i64::try_from(s).unwrap_or(i64::MAX / 2)));
+    let (lifetime, _) = usable_lifetime(access.expires_in);
+    let expires_at = lifetime.map(|s| now.saturating_add(i64::try_from(s).unwrap_or(i64::MAX / 2)));
     Token {
         reply: TokenReply {
             access_token: access.access_token,
@@ -315,5 +375,45 @@ pub(crate) fn received(access: Access, requested: &[String], now: i64) -> Token 
         },
         effective_expiry: expires_at.unwrap_or(now + UNKNOWN_LIFETIME_SECS),
         obtained_at: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    fn access(expires_in: Option<u64>) -> Access {
+        Access {
+            access_token: SecretString::from("t"),
+            token_type: "Bearer".into(),
+            expires_in,
+            scope: None,
+        }
+    }
+
+    #[test]
+    fn lifetimes_are_clamped_to_a_day_and_zero_means_unknown() {
+        let now = 1_000;
+        let year = received(access(Some(365 * 24 * 3600)), &[], now);
+        assert_eq!(year.reply.expires_at, Some(now + 24 * 3600));
+        assert_eq!(year.effective_expiry, now + 24 * 3600);
+        let zero = received(access(Some(0)), &[], now);
+        assert_eq!(zero.reply.expires_at, None, "0 is not a usable lifetime");
+        assert_eq!(zero.effective_expiry, now + UNKNOWN_LIFETIME_SECS);
+        let absent = received(access(None), &[], now);
+        assert_eq!(absent.reply.expires_at, None);
+        assert_eq!(absent.effective_expiry, now + UNKNOWN_LIFETIME_SECS);
+        // Short lifetimes are the truth: never served past them.
+        let one = received(access(Some(1)), &[], now);
+        assert_eq!(
+            (one.reply.expires_at, one.effective_expiry),
+            (Some(now + 1), now + 1)
+        );
+        assert_eq!(usable_lifetime(Some(3600)), (Some(3600), false));
+        assert_eq!(
+            usable_lifetime(Some(u64::MAX)),
+            (Some(LIFETIME_CEILING_SECS), true)
+        );
     }
 }

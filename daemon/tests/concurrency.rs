@@ -267,6 +267,7 @@ async fn a_requested_lock_holds_against_automatic_unlocks_and_the_idle_lock_does
     let _serial = SERIAL.lock().await;
     let mut d = TestDaemon::start(Opts {
         idle_timeout: Duration::from_secs(5),
+        ..Opts::default()
     })
     .await;
     let mut c = d.client().await;

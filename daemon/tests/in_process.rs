@@ -92,6 +92,7 @@ async fn vault_states_and_what_each_allows() {
 async fn auto_lock_counts_token_requests_not_looking() {
     let mut d = TestDaemon::start(Opts {
         idle_timeout: Duration::from_secs(60),
+        ..Opts::default()
     })
     .await;
     let mut c = d.client().await;

@@ -1,11 +1,13 @@
 //! What Latchkey's end-to-end tests, its benchmark and the daemon's
 //! in-process tests share: an in-process OAuth token endpoint
-//! ([`token_endpoint`]), where the built binaries are ([`bin_dir`]), and
+//! ([`token_endpoint`]), a static metadata server for discovery
+//! ([`metadata`]), where the built binaries are ([`bin_dir`]), and
 //! callers released at the same moment ([`burst()`]).
 //!
 //! It must not depend on `latchkey-daemon`: the daemon dev-depends on it.
 
 pub mod burst;
+pub mod metadata;
 pub mod token_endpoint;
 
 pub use burst::burst;

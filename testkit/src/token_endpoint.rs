@@ -15,6 +15,14 @@
 //!   tokens live as long as it was registered with (one lifetime for the
 //!   login, one for refreshes), and every request is counted per client and
 //!   grant, with the time each access token was minted.
+//! * A hostile or odd provider's device flow and scopes:
+//!   [`TokenEndpoint::set_device_interval`] sets the `interval` `/device`
+//!   answers (0 included), [`TokenEndpoint::device_answers`] queues OAuth
+//!   errors (`authorization_pending`, `slow_down`) that a client's device
+//!   polls get before the login is approved, each poll counted in
+//!   [`UserStats::device_polls`]; [`TokenEndpoint::set_scopes`] sets the
+//!   `scope` a client's login and refreshes are granted (a provider that
+//!   narrows a grant on refresh).
 //! * Faults, for tests of backoff and error handling:
 //!   [`TokenEndpoint::fail_next`] answers the next N token requests (of any
 //!   grant) with a [`Fault`] — a 500 / 503 / 429 with or without
@@ -67,6 +75,10 @@ pub struct Counters {
     /// Faults still to be answered, oldest first, each with how many
     /// requests it still answers.
     faults: Mutex<VecDeque<(Fault, u64)>>,
+    /// The `interval` (s) `/device` answers.
+    pub device_interval: AtomicU64,
+    /// The `token_type` member of client-credentials tokens, as JSON.
+    token_type_json: Mutex<String>,
 }
 
 impl Default for Counters {
@@ -78,6 +90,8 @@ impl Default for Counters {
             all_basic_cc: AtomicBool::new(true),
             user: Mutex::default(),
             faults: Mutex::default(),
+            device_interval: AtomicU64::new(1),
+            token_type_json: Mutex::new("\"Bearer\"".into()),
         }
     }
 }
@@ -95,6 +109,10 @@ pub enum Fault {
     /// `400 Bad Request` with this OAuth error code (RFC 6749 §5.2), e.g.
     /// `invalid_grant` or `invalid_client`.
     OAuth(&'static str),
+    /// A hostile provider: `400` `invalid_request` whose `error_description`
+    /// echoes the whole request body (client secret, refresh token, device
+    /// code, ...) between ANSI escapes, followed by 2000 characters.
+    Echo,
 }
 
 /// A running endpoint (a handle: clones share it). It serves until the
@@ -123,6 +141,8 @@ pub struct RefreshRecord {
 #[derive(Clone, Default)]
 pub struct UserStats {
     pub device_authorizations: u64,
+    /// `device_code` grant requests (polls), whatever they were answered.
+    pub device_polls: u64,
     /// `device_code` grants answered with tokens (logins).
     pub logins: u64,
     /// `refresh_token` grants answered with tokens.
@@ -160,6 +180,12 @@ struct UserClient {
     refresh_token: Option<String>,
     /// Expiry of the access token issued last.
     access_expiry: Option<Instant>,
+    /// OAuth errors device polls get before approval, oldest first, each
+    /// with how many polls it still answers.
+    device_answers: VecDeque<(&'static str, u64)>,
+    /// `scope` of a login's and of a refresh's token response.
+    login_scope: String,
+    refresh_scope: String,
     stats: UserStats,
 }
 
@@ -232,9 +258,47 @@ impl TokenEndpoint {
                 device_codes: Vec::new(),
                 refresh_token: None,
                 access_expiry: None,
+                device_answers: VecDeque::new(),
+                login_scope: "read".into(),
+                refresh_scope: "read".into(),
                 stats: UserStats::default(),
             },
         );
+    }
+
+    /// Client-credentials tokens carry this `token_type` from now on,
+    /// given as a JSON value (`"\"DPoP\""`, or a hostile `"\"a\\r\\nb\""`).
+    pub fn set_token_type_json(&self, json: &str) {
+        *self
+            .counters
+            .token_type_json
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = json.into();
+    }
+
+    /// `/device` answers `interval: secs` from now on (1 unless told).
+    pub fn set_device_interval(&self, secs: u64) {
+        self.counters.device_interval.store(secs, Ordering::SeqCst);
+    }
+
+    /// The next `count` device polls of `client_id` are answered with the
+    /// OAuth error `error` (`authorization_pending`, `slow_down`, ...)
+    /// instead of being approved, after any answers already queued.
+    pub fn device_answers(&self, client_id: &str, error: &'static str, count: u64) {
+        if let Some(client) = self.counters.user().clients.get_mut(client_id) {
+            if count > 0 {
+                client.device_answers.push_back((error, count));
+            }
+        }
+    }
+
+    /// The `scope` that `client_id`'s logins and refreshes are granted from
+    /// now on (both `read` unless told).
+    pub fn set_scopes(&self, client_id: &str, login: &str, refresh: &str) {
+        if let Some(client) = self.counters.user().clients.get_mut(client_id) {
+            client.login_scope = login.into();
+            client.refresh_scope = refresh.into();
+        }
     }
 
     /// What `client_id` did so far (default when unknown).
@@ -331,7 +395,7 @@ async fn connection(mut stream: TcpStream, counters: Arc<Counters>) {
         let ((status, json), delay) = if device {
             (device_authorization(&counters, &form), Duration::ZERO)
         } else if let Some(fault) = fault {
-            (fault_reply(&fault), Duration::ZERO)
+            (fault_reply(&fault, &body), Duration::ZERO)
         } else if matches!(
             grant,
             Some("refresh_token" | "urn:ietf:params:oauth:grant-type:device_code")
@@ -343,8 +407,13 @@ async fn connection(mut stream: TcpStream, counters: Arc<Counters>) {
             }
             let n = counters.served.fetch_add(1, Ordering::SeqCst) + 1;
             let lifetime = counters.token_lifetime.load(Ordering::SeqCst);
+            let token_type = counters
+                .token_type_json
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let json = format!(
-                "{{\"access_token\":\"{}\",\"token_type\":\"Bearer\",\"expires_in\":{lifetime}}}",
+                "{{\"access_token\":\"{}\",\"token_type\":{token_type},\"expires_in\":{lifetime}}}",
                 token_for(n)
             );
             (ok(json), Duration::ZERO)
@@ -397,9 +466,22 @@ fn oauth_error(error: &str) -> Reply {
     )
 }
 
-fn fault_reply(fault: &Fault) -> Reply {
+fn fault_reply(fault: &Fault, body: &str) -> Reply {
     match fault {
         Fault::OAuth(error) => oauth_error(error),
+        Fault::Echo => {
+            let echoed: String = body.chars().filter(|c| *c != '"' && *c != '\\').collect();
+            (
+                Status {
+                    code: 400,
+                    retry_after: None,
+                },
+                format!(
+                    "{{\"error\":\"invalid_request\",\"error_description\":\"\\u001b[2J\\u001b[31myou sent: {echoed}\\r\\n{}\"}}",
+                    "x".repeat(2000)
+                ),
+            )
+        }
         Fault::Status {
             status,
             retry_after,
@@ -445,12 +527,13 @@ fn device_authorization(counters: &Counters, form: &HashMap<String, String>) -> 
     else {
         return oauth_error("invalid_client");
     };
+    let interval = counters.device_interval.load(Ordering::SeqCst);
     let device_code = format!("dc-{seq:032x}");
     client.device_codes.push(device_code.clone());
     client.stats.device_authorizations += 1;
     ok(
         format!(
-            "{{\"device_code\":\"{device_code}\",\"user_code\":\"BENCH-{seq:04}\",\"verification_uri\":\"https://example.invalid/device\",\"expires_in\":600,\"interval\":1}}"
+            "{{\"device_code\":\"{device_code}\",\"user_code\":\"BENCH-{seq:04}\",\"verification_uri\":\"https://example.invalid/device\",\"expires_in\":600,\"interval\":{interval}}}"
         ),
     )
 }
@@ -478,7 +561,8 @@ fn user_token_reply(
     let Some(client) = user.clients.get_mut(&client_id) else {
         return oauth_error("invalid_client");
     };
-    let lifetime = if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+    let refreshing = form.get("grant_type").map(String::as_str) == Some("refresh_token");
+    let lifetime = if refreshing {
         let presented = form.get("refresh_token");
         if presented.is_none() || presented != client.refresh_token.as_ref() {
             client.stats.refresh_rejected += 1;
@@ -499,13 +583,27 @@ fn user_token_reply(
         *delay = client.config.refresh_delay;
         client.config.refresh_lifetime
     } else {
+        client.stats.device_polls += 1;
         let code = form.get("device_code");
         let Some(i) = client.device_codes.iter().position(|c| Some(c) == code) else {
             return oauth_error("invalid_grant");
         };
+        if let Some((error, left)) = client.device_answers.front_mut() {
+            let error = *error;
+            *left -= 1;
+            if *left == 0 {
+                client.device_answers.pop_front();
+            }
+            return oauth_error(error);
+        }
         client.device_codes.remove(i);
         client.stats.logins += 1;
         client.config.login_lifetime
+    };
+    let scope = if refreshing {
+        client.refresh_scope.clone()
+    } else {
+        client.login_scope.clone()
     };
     let access = format!("{client_id}-at-{seq:048x}");
     let refresh = format!("{client_id}-rt-{seq:048x}");
@@ -515,7 +613,7 @@ fn user_token_reply(
     user.minted.insert(access.clone(), (now, SystemTime::now()));
     ok(
         format!(
-            "{{\"access_token\":\"{access}\",\"token_type\":\"Bearer\",\"expires_in\":{lifetime},\"refresh_token\":\"{refresh}\",\"scope\":\"read\"}}"
+            "{{\"access_token\":\"{access}\",\"token_type\":\"Bearer\",\"expires_in\":{lifetime},\"refresh_token\":\"{refresh}\",\"scope\":\"{scope}\"}}"
         ),
     )
 }

@@ -406,6 +406,8 @@ fn a_wrong_client_secret_is_not_echoed_by_the_provider_error() {
     let p = Provider::start(std::slice::from_ref(&client));
     let env = TestEnv::new();
     env.set_env("LATCHKEY_LOG", "debug");
+    // Started here, not by the CLI: the CLI keeps LATCHKEY_INSECURE_TEST_KDF from a daemon it starts.
+    env.start_daemon();
     env.init();
     env.add_provider(TEST_PROVIDER, p.issuer());
     let with_the_wrong_secret = ClientSpec {

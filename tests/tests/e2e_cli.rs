@@ -47,6 +47,8 @@ fn tokens_headers_exec_and_scopes_with_every_secret_source() {
         ClientSpec::client_credentials("svc-env", "env s3cret", "client_secret_basic", "api:read"),
     ]);
     let env = TestEnv::new();
+    // Started here, not by the CLI: the CLI keeps LATCHKEY_INSECURE_TEST_KDF from a daemon it starts.
+    env.start_daemon();
     env.init();
     let added = env.latchkey(&["provider", "add", "test", "--issuer", p.issuer()]);
     added.success();
@@ -294,6 +296,8 @@ fn a_path_issuer_is_discovered_and_serves_tokens() {
     }));
     assert!(p.issuer().ends_with("/tenant-a"));
     let env = TestEnv::new();
+    // Started here, not by the CLI: the CLI keeps LATCHKEY_INSECURE_TEST_KDF from a daemon it starts.
+    env.start_daemon();
     env.init();
     env.add_provider("tenant", p.issuer());
     let shown = env
@@ -477,6 +481,8 @@ fn a_second_daemon_on_the_same_vault_exits_naming_the_running_one() {
 #[test]
 fn plain_http_providers_off_loopback_are_refused() {
     let env = TestEnv::new();
+    // Started here, not by the CLI: the CLI keeps LATCHKEY_INSECURE_TEST_KDF from a daemon it starts.
+    env.start_daemon();
     env.init();
     for args in [
         [
@@ -523,6 +529,8 @@ fn plain_http_providers_off_loopback_are_refused() {
 fn wrong_passphrases_keep_the_vault_locked_and_lock_unlock_round_trips() {
     let p = Provider::start(&[svc()]);
     let env = TestEnv::new();
+    // Started here, not by the CLI: the CLI keeps LATCHKEY_INSECURE_TEST_KDF from a daemon it starts.
+    env.start_daemon();
     env.init();
     assert_eq!(
         env.passphrase_slot_kdf(),
@@ -578,6 +586,9 @@ fn wrong_passphrases_keep_the_vault_locked_and_lock_unlock_round_trips() {
 
 #[test]
 fn the_vault_locks_itself_when_idle_and_status_does_not_keep_it_open() {
+    // The provider starts before the daemon: on a loaded machine node takes
+    // seconds to boot, longer than the idle timeout below.
+    let p = Provider::start(&[svc()]);
     let env = TestEnv::new();
     // 3 s: the daemon counts idle time in whole seconds, so the vault may
     // lock after just over 2 s of real idleness; the use loop below leaves
@@ -596,7 +607,6 @@ fn the_vault_locks_itself_when_idle_and_status_does_not_keep_it_open() {
     assert_eq!(status["idle_timeout_secs"], 3, "{status}");
 
     // Real use (tokens) keeps it open...
-    let p = Provider::start(&[svc()]);
     env.add_provider("idp", p.issuer());
     client_credentials(&env, "idp", "svc", &svc());
     let until = std::time::Instant::now() + Duration::from_secs(4);

@@ -287,16 +287,38 @@ fn render(info: &CredentialInfo, now: i64) -> String {
             } else {
                 "none"
             },
-        )
-        .add(
-            "scopes",
-            if info.scopes.is_empty() {
-                "(provider default)".into()
+        );
+    // What the provider granted now comes first when it is not what is
+    // configured (it narrowed the grant at login or on a refresh).
+    let narrowed = info
+        .granted_scopes
+        .as_ref()
+        .filter(|g| !info.scopes.is_empty() && **g != info.scopes);
+    let configured = if info.scopes.is_empty() {
+        "(provider default)".into()
+    } else {
+        info.scopes.join(" ")
+    };
+    match narrowed {
+        Some(granted) => {
+            let granted = if granted.is_empty() {
+                "(none)".into()
             } else {
-                info.scopes.join(" ")
-            },
-        )
-        .add("state", state(info));
+                granted.join(" ")
+            };
+            f.add("scopes", format!("{granted} (granted now)")).add(
+                "configured",
+                format!(
+                    "{configured} (`latchkey login {}` asks for all of them)",
+                    info.name
+                ),
+            );
+        }
+        None => {
+            f.add("scopes", configured);
+        }
+    }
+    f.add("state", state(info));
     if let Some(subject) = &info.subject {
         f.add("account", subject);
     }
@@ -378,6 +400,7 @@ mod tests {
             grant: GrantType::ClientCredentials,
             auth: AuthMethod::ClientSecretBasic,
             scopes: vec!["repo".into(), "read:org".into()],
+            granted_scopes: None,
             has_client_secret: true,
             state: CredentialState::Ready,
             tokens: vec![TokenSummary {
@@ -402,6 +425,26 @@ mod tests {
         assert!(!text.contains("refresh token"), "{text}");
     }
 
+    #[test]
+    fn a_narrowed_grant_shows_what_is_granted_now_and_what_is_configured() {
+        let mut info = user_login(CredentialState::Ready);
+        info.scopes = vec!["read".into(), "write".into()];
+        info.granted_scopes = Some(vec!["read".into()]);
+        let text = render(&info, 1_000_000);
+        assert!(
+            text.contains("scopes:        read (granted now)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("configured:    read write (`latchkey login me` asks for all of them)\n"),
+            "{text}"
+        );
+        info.granted_scopes = Some(vec!["read".into(), "write".into()]);
+        let text = render(&info, 1_000_000);
+        assert!(text.contains("scopes:        read write\n"), "{text}");
+        assert!(!text.contains("configured"), "{text}");
+    }
+
     fn user_login(state: CredentialState) -> CredentialInfo {
         CredentialInfo {
             name: "me".into(),
@@ -410,6 +453,7 @@ mod tests {
             grant: GrantType::AuthorizationCode,
             auth: AuthMethod::None,
             scopes: vec!["openid".into()],
+            granted_scopes: None,
             has_client_secret: false,
             state,
             tokens: Vec::new(),

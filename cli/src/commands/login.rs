@@ -6,6 +6,10 @@
 //! Stdout carries only what a script needs: the URL (and the device code),
 //! each alone on its line, then the outcome. Hints, the QR code and the
 //! spinner go to stderr, the last two only when it is a terminal.
+//!
+//! A browser opener gets the daemon's one-time local start URL, never the
+//! authorization URL: argv is readable by every local user (`/proc`), and
+//! the authorization URL holds `state`, the nonce and the PKCE challenge.
 
 use crate::context::Ctx;
 use crate::output;
@@ -61,7 +65,12 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 #[derive(Debug, PartialEq, Eq)]
 enum Prompt {
     /// Open this URL in a browser on this machine.
-    Browser { url: String },
+    Browser {
+        url: String,
+        /// The daemon's one-time local URL that redirects to `url`: what a
+        /// browser opener is given. `None` from an older daemon.
+        start: Option<String>,
+    },
     /// Open this URL on any device and enter (or check) this code.
     Device {
         url: String,
@@ -84,7 +93,10 @@ impl Prompt {
                 code: code.clone(),
                 complete,
             }),
-            (_, _, Some(url)) => Ok(Prompt::Browser { url: url.clone() }),
+            (_, _, Some(url)) => Ok(Prompt::Browser {
+                url: url.clone(),
+                start: start.start_url.clone(),
+            }),
             _ => Err(anyhow::anyhow!(
                 "unexpected reply from the latchkey daemon: login.start gave neither an authorization URL nor a device code"
             )),
@@ -95,7 +107,7 @@ impl Prompt {
     /// its own line, so `head -n1` gets the URL.
     fn stdout_text(&self) -> String {
         match self {
-            Prompt::Browser { url } => format!("{url}\n"),
+            Prompt::Browser { url, .. } => format!("{url}\n"),
             Prompt::Device { url, code, .. } => format!("{url}\n{code}\n"),
         }
     }
@@ -133,15 +145,19 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
             output::print(&prompt.stdout_text())?;
             ctx.info("open the URL above in a browser to log in");
         }
-        Prompt::Browser { url } => match open_browser(url) {
-            Ok(opener) => ctx.info(format_args!(
+        Prompt::Browser { url, start } => match start.as_deref().map(open_browser) {
+            Some(Ok(opener)) => ctx.info(format_args!(
                 "opened the login page with {opener}; if no browser came up, open this URL: {url}"
             )),
-            Err(why) => {
+            Some(Err(why)) => {
                 output::print(&prompt.stdout_text())?;
                 ctx.warn(format_args!(
                     "could not open a browser ({why}): open the URL above to log in"
                 ));
+            }
+            None => {
+                output::print(&prompt.stdout_text())?;
+                ctx.warn("the latchkey daemon gave no local start page (it is older than this latchkey; `latchkey daemon stop` lets a matching one start): open the URL above to log in");
             }
         },
         Prompt::Device {
@@ -215,7 +231,8 @@ fn success_line(result: &LoginResult) -> String {
     line
 }
 
-/// Opens `url` in a browser; the name of the program that did, or why none could.
+/// Opens `url` (the daemon's start URL) in a browser; the name of the
+/// program that did, or why none could.
 fn open_browser(url: &str) -> Result<String, String> {
     let browser = std::env::var("BROWSER").ok();
     let has_display = ["DISPLAY", "WAYLAND_DISPLAY"]
@@ -315,6 +332,7 @@ mod tests {
         LoginStartResult {
             login_id: "l1".into(),
             authorization_url: None,
+            start_url: None,
             verification_uri: None,
             verification_uri_complete: None,
             user_code: None,
@@ -325,13 +343,49 @@ mod tests {
     #[test]
     fn a_browser_login_prints_the_url_alone() {
         let url = "http://127.0.0.1:8080/authorize?client_id=c&state=s&code_challenge=x";
+        let local = "http://127.0.0.1:8080/start/0123456789abcdef0123456789abcdef";
         let prompt = Prompt::from_start(&LoginStartResult {
             authorization_url: Some(url.into()),
+            start_url: Some(local.into()),
             ..start()
         })
         .unwrap();
-        assert_eq!(prompt, Prompt::Browser { url: url.into() });
+        assert_eq!(
+            prompt,
+            Prompt::Browser {
+                url: url.into(),
+                start: Some(local.into())
+            }
+        );
         assert_eq!(prompt.stdout_text(), format!("{url}\n"));
+    }
+
+    /// The opener's argv holds the start URL, never `state` or the PKCE
+    /// challenge (argv is readable by every local user).
+    #[test]
+    fn the_browser_argv_holds_no_state() {
+        let prompt = Prompt::from_start(&LoginStartResult {
+            authorization_url: Some(
+                "https://as.example/authorize?state=s3cr&code_challenge=x".into(),
+            ),
+            start_url: Some("http://127.0.0.1:8080/start/0123456789abcdef".into()),
+            ..start()
+        })
+        .unwrap();
+        let Prompt::Browser {
+            start: Some(start), ..
+        } = &prompt
+        else {
+            panic!("a browser prompt with a start URL: {prompt:?}");
+        };
+        for browser in [Some("firefox"), Some("chromium --new-window %s"), None] {
+            for argv in browser_commands(browser, true, start) {
+                let joined = argv.join(" ");
+                assert!(!joined.contains("state="), "{joined}");
+                assert!(!joined.contains("code_challenge"), "{joined}");
+                assert!(joined.contains("/start/"), "{joined}");
+            }
+        }
     }
 
     #[test]

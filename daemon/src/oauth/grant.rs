@@ -3,6 +3,7 @@
 //! request of any grant maps to the stable error kinds.
 
 use super::http::{Http, HttpError};
+use super::text::provider_text;
 use super::Granted;
 use crate::error::ApiError;
 use crate::vault::{Credential, Provider};
@@ -42,7 +43,6 @@ pub async fn client_credentials(
             AuthMethod::ClientSecretPost => AuthType::RequestBody,
             _ => AuthType::BasicAuth,
         });
-    let secret_text = client_secret.as_ref().map(|s| s.expose_secret().to_owned());
     if let Some(secret) = &client_secret {
         client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
     }
@@ -52,31 +52,34 @@ pub async fn client_credentials(
         .request_async(http)
         .await;
     match result {
-        Ok(response) => Ok(Granted::from_response(&response, None)),
+        Ok(response) => Granted::from_response(&response, None)
+            .map_err(|why| super::unusable(&provider.config.name, name, why)),
         Err(e) => Err(classify(
             &provider.config.name,
             name,
             e,
-            secret_text.as_deref(),
+            &client_secret.iter().collect::<Vec<_>>(),
         )),
     }
 }
 
 /// What callers are told about a failed token request: the kind says
-/// whether it passes (back off and retry) or needs the user.
+/// whether it passes (back off and retry) or needs the user. `sent` holds
+/// every secret the request carried: provider text quoted in the message
+/// goes through [`provider_text`], which scrubs them.
 pub(crate) fn classify(
     provider: &str,
     credential: &str,
     e: RequestTokenError<HttpError, BasicErrorResponse>,
-    secret: Option<&str>,
+    sent: &[&SecretString],
 ) -> ApiError {
     let at = format!("provider '{provider}' (credential '{credential}')");
     match e {
         RequestTokenError::ServerResponse(response) => {
-            let code = response.error().as_ref().to_owned();
+            let code = provider_text(response.error().as_ref(), sent);
             let description = response
                 .error_description()
-                .map(|d| format!(": {}", scrub(d, secret)))
+                .map(|d| format!(": {}", provider_text(d, sent)))
                 .unwrap_or_default();
             let (kind, fix) = match response.error() {
                 BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => (
@@ -120,38 +123,18 @@ pub(crate) fn classify(
         // Never quote the body: a half-valid token response may hold a token.
         RequestTokenError::Parse(e, _body) => ApiError::new(
             ErrorKind::ProviderUnavailable,
-            format!("{at} sent a token response latchkey cannot read ({}); latchkey backs off and retries", e.path()),
+            format!("{at} sent a token response latchkey cannot read ({}); latchkey backs off and retries", provider_text(&e.path().to_string(), sent)),
         ),
         RequestTokenError::Other(what) => ApiError::new(
             ErrorKind::ProviderUnavailable,
-            format!("{at} sent an unusable token response ({what}); latchkey backs off and retries"),
+            format!("{at} sent an unusable token response ({}); latchkey backs off and retries", provider_text(&what, sent)),
         ),
     }
-}
-
-/// Providers echo odd things into `error_description`; make sure our own
-/// secret is never one of them, and keep it short.
-fn scrub(text: &str, secret: Option<&str>) -> String {
-    let mut text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-    if let Some(secret) = secret.filter(|s| !s.is_empty()) {
-        text = text.replace(secret, "[redacted]");
-    }
-    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn descriptions_never_carry_the_secret() {
-        assert_eq!(
-            scrub("bad secret s3cr3t given", Some("s3cr3t")),
-            "bad secret [redacted] given"
-        );
-        assert_eq!(scrub("a\nb", None), "ab");
-        assert_eq!(scrub(&"x".repeat(500), None).len(), 200);
-    }
 
     #[test]
     fn http_failures_map_to_kinds() {
@@ -162,7 +145,7 @@ mod tests {
                 status: 429,
                 retry_after: Some(9),
             }),
-            None,
+            &[],
         );
         assert_eq!(f.kind, ErrorKind::RateLimited);
         assert_eq!(f.retry_after, Some(9));
@@ -173,14 +156,14 @@ mod tests {
                 status: 503,
                 retry_after: None,
             }),
-            None,
+            &[],
         );
         assert_eq!(f.kind, ErrorKind::ProviderUnavailable);
         let f = classify(
             "p",
             "c",
             RequestTokenError::Other("server returned empty error response".into()),
-            None,
+            &[],
         );
         assert!(f.message.contains("provider 'p'"));
     }

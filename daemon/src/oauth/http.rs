@@ -2,12 +2,14 @@
 //! client with timeouts, no redirects, bounded response bodies, and the
 //! URL policy (HTTPS except to loopback hosts).
 
+use super::text::provider_text;
 use futures::StreamExt;
 use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 use url::{Host, Url};
+use zeroize::Zeroizing;
 
 /// 1 MiB: token responses and discovery documents are a few KiB; a provider
 /// streaming more is broken or hostile.
@@ -63,8 +65,9 @@ fn classify(e: reqwest::Error) -> HttpError {
     }
 }
 
-/// The error and its causes. Callers strip the URL first (reqwest's
-/// Display includes it, and URLs may carry query strings).
+/// The error and its causes, sanitised (a cause may quote what the
+/// provider sent, such as a malformed header). Callers strip the URL first
+/// (reqwest's Display includes it, and URLs may carry query strings).
 fn source_chain(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -73,7 +76,7 @@ fn source_chain(e: &reqwest::Error) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
-    text
+    provider_text(&text, &[])
 }
 
 #[derive(Clone)]
@@ -94,7 +97,36 @@ impl Http {
     }
 
     /// Sends one request and reads at most [`MAX_RESPONSE_BYTES`] of reply.
+    /// The body handed back is oauth2's to parse and drop (its type is the
+    /// crate's `HttpResponse`, a plain `Vec`); the buffer it was read into
+    /// is zeroized here.
     pub async fn send(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let (status, headers, body, looks_like_json_object) = self.read(request).await?;
+        let mut reply = http::Response::builder().status(status);
+        for (name, value) in headers.iter() {
+            // Quirk: some providers send a JSON body labelled text/plain or
+            // text/javascript; oauth2 refuses those, so relabel real JSON.
+            if name == http::header::CONTENT_TYPE && looks_like_json_object {
+                continue;
+            }
+            reply = reply.header(name, value);
+        }
+        if looks_like_json_object {
+            reply = reply.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        reply
+            .body(body.to_vec())
+            .map_err(|e| HttpError::Request(provider_text(&e.to_string(), &[])))
+    }
+
+    /// The request's status, headers and body (bounded, in a buffer that is
+    /// zeroized when dropped: token responses hold tokens), and whether the
+    /// body is a JSON object. Statuses that are no usable OAuth answer are
+    /// errors (see [`HttpError::Status`]).
+    async fn read(
+        &self,
+        request: HttpRequest,
+    ) -> Result<(http::StatusCode, http::HeaderMap, Zeroizing<Vec<u8>>, bool), HttpError> {
         let (parts, body) = request.into_parts();
         let url = parts.uri.to_string();
         let response = self
@@ -111,23 +143,24 @@ impl Http {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
-        {
+        let declared = response.content_length();
+        if declared.is_some_and(|len| len > MAX_RESPONSE_BYTES as u64) {
             return Err(HttpError::TooLarge);
         }
-        let mut body = Vec::new();
+        // Sized up front when the length is declared, so the buffer is not
+        // reallocated (a reallocation would leave a copy behind unzeroized).
+        let initial = declared.map_or(4096, |len| len as usize);
+        let mut body = Zeroizing::new(Vec::with_capacity(initial));
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| classify(e.without_url()))?;
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
                 return Err(HttpError::TooLarge);
             }
+            reserve_zeroizing(&mut body, chunk.len());
             body.extend_from_slice(&chunk);
         }
-        let looks_like_json_object =
-            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).is_ok();
+        let looks_like_json_object = is_json_object(&body);
         if status.is_server_error()
             || status.as_u16() == 429
             || (!status.is_success() && !looks_like_json_object)
@@ -137,35 +170,43 @@ impl Http {
                 retry_after,
             });
         }
-        let mut reply = http::Response::builder().status(status);
-        for (name, value) in headers.iter() {
-            // Quirk: some providers send a JSON body labelled text/plain or
-            // text/javascript; oauth2 refuses those, so relabel real JSON.
-            if name == http::header::CONTENT_TYPE && looks_like_json_object {
-                continue;
-            }
-            reply = reply.header(name, value);
-        }
-        if looks_like_json_object {
-            reply = reply.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        reply
-            .body(body)
-            .map_err(|e| HttpError::Request(e.to_string()))
+        Ok((status, headers, body, looks_like_json_object))
     }
 
-    /// GETs a JSON document (discovery metadata).
-    pub async fn get_json(&self, url: &Url) -> Result<(u16, Vec<u8>), HttpError> {
+    /// GETs a JSON document (discovery metadata, a JWKS).
+    pub async fn get_json(&self, url: &Url) -> Result<(u16, Zeroizing<Vec<u8>>), HttpError> {
         let request = http::Request::get(url.as_str())
             .header(http::header::ACCEPT, "application/json")
             .body(Vec::new())
             .map_err(|e| HttpError::Request(e.to_string()))?;
-        match self.send(request).await {
-            Ok(response) => Ok((response.status().as_u16(), response.into_body())),
-            Err(HttpError::Status { status, .. }) if status < 500 => Ok((status, Vec::new())),
+        match self.read(request).await {
+            Ok((status, _, body, _)) => Ok((status.as_u16(), body)),
+            Err(HttpError::Status { status, .. }) if status < 500 => {
+                Ok((status, Zeroizing::new(Vec::new())))
+            }
             Err(e) => Err(e),
         }
     }
+}
+
+/// Makes room for `extra` more bytes by moving into a larger buffer and
+/// zeroizing the old one (`Vec`'s own growth would free it as it is).
+fn reserve_zeroizing(body: &mut Zeroizing<Vec<u8>>, extra: usize) {
+    if body.capacity() - body.len() >= extra {
+        return;
+    }
+    let wanted = (body.len() + extra).max(body.capacity() * 2);
+    let mut grown = Zeroizing::new(Vec::with_capacity(wanted.min(MAX_RESPONSE_BYTES)));
+    grown.extend_from_slice(body);
+    // The old buffer is zeroized as it drops here.
+    *body = grown;
+}
+
+/// Whether `body` is one JSON object, checked without building values
+/// (a parsed map would hold copies of the tokens in it, never zeroized).
+fn is_json_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 impl Default for Http {
@@ -183,29 +224,53 @@ impl<'c> AsyncHttpClient<'c> for Http {
     }
 }
 
-/// Sends requests for `https://<loopback host>` over plain http.
+/// Sends a plain-http loopback revocation endpoint's requests over plain
+/// http again.
 ///
-/// Only for RFC 7009 revocation at a provider whose configured revocation
-/// endpoint is `http://` on a loopback host: the oauth2 crate refuses any
-/// non-https revocation URL (RFC 7009 §2), while Latchkey allows plain http
-/// to loopback hosts everywhere else (local servers, RFC 8252). The caller
-/// hands oauth2 the URL with `https` and this client restores `http`; any
-/// non-loopback URL is sent unchanged (and so over TLS).
-pub struct PlainLoopback(pub Http);
+/// The oauth2 crate refuses any non-https revocation URL (RFC 7009 §2),
+/// while Latchkey allows plain http to loopback hosts everywhere else
+/// (local servers, RFC 8252). So for a configured `http://<loopback>`
+/// endpoint oauth2 is handed its `https` spelling, and this client puts
+/// `http` back — for that one URL only. Every other URL, a configured
+/// `https://127.0.0.1` one included, is sent unchanged (and so over TLS).
+pub struct PlainLoopback {
+    http: Http,
+    /// The `https` spelling of the configured endpoint, when that endpoint
+    /// is plain http to a loopback host.
+    plain: Option<Url>,
+}
+
+impl PlainLoopback {
+    /// `configured`: the endpoint as the provider record has it.
+    pub fn new(http: Http, configured: &str) -> PlainLoopback {
+        let plain = Url::parse(configured)
+            .ok()
+            .filter(|u| u.scheme() == "http" && is_loopback(u))
+            .and_then(|mut u| u.set_scheme("https").ok().map(|()| u));
+        PlainLoopback { http, plain }
+    }
+
+    /// The URL a request for `url` really goes to.
+    fn target(&self, url: &Url) -> Option<Url> {
+        let plain = self.plain.as_ref().filter(|p| *p == url)?;
+        let mut url = plain.clone();
+        url.set_scheme("http").ok()?;
+        Some(url)
+    }
+}
 
 impl<'c> AsyncHttpClient<'c> for PlainLoopback {
     type Error = HttpError;
     type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'c>>;
 
     fn call(&'c self, mut request: HttpRequest) -> Self::Future {
-        if let Ok(mut url) = Url::parse(&request.uri().to_string()) {
-            if url.scheme() == "https" && is_loopback(&url) && url.set_scheme("http").is_ok() {
-                if let Ok(uri) = url.as_str().parse() {
-                    *request.uri_mut() = uri;
-                }
-            }
+        let target = Url::parse(&request.uri().to_string())
+            .ok()
+            .and_then(|url| self.target(&url));
+        if let Some(uri) = target.and_then(|t| t.as_str().parse().ok()) {
+            *request.uri_mut() = uri;
         }
-        Box::pin(self.0.send(request))
+        Box::pin(self.http.send(request))
     }
 }
 
@@ -284,6 +349,76 @@ mod tests {
             assert!(err.contains(why), "{u}: {err}");
             assert!(!err.contains("pw@"), "{err}");
         }
+    }
+
+    /// A plain-http server on loopback answering every request with 200.
+    async fn plain_server() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn post(url: &str) -> HttpRequest {
+        http::Request::post(url).body(Vec::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn plain_loopback_restores_http_only_for_a_configured_http_url() {
+        let addr = plain_server().await;
+        let http_url = format!("http://{addr}/revoke");
+        let https_url = format!("https://{addr}/revoke");
+
+        // Configured as http: oauth2 hands over the https spelling, which
+        // goes to the plain server over http.
+        let plain = PlainLoopback::new(Http::new(), &http_url);
+        let reply = plain.call(post(&https_url)).await.expect("sent over http");
+        assert_eq!(reply.status(), 200);
+        // Another loopback URL is not the configured one: stays https.
+        let other = format!("https://{addr}/other");
+        assert!(
+            plain.call(post(&other)).await.is_err(),
+            "{other} went over http"
+        );
+
+        // Configured as https on a loopback host: stays https, so talking to
+        // a plain server fails instead of sending the token in clear.
+        let tls = PlainLoopback::new(Http::new(), &https_url);
+        let err = tls.call(post(&https_url)).await.err();
+        assert!(
+            err.is_some(),
+            "an https:// loopback URL was sent over plain http"
+        );
+    }
+
+    #[test]
+    fn json_objects_are_recognised_without_parsing_values() {
+        assert!(is_json_object(br#" {"access_token":"x"}"#));
+        assert!(!is_json_object(b"[1]"));
+        assert!(!is_json_object(b"<html>"));
+        assert!(!is_json_object(b"{"));
+    }
+
+    #[test]
+    fn a_growing_body_moves_into_a_larger_zeroizing_buffer() {
+        let mut body = Zeroizing::new(Vec::with_capacity(2));
+        body.extend_from_slice(b"ab");
+        reserve_zeroizing(&mut body, 10);
+        assert!(body.capacity() >= 12);
+        assert_eq!(&body[..], b"ab");
     }
 
     #[test]

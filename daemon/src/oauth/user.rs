@@ -6,6 +6,7 @@
 
 use super::grant::classify;
 use super::http::{Http, HttpError, PlainLoopback};
+use super::text::{provider_text, MAX_PROVIDER_TEXT_CHARS};
 use super::Granted;
 use crate::error::ApiError;
 use crate::vault::{Credential, Provider};
@@ -18,8 +19,8 @@ use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
     DeviceAuthorizationUrl, DeviceCodeErrorResponse, DeviceCodeErrorResponseType, EndpointMaybeSet,
     EndpointNotSet, ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RequestTokenError, RevocationUrl, Scope, StandardDeviceAuthorizationResponse,
-    StandardRevocableToken, StandardTokenResponse, TokenUrl,
+    RefreshToken, RequestTokenError, RevocableToken, RevocationUrl, Scope,
+    StandardDeviceAuthorizationResponse, StandardRevocableToken, StandardTokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -37,7 +38,7 @@ impl ExtraTokenFields for IdTokenField {}
 type TokenResp = StandardTokenResponse<IdTokenField, BasicTokenType>;
 
 /// An oauth2 client with whichever endpoints the provider has.
-pub type UserClient = Client<
+type OAuthClient = Client<
     BasicErrorResponse,
     TokenResp,
     BasicTokenIntrospectionResponse,
@@ -50,9 +51,31 @@ pub type UserClient = Client<
     EndpointMaybeSet,
 >;
 
-fn granted(response: TokenResp) -> Granted {
+/// The oauth2 client of one credential, and the client secret it sends
+/// (kept to scrub it from whatever the provider echoes back; the oauth2
+/// crate has no getter for it).
+pub struct UserClient {
+    oauth: OAuthClient,
+    secret: Option<SecretString>,
+}
+
+impl UserClient {
+    /// Every secret a request of this client carries: its client secret
+    /// and `more` (the grant's own: code, verifier, refresh or device code).
+    fn sent<'a>(&'a self, more: &[&'a SecretString]) -> Vec<&'a SecretString> {
+        self.secret.iter().chain(more.iter().copied()).collect()
+    }
+}
+
+/// A token response as a [`Granted`], refused when its values are unusable.
+fn granted(
+    response: TokenResp,
+    provider: &Provider,
+    credential: &Credential,
+) -> Result<Granted, ApiError> {
     let id_token = response.extra_fields().id_token.clone();
     Granted::from_response(&response, id_token)
+        .map_err(|why| super::unusable(&provider.config.name, &credential.config.name, why))
 }
 
 fn endpoint<T>(
@@ -102,7 +125,10 @@ pub fn client(
     if let Some(secret) = secret {
         client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
     }
-    Ok(client)
+    Ok(UserClient {
+        oauth: client,
+        secret: secret.cloned(),
+    })
 }
 
 /// See [`PlainLoopback`]: oauth2 insists on https for revocation; for a
@@ -150,6 +176,7 @@ pub fn authorization_request(
         .any(|s| s == "openid")
         .then(|| CsrfToken::new_random().secret().clone());
     let mut request = client
+        .oauth
         .authorize_url(CsrfToken::new_random)
         .map_err(|_| {
             missing(
@@ -183,16 +210,20 @@ pub async fn exchange_code(
     verifier: PkceCodeVerifier,
     redirect_uri: &RedirectUrl,
 ) -> Result<Granted, ApiError> {
+    // Copies to scrub from the provider's answer: the request takes both.
+    let code_sent = SecretString::from(code.as_str());
+    let verifier_sent = SecretString::from(verifier.secret().as_str());
     let request = client
+        .oauth
         .exchange_code(AuthorizationCode::new(code))
         .map_err(|_| missing(provider, "token endpoint", "--token-endpoint"))?
         .set_pkce_verifier(verifier)
         .set_redirect_uri(std::borrow::Cow::Borrowed(redirect_uri));
-    request
-        .request_async(http)
-        .await
-        .map(granted)
-        .map_err(|e| classify(&provider.config.name, &credential.config.name, e, None))
+    let sent = client.sent(&[&code_sent, &verifier_sent]);
+    let result = request.request_async(http).await;
+    result
+        .map_err(|e| classify(&provider.config.name, &credential.config.name, e, &sent))
+        .and_then(|r| granted(r, provider, credential))
 }
 
 /// Starts a device login (RFC 8628 §3.1).
@@ -204,6 +235,7 @@ pub async fn device_authorize(
     scopes: &[String],
 ) -> Result<StandardDeviceAuthorizationResponse, ApiError> {
     let request = client
+        .oauth
         .exchange_device_code()
         .map_err(|_| {
             missing(
@@ -213,16 +245,17 @@ pub async fn device_authorize(
             )
         })?
         .add_scopes(scopes.iter().cloned().map(Scope::new));
-    request.request_async(http).await.map_err(|e| match e {
+    let sent = client.sent(&[]);
+    let details = request.request_async(http).await.map_err(|e| match e {
         RequestTokenError::ServerResponse(r) => ApiError::new(
             ErrorKind::ProviderError,
             format!(
                 "provider '{}' refused the device login of credential '{}' ({}{})",
                 provider.config.name,
                 credential.config.name,
-                r.error().as_ref(),
+                provider_text(r.error().as_ref(), &sent),
                 r.error_description()
-                    .map(|d| format!(": {d}"))
+                    .map(|d| format!(": {}", provider_text(d, &sent)))
                     .unwrap_or_default()
             ),
         ),
@@ -232,15 +265,62 @@ pub async fn device_authorize(
             format!(
                 "provider '{}' sent an unusable device authorization response: {}",
                 provider.config.name,
-                short(&other)
+                provider_text(&other.to_string(), &sent)
             ),
         ),
-    })
+    })?;
+    check_shown_to_user(provider, &details)?;
+    Ok(details)
 }
 
-/// Polls the token endpoint until the user approves, denies, or the code
-/// expires. The oauth2 crate honours `interval`, `slow_down` and
-/// `authorization_pending`; `access_denied` and `expired_token` end it.
+/// The user code and the complete verification URI are shown to the user
+/// as they are (they must be typed or opened exactly), so they cannot be
+/// sanitised: a provider that puts control characters in them (or an
+/// absurd length) is refused instead. `verification_uri` is a parsed URL.
+fn check_shown_to_user(
+    provider: &Provider,
+    details: &StandardDeviceAuthorizationResponse,
+) -> Result<(), ApiError> {
+    let shown = [
+        ("user_code", Some(details.user_code().secret().as_str())),
+        (
+            "verification_uri_complete",
+            details
+                .verification_uri_complete()
+                .map(|u| u.secret().as_str()),
+        ),
+    ];
+    for (field, value) in shown {
+        if let Some(value) = value {
+            if provider_text(value, &[]) != value {
+                return Err(ApiError::new(
+                    ErrorKind::ProviderError,
+                    format!(
+                        "provider '{}' sent a device authorization response whose {field} holds control characters or is over {MAX_PROVIDER_TEXT_CHARS} characters long; latchkey does not show it. Use a browser login (`latchkey login NAME` without --device), or ask the provider's administrators to fix it",
+                        provider.config.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RFC 8628 §3.2: with no `interval` the client waits 5 s between polls.
+/// Used as the floor whatever the provider says: an `interval` of 0 would
+/// otherwise poll as fast as the network answers until the user approves.
+pub const MIN_DEVICE_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// `slow_down` adds 5 s each time (RFC 8628 §3.5); past a minute between
+/// polls a login would feel stuck, and the provider has made its point.
+pub const MAX_DEVICE_POLL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Polls the token endpoint until the user approves, denies, the code
+/// expires, or `timeout` (the login's time limit) passes. The oauth2 crate
+/// honours `authorization_pending` and adds 5 s on `slow_down`; latchkey
+/// starts from at least [`MIN_DEVICE_POLL_INTERVAL`], never waits more
+/// than [`MAX_DEVICE_POLL_INTERVAL`], and bounds the whole poll with
+/// tokio's timer (the crate's own deadline reads the system clock).
+/// Running out of time is reported as the code's expiry, as the crate does.
 pub async fn device_poll(
     http: &Http,
     provider: &Provider,
@@ -249,29 +329,63 @@ pub async fn device_poll(
     details: &StandardDeviceAuthorizationResponse,
     timeout: Duration,
 ) -> Result<Granted, ApiError> {
+    let details = with_min_interval(details)?;
     let request = client
-        .exchange_device_access_token(details)
-        .map_err(|_| missing(provider, "token endpoint", "--token-endpoint"))?;
+        .oauth
+        .exchange_device_access_token(&details)
+        .map_err(|_| missing(provider, "token endpoint", "--token-endpoint"))?
+        .set_max_backoff_interval(MAX_DEVICE_POLL_INTERVAL);
     let name = &credential.config.name;
-    request
-        .request_async(http, tokio::time::sleep, Some(timeout))
-        .await
-        .map(granted)
+    let device_code = SecretString::from(details.device_code().secret().as_str());
+    let sent = client.sent(&[&device_code]);
+    let sleep = |interval: Duration| tokio::time::sleep(poll_wait(interval));
+    let poll = request.request_async(http, sleep, Some(timeout));
+    let result = match tokio::time::timeout(timeout, poll).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(RequestTokenError::ServerResponse(
+            DeviceCodeErrorResponse::new(DeviceCodeErrorResponseType::ExpiredToken, None, None),
+        )),
+    };
+    result
         .map_err(|e| match e {
-            RequestTokenError::ServerResponse(r) => device_error(&r, name),
+            RequestTokenError::ServerResponse(r) => device_error(&r, name, &sent),
             RequestTokenError::Request(h) => http_failure(provider, credential, h),
             other => ApiError::new(
                 ErrorKind::ProviderError,
                 format!(
                     "provider '{}' sent an unusable token response during the device login: {}",
                     provider.config.name,
-                    short(&other)
+                    provider_text(&other.to_string(), &sent)
                 ),
             ),
         })
+        .and_then(|r| granted(r, provider, credential))
 }
 
-fn device_error(r: &DeviceCodeErrorResponse, name: &str) -> ApiError {
+/// How long to wait before the next poll when the crate says `interval`
+/// (the provider's, raised to the floor, plus 5 s per `slow_down`, or
+/// doubled after a network error): at most [`MAX_DEVICE_POLL_INTERVAL`].
+fn poll_wait(interval: Duration) -> Duration {
+    interval.clamp(MIN_DEVICE_POLL_INTERVAL, MAX_DEVICE_POLL_INTERVAL)
+}
+
+/// The device authorization response with `interval` raised to at least
+/// [`MIN_DEVICE_POLL_INTERVAL`] (the crate reads the field only from the
+/// response document, so the document is rewritten).
+fn with_min_interval(
+    details: &StandardDeviceAuthorizationResponse,
+) -> Result<StandardDeviceAuthorizationResponse, ApiError> {
+    if details.interval() >= MIN_DEVICE_POLL_INTERVAL {
+        return Ok(details.clone());
+    }
+    let mut document = serde_json::to_value(details)
+        .map_err(|e| ApiError::internal(format!("the device authorization response: {e}")))?;
+    document["interval"] = MIN_DEVICE_POLL_INTERVAL.as_secs().into();
+    serde_json::from_value(document)
+        .map_err(|e| ApiError::internal(format!("the device authorization response: {e}")))
+}
+
+fn device_error(r: &DeviceCodeErrorResponse, name: &str, sent: &[&SecretString]) -> ApiError {
     match r.error() {
         DeviceCodeErrorResponseType::AccessDenied => ApiError::new(
             ErrorKind::Forbidden,
@@ -285,8 +399,10 @@ fn device_error(r: &DeviceCodeErrorResponse, name: &str) -> ApiError {
             ErrorKind::ProviderError,
             format!(
                 "the provider ended the device login of credential '{name}' ({}{})",
-                other.as_ref(),
-                r.error_description().map(|d| format!(": {d}")).unwrap_or_default()
+                provider_text(other.as_ref(), sent),
+                r.error_description()
+                    .map(|d| format!(": {}", provider_text(d, sent)))
+                    .unwrap_or_default()
             ),
         ),
     }
@@ -303,16 +419,17 @@ pub async fn refresh(
 ) -> Result<Granted, ApiError> {
     let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
     let mut request = client
+        .oauth
         .exchange_refresh_token(&token)
         .map_err(|_| missing(provider, "token endpoint", "--token-endpoint"))?;
     if let Some(scopes) = scopes {
         request = request.add_scopes(scopes.iter().cloned().map(Scope::new));
     }
-    request
-        .request_async(http)
-        .await
-        .map(granted)
-        .map_err(|e| classify(&provider.config.name, &credential.config.name, e, None))
+    let sent = client.sent(&[refresh_token]);
+    let result = request.request_async(http).await;
+    result
+        .map_err(|e| classify(&provider.config.name, &credential.config.name, e, &sent))
+        .and_then(|r| granted(r, provider, credential))
 }
 
 /// Revokes one token at the provider (RFC 7009).
@@ -322,18 +439,25 @@ pub async fn revoke(
     client: &UserClient,
     token: StandardRevocableToken,
 ) -> Result<(), ApiError> {
-    let request = client.revoke_token(token).map_err(|e| {
+    let token_sent = SecretString::from(token.secret());
+    let sent = client.sent(&[&token_sent]);
+    let request = client.oauth.revoke_token(token).map_err(|e| {
         ApiError::new(
             ErrorKind::InvalidRequest,
-            format!("cannot revoke at provider '{}': {e}", provider.config.name),
+            format!(
+                "cannot revoke at provider '{}': {}",
+                provider.config.name,
+                provider_text(&e.to_string(), &sent)
+            ),
         )
     })?;
-    let plain_loopback = PlainLoopback(http.clone());
+    let configured = provider.config.endpoints.revocation_endpoint.as_deref();
+    let plain_loopback = PlainLoopback::new(http.clone(), configured.unwrap_or_default());
     request.request_async(&plain_loopback).await.map_err(|e| {
         let detail = match &e {
-            RequestTokenError::ServerResponse(r) => r.error().as_ref().to_owned(),
+            RequestTokenError::ServerResponse(r) => provider_text(r.error().as_ref(), &sent),
             RequestTokenError::Request(h) => h.to_string(),
-            other => short(other),
+            other => provider_text(&other.to_string(), &sent),
         };
         ApiError::new(
             ErrorKind::ProviderUnavailable,
@@ -358,10 +482,14 @@ pub async fn verify_id_token(
         CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm as Alg,
     };
     let name = &provider.config.name;
+    // `why` may quote the token's claims (an issuer, an audience): provider text.
     let bad = |why: String| {
         ApiError::new(
             ErrorKind::ProviderError,
-            format!("the ID token from provider '{name}' is not valid: {why}; the login was not accepted"),
+            format!(
+                "the ID token from provider '{name}' is not valid: {}; the login was not accepted",
+                provider_text(&why, &[])
+            ),
         )
     };
     let issuer = provider.config.issuer.clone().ok_or_else(|| {
@@ -418,11 +546,41 @@ fn http_failure(provider: &Provider, credential: &Credential, h: HttpError) -> A
         &provider.config.name,
         &credential.config.name,
         RequestTokenError::Request(h),
-        None,
+        &[],
     )
 }
 
-/// An error's Display without its source chain (which may quote bodies).
-fn short<E: std::fmt::Display>(e: &E) -> String {
-    e.to_string().chars().take(200).collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_polls_wait_between_five_seconds_and_a_minute() {
+        let secs = Duration::from_secs;
+        assert_eq!(poll_wait(secs(0)), secs(5));
+        assert_eq!(poll_wait(secs(7)), secs(7));
+        assert_eq!(poll_wait(secs(5 + 5 * 30)), secs(60), "30 slow_downs");
+    }
+
+    #[test]
+    fn a_zero_interval_is_raised_to_the_rfc_default() {
+        let zero: StandardDeviceAuthorizationResponse = serde_json::from_value(serde_json::json!({
+            "device_code": "dc", "user_code": "UC", "verification_uri": "https://example.com/d",
+            "expires_in": 600, "interval": 0
+        }))
+        .unwrap();
+        assert_eq!(
+            with_min_interval(&zero).unwrap().interval(),
+            Duration::from_secs(5)
+        );
+        let slow: StandardDeviceAuthorizationResponse = serde_json::from_value(serde_json::json!({
+            "device_code": "dc", "user_code": "UC", "verification_uri": "https://example.com/d",
+            "expires_in": 600, "interval": 9
+        }))
+        .unwrap();
+        assert_eq!(
+            with_min_interval(&slow).unwrap().interval(),
+            Duration::from_secs(9)
+        );
+    }
 }

@@ -8,12 +8,13 @@
 //! `latchkey/v1/<vault id>/<table>/<row id>/<field>` for a field, so a blob
 //! moved to another row, field or vault fails to open.
 
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize, Zeroizing};
+use std::ffi::OsStr;
+use zeroize::Zeroizing;
 
 /// Version byte that starts every blob.
 pub const BLOB_VERSION: u8 = 1;
@@ -23,8 +24,27 @@ const KEY_LEN: usize = 32;
 const SALT_LEN: usize = 16;
 
 /// Environment variable that lowers Argon2id to OWASP's minimum for tests.
-/// Never set it for a real vault: it only makes guessing cheaper.
+/// Never set it for a real vault: it only makes guessing cheaper. Debug
+/// builds only: a release daemon refuses to start while it is set
+/// ([`test_kdf_switch`]).
 pub const INSECURE_TEST_KDF_ENV: &str = "LATCHKEY_INSECURE_TEST_KDF";
+
+/// Whether this is a release build, where test-only switches do not exist.
+pub const RELEASE_BUILD: bool = !cfg!(debug_assertions);
+
+/// The rule for [`INSECURE_TEST_KDF_ENV`], given its value and the build
+/// kind: `Ok(true)` lowers the KDF (a debug build and the value `1`),
+/// `Ok(false)` keeps it, and an error (a release build and the variable set
+/// to anything) is the reason the daemon refuses to start.
+pub fn test_kdf_switch(value: Option<&OsStr>, release: bool) -> Result<bool, String> {
+    match value {
+        None => Ok(false),
+        Some(_) if release => Err(format!(
+            "{INSECURE_TEST_KDF_ENV} is set, but this is a release build: unset it: it weakens the vault's key derivation and exists only for the test suite"
+        )),
+        Some(value) => Ok(value == "1"),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
@@ -55,22 +75,23 @@ pub fn random_id() -> String {
     hex::encode(id)
 }
 
-/// 32 bytes of key material, locked in RAM where the OS allows (so it is
-/// never swapped out) and zeroized on drop.
-struct KeyBytes(Box<[u8; KEY_LEN]>);
+/// 32 bytes of key material in a slot of [`keymem`]'s locked pages (never
+/// swapped out, left out of core dumps), zeroized when dropped.
+struct KeyBytes {
+    slot: keymem::Slot,
+}
 
 impl KeyBytes {
+    /// A key of zero bytes, to be filled.
     fn zeroed() -> KeyBytes {
-        let bytes = Box::new([0u8; KEY_LEN]);
-        // SAFETY: the pointer and length describe the live boxed array; mlock
-        // only pins pages and fails harmlessly (EPERM/ENOMEM) when not allowed.
-        unsafe { libc::mlock(bytes.as_ptr().cast(), KEY_LEN) };
-        KeyBytes(bytes)
+        KeyBytes {
+            slot: keymem::take(),
+        }
     }
 
     fn random() -> Result<KeyBytes, CryptoError> {
         let mut key = KeyBytes::zeroed();
-        fill_random(&mut key.0[..])?;
+        fill_random(key.bytes_mut())?;
         Ok(key)
     }
 
@@ -79,21 +100,177 @@ impl KeyBytes {
             return None;
         }
         let mut key = KeyBytes::zeroed();
-        key.0.copy_from_slice(bytes);
+        key.bytes_mut().copy_from_slice(bytes);
         Some(key)
     }
 
+    fn bytes(&self) -> &[u8; KEY_LEN] {
+        // SAFETY: this `KeyBytes` owns the slot alone (the pool hands each
+        // slot out once until it is given back in `drop`), and the slot's
+        // page is never unmapped.
+        unsafe { self.slot.0.as_ref() }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8; KEY_LEN] {
+        // SAFETY: as in `bytes`; `&mut self` makes this the only reference.
+        unsafe { self.slot.0.as_mut() }
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new_from_slice(&self.0[..]).expect("keys are 32 bytes")
+        XChaCha20Poly1305::new_from_slice(self.bytes()).expect("keys are 32 bytes")
     }
 }
 
 impl Drop for KeyBytes {
     fn drop(&mut self) {
-        self.0.zeroize();
-        // SAFETY: same region that was locked in `zeroed`; unlocking an
-        // unlocked region is harmless.
-        unsafe { libc::munlock(self.0.as_ptr().cast(), KEY_LEN) };
+        keymem::give(self.slot);
+    }
+}
+
+/// Where keys live: fixed 32-byte slots in page-aligned anonymous mappings
+/// that are `mlock`ed once and never unlocked (locks do not stack per page,
+/// so unlocking one key's bytes would unlock its neighbours'), and marked
+/// `MADV_DONTDUMP`. A slot is zeroized when it is given back.
+mod keymem {
+    use super::KEY_LEN;
+    use std::ptr::NonNull;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, PoisonError};
+    use zeroize::Zeroize;
+
+    /// One slot of a region; owned by at most one `KeyBytes` at a time.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) struct Slot(pub(super) NonNull<[u8; KEY_LEN]>);
+
+    // SAFETY: a slot is plain memory in a mapping that lives as long as the
+    // process; whoever holds it owns it alone, like a `Box`.
+    unsafe impl Send for Slot {}
+    // SAFETY: shared access only reads (`KeyBytes::bytes`).
+    unsafe impl Sync for Slot {}
+
+    /// Whether the warning that key memory is not locked was logged: it is
+    /// logged once per process, not once per region.
+    static WARNED: AtomicBool = AtomicBool::new(false);
+
+    /// The daemon's pool. One page holds 128 slots (4 KiB pages); a daemon
+    /// holds at most six keys at once: the DEK, the new DEK during rekey,
+    /// the old and new KEK of a passphrase change (or the passphrase and
+    /// keyring KEKs of `init`), one KEK being tried at unlock and one read
+    /// from the keyring. The pool grows by another locked page if ever
+    /// exceeded (the in-process tests run many daemons in one process).
+    static POOL: Mutex<Pool> = Mutex::new(Pool::new());
+
+    pub(super) fn take() -> Slot {
+        POOL.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    pub(super) fn give(slot: Slot) {
+        POOL.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .give(slot);
+    }
+
+    /// A page-aligned mapping that slots are cut from. Only the tests read
+    /// it back (to check the pages stay locked and zeroized).
+    #[derive(Debug, Clone, Copy)]
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) struct Region {
+        pub(super) base: usize,
+        pub(super) len: usize,
+        /// `mlock` succeeded (else the warning was logged).
+        pub(super) locked: bool,
+    }
+
+    /// Free slots and the regions they come from. Regions are never
+    /// unmapped: a slot stays valid memory for the life of the process.
+    pub(super) struct Pool {
+        pub(super) free: Vec<Slot>,
+        pub(super) regions: Vec<Region>,
+    }
+
+    impl Pool {
+        pub(super) const fn new() -> Pool {
+            Pool {
+                free: Vec::new(),
+                regions: Vec::new(),
+            }
+        }
+
+        /// A zeroed slot: fresh anonymous pages are zero, and given-back
+        /// slots were zeroized.
+        pub(super) fn take(&mut self) -> Slot {
+            if self.free.is_empty() {
+                self.grow();
+            }
+            self.free.pop().expect("grow added slots")
+        }
+
+        /// Zeroizes `slot` and makes it free again.
+        pub(super) fn give(&mut self, slot: Slot) {
+            // SAFETY: the caller owned the slot alone and gives it up here;
+            // its page is mapped for the life of the process.
+            unsafe { (*slot.0.as_ptr()).zeroize() };
+            self.free.push(slot);
+        }
+
+        /// Maps, locks and marks one more page, and adds its slots.
+        fn grow(&mut self) {
+            let len = page_size();
+            // SAFETY: an anonymous private mapping at an address the kernel
+            // chooses; no existing memory is touched.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                // Out of address space or memory: as for any allocation.
+                let layout = std::alloc::Layout::from_size_align(len, len)
+                    .expect("the page size is a power of two");
+                std::alloc::handle_alloc_error(layout);
+            }
+            #[cfg(target_os = "linux")]
+            // SAFETY: `base..base + len` is the mapping just made. Failure
+            // only means the keys could appear in a core dump, which
+            // `hardening` also prevents (RLIMIT_CORE 0, not dumpable).
+            unsafe {
+                libc::madvise(base, len, libc::MADV_DONTDUMP);
+            }
+            // SAFETY: as above; mlock only pins the pages.
+            let locked = unsafe { libc::mlock(base, len) } == 0;
+            if !locked && !WARNED.swap(true, Ordering::Relaxed) {
+                let error = std::io::Error::last_os_error();
+                tracing::warn!(
+                    "key memory is not locked in RAM and could be swapped to disk (mlock: {error}); \
+                     raise the locked-memory limit RLIMIT_MEMLOCK to at least 64 KiB \
+                     (`ulimit -l 64`, or LimitMEMLOCK=64K in a systemd unit)"
+                );
+            }
+            let base = base as usize;
+            self.regions.push(Region { base, len, locked });
+            // Highest first, so slots are handed out in address order.
+            for offset in (0..len / KEY_LEN).rev() {
+                let ptr = (base + offset * KEY_LEN) as *mut [u8; KEY_LEN];
+                self.free.push(Slot(
+                    NonNull::new(ptr).expect("mmap returned a non-null mapping"),
+                ));
+            }
+        }
+    }
+
+    /// The system's page size (4 KiB on most machines, 16 KiB on some ARM).
+    fn page_size() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(size)
+            .ok()
+            .filter(|s| s.is_power_of_two() && *s >= KEY_LEN)
+            .unwrap_or(4096)
     }
 }
 
@@ -145,12 +322,12 @@ impl Kek {
 
     /// Lends the raw bytes to store them in the OS keyring.
     pub fn with_bytes<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
-        f(&self.0 .0[..])
+        f(&self.0.bytes()[..])
     }
 
     /// `XChaCha20-Poly1305(KEK, nonce, DEK, aad = "latchkey/v1/slot/<slot_id>")`.
     pub fn wrap(&self, slot_id: &str, dek: &Dek) -> Vec<u8> {
-        seal(&self.0, slot_aad(slot_id).as_bytes(), &dek.0 .0[..])
+        seal(&self.0, slot_aad(slot_id).as_bytes(), &dek.0.bytes()[..])
     }
 
     /// Unwraps the DEK; [`CryptoError::Integrity`] means a wrong passphrase
@@ -252,9 +429,12 @@ impl KdfParams {
     }
 
     /// Parameters for new slots: the RFC 9106 defaults, or OWASP's minimum
-    /// when [`INSECURE_TEST_KDF_ENV`] is set (tests only).
+    /// when [`INSECURE_TEST_KDF_ENV`] is `1` in a debug build (tests only).
+    /// A release build never lowers them, whatever the environment says
+    /// (and its daemon refuses to start while the variable is set).
     pub fn for_new_slot() -> KdfParams {
-        if std::env::var_os(INSECURE_TEST_KDF_ENV).is_some_and(|v| v == "1") {
+        let value = std::env::var_os(INSECURE_TEST_KDF_ENV);
+        if test_kdf_switch(value.as_deref(), RELEASE_BUILD) == Ok(true) {
             KdfParams::OWASP_MINIMUM
         } else {
             KdfParams::RFC9106_SECOND
@@ -315,10 +495,19 @@ impl PassphraseSlot {
         }
         let params = Params::new(self.kdf.m_kib, self.kdf.t, self.kdf.p, Some(KEY_LEN))
             .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        // Our own working memory, zeroized when dropped: the crate's own
+        // (`hash_password_into`) is freed as it is, and its last blocks are
+        // as good as the KEK.
+        let mut memory = Zeroizing::new(vec![Block::default(); params.block_count()]);
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let mut kek = KeyBytes::zeroed();
         argon
-            .hash_password_into(passphrase.expose_secret().as_bytes(), &salt, &mut kek.0[..])
+            .hash_password_into_with_memory(
+                passphrase.expose_secret().as_bytes(),
+                &salt,
+                kek.bytes_mut(),
+                &mut memory[..],
+            )
             .map_err(|e| CryptoError::Kdf(e.to_string()))?;
         Ok(Kek(kek))
     }
@@ -441,6 +630,152 @@ mod tests {
             .derive(&SecretString::from(fields["passphrase"]))
             .unwrap();
         assert_eq!(kek.with_bytes(|b| hex::encode(b)), fields["kek"]);
+    }
+
+    /// The `Locked:` kB of the mapping holding `addr` (/proc/self/smaps).
+    fn locked_kb_at(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or_default();
+            if let Some((start, end)) = first.split_once('-') {
+                if let (Ok(start), Ok(end)) = (
+                    usize::from_str_radix(start, 16),
+                    usize::from_str_radix(end, 16),
+                ) {
+                    inside = (start..end).contains(&addr);
+                    continue;
+                }
+            }
+            if let Some(kb) = line.strip_prefix("Locked:").filter(|_| inside) {
+                return kb.trim().trim_end_matches("kB").trim().parse().unwrap();
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    fn vm_lck_kb() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
+        line["VmLck:".len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Fails, saying why, on a machine that refuses to lock memory.
+    fn assert_locked(region: &keymem::Region) {
+        assert!(
+            region.locked,
+            "this machine refused mlock (RLIMIT_MEMLOCK too low? see `ulimit -l`): key memory cannot be locked here"
+        );
+    }
+
+    #[test]
+    fn key_slots_are_distinct_reused_after_drop_and_zeroized() {
+        let mut pool = keymem::Pool::new();
+        let a = pool.take();
+        let b = pool.take();
+        assert_ne!(a, b);
+        // SAFETY: the test owns `a` and `b` (taken from its own pool).
+        unsafe {
+            (*a.0.as_ptr()).fill(0xa5);
+            (*b.0.as_ptr()).fill(0x5a);
+        }
+        pool.give(a);
+        let region = pool.regions[0];
+        // SAFETY: the region is mapped for the life of the process and
+        // nothing else writes to this test's pool.
+        let page = unsafe { std::slice::from_raw_parts(region.base as *const u8, region.len) };
+        let offset = a.0.as_ptr() as usize - region.base;
+        assert_eq!(&page[offset..offset + KEY_LEN], &[0u8; KEY_LEN]);
+        assert_eq!(
+            page.iter().filter(|&&byte| byte != 0).count(),
+            KEY_LEN,
+            "b alone"
+        );
+        assert_eq!(pool.take(), a, "a given-back slot is handed out again");
+        pool.give(b);
+        assert!(page.iter().all(|&byte| byte == 0));
+    }
+
+    #[test]
+    fn the_pool_grows_by_another_locked_region_rather_than_failing() {
+        let mut pool = keymem::Pool::new();
+        let first = pool.take();
+        let per_region = pool.regions[0].len / KEY_LEN;
+        let mut held: Vec<_> = (1..=per_region).map(|_| pool.take()).collect();
+        held.push(first);
+        assert_eq!(pool.regions.len(), 2);
+        let distinct: std::collections::HashSet<_> =
+            held.iter().map(|s| s.0.as_ptr() as usize).collect();
+        assert_eq!(distinct.len(), per_region + 1);
+        for region in &pool.regions {
+            assert_locked(region);
+        }
+        for slot in held {
+            pool.give(slot);
+        }
+    }
+
+    #[test]
+    fn key_pages_stay_locked_after_keys_are_dropped() {
+        let mut pool = keymem::Pool::new();
+        let kek = pool.take();
+        let dek = pool.take();
+        let region = pool.regions[0];
+        assert_locked(&region);
+        let page_kb = region.len as u64 / 1024;
+        assert!(locked_kb_at(region.base) >= page_kb);
+        pool.give(kek);
+        assert!(
+            locked_kb_at(dek.0.as_ptr() as usize) >= page_kb,
+            "dropping the KEK unlocked the DEK's page"
+        );
+        pool.give(dek);
+        assert!(locked_kb_at(region.base) >= page_kb, "never munlocked");
+        assert!(vm_lck_kb() >= page_kb);
+    }
+
+    #[test]
+    fn dropping_a_kek_leaves_the_deks_page_locked() {
+        let dek = Dek::generate().unwrap();
+        let kek = Kek::generate().unwrap();
+        let wrapped = kek.wrap("s", &dek);
+        drop(kek);
+        let at = dek.0.bytes().as_ptr() as usize;
+        assert!(locked_kb_at(at) >= 4, "the DEK's page is not locked");
+        let blob = dek.seal("v", AT, b"x");
+        assert_eq!(&dek.open("v", AT, &blob).unwrap()[..], b"x");
+        assert!(!wrapped.is_empty());
+    }
+
+    #[test]
+    fn the_test_kdf_switch_exists_only_in_debug_builds() {
+        let one = OsStr::new("1");
+        let cases: [(Option<&OsStr>, bool, Result<bool, ()>); 7] = [
+            (None, false, Ok(false)),
+            (None, true, Ok(false)),
+            (Some(one), false, Ok(true)),
+            (Some(OsStr::new("0")), false, Ok(false)),
+            (Some(one), true, Err(())),
+            (Some(OsStr::new("0")), true, Err(())),
+            (Some(OsStr::new("")), true, Err(())),
+        ];
+        for (value, release, want) in cases {
+            let got = test_kdf_switch(value, release);
+            assert_eq!(
+                got.clone().map_err(|_| ()),
+                want,
+                "{value:?} release={release}"
+            );
+            if let Err(message) = got {
+                assert!(message.contains(INSECURE_TEST_KDF_ENV), "{message}");
+                assert!(message.contains("unset it: it weakens the vault's key derivation and exists only for the test suite"), "{message}");
+            }
+        }
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub fn freeze() -> Frozen {
 pub struct Opts {
     /// Zero: no auto-lock.
     pub idle_timeout: Duration,
+    /// Client connections served at once (default 4096, the ceiling: one
+    /// test process is one peer, and holds a quarter of it).
+    pub max_connections: Option<usize>,
+    /// Zero: idle client connections stay open.
+    pub connection_idle_timeout: Duration,
 }
 
 /// One daemon served by `run` on this test's runtime, its socket, and the
@@ -55,6 +60,12 @@ impl TestDaemon {
     pub async fn start(opts: Opts) -> TestDaemon {
         let frozen = freeze();
         let dir = tempfile::tempdir().expect("a temp dir");
+        // The client trusts only a socket directory of ours with mode 0700.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("a temp dir of ours can be made private");
         let socket = dir.path().join("latchkey.sock");
         let endpoint = TokenEndpoint::start()
             .await
@@ -64,6 +75,8 @@ impl TestDaemon {
             socket_path: socket.clone(),
             idle_timeout: opts.idle_timeout,
             frame_timeout: Duration::from_secs(10),
+            max_connections: opts.max_connections.unwrap_or(4096),
+            connection_idle_timeout: opts.connection_idle_timeout,
             passphrase_file: None,
             keyring: keyring::BackendChoice::Auto,
             clock: Clock::following_tokio(),
@@ -137,6 +150,8 @@ impl TestDaemon {
             socket_path: socket.clone(),
             idle_timeout: opts.idle_timeout,
             frame_timeout: Duration::from_secs(10),
+            max_connections: opts.max_connections.unwrap_or(4096),
+            connection_idle_timeout: opts.connection_idle_timeout,
             passphrase_file: None,
             keyring: keyring::BackendChoice::Auto,
             clock: Clock::following_tokio(),
