@@ -165,7 +165,9 @@ impl Connection<'_> {
 
     /// One call; when the vault turns out locked and `$LATCHKEY_PASSPHRASE_FILE`
     /// is set (a CI runner whose daemon auto-locked), unlocks with that file
-    /// and retries once.
+    /// and retries once. The unlock says it is automatic, so the daemon
+    /// refuses it after a `latchkey lock` or `latchkey panic`, and its
+    /// message (which names `latchkey unlock`) is the error.
     pub fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result> {
         match self.raw::<M>(params) {
             Err(err) if err.kind() == Some(ErrorKind::Locked) => {
@@ -177,10 +179,20 @@ impl Connection<'_> {
                 })?;
                 let unlock = UnlockParams {
                     passphrase: Some(passphrase),
+                    unattended: true,
                 };
-                self.raw::<VaultUnlock>(&unlock).with_context(|| {
-                    format!("the vault is locked and ${PASSPHRASE_FILE_ENV} could not unlock it")
-                })?;
+                match self.raw::<VaultUnlock>(&unlock) {
+                    Ok(_) => {}
+                    // Held locked: the daemon's message says by whom and the fix.
+                    Err(held) if held.kind() == Some(ErrorKind::Locked) => return Err(held.into()),
+                    Err(other) => {
+                        return Err(other).with_context(|| {
+                            format!(
+                                "the vault is locked and ${PASSPHRASE_FILE_ENV} could not unlock it"
+                            )
+                        })
+                    }
+                }
                 self.ctx.info(format_args!(
                     "the vault was locked; unlocked it with ${PASSPHRASE_FILE_ENV}"
                 ));

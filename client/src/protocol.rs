@@ -412,6 +412,11 @@ pub struct UnlockParams {
         skip_serializing_if = "Option::is_none"
     )]
     pub passphrase: Option<SecretString>,
+    /// Sent by an automatic unlock (the CLI's from `$LATCHKEY_PASSPHRASE_FILE`):
+    /// refused with `locked` while a `latchkey lock` or `latchkey panic`
+    /// holds, which only an explicit unlock (this `false`) ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unattended: bool,
 }
 
 /// Result of `vault.unlock`.

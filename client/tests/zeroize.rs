@@ -241,6 +241,7 @@ fn a_request_sent_by_the_blocking_client_leaves_no_copy() {
         let mut client = latchkey_client::blocking::Client::connect_to(&path).unwrap();
         let params = UnlockParams {
             passphrase: Some(passphrase()),
+            ..UnlockParams::default()
         };
         let _: serde_json::Value = client.call(VaultUnlock::NAME, &params).unwrap();
         drop(params);

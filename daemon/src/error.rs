@@ -106,6 +106,10 @@ impl From<VaultError> for ApiError {
                 ErrorKind::VaultCorrupt,
                 format!("key slot {slot} cannot be used: {source}"),
             ),
+            e @ VaultError::TooMuchSlotWork { .. } => ApiError::new(
+                ErrorKind::VaultCorrupt,
+                format!("{e}: more than one unlock may spend, so none was tried; the file was crafted or damaged. Restore the vault from a backup"),
+            ),
             VaultError::Store(e) => {
                 tracing::error!(error = %e, "vault storage failed");
                 ApiError::new(ErrorKind::Internal, format!("{e}; check the disk and the vault file's permissions"))

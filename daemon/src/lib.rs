@@ -35,6 +35,8 @@ mod vault;
 pub use clock::Clock;
 pub use config::Config;
 pub use vault::keyring;
+#[doc(hidden)]
+pub use vault::test_hooks;
 
 use interprocess::local_socket::tokio::Listener;
 use state::Daemon;
@@ -56,7 +58,7 @@ pub async fn run(
     let ticker = tokio::spawn(tick(Arc::clone(&daemon)));
     server::serve(Arc::clone(&daemon), listener, shutdown, frame_timeout).await;
     ticker.abort();
-    lifecycle::lock(&daemon, "shutdown");
+    lifecycle::lock(&daemon, "shutdown").await;
     // Give the audit writer a moment to flush the last rows.
     tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(())
@@ -70,7 +72,7 @@ async fn tick(daemon: Arc<Daemon>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        lifecycle::lock_if_idle(&daemon);
+        lifecycle::lock_if_idle(&daemon).await;
         token::refresh_due(&daemon);
     }
 }

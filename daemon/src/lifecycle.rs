@@ -2,15 +2,28 @@
 //! its rate limit), `vault.lock` and the auto-lock, `vault.change_passphrase`
 //! and `vault.rekey`, and the unattended unlock at start. Each runs under
 //! the daemon's life-cycle mutex, so they never interleave.
+//!
+//! Key derivations and keyring calls run on blocking threads under no
+//! lock but the life-cycle mutex: the slots are read first (a quick
+//! SQLite read under the vault mutex), then opened, then what changed is
+//! written — so a slow unlock or an unanswered keyring prompt never stalls
+//! the token path.
+//!
+//! A lock someone asked for (`vault.lock`, `vault.panic`) is *held*: kept
+//! in the vault file, it stops every unattended unlock (the daemon's at
+//! start, the CLI's from `$LATCHKEY_PASSPHRASE_FILE`) until a person runs
+//! `latchkey unlock`. The idle auto-lock is not held.
 
 use crate::error::ApiError;
 use crate::handler::Handler;
-use crate::state::{Daemon, Peer};
-use crate::vault::{keyring, NewSlots, Vault};
+use crate::state::{Daemon, Peer, COMMIT_WAIT};
+use crate::sync::lock as locked;
+use crate::vault::{keyring, LockHold, NewSlots, Vault};
 use latchkey_client::protocol::*;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Vault state, slots, auto-lock timer, and (unlocked) counts, the
 /// credentials that need a login and whose accounts they hold.
@@ -18,9 +31,10 @@ impl Handler for Status {
     type Reply = StatusResult;
 
     async fn handle(daemon: &Arc<Daemon>, _: Peer, _: Empty) -> Result<StatusResult, ApiError> {
-        let slots = match daemon.vault().as_ref() {
-            Some(v) => v.slot_infos()?,
-            None => Vec::new(),
+        let slots = if daemon.has_vault() {
+            daemon.with_vault_file(|v| Ok(v.slot_infos()?)).await?
+        } else {
+            Vec::new()
         };
         let session = daemon.session().ok();
         let state = match (&session, slots.is_empty()) {
@@ -80,7 +94,7 @@ impl Handler for VaultInit {
         params: InitParams,
     ) -> Result<InitResult, ApiError> {
         let _guard = daemon.lifecycle.lock().await;
-        if daemon.vault().is_some() {
+        if daemon.has_vault() {
             return Err(ApiError::new(
                 ErrorKind::AlreadyInitialized,
                 format!(
@@ -121,8 +135,8 @@ impl Handler for VaultInit {
         .map_err(ApiError::internal)??;
         let vault_id = keys.vault_id.clone();
         let slots = vault.slot_infos()?;
-        *daemon.vault() = Some(vault);
-        daemon.open_session(keys)?;
+        daemon.install_vault(vault);
+        daemon.open_session(keys).await?;
         let kinds: Vec<&str> = slots.iter().map(|s| s.kind.as_str()).collect();
         daemon
             .audit
@@ -144,14 +158,15 @@ impl Handler for VaultUnlock {
 }
 
 /// Opens the data key with a passphrase or a keyring slot. Wrong
-/// passphrases slow further attempts down.
+/// passphrases slow further attempts down. An unattended unlock is
+/// refused while a requested lock holds; an explicit one ends the hold.
 async fn unlock(
     daemon: &Arc<Daemon>,
     params: UnlockParams,
     peer: Peer,
 ) -> Result<UnlockResult, ApiError> {
     let _guard = daemon.lifecycle.lock().await;
-    if daemon.vault().is_none() {
+    if !daemon.has_vault() {
         return Err(ApiError::not_initialized());
     }
     if daemon.is_unlocked() {
@@ -165,25 +180,39 @@ async fn unlock(
             already_unlocked: true,
         });
     }
+    if params.unattended {
+        if let Some(hold) = lock_hold(daemon).await? {
+            return Err(held(&hold));
+        }
+    }
     check_limit(daemon)?;
     let by_passphrase = params.passphrase.is_some();
-    let worker = Arc::clone(daemon);
-    let opened = tokio::task::spawn_blocking(move || {
-        let vault = worker.vault();
-        let vault = vault
-            .as_ref()
-            .expect("checked above under the life-cycle mutex; only init creates the vault");
-        match &params.passphrase {
-            Some(p) => vault.unlock_with_passphrase(p),
-            None => vault.unlock_with_keyring(),
-        }
+    let rows = daemon.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
+    // The slow part (Argon2id, keyring), under no lock but ours.
+    let opened = tokio::task::spawn_blocking(move || match &params.passphrase {
+        Some(p) => rows.open_with_passphrase(p),
+        None => rows.open_with_keyring(),
     })
     .await
     .map_err(ApiError::internal)?;
     match opened {
         Ok((keys, slot)) => {
-            crate::sync::lock(&daemon.limiter).succeeded();
-            daemon.open_session(keys)?;
+            let counted = {
+                let mut limiter = locked(&daemon.limiter);
+                let counted = limiter.state().failures > 0;
+                limiter.succeeded();
+                counted
+            };
+            if counted {
+                daemon.save_limiter().await;
+            }
+            if !params.unattended {
+                // A person unlocked it: unattended unlocks may follow again.
+                daemon
+                    .with_vault_file(|v| Ok(v.set_lock_hold(None)?))
+                    .await?;
+            }
+            daemon.open_session(keys).await?;
             daemon
                 .audit
                 .record("unlock", None, Some(peer.pid), Some(slot.kind.clone()));
@@ -195,7 +224,7 @@ async fn unlock(
         Err(e) => {
             let error = ApiError::from(e);
             if by_passphrase {
-                note_failure(daemon, &error);
+                note_failure(daemon, &error).await;
             }
             daemon.audit.record(
                 "unlock_failed",
@@ -209,20 +238,39 @@ async fn unlock(
 }
 
 fn check_limit(daemon: &Daemon) -> Result<(), ApiError> {
-    crate::sync::lock(&daemon.limiter).check(daemon.clock.now())
+    locked(&daemon.limiter).check(daemon.clock.now())
 }
 
-/// A wrong passphrase counts against the limiter; other failures do not.
-fn note_failure(daemon: &Daemon, error: &ApiError) {
+/// A wrong passphrase counts against the limiter (saved in the vault
+/// file); other failures do not.
+async fn note_failure(daemon: &Daemon, error: &ApiError) {
     if error.kind == ErrorKind::WrongPassphrase {
-        crate::sync::lock(&daemon.limiter).failed(daemon.clock.now());
+        locked(&daemon.limiter).failed(daemon.clock.now());
+        daemon.save_limiter().await;
     }
 }
 
-/// Locks the vault: the data key and every cached token are dropped and
-/// zeroized. Returns whether it was unlocked.
-pub fn lock(daemon: &Daemon, reason: &str) -> bool {
-    if daemon.close_session().is_none() {
+async fn lock_hold(daemon: &Daemon) -> Result<Option<LockHold>, ApiError> {
+    daemon.with_vault_file(|v| Ok(v.lock_hold()?)).await
+}
+
+/// The refusal of an unattended unlock while a requested lock holds.
+fn held(hold: &LockHold) -> ApiError {
+    // The file's plaintext says which command; only the two known names are echoed.
+    let command = if hold.by == "panic" { "panic" } else { "lock" };
+    let at = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(hold.at.max(0) as u64));
+    ApiError::new(
+        ErrorKind::Locked,
+        format!("the vault was locked by `latchkey {command}` at {at}: unlock it with `latchkey unlock`"),
+    )
+}
+
+/// Locks the vault: new refreshes and logins are refused, those about to
+/// commit get a bounded wait ([`COMMIT_WAIT`]), then the data key and
+/// every cached token are dropped and zeroized. Returns whether it was
+/// unlocked. Does not hold the lock (see [`lock_held`]).
+pub async fn lock(daemon: &Daemon, reason: &str) -> bool {
+    if daemon.end_session(COMMIT_WAIT).await.is_none() {
         return false;
     }
     daemon.audit.record("lock", None, None, Some(reason.into()));
@@ -230,21 +278,42 @@ pub fn lock(daemon: &Daemon, reason: &str) -> bool {
     true
 }
 
+/// A lock someone asked for (`by`: `"lock"` or `"panic"`): held in the
+/// vault file, first, so that no unattended unlock undoes it (see the
+/// module docs), then [`lock`]. Returns whether it was unlocked.
+pub async fn lock_held(daemon: &Daemon, by: &str) -> bool {
+    let _guard = daemon.lifecycle.lock().await;
+    if daemon.has_vault() {
+        let hold = LockHold {
+            by: by.to_owned(),
+            at: daemon.clock.now(),
+        };
+        if let Err(e) = daemon
+            .with_vault_file(move |v| Ok(v.set_lock_hold(Some(&hold))?))
+            .await
+        {
+            tracing::warn!("could not record in the vault file that it is held locked: {e}");
+        }
+    }
+    let reason = if by == "panic" { "panic" } else { "requested" };
+    lock(daemon, reason).await
+}
+
 impl Handler for VaultLock {
     type Reply = Empty;
 
     async fn handle(daemon: &Arc<Daemon>, _: Peer, _: Empty) -> Result<Empty, ApiError> {
-        let _guard = daemon.lifecycle.lock().await;
-        lock(daemon, "requested");
+        lock_held(daemon, "lock").await;
         Ok(Empty {})
     }
 }
 
-/// Auto-lock: called every tick by the timer task.
-pub fn lock_if_idle(daemon: &Daemon) {
+/// Auto-lock: called every tick by the timer task. Not held: an
+/// unattended unlock may open the vault again.
+pub async fn lock_if_idle(daemon: &Daemon) {
     let idle = daemon.config.idle_timeout.as_secs() as i64;
     if idle > 0 && daemon.idle_for() >= idle && daemon.is_unlocked() {
-        lock(daemon, "idle timeout");
+        lock(daemon, "idle timeout").await;
     }
 }
 
@@ -264,16 +333,23 @@ impl Handler for VaultChangePassphrase {
             ));
         }
         check_limit(daemon)?;
-        let worker = Arc::clone(daemon);
-        let result = tokio::task::spawn_blocking(move || {
-            let mut vault = worker.vault();
-            let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
-            vault
-                .change_passphrase(&params.old, &params.new)
+        let rows = daemon.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
+        // Two Argon2id runs, outside the vault mutex; the life-cycle mutex
+        // keeps the slots as read until the change is written.
+        let change = tokio::task::spawn_blocking(move || {
+            rows.passphrase_change(&params.old, &params.new)
                 .map_err(ApiError::from)
         })
         .await
         .map_err(ApiError::internal)?;
+        let result = match change {
+            Ok(change) => {
+                daemon
+                    .with_vault_file(move |v| Ok(v.apply_passphrase_change(change)?))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         match result {
             Ok(slot) => {
                 daemon
@@ -282,7 +358,7 @@ impl Handler for VaultChangePassphrase {
                 Ok(Empty {})
             }
             Err(e) => {
-                note_failure(daemon, &e);
+                note_failure(daemon, &e).await;
                 Err(e)
             }
         }
@@ -302,15 +378,21 @@ impl Handler for VaultRekey {
         let _guard = daemon.lifecycle.lock().await;
         let session = daemon.session()?;
         check_limit(daemon)?;
-        let worker = Arc::clone(&session);
-        let result = tokio::task::spawn_blocking(move || {
-            worker.with_vault(|keys, vault| vault.rekey(keys, params.passphrase.as_ref()))
+        let rows = daemon.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
+        // Every slot's KEK (Argon2id, keyring) first, under no lock but
+        // ours; then the transaction and the key swap, excluding writers.
+        let keks = tokio::task::spawn_blocking(move || {
+            rows.keks(params.passphrase.as_ref())
+                .map_err(ApiError::from)
         })
         .await
         .map_err(ApiError::internal)?;
+        let result = match keks {
+            Ok(keks) => session.rekey(keks).await,
+            Err(e) => Err(e),
+        };
         match result {
-            Ok((new_keys, fields, slots)) => {
-                session.replace_keys(new_keys);
+            Ok((fields, slots)) => {
                 daemon.audit.record(
                     "rekey",
                     None,
@@ -320,7 +402,7 @@ impl Handler for VaultRekey {
                 Ok(RekeyResult { fields, slots })
             }
             Err(e) => {
-                note_failure(daemon, &e);
+                note_failure(daemon, &e).await;
                 Err(e)
             }
         }
@@ -328,10 +410,22 @@ impl Handler for VaultRekey {
 }
 
 /// Tries to unlock without a person: with the passphrase file named by
-/// the configuration, else with a keyring slot. Failures are logged.
+/// the configuration, else with a keyring slot — unless a requested lock
+/// holds (see the module docs). Failures are logged.
 pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
-    if daemon.vault().is_none() {
+    if !daemon.has_vault() {
         return;
+    }
+    match lock_hold(daemon).await {
+        Ok(Some(hold)) => {
+            tracing::info!("not unlocking the vault at start: {}", held(&hold));
+            return;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!("not unlocking the vault at start: {e}");
+            return;
+        }
     }
     let passphrase = match &daemon.config.passphrase_file {
         Some(path) => match read_passphrase_file(path) {
@@ -344,16 +438,20 @@ pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
         None => None,
     };
     let has_keyring = daemon
-        .vault()
-        .as_ref()
-        .is_some_and(|v| v.has_keyring_slot().unwrap_or(false));
+        .with_vault_file(|v| Ok(v.has_keyring_slot()?))
+        .await
+        .unwrap_or(false);
     if passphrase.is_none() && !has_keyring {
         return;
     }
     let peer = Peer {
         pid: std::process::id(),
     };
-    match unlock(daemon, UnlockParams { passphrase }, peer).await {
+    let params = UnlockParams {
+        passphrase,
+        unattended: true,
+    };
+    match unlock(daemon, params, peer).await {
         Ok(r) => tracing::info!(slot = %r.slot.kind, "vault unlocked at start"),
         Err(e) => tracing::warn!("could not unlock the vault at start: {e}"),
     }

@@ -106,7 +106,7 @@ impl Handler for LoginStart {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_LOGIN_TIMEOUT)
             .clamp(Duration::from_secs(5), MAX_LOGIN_TIMEOUT);
-        let secret = session.client_secret(&credential)?;
+        let secret = session.client_secret(&credential).await?;
         let client = user::client(&provider, &credential, secret.as_ref())?;
         let scopes = credential.config.scopes.clone();
         // Registered first, so that a failure below removes it (on drop).
@@ -329,6 +329,8 @@ async fn finish(
     granted: Granted,
     nonce: Option<String>,
 ) -> Result<LoginResult, ApiError> {
+    // From here until the commit: a lock waits for it.
+    let _until_committed = session.begin_commit(&credential.config.name)?;
     crate::token::warn_clamped(&credential.config.name, granted.access.expires_in);
     let scopes = &credential.config.scopes;
     let wants_oidc = scopes.iter().any(|s| s == "openid");
@@ -371,15 +373,23 @@ async fn finish(
         return Err(ApiError::locked());
     }
     let key = (credential.id.clone(), scopes.join(" "));
-    session.with_vault(|keys, vault| {
-        vault.commit_grant(
-            keys,
-            &credential.id,
-            Some(&grant),
-            Some((&key, &token)),
-            CredentialState::Ready,
-        )
-    })?;
+    let (id, stored_key, stored, stored_grant) = (
+        credential.id.clone(),
+        key.clone(),
+        token.copy(),
+        grant.clone(),
+    );
+    session
+        .with_vault(move |keys, vault| {
+            vault.commit_grant(
+                keys,
+                &id,
+                Some(&stored_grant),
+                Some((&stored_key, &stored)),
+                CredentialState::Ready,
+            )
+        })
+        .await?;
     session.set_grant(&credential.id, Some(grant));
     session.tokens.forget(&credential.id);
     session.tokens.insert(key, token);

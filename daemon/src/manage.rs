@@ -97,7 +97,9 @@ impl Handler for ProviderAdd {
             endpoints,
             iss_parameter_supported,
         };
-        let provider = session.with_vault(|keys, vault| vault.add_provider(keys, config))?;
+        let provider = session
+            .with_vault(move |keys, vault| vault.add_provider(keys, config))
+            .await?;
         let info = provider_info(&provider, &[]);
         session
             .catalog_mut()
@@ -159,24 +161,29 @@ impl Handler for ProviderRemove {
     async fn handle(daemon: &Arc<Daemon>, _: Peer, params: NameParams) -> Result<Empty, ApiError> {
         let name = params.name.as_str();
         let session = daemon.session()?;
-        let mut catalog = session.catalog_mut();
-        let provider = catalog
-            .providers
-            .get(name)
-            .ok_or_else(|| ApiError::no_provider(name))?;
-        let users = credentials_of(&catalog, &provider.id);
-        if !users.is_empty() {
-            return Err(ApiError::new(
+        let id = {
+            let catalog = session.catalog();
+            let provider = catalog
+                .providers
+                .get(name)
+                .ok_or_else(|| ApiError::no_provider(name))?;
+            let users = credentials_of(&catalog, &provider.id);
+            if !users.is_empty() {
+                return Err(ApiError::new(
                     ErrorKind::InvalidRequest,
                     format!(
                         "provider '{name}' is used by credential(s) {}: remove them first with `latchkey credential remove NAME`",
                         users.join(", ")
                     ),
                 ));
-        }
-        let id = provider.id.clone();
-        session.with_vault(|_, vault| vault.remove_provider(&id))?;
-        catalog.providers.remove(name);
+            }
+            provider.id.clone()
+        };
+        // A credential added meanwhile is stopped by the file's foreign key.
+        session
+            .with_vault(move |_, vault| vault.remove_provider(&id))
+            .await?;
+        session.catalog_mut().providers.remove(name);
         daemon
             .audit
             .record("provider_removed", None, None, Some(name.into()));
@@ -231,32 +238,39 @@ impl Handler for CredentialAdd {
         }
         let scopes = normalize_scopes(&params.scopes)?;
         let session = daemon.session()?;
-        let mut catalog = session.catalog_mut();
-        if catalog.credentials.contains_key(&params.name) {
-            return Err(ApiError::new(
+        let provider_id = {
+            let catalog = session.catalog();
+            if catalog.credentials.contains_key(&params.name) {
+                return Err(ApiError::new(
                     ErrorKind::AlreadyExists,
                     format!(
                         "a credential named '{0}' exists: remove it first with `latchkey credential remove {0}`",
                         params.name
                     ),
                 ));
-        }
-        let provider = catalog
-            .providers
-            .get(&params.provider)
-            .ok_or_else(|| ApiError::no_provider(&params.provider))?;
+            }
+            let provider = catalog
+                .providers
+                .get(&params.provider)
+                .ok_or_else(|| ApiError::no_provider(&params.provider))?;
+            provider.id.clone()
+        };
         let config = CredentialConfig {
             name: params.name.clone(),
-            provider_id: provider.id.clone(),
+            provider_id,
             client_id: params.client_id,
             grant: params.grant,
             auth: params.auth,
             scopes,
             redirect_uri: params.redirect_uri,
         };
-        let credential = session.with_vault(|keys, vault| {
-            vault.add_credential(keys, config, params.client_secret.as_ref())
-        })?;
+        // A credential of the same name added meanwhile is stopped by the
+        // file's unique name.
+        let secret = params.client_secret;
+        let credential = session
+            .with_vault(move |keys, vault| vault.add_credential(keys, config, secret.as_ref()))
+            .await?;
+        let mut catalog = session.catalog_mut();
         let info = credential_info(daemon, &catalog, &credential, &session);
         catalog
             .credentials
@@ -309,16 +323,20 @@ impl Handler for CredentialShow {
 
 /// Deletes a credential and everything it holds, here only (see
 /// `revoke::credential_remove` for the protocol verb).
-pub(crate) fn credential_delete(daemon: &Daemon, name: &str) -> Result<Empty, ApiError> {
+pub(crate) async fn credential_delete(daemon: &Daemon, name: &str) -> Result<Empty, ApiError> {
     let session = daemon.session()?;
-    let mut catalog = session.catalog_mut();
-    let credential = catalog
+    let id = session
+        .catalog()
         .credentials
         .get(name)
-        .ok_or_else(|| ApiError::no_credential(name))?;
-    let id = credential.id.clone();
-    session.with_vault(|_, vault| vault.remove_credential(&id))?;
-    catalog.credentials.remove(name);
+        .ok_or_else(|| ApiError::no_credential(name))?
+        .id
+        .clone();
+    let removed = id.clone();
+    session
+        .with_vault(move |_, vault| vault.remove_credential(&removed))
+        .await?;
+    session.catalog_mut().credentials.remove(name);
     session.tokens.forget(&id);
     daemon
         .audit

@@ -71,7 +71,7 @@ impl Handler for CredentialRemove {
                         })?;
             }
         }
-        manage::credential_delete(daemon, &params.name)
+        manage::credential_delete(daemon, &params.name).await
     }
 }
 
@@ -97,7 +97,7 @@ async fn revoke_credential(
         if provider.config.endpoints.revocation_endpoint.is_none() {
             return Err(no_revocation_endpoint(&provider.config.name));
         }
-        let secret = session.client_secret(credential)?;
+        let secret = session.client_secret(credential).await?;
         let client = user::client(provider, credential, secret.as_ref())?;
         if let Some(rt) = held_refresh {
             let token = StandardRevocableToken::RefreshToken(RefreshToken::new(
@@ -129,7 +129,10 @@ async fn revoke_credential(
     let forgotten = session.tokens.take(&credential.id).len() as u32 + u32::from(grant.is_some());
     session.set_grant(&credential.id, None);
     let state = CredentialState::initial(credential.config.grant);
-    session.with_vault(|_, vault| vault.drop_grant(&credential.id, state))?;
+    let id = credential.id.clone();
+    session
+        .with_vault(move |_, vault| vault.drop_grant(&id, state))
+        .await?;
     Ok(RevokeResult { revoked, forgotten })
 }
 
@@ -165,6 +168,10 @@ impl Handler for VaultPanic {
                 })
                 .collect()
         };
+        // No refresh or login starts committing from now on: what panic
+        // revokes stays revoked (those already committing hold their
+        // credential's gate, which the revocation waits for).
+        session.stop_commits();
         // Revoke at every provider at once: in an incident, minutes count.
         // Boxed as `Send` explicitly: join_all over borrowed async fns
         // otherwise trips rustc's higher-ranked Send inference.
@@ -180,7 +187,7 @@ impl Handler for VaultPanic {
         let mut entries = futures::future::join_all(revocations).await;
         entries.sort_by(|a, b| a.credential.cmp(&b.credential));
         drop(session);
-        let locked = lifecycle::lock(daemon, "panic");
+        let locked = lifecycle::lock_held(daemon, "panic").await;
         daemon.audit.record(
             "panic",
             None,

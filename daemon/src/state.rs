@@ -13,16 +13,21 @@ use crate::error::ApiError;
 use crate::oauth::http::Http;
 use crate::sync::{lock, read, write};
 use crate::vault::store::AuditRow;
-use crate::vault::{Catalog, Credential, Grant, Keys, Provider, Vault, VaultError};
+use crate::vault::{
+    Catalog, Credential, Grant, Keys, LimiterState, Provider, SlotKeks, Vault, VaultError,
+};
 use latchkey_client::protocol::{CredentialState, ErrorKind, GrantType, LoginResult};
 use secrecy::SecretString;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// The vault file, `None` until `init`; shared by the daemon, its session
-/// and the audit writer.
+/// and the audit writer. Held only for SQLite work (and the AEAD of the
+/// rows it writes), never across a key derivation or a keyring call, and
+/// only on blocking threads, never on the async workers.
 type SharedVault = Arc<Mutex<Option<Vault>>>;
 
 /// A login's outcome as its waiters see it: `None` while it runs.
@@ -47,6 +52,8 @@ pub struct Daemon {
     pub(crate) config: Config,
     pub(crate) clock: Clock,
     vault: SharedVault,
+    /// Whether a vault file exists, readable without the vault mutex.
+    initialized: AtomicBool,
     session: RwLock<Option<Arc<Session>>>,
     /// Serializes init, unlock, lock, passphrase change and rekey.
     pub(crate) lifecycle: tokio::sync::Mutex<()>,
@@ -69,7 +76,11 @@ pub struct Session {
     id: u64,
     /// The data key; taken out (and zeroized) by [`Session::close`], so a
     /// task that still holds the session can no longer decrypt anything.
-    keys: RwLock<Option<Keys>>,
+    /// Every writer holds the read side from sealing to commit
+    /// ([`Session::with_vault`]); a rekey holds the write side for its
+    /// whole transaction and the key swap ([`Session::rekey`]), so no
+    /// writer ever seals with a key that is no longer the vault's.
+    keys: Arc<RwLock<Option<Keys>>>,
     vault: SharedVault,
     catalog: RwLock<Catalog>,
     pub(crate) tokens: Arc<TokenCache>,
@@ -79,7 +90,42 @@ pub struct Session {
     /// whatever scope sets they are for (two concurrent uses of a rotating
     /// refresh token make providers revoke the whole grant).
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Refreshes and logins between their token request and their commit:
+    /// a lock waits for them (bounded), because a rotated refresh token
+    /// that is not committed is lost.
+    commits: watch::Sender<Commits>,
 }
+
+/// See [`Session::begin_commit`].
+#[derive(Default)]
+struct Commits {
+    /// Set by a lock: no new refresh or login commit may start.
+    closing: bool,
+    next: u64,
+    /// Credential names by registration.
+    inflight: HashMap<u64, String>,
+}
+
+/// A refresh or login registered from before its token request until its
+/// commit (see [`Session::begin_commit`]); dropping it deregisters.
+pub(crate) struct CommitGuard<'a> {
+    session: &'a Session,
+    id: u64,
+}
+
+impl Drop for CommitGuard<'_> {
+    fn drop(&mut self) {
+        self.session.commits.send_modify(|c| {
+            c.inflight.remove(&self.id);
+        });
+    }
+}
+
+/// How long a lock waits for refreshes and logins to commit: one HTTP
+/// request's timeout (a registered refresh is at most one request away
+/// from its commit) plus 5 s for the commit itself.
+pub(crate) const COMMIT_WAIT: Duration =
+    Duration::from_secs(crate::oauth::http::REQUEST_TIMEOUT.as_secs() + 5);
 
 /// Wrong passphrases allowed before unlock attempts are slowed down.
 const FREE_UNLOCK_ATTEMPTS: u32 = 3;
@@ -87,7 +133,9 @@ const FREE_UNLOCK_ATTEMPTS: u32 = 3;
 const MAX_UNLOCK_DELAY_SECS: i64 = 60;
 
 /// Slows down passphrase guessing: after a few wrong passphrases, each
-/// further attempt waits twice as long as the last (capped).
+/// further attempt waits twice as long as the last (capped). Its state is
+/// saved in the vault file ([`LimiterState`]) at every change, so that a
+/// restart (`daemon.shutdown` is open to any same-user client) resets nothing.
 #[derive(Default)]
 pub struct Limiter {
     failures: u32,
@@ -95,6 +143,20 @@ pub struct Limiter {
 }
 
 impl Limiter {
+    pub fn from_state(state: LimiterState) -> Limiter {
+        Limiter {
+            failures: state.failures,
+            blocked_until: state.blocked_until,
+        }
+    }
+
+    pub fn state(&self) -> LimiterState {
+        LimiterState {
+            failures: self.failures,
+            blocked_until: self.blocked_until,
+        }
+    }
+
     /// The error for an attempt made too soon after failures, if it is.
     pub fn check(&self, now: i64) -> Result<(), ApiError> {
         let wait = self.blocked_until - now;
@@ -123,6 +185,7 @@ impl Limiter {
 }
 
 /// The audit writer puts its batches into the vault, once there is one.
+/// It runs on the audit writer's own thread, never on an async worker.
 struct VaultSink(SharedVault);
 
 impl Sink for VaultSink {
@@ -138,16 +201,23 @@ impl Sink for VaultSink {
 impl Daemon {
     /// Opens the vault file if one exists. Must run inside the tokio runtime.
     pub fn new(config: Config) -> Result<Arc<Daemon>, ApiError> {
-        let vault: SharedVault = Arc::new(Mutex::new(Vault::open(&config.vault_path)?));
+        let vault = Vault::open(&config.vault_path)?;
+        let limiter = match &vault {
+            Some(v) => Limiter::from_state(v.limiter_state()?),
+            None => Limiter::default(),
+        };
+        let initialized = AtomicBool::new(vault.is_some());
+        let vault: SharedVault = Arc::new(Mutex::new(vault));
         let clock = config.clock;
         Ok(Arc::new(Daemon {
             audit: Audit::start(VaultSink(Arc::clone(&vault)), clock),
             clock,
             config,
             vault,
+            initialized,
             session: RwLock::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
-            limiter: Mutex::new(Limiter::default()),
+            limiter: Mutex::new(limiter),
             last_activity: AtomicI64::new(clock.now()),
             sessions: AtomicU64::new(1),
             http: Http::new(),
@@ -156,10 +226,43 @@ impl Daemon {
         }))
     }
 
-    /// The vault file. Lock order: a session's keys before this (see
-    /// [`Session::with_vault`], which is how the token path reaches it).
-    pub(crate) fn vault(&self) -> MutexGuard<'_, Option<Vault>> {
-        lock(&self.vault)
+    /// Whether a vault file exists (without touching it).
+    pub(crate) fn has_vault(&self) -> bool {
+        self.initialized.load(Ordering::Acquire)
+    }
+
+    /// The vault file made by `init`.
+    pub(crate) fn install_vault(&self, vault: Vault) {
+        *lock(&self.vault) = Some(vault);
+        self.initialized.store(true, Ordering::Release);
+    }
+
+    /// Runs `f` on the vault file on a blocking thread, under the vault
+    /// mutex: for SQLite work only (no key derivation, no keyring call).
+    /// Lock order: a session's keys before this (see [`Session::with_vault`],
+    /// which is how anything needing the data key reaches the file).
+    pub(crate) async fn with_vault_file<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Vault) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let vault = Arc::clone(&self.vault);
+        tokio::task::spawn_blocking(move || {
+            let mut vault = lock(&vault);
+            f(vault.as_mut().ok_or_else(ApiError::not_initialized)?)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
+    /// Saves the limiter's state in the vault file (see [`Limiter`]).
+    pub(crate) async fn save_limiter(&self) {
+        let state = lock(&self.limiter).state();
+        let saved = self
+            .with_vault_file(move |v| Ok(v.set_limiter_state(&state)?))
+            .await;
+        if let Err(e) = saved {
+            tracing::warn!("could not save the unlock limiter in the vault file: {e}");
+        }
     }
 
     /// The unlocked session, or the error that says what to do.
@@ -167,7 +270,7 @@ impl Daemon {
         if let Some(session) = read(&self.session).as_ref() {
             return Ok(Arc::clone(session));
         }
-        Err(if self.vault().is_some() {
+        Err(if self.has_vault() {
             ApiError::locked()
         } else {
             ApiError::not_initialized()
@@ -186,20 +289,52 @@ impl Daemon {
             .is_some_and(|s| s.id == session.id)
     }
 
-    /// Makes a session of `keys`: loads catalog, grants and stored tokens.
-    pub(crate) fn open_session(&self, keys: Keys) -> Result<(), ApiError> {
+    /// Makes a session of `keys`: loads catalog, grants and stored tokens
+    /// (on a blocking thread).
+    pub(crate) async fn open_session(&self, keys: Keys) -> Result<(), ApiError> {
         let id = self.sessions.fetch_add(1, Ordering::Relaxed);
-        let session = Session::load(id, keys, Arc::clone(&self.vault), self.clock)?;
+        let vault = Arc::clone(&self.vault);
+        let clock = self.clock;
+        let session = tokio::task::spawn_blocking(move || Session::load(id, keys, vault, clock))
+            .await
+            .map_err(ApiError::internal)??;
         self.touch();
         *write(&self.session) = Some(Arc::new(session));
         Ok(())
     }
 
-    /// Ends the session, if there is one, and returns it (closed).
-    pub(crate) fn close_session(&self) -> Option<Arc<Session>> {
-        let session = write(&self.session).take()?;
-        session.close();
-        Some(session)
+    /// Ends the session, if there is one, and returns it (closed); `None`
+    /// when there was none (or another lock ended it meanwhile). New
+    /// refreshes and logins are refused at once; those already between
+    /// their token request and their commit get up to `wait` to commit
+    /// (a rotated refresh token must not be lost), then the keys go anyway.
+    pub(crate) async fn end_session(&self, wait: Duration) -> Option<Arc<Session>> {
+        let session = read(&self.session).clone()?;
+        session.stop_commits();
+        let mut commits = session.commits.subscribe();
+        let settled = tokio::time::timeout(wait, commits.wait_for(|c| c.inflight.is_empty()));
+        if settled.await.is_err() {
+            for name in session.commits.borrow().inflight.values() {
+                tracing::warn!(
+                    credential = %name,
+                    "locking while credential '{name}' is still committing a refresh or login after {} s: a rotated refresh token may be lost, and then it needs `latchkey login {name}`",
+                    wait.as_secs()
+                );
+            }
+        }
+        let ended = {
+            let mut current = write(&self.session);
+            match current.as_ref() {
+                Some(s) if s.id == session.id => current.take(),
+                _ => None,
+            }
+        };
+        // Taking the keys waits for a writer's SQLite commit: not on an async worker.
+        let closing = Arc::clone(&session);
+        if let Err(e) = tokio::task::spawn_blocking(move || closing.close()).await {
+            tracing::error!("closing the session failed: {e}");
+        }
+        ended
     }
 
     /// Marks the vault as in use: resets the auto-lock clock.
@@ -248,33 +383,82 @@ impl Session {
         };
         Ok(Session {
             id,
-            keys: RwLock::new(Some(keys)),
+            keys: Arc::new(RwLock::new(Some(keys))),
             vault,
             catalog: RwLock::new(catalog),
             tokens,
             grants: Mutex::new(grants),
             gates: Mutex::new(HashMap::new()),
+            commits: watch::Sender::new(Commits::default()),
         })
     }
 
-    /// Runs `f` with the data key and the vault, taken in the documented
-    /// order (keys, then vault). Fails with `locked` once the session is
-    /// closed, whoever still holds it.
-    pub(crate) fn with_vault<T>(
+    /// Runs `f` with the data key and the vault on a blocking thread, both
+    /// taken in the documented order (keys, then vault) and held until `f`
+    /// returns: every write that seals goes through here, so a rekey
+    /// ([`Session::rekey`]) can exclude them all. Fails with `locked` once
+    /// the session is closed, whoever still holds it.
+    pub(crate) async fn with_vault<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Keys, &mut Vault) -> Result<T, VaultError>,
+        f: impl FnOnce(&Keys, &mut Vault) -> Result<T, VaultError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let keys = read(&self.keys);
-        let keys = keys.as_ref().ok_or_else(ApiError::locked)?;
-        let mut vault = lock(&self.vault);
-        let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
-        Ok(f(keys, vault)?)
+        let keys = Arc::clone(&self.keys);
+        let vault = Arc::clone(&self.vault);
+        tokio::task::spawn_blocking(move || {
+            let keys = read(&keys);
+            let keys = keys.as_ref().ok_or_else(ApiError::locked)?;
+            let mut vault = lock(&vault);
+            let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
+            Ok(f(keys, vault)?)
+        })
+        .await
+        .map_err(ApiError::internal)?
     }
 
-    /// Puts a new data key in place of the old one (rekey), which is
-    /// zeroized as it drops. Cached tokens stay: they do not depend on it.
-    pub(crate) fn replace_keys(&self, keys: Keys) {
-        *write(&self.keys) = Some(keys);
+    /// The rekey transaction with the slots' KEKs already derived, and the
+    /// new data key put in place of the old one (zeroized as it drops),
+    /// all under the keys' write lock: no writer seals between the commit
+    /// and the swap. Cached tokens stay: they do not depend on the key.
+    /// Returns the counts of fields and slots rewritten.
+    pub(crate) async fn rekey(&self, keks: SlotKeks) -> Result<(u64, u64), ApiError> {
+        let keys = Arc::clone(&self.keys);
+        let vault = Arc::clone(&self.vault);
+        tokio::task::spawn_blocking(move || {
+            let mut keys = write(&keys);
+            let current = keys.as_ref().ok_or_else(ApiError::locked)?;
+            let mut vault = lock(&vault);
+            let vault = vault.as_mut().ok_or_else(ApiError::not_initialized)?;
+            let (new, fields, slots) = vault.rekey_with(current, &keks)?;
+            *keys = Some(new);
+            Ok((fields, slots))
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
+    /// From now on, [`Session::begin_commit`] refuses with `locked`: the
+    /// first step of a lock (and of `panic`, before it revokes).
+    pub(crate) fn stop_commits(&self) {
+        self.commits.send_modify(|c| c.closing = true);
+    }
+
+    /// Registers a refresh or login of credential `name` from before its
+    /// token request until its commit (drop the guard then): a lock waits
+    /// for it (see [`Daemon::end_session`]). Refused with `locked` once a
+    /// lock has begun.
+    pub(crate) fn begin_commit(&self, name: &str) -> Result<CommitGuard<'_>, ApiError> {
+        let mut id = None;
+        self.commits.send_if_modified(|c| {
+            if c.closing {
+                return false;
+            }
+            c.next += 1;
+            c.inflight.insert(c.next, name.to_owned());
+            id = Some(c.next);
+            true
+        });
+        let id = id.ok_or_else(ApiError::locked)?;
+        Ok(CommitGuard { session: self, id })
     }
 
     /// Drops the data key and everything decrypted with it.
@@ -312,11 +496,13 @@ impl Session {
 
     /// A credential's client secret, opened from the vault just for the
     /// request that needs it.
-    pub(crate) fn client_secret(
+    pub(crate) async fn client_secret(
         &self,
         credential: &Credential,
     ) -> Result<Option<SecretString>, ApiError> {
-        self.with_vault(|keys, vault| vault.client_secret(keys, credential))
+        let credential = credential.clone();
+        self.with_vault(move |keys, vault| vault.client_secret(keys, &credential))
+            .await
     }
 
     /// The gate that keeps refreshes (and logins, revocations) of one
@@ -362,5 +548,87 @@ impl Session {
         } else {
             CredentialState::Ready
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::NewSlots;
+
+    /// A daemon over a new vault, unlocked.
+    async fn unlocked_daemon(dir: &std::path::Path) -> Arc<Daemon> {
+        let path = dir.join("vault.db");
+        let pass = SecretString::from("pass");
+        let slots = NewSlots {
+            passphrase: Some(&pass),
+            keyring: None,
+        };
+        let (vault, keys) = Vault::create(&path, slots).unwrap();
+        drop(vault);
+        let daemon = Daemon::new(Config {
+            vault_path: path,
+            socket_path: dir.join("s.sock"),
+            idle_timeout: Duration::ZERO,
+            frame_timeout: Duration::from_secs(10),
+            max_connections: 16,
+            connection_idle_timeout: Duration::ZERO,
+            passphrase_file: None,
+            keyring: crate::vault::keyring::BackendChoice::Auto,
+            clock: Clock::following_tokio(),
+        })
+        .unwrap();
+        daemon.open_session(keys).await.unwrap();
+        daemon
+    }
+
+    /// A lock refuses new commits at once, waits for a registered one,
+    /// and — when it never ends — locks anyway after the bound.
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_waits_for_registered_commits_up_to_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = unlocked_daemon(dir.path()).await;
+        let session = daemon.session().unwrap();
+        let guard = session.begin_commit("api").unwrap();
+
+        let locking = {
+            let daemon = Arc::clone(&daemon);
+            tokio::spawn(async move { daemon.end_session(COMMIT_WAIT).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!locking.is_finished(), "the lock waits for the commit");
+        assert_eq!(
+            session.begin_commit("other").err().map(|e| e.kind),
+            Some(ErrorKind::Locked),
+            "no new commit starts once a lock has begun"
+        );
+        // The registered one still has the keys.
+        session.with_vault(|_, _| Ok(())).await.unwrap();
+        drop(guard);
+        assert!(locking.await.unwrap(), "locked once the commit ended");
+        assert!(!daemon.is_unlocked());
+
+        // A commit that never ends: locked anyway after the bound.
+        let pass = SecretString::from("pass");
+        let rows = daemon
+            .with_vault_file(|v| Ok(v.slot_rows()?))
+            .await
+            .unwrap();
+        let (keys, _) = rows.open_with_passphrase(&pass).unwrap();
+        daemon.open_session(keys).await.unwrap();
+        let session = daemon.session().unwrap();
+        let _stuck = session.begin_commit("api").unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(daemon.end_session(COMMIT_WAIT).await.is_some());
+        assert_eq!(started.elapsed(), COMMIT_WAIT);
+        assert_eq!(
+            session
+                .with_vault(|_, _| Ok(()))
+                .await
+                .err()
+                .map(|e| e.kind),
+            Some(ErrorKind::Locked),
+            "the keys are gone"
+        );
     }
 }

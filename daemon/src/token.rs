@@ -163,7 +163,7 @@ async fn client_credentials(
     provider: &Provider,
     scopes: &[String],
 ) -> Result<Token, ApiError> {
-    let secret = session.client_secret(credential)?;
+    let secret = session.client_secret(credential).await?;
     let granted =
         grant::client_credentials(&daemon.http, provider, credential, secret, scopes).await?;
     warn_clamped(&credential.config.name, granted.access.expires_in);
@@ -172,7 +172,11 @@ async fn client_credentials(
     // and a new unlock) this result belongs to no one's vault state.
     if daemon.is_current(session) {
         let key = (credential.id.clone(), scopes.join(" "));
-        if let Err(e) = session.with_vault(|keys, vault| vault.save_token(keys, &key, &token)) {
+        let stored = token.copy();
+        let saved = session
+            .with_vault(move |keys, vault| vault.save_token(keys, &key, &stored))
+            .await;
+        if let Err(e) = saved {
             tracing::warn!(credential = %credential.config.name, "could not store the token (it is still served from memory): {e}");
         }
     }
@@ -193,6 +197,8 @@ async fn refresh(
     let name = &credential.config.name;
     let gate = session.gate(&credential.id);
     let _one_at_a_time = gate.lock().await;
+    // From before the request until the commit: a lock waits for it.
+    let _until_committed = session.begin_commit(name)?;
     // Read the grant only now: the previous holder of the gate may
     // have rotated the refresh token.
     let grant = session.grant(&credential.id);
@@ -200,7 +206,7 @@ async fn refresh(
     else {
         return Err(ApiError::reauth(name));
     };
-    let secret = session.client_secret(credential)?;
+    let secret = session.client_secret(credential).await?;
     let client = user::client(provider, credential, secret.as_ref())?;
     // Ask for a down-scoped token only when the caller wants less than
     // the grant; otherwise omit `scope` (RFC 6749 §6: same as granted).
@@ -222,7 +228,8 @@ async fn refresh(
                 session,
                 credential,
                 "the provider refused the refresh token (invalid_grant)",
-            );
+            )
+            .await;
             return Err(ApiError::reauth(name));
         }
         Err(e) => return Err(e),
@@ -252,15 +259,18 @@ async fn refresh(
         tracing::warn!(credential = %name, granted = %new_grant.scope, "the provider changed the grant's scopes on refresh; `latchkey login {name}` asks for the configured ones again");
     }
     let key = (credential.id.clone(), scopes.join(" "));
-    let committed = session.with_vault(|keys, vault| {
-        vault.commit_grant(
-            keys,
-            &credential.id,
-            (rotated || rescoped).then_some(&new_grant),
-            Some((&key, &token)),
-            CredentialState::Ready,
-        )
-    });
+    let (id, stored, stored_grant) = (credential.id.clone(), token.copy(), new_grant.clone());
+    let committed = session
+        .with_vault(move |keys, vault| {
+            vault.commit_grant(
+                keys,
+                &id,
+                (rotated || rescoped).then_some(&stored_grant),
+                Some((&key, &stored)),
+                CredentialState::Ready,
+            )
+        })
+        .await;
     if let Err(e) = committed {
         // Not handed out: a token whose rotated refresh token is not on
         // disk would leave a crash with nothing that works.
@@ -278,13 +288,15 @@ async fn refresh(
 
 /// The provider no longer honours this credential's grant: forget it,
 /// durably, and say so in the state callers see.
-fn needs_login(daemon: &Daemon, session: &Session, credential: &Credential, why: &str) {
+async fn needs_login(daemon: &Daemon, session: &Session, credential: &Credential, why: &str) {
     let name = &credential.config.name;
     session.set_grant(&credential.id, None);
     session.tokens.forget(&credential.id);
     if daemon.is_current(session) {
+        let id = credential.id.clone();
         let dropped = session
-            .with_vault(|_, vault| vault.drop_grant(&credential.id, CredentialState::NeedsLogin));
+            .with_vault(move |_, vault| vault.drop_grant(&id, CredentialState::NeedsLogin))
+            .await;
         if let Err(e) = dropped {
             tracing::error!(credential = %name, "could not record needs_login: {e}");
         }

@@ -199,6 +199,7 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
     let _ = client
         .request::<VaultUnlock>(&UnlockParams {
             passphrase: Some(SecretString::from(passphrase.clone())),
+            ..UnlockParams::default()
         })
         .unwrap();
     expect_err(
@@ -388,6 +389,7 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
     let _ = client
         .request::<VaultUnlock>(&UnlockParams {
             passphrase: Some(SecretString::from(passphrase.clone())),
+            ..UnlockParams::default()
         })
         .unwrap();
     assert_eq!(

@@ -84,7 +84,10 @@ fn unlock(
     conn: &mut Connection,
     passphrase: Option<SecretString>,
 ) -> Result<(), latchkey_client::Error> {
-    let result = conn.raw::<VaultUnlock>(&UnlockParams { passphrase })?;
+    let result = conn.raw::<VaultUnlock>(&UnlockParams {
+        passphrase,
+        ..UnlockParams::default()
+    })?;
     let message = if result.already_unlocked {
         "vault is already unlocked".to_owned()
     } else {

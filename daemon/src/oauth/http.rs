@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 /// streaming more is broken or hostile.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Whole-request bound, connection included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]

@@ -418,6 +418,15 @@ impl KdfParams {
     /// Ten times the default passes; more would stall unlock for minutes.
     const MAX_T: u32 = 30;
     const MAX_P: u32 = 16;
+    /// The work of one slot at the ceiling ([`KdfParams::work`]): what
+    /// one unlock may spend on Argon2id over all the slots it tries.
+    pub const MAX_WORK: u64 = Self::MAX_M_KIB as u64 * Self::MAX_T as u64;
+
+    /// Argon2id's cost as memory × passes (KiB·passes): what bounds how
+    /// long a derivation takes, whatever the lanes.
+    pub fn work(&self) -> u64 {
+        u64::from(self.m_kib) * u64::from(self.t)
+    }
 
     /// Parameters for new slots: the RFC 9106 defaults, or OWASP's minimum
     /// when [`INSECURE_TEST_KDF_ENV`] is `1` in a debug build (tests only).

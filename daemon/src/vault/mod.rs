@@ -7,6 +7,8 @@ pub mod keyring;
 mod slots;
 pub mod store;
 
+pub use slots::{test_hooks, SlotKeks};
+
 use crate::vault::crypto::{CryptoError, Dek, FieldRef};
 use crate::vault::store::{CredentialRow, GrantRow, ProviderRow, Store, StoreError, TokenRow};
 use latchkey_client::protocol::{AuthMethod, CredentialState, Endpoints, GrantType, TokenReply};
@@ -34,6 +36,10 @@ pub enum VaultError {
     Store(#[from] StoreError),
     #[error("key slot {slot}: {source}")]
     Slot { slot: String, source: CryptoError },
+    /// More slots, or more Argon2id work over them, than one unlock may
+    /// spend: a crafted or damaged file.
+    #[error("the vault file has too many or too expensive key slots ({slots} slots, Argon2id work {work} KiB·passes)")]
+    TooMuchSlotWork { slots: usize, work: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, VaultError>;
@@ -172,6 +178,23 @@ pub struct Token {
     pub effective_expiry: i64,
     /// Unix seconds.
     pub obtained_at: i64,
+}
+
+impl Token {
+    /// A copy for a task that outlives the borrow (the store thread);
+    /// both copies zeroize their secret on drop.
+    pub fn copy(&self) -> Token {
+        Token {
+            reply: TokenReply {
+                access_token: copy_secret(&self.reply.access_token),
+                token_type: self.reply.token_type.clone(),
+                expires_at: self.reply.expires_at,
+                scope: self.reply.scope.clone(),
+            },
+            effective_expiry: self.effective_expiry,
+            obtained_at: self.obtained_at,
+        }
+    }
 }
 
 /// A user credential's grant: what a login leaves behind and refreshes
@@ -486,6 +509,62 @@ impl Vault {
     pub fn store_mut(&mut self) -> &mut Store {
         &mut self.store
     }
+
+    /// Who locked the vault on purpose, if it is held locked (see [`LockHold`]).
+    pub fn lock_hold(&self) -> Result<Option<LockHold>> {
+        Ok(self
+            .store
+            .meta(META_LOCK_HOLD)?
+            .and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    /// Holds the vault locked (`Some`) or lets unattended unlocks open it again.
+    pub fn set_lock_hold(&mut self, hold: Option<&LockHold>) -> Result<()> {
+        let value = hold.map(|h| serde_json::to_string(h).expect("a lock hold serializes"));
+        Ok(self.store.set_meta(META_LOCK_HOLD, value.as_deref())?)
+    }
+
+    /// The unlock limiter's state as last saved (zeroes when never saved).
+    pub fn limiter_state(&self) -> Result<LimiterState> {
+        Ok(self
+            .store
+            .meta(META_UNLOCK_LIMITER)?
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default())
+    }
+
+    pub fn set_limiter_state(&mut self, state: &LimiterState) -> Result<()> {
+        let value = serde_json::to_string(state).expect("the limiter state serializes");
+        Ok(self.store.set_meta(META_UNLOCK_LIMITER, Some(&value))?)
+    }
+}
+
+/// `meta` key of the [`LockHold`] (plaintext: it is not secret, and it
+/// must be readable while locked).
+const META_LOCK_HOLD: &str = "lock_hold";
+/// `meta` key of the [`LimiterState`] (plaintext, read while locked).
+const META_UNLOCK_LIMITER: &str = "unlock_limiter";
+
+/// A lock someone asked for (`latchkey lock` or `latchkey panic`), as
+/// opposed to the idle auto-lock: while it is held, nothing unlocks the
+/// vault without a person (`latchkey unlock`). Kept in the vault file so
+/// that a daemon restart does not undo it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHold {
+    /// `"lock"` or `"panic"`: the command that locked it.
+    pub by: String,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// The unlock limiter's counters, kept in the vault file so that a daemon
+/// restart (`daemon.shutdown` is open to any same-user program) does not
+/// reset them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimiterState {
+    pub failures: u32,
+    /// Unix seconds until which unlock attempts are refused.
+    pub blocked_until: i64,
 }
 
 /// A token sealed into a row with a fresh random id (see the `tokens` table).
@@ -566,6 +645,30 @@ mod tests {
     }
 
     #[test]
+    fn the_lock_hold_and_the_limiter_state_are_kept_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut vault, _) = new_vault(dir.path(), "pass");
+        assert_eq!(vault.lock_hold().unwrap(), None);
+        assert_eq!(vault.limiter_state().unwrap(), LimiterState::default());
+        let hold = LockHold {
+            by: "panic".into(),
+            at: 1_700_000_000,
+        };
+        vault.set_lock_hold(Some(&hold)).unwrap();
+        let limiter = LimiterState {
+            failures: 5,
+            blocked_until: 1_700_000_004,
+        };
+        vault.set_limiter_state(&limiter).unwrap();
+        drop(vault);
+        let mut vault = Vault::open(&dir.path().join("vault.db")).unwrap().unwrap();
+        assert_eq!(vault.lock_hold().unwrap(), Some(hold));
+        assert_eq!(vault.limiter_state().unwrap(), limiter);
+        vault.set_lock_hold(None).unwrap();
+        assert_eq!(vault.lock_hold().unwrap(), None);
+    }
+
+    #[test]
     fn passphrase_change_rewraps_only_and_rekey_reencrypts_everything() {
         let dir = tempfile::tempdir().unwrap();
         let (mut vault, keys) = new_vault(dir.path(), "old pass");
@@ -636,6 +739,67 @@ mod tests {
         let secret = vault.client_secret(&reopened, &c).unwrap().unwrap();
         assert_eq!(secret.expose_secret(), "s3cret");
         assert!(vault.client_secret(&new_keys, &c).is_ok());
+    }
+
+    /// A crafted file with many slots, or slots that together ask for more
+    /// Argon2id work than one slot at the ceiling, is refused before any
+    /// derivation (at these parameters, deriving them would take minutes).
+    #[test]
+    fn unlock_work_is_bounded_over_all_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, _) = new_vault(dir.path(), "pass");
+        let add_slot = |id: String, m_kib: u32, t: u32| {
+            let params = serde_json::json!({
+                "salt": "00112233445566778899aabbccddeeff",
+                "kdf": {"m_kib": m_kib, "t": t, "p": 1},
+            });
+            vault
+                .store
+                .conn_for_tests()
+                .execute(
+                    "INSERT INTO key_slots (id, kind, params, wrapped_dek, created_at) VALUES (?1, 'passphrase', ?2, x'00', 0)",
+                    rusqlite::params![id, params.to_string()],
+                )
+                .unwrap();
+        };
+        // Each within the per-slot ceiling (1 GiB, 30 passes); two exceed the total.
+        add_slot("big1".into(), 1024 * 1024, 30);
+        add_slot("big2".into(), 1024 * 1024, 30);
+        let refused = vault.unlock_with_passphrase(&SecretString::from("pass"));
+        assert!(
+            matches!(refused, Err(VaultError::TooMuchSlotWork { slots: 3, .. })),
+            "{:?}",
+            refused.err()
+        );
+        let message = crate::error::ApiError::from(refused.err().unwrap()).message;
+        assert!(
+            message.starts_with("the vault file has too many or too expensive key slots"),
+            "{message}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, _) = new_vault(dir.path(), "pass");
+        let add_cheap = |i: usize| {
+            let params = serde_json::json!({
+                "salt": "00112233445566778899aabbccddeeff",
+                "kdf": {"m_kib": 19 * 1024, "t": 2, "p": 1},
+            });
+            vault
+                .store
+                .conn_for_tests()
+                .execute(
+                    "INSERT INTO key_slots (id, kind, params, wrapped_dek, created_at) VALUES (?1, 'passphrase', ?2, x'00', 0)",
+                    rusqlite::params![format!("cheap{i}"), params.to_string()],
+                )
+                .unwrap();
+        };
+        for i in 0..16 {
+            add_cheap(i);
+        }
+        assert!(matches!(
+            vault.unlock_with_passphrase(&SecretString::from("pass")),
+            Err(VaultError::TooMuchSlotWork { slots: 17, .. })
+        ));
     }
 
     #[test]

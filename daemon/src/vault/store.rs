@@ -167,6 +167,21 @@ impl Store {
             .optional()?)
     }
 
+    /// Sets (`Some`) or removes (`None`) a plaintext `meta` row.
+    pub fn set_meta(&mut self, key: &str, value: Option<&str>) -> Result<()> {
+        match value {
+            Some(value) => self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )?,
+            None => self
+                .conn
+                .execute("DELETE FROM meta WHERE key = ?1", [key])?,
+        };
+        Ok(())
+    }
+
     /// Writes the vault id and the first slots in one transaction.
     pub fn initialize(&mut self, vault_id: &str, slots: &[SlotRow]) -> Result<()> {
         let tx = self.conn.transaction()?;

@@ -135,6 +135,49 @@ impl TestDaemon {
         result.expect("run returned an error");
     }
 
+    /// Stops the daemon and starts a new one on the same vault file,
+    /// socket and token endpoint (a restart, as after `daemon.shutdown`).
+    pub async fn restart(mut self, opts: Opts) -> TestDaemon {
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("a temp dir"));
+        let endpoint = self.endpoint.clone();
+        self.stop().await;
+        let frozen = freeze();
+        let socket = dir.path().join("latchkey.sock");
+        // The old daemon's socket file is left behind; bind anew.
+        let _ = std::fs::remove_file(&socket);
+        let config = Config {
+            vault_path: dir.path().join("vault.db"),
+            socket_path: socket.clone(),
+            idle_timeout: opts.idle_timeout,
+            frame_timeout: Duration::from_secs(10),
+            max_connections: opts.max_connections.unwrap_or(4096),
+            connection_idle_timeout: opts.connection_idle_timeout,
+            passphrase_file: None,
+            keyring: keyring::BackendChoice::Auto,
+            clock: Clock::following_tokio(),
+        };
+        let name = socket
+            .as_path()
+            .to_fs_name::<GenericFilePath>()
+            .expect("a valid socket path");
+        let listener = ListenerOptions::new()
+            .name(name)
+            .create_tokio()
+            .expect("binds the socket");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(latchkey_daemon::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        TestDaemon {
+            socket,
+            endpoint,
+            frozen: Some(frozen),
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        }
+    }
+
     /// `vault.init` with a passphrase, then provider `idp` at the endpoint
     /// (token and device endpoints, no revocation endpoint).
     pub async fn init(&self, client: &mut Client) {
@@ -201,6 +244,7 @@ pub async fn add_device_credential(client: &mut Client, name: &str, client_id: &
 pub async fn unlock(client: &mut Client, passphrase: &str) -> Result<UnlockResult, Error> {
     let params = UnlockParams {
         passphrase: Some(SecretString::from(passphrase)),
+        ..UnlockParams::default()
     };
     client.request::<VaultUnlock>(&params).await
 }
