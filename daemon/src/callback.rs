@@ -116,7 +116,7 @@ impl Loopback {
     }
 }
 
-fn handle(
+pub(crate) fn handle(
     req: &Request<hyper::body::Incoming>,
     expected_state: &str,
     issuer: Option<&str>,
@@ -162,7 +162,7 @@ fn handle(
         if got.trim_end_matches('/') != expected.trim_end_matches('/') {
             let _ = sender.send(Err(ApiError::new(
                 ErrorKind::ProviderError,
-                format!("the login callback names issuer '{got}', not '{expected}' (RFC 9207 mix-up protection); the login was refused"),
+                format!("the login callback names issuer '{}', not '{expected}' (RFC 9207 mix-up protection); the login was refused", crate::error::quoted(got)),
             )));
             return page(
                 StatusCode::BAD_REQUEST,

@@ -6,6 +6,20 @@ use crate::vault::VaultError;
 use latchkey_client::protocol::ErrorKind;
 use std::fmt;
 
+/// How much outside text (a provider's error code, a URL, a callback
+/// parameter) an error message quotes: enough to recognise it.
+pub const QUOTE_MAX_CHARS: usize = 200;
+
+/// Outside text as an error message may quote it: without control
+/// characters (no terminal escapes, no forged log lines) and at most
+/// [`QUOTE_MAX_CHARS`] characters.
+pub fn quoted(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(QUOTE_MAX_CHARS)
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub kind: ErrorKind,

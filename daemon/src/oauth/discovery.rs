@@ -75,7 +75,7 @@ pub async fn discover(http: &Http, issuer: &str) -> Result<(String, Endpoints), 
         if found.trim_end_matches('/') != issuer.trim_end_matches('/') {
             return Err(ApiError::new(
                 ErrorKind::ProviderError,
-                format!("the metadata at {url} names issuer '{found}', not '{issuer}'; use the exact issuer URL the provider documents"),
+                format!("the metadata at {url} names issuer '{}', not '{issuer}'; use the exact issuer URL the provider documents", crate::error::quoted(&found)),
             ));
         }
         return Ok((found, endpoints(meta)?));

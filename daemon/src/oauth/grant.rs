@@ -4,7 +4,7 @@
 
 use super::http::{Http, HttpError};
 use super::Granted;
-use crate::error::ApiError;
+use crate::error::{quoted, ApiError};
 use crate::vault::{Credential, Provider};
 use latchkey_client::protocol::{AuthMethod, ErrorKind};
 use oauth2::basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType};
@@ -73,7 +73,7 @@ pub(crate) fn classify(
     let at = format!("provider '{provider}' (credential '{credential}')");
     match e {
         RequestTokenError::ServerResponse(response) => {
-            let code = response.error().as_ref().to_owned();
+            let code = scrub(response.error().as_ref(), secret);
             let description = response
                 .error_description()
                 .map(|d| format!(": {}", scrub(d, secret)))
@@ -124,15 +124,15 @@ pub(crate) fn classify(
         ),
         RequestTokenError::Other(what) => ApiError::new(
             ErrorKind::ProviderUnavailable,
-            format!("{at} sent an unusable token response ({what}); latchkey backs off and retries"),
+            format!("{at} sent an unusable token response ({}); latchkey backs off and retries", scrub(&what, secret)),
         ),
     }
 }
 
 /// Providers echo odd things into `error_description`; make sure our own
 /// secret is never one of them, and keep it short.
-fn scrub(text: &str, secret: Option<&str>) -> String {
-    let mut text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+pub(crate) fn scrub(text: &str, secret: Option<&str>) -> String {
+    let mut text = quoted(text);
     if let Some(secret) = secret.filter(|s| !s.is_empty()) {
         text = text.replace(secret, "[redacted]");
     }

@@ -4,7 +4,7 @@
 //! (RFC 7009); and ID-token validation through `openidconnect` with the
 //! signature algorithms pinned to asymmetric ones (never `none`).
 
-use super::grant::classify;
+use super::grant::{classify, scrub};
 use super::http::{Http, HttpError, PlainLoopback};
 use super::Granted;
 use crate::error::ApiError;
@@ -18,8 +18,8 @@ use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
     DeviceAuthorizationUrl, DeviceCodeErrorResponse, DeviceCodeErrorResponseType, EndpointMaybeSet,
     EndpointNotSet, ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RequestTokenError, RevocationUrl, Scope, StandardDeviceAuthorizationResponse,
-    StandardRevocableToken, StandardTokenResponse, TokenUrl,
+    RefreshToken, RequestTokenError, RevocableToken, RevocationUrl, Scope,
+    StandardDeviceAuthorizationResponse, StandardRevocableToken, StandardTokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -220,9 +220,9 @@ pub async fn device_authorize(
                 "provider '{}' refused the device login of credential '{}' ({}{})",
                 provider.config.name,
                 credential.config.name,
-                r.error().as_ref(),
+                scrub(r.error().as_ref(), None),
                 r.error_description()
-                    .map(|d| format!(": {d}"))
+                    .map(|d| format!(": {}", scrub(d, None)))
                     .unwrap_or_default()
             ),
         ),
@@ -285,8 +285,10 @@ fn device_error(r: &DeviceCodeErrorResponse, name: &str) -> ApiError {
             ErrorKind::ProviderError,
             format!(
                 "the provider ended the device login of credential '{name}' ({}{})",
-                other.as_ref(),
-                r.error_description().map(|d| format!(": {d}")).unwrap_or_default()
+                scrub(other.as_ref(), None),
+                r.error_description()
+                    .map(|d| format!(": {}", scrub(d, None)))
+                    .unwrap_or_default()
             ),
         ),
     }
@@ -308,11 +310,14 @@ pub async fn refresh(
     if let Some(scopes) = scopes {
         request = request.add_scopes(scopes.iter().cloned().map(Scope::new));
     }
-    request
-        .request_async(http)
-        .await
-        .map(granted)
-        .map_err(|e| classify(&provider.config.name, &credential.config.name, e, None))
+    request.request_async(http).await.map(granted).map_err(|e| {
+        classify(
+            &provider.config.name,
+            &credential.config.name,
+            e,
+            Some(refresh_token.expose_secret()),
+        )
+    })
 }
 
 /// Revokes one token at the provider (RFC 7009).
@@ -322,6 +327,7 @@ pub async fn revoke(
     client: &UserClient,
     token: StandardRevocableToken,
 ) -> Result<(), ApiError> {
+    let secret = token.secret().to_owned();
     let request = client.revoke_token(token).map_err(|e| {
         ApiError::new(
             ErrorKind::InvalidRequest,
@@ -331,7 +337,7 @@ pub async fn revoke(
     let plain_loopback = PlainLoopback(http.clone());
     request.request_async(&plain_loopback).await.map_err(|e| {
         let detail = match &e {
-            RequestTokenError::ServerResponse(r) => r.error().as_ref().to_owned(),
+            RequestTokenError::ServerResponse(r) => scrub(r.error().as_ref(), Some(&secret)),
             RequestTokenError::Request(h) => h.to_string(),
             other => short(other),
         };
@@ -424,5 +430,5 @@ fn http_failure(provider: &Provider, credential: &Credential, h: HttpError) -> A
 
 /// An error's Display without its source chain (which may quote bodies).
 fn short<E: std::fmt::Display>(e: &E) -> String {
-    e.to_string().chars().take(200).collect()
+    scrub(&e.to_string(), None)
 }
