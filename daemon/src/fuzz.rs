@@ -469,6 +469,9 @@ fn fixture() -> &'static Fixture {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // Without it, each exchange waits out a delayed ACK
+                // (tens of milliseconds per input on loopback).
+                let _ = stream.set_nodelay(true);
                 let answers = Arc::clone(&answers);
                 let jwks = jwks.clone();
                 tokio::spawn(async move {
