@@ -120,7 +120,7 @@ pub(crate) fn classify(
         // Never quote the body: a half-valid token response may hold a token.
         RequestTokenError::Parse(e, _body) => ApiError::new(
             ErrorKind::ProviderUnavailable,
-            format!("{at} sent a token response latchkey cannot read ({}); latchkey backs off and retries", e.path()),
+            format!("{at} sent a token response latchkey cannot read ({}); latchkey backs off and retries", scrub(&e.path().to_string(), secret)),
         ),
         RequestTokenError::Other(what) => ApiError::new(
             ErrorKind::ProviderUnavailable,
