@@ -221,10 +221,10 @@ fn secure(builder: hyper::http::response::Builder) -> hyper::http::response::Bui
         .header("connection", "close")
 }
 
-type Outcome = Result<Code, ApiError>;
+pub(crate) type Outcome = Result<Code, ApiError>;
 
 /// What every connection of one login shares.
-struct Shared {
+pub(crate) struct Shared {
     expect: Expect,
     callback_path: String,
     start_path: String,
@@ -232,6 +232,25 @@ struct Shared {
     slot: Mutex<Option<oneshot::Sender<Outcome>>>,
     /// The start page was served once.
     started: AtomicBool,
+}
+
+impl Shared {
+    /// What [`handle`] decides with: the expectations, the two paths it
+    /// serves, and where the deciding request sends the outcome.
+    pub(crate) fn new(
+        expect: Expect,
+        callback_path: &str,
+        start_path: &str,
+        decided: oneshot::Sender<Outcome>,
+    ) -> Shared {
+        Shared {
+            expect,
+            callback_path: callback_path.to_owned(),
+            start_path: start_path.to_owned(),
+            slot: Mutex::new(Some(decided)),
+            started: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Loopback {
@@ -246,13 +265,12 @@ impl Loopback {
     /// are ended after [`FINISH_GRACE`].
     pub async fn wait(self, expect: Expect) -> Outcome {
         let (tx, mut rx) = oneshot::channel::<Outcome>();
-        let shared = Arc::new(Shared {
-            callback_path: self.redirect_uri.path().to_owned(),
-            start_path: self.start_url.path().to_owned(),
+        let shared = Arc::new(Shared::new(
             expect,
-            slot: Mutex::new(Some(tx)),
-            started: AtomicBool::new(false),
-        });
+            self.redirect_uri.path(),
+            self.start_url.path(),
+            tx,
+        ));
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut tasks = JoinSet::new();
         let outcome = loop {
@@ -328,7 +346,10 @@ fn decide(shared: &Shared, outcome: Outcome) -> bool {
     }
 }
 
-fn handle(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+pub(crate) fn handle(
+    req: &Request<hyper::body::Incoming>,
+    shared: &Shared,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == shared.start_path {
         return start_page(req, shared);

@@ -5,6 +5,7 @@
 
 use crate::error::ApiError;
 use crate::handler::Handler;
+use crate::oauth::text::provider_text;
 use crate::state::{Daemon, Peer};
 use latchkey_client::framing::SecretBuf;
 use latchkey_client::protocol::*;
@@ -21,68 +22,26 @@ pub enum After {
     Close,
 }
 
+/// A request's envelope, borrowing from the line.
 #[derive(Deserialize)]
-struct Incoming<'a> {
+pub(crate) struct Incoming<'a> {
     #[serde(default, borrow)]
     jsonrpc: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    id: Option<&'a RawValue>,
+    pub(crate) id: Option<&'a RawValue>,
     #[serde(borrow)]
-    method: Cow<'a, str>,
+    pub(crate) method: Cow<'a, str>,
     #[serde(default, borrow)]
-    params: Option<&'a RawValue>,
+    pub(crate) params: Option<&'a RawValue>,
 }
 
 /// Handles one request line, appending exactly one reply line to `out`.
 pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut SecretBuf) -> After {
-    let Ok(text) = std::str::from_utf8(line) else {
-        write_error(
-            out,
-            None,
-            &ApiError::new(
-                ErrorKind::ParseError,
-                "the request is not valid UTF-8; send one UTF-8 JSON object per line",
-            ),
-        );
-        return After::Close;
-    };
-    // JSON-RPC 2.0 §4: a request is an object. serde would also accept a
-    // struct written as a positional array; refuse that shape up front.
-    let parsed: Result<Incoming<'_>, serde_json::Error> = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text)
-    } else {
-        Err(serde::de::Error::custom("a request must be a JSON object"))
-    };
-    let request: Incoming<'_> = match parsed {
-        Ok(r) => r,
-        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
-            write_error(out, None, &ApiError::new(ErrorKind::InvalidRequest, "the message is JSON but not a request: send {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"...\",\"params\":{...}}"));
-            return After::Continue;
-        }
-        Err(_) => {
-            write_error(
-                out,
-                None,
-                &ApiError::new(
-                    ErrorKind::ParseError,
-                    "the request is not valid JSON; send one JSON object per line",
-                ),
-            );
-            return After::Close;
-        }
+    let request = match envelope(line, out) {
+        Ok(request) => request,
+        Err(after) => return after,
     };
     let id = request.id;
-    if request.jsonrpc.as_deref().is_some_and(|v| v != "2.0") {
-        write_error(
-            out,
-            id,
-            &ApiError::new(
-                ErrorKind::InvalidRequest,
-                "unsupported \"jsonrpc\" version: use \"2.0\"",
-            ),
-        );
-        return After::Continue;
-    }
     let params = request.params;
     let run = Call {
         daemon,
@@ -130,6 +89,60 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Sec
     After::Continue
 }
 
+/// Reads the envelope of one request line: valid UTF-8, a JSON object, a
+/// request, JSON-RPC 2.0. On failure the error reply is already in `out`
+/// and the `Err` says what the connection does next.
+pub(crate) fn envelope<'a>(line: &'a [u8], out: &mut SecretBuf) -> Result<Incoming<'a>, After> {
+    let Ok(text) = std::str::from_utf8(line) else {
+        write_error(
+            out,
+            None,
+            &ApiError::new(
+                ErrorKind::ParseError,
+                "the request is not valid UTF-8; send one UTF-8 JSON object per line",
+            ),
+        );
+        return Err(After::Close);
+    };
+    // JSON-RPC 2.0 §4: a request is an object. serde would also accept a
+    // struct written as a positional array; refuse that shape up front.
+    let parsed: Result<Incoming<'_>, serde_json::Error> = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text)
+    } else {
+        Err(serde::de::Error::custom("a request must be a JSON object"))
+    };
+    let request: Incoming<'_> = match parsed {
+        Ok(r) => r,
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+            write_error(out, None, &ApiError::new(ErrorKind::InvalidRequest, "the message is JSON but not a request: send {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"...\",\"params\":{...}}"));
+            return Err(After::Continue);
+        }
+        Err(_) => {
+            write_error(
+                out,
+                None,
+                &ApiError::new(
+                    ErrorKind::ParseError,
+                    "the request is not valid JSON; send one JSON object per line",
+                ),
+            );
+            return Err(After::Close);
+        }
+    };
+    if request.jsonrpc.as_deref().is_some_and(|v| v != "2.0") {
+        write_error(
+            out,
+            request.id,
+            &ApiError::new(
+                ErrorKind::InvalidRequest,
+                "unsupported \"jsonrpc\" version: use \"2.0\"",
+            ),
+        );
+        return Err(After::Continue);
+    }
+    Ok(request)
+}
+
 /// One parsed request on its way to its method.
 struct Call<'a> {
     daemon: &'a Arc<Daemon>,
@@ -161,7 +174,10 @@ impl Call<'_> {
 /// Parses a method's parameters. serde's messages can quote the offending
 /// value, which may be a secret sent in the wrong field: only messages that
 /// name fields or variants are passed on.
-fn parse<T: DeserializeOwned>(method: &str, params: Option<&RawValue>) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(
+    method: &str,
+    params: Option<&RawValue>,
+) -> Result<T, ApiError> {
     // Absent (or null) parameters are no parameters.
     let raw = params.map_or("{}", |p| p.get());
     let raw = if raw == "null" { "{}" } else { raw };
@@ -170,8 +186,16 @@ fn parse<T: DeserializeOwned>(method: &str, params: Option<&RawValue>) -> Result
         let safe = ["missing field", "unknown field", "unknown variant"]
             .iter()
             .any(|prefix| text.starts_with(prefix));
-        let detail = if safe {
-            text.split(" at line").next().unwrap_or_default().to_owned()
+        let detail = if text.starts_with("unknown variant") {
+            // serde quotes the value ("unknown variant `VALUE`, expected
+            // one of …"), which may be a secret: name only the choices.
+            let expected = text.split(" at line").next().unwrap_or_default();
+            match expected.rfind(", expected ") {
+                Some(i) => format!("unknown variant{}", &expected[i..]),
+                None => "unknown variant".to_owned(),
+            }
+        } else if safe {
+            provider_text(text.split(" at line").next().unwrap_or_default(), &[])
         } else {
             format!(
                 "a parameter has the wrong type or value (column {})",
@@ -213,7 +237,7 @@ struct ErrorData {
     retry_after: Option<u64>,
 }
 
-fn write_error(out: &mut SecretBuf, id: Option<&RawValue>, error: &ApiError) {
+pub(crate) fn write_error(out: &mut SecretBuf, id: Option<&RawValue>, error: &ApiError) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
     out.extend_from_slice(b",\"error\":");

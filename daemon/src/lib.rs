@@ -17,6 +17,8 @@ mod config;
 mod dispatch;
 mod error;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzz;
 mod handler;
 pub mod hardening;
 mod lifecycle;

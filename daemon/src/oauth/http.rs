@@ -293,20 +293,22 @@ fn parse_retry_after(value: &str) -> Option<u64> {
 /// except `http` to a loopback host (127.0.0.0/8, ::1, `localhost`), which
 /// RFC 8252 and local test servers rely on. No credentials or fragments.
 pub fn check_url(what: &str, raw: &str) -> Result<Url, String> {
-    let url = Url::parse(raw).map_err(|e| format!("{what} '{raw}' is not a valid URL: {e}"))?;
+    // The URL may come from a provider's metadata: quote it tamed.
+    let shown = super::text::provider_text(raw, &[]);
+    let url = Url::parse(raw).map_err(|e| format!("{what} '{shown}' is not a valid URL: {e}"))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!("{what} must not contain a user name or password"));
     }
     if url.fragment().is_some() {
-        return Err(format!("{what} '{raw}' must not contain a #fragment"));
+        return Err(format!("{what} '{shown}' must not contain a #fragment"));
     }
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
         "http" => Err(format!(
-            "{what} '{raw}' uses plain http: secrets would cross the network in clear; use https (plain http is allowed only for loopback hosts)"
+            "{what} '{shown}' uses plain http: secrets would cross the network in clear; use https (plain http is allowed only for loopback hosts)"
         )),
-        other => Err(format!("{what} '{raw}' has scheme '{other}'; use https")),
+        other => Err(format!("{what} '{shown}' has scheme '{other}'; use https")),
     }
 }
 
