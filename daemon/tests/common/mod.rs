@@ -66,10 +66,20 @@ impl TestDaemon {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .expect("a temp dir of ours can be made private");
-        let socket = dir.path().join("latchkey.sock");
         let endpoint = TokenEndpoint::start()
             .await
             .expect("the token endpoint binds 127.0.0.1:0");
+        TestDaemon::launch(opts, dir, endpoint, frozen)
+    }
+
+    /// Serves a daemon with the vault file and socket in `dir`.
+    fn launch(
+        opts: Opts,
+        dir: tempfile::TempDir,
+        endpoint: TokenEndpoint,
+        frozen: Frozen,
+    ) -> TestDaemon {
+        let socket = dir.path().join("latchkey.sock");
         let config = Config {
             vault_path: dir.path().join("vault.db"),
             socket_path: socket.clone(),
@@ -142,40 +152,9 @@ impl TestDaemon {
         let endpoint = self.endpoint.clone();
         self.stop().await;
         let frozen = freeze();
-        let socket = dir.path().join("latchkey.sock");
         // The old daemon's socket file is left behind; bind anew.
-        let _ = std::fs::remove_file(&socket);
-        let config = Config {
-            vault_path: dir.path().join("vault.db"),
-            socket_path: socket.clone(),
-            idle_timeout: opts.idle_timeout,
-            frame_timeout: Duration::from_secs(10),
-            max_connections: opts.max_connections.unwrap_or(4096),
-            connection_idle_timeout: opts.connection_idle_timeout,
-            passphrase_file: None,
-            keyring: keyring::BackendChoice::Auto,
-            clock: Clock::following_tokio(),
-        };
-        let name = socket
-            .as_path()
-            .to_fs_name::<GenericFilePath>()
-            .expect("a valid socket path");
-        let listener = ListenerOptions::new()
-            .name(name)
-            .create_tokio()
-            .expect("binds the socket");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(latchkey_daemon::run(config, listener, async {
-            let _ = stopped.await;
-        }));
-        TestDaemon {
-            socket,
-            endpoint,
-            frozen: Some(frozen),
-            stop: Some(stop),
-            task,
-            _dir: dir,
-        }
+        let _ = std::fs::remove_file(dir.path().join("latchkey.sock"));
+        TestDaemon::launch(opts, dir, endpoint, frozen)
     }
 
     /// `vault.init` with a passphrase, then provider `idp` at the endpoint
