@@ -406,6 +406,11 @@ fn a_passphrase_file_others_can_read_is_refused_by_the_cli_and_the_daemon() {
     );
 
     // The daemon's unlock at start: its log says why; the vault stays locked.
+    // First end the requested lock, which would hold against that unlock
+    // (and then no file is read at all): stopped unlocked, it starts locked.
+    let good = env.passphrase_file();
+    env.latchkey(&["unlock", "--passphrase-file", good.to_str().unwrap()])
+        .success();
     env.stop_daemon(&daemon);
     let daemon = env.start_daemon_with(
         DaemonOpts::new().env("LATCHKEY_PASSPHRASE_FILE", loose.to_str().unwrap()),
