@@ -17,6 +17,7 @@ mod config;
 mod dispatch;
 mod error;
 pub mod fsutil;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzz;
 mod handler;
@@ -37,6 +38,7 @@ mod vault;
 pub use clock::Clock;
 pub use config::Config;
 pub use vault::keyring;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use vault::test_hooks;
 

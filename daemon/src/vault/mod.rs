@@ -7,7 +7,9 @@ pub mod keyring;
 mod slots;
 pub mod store;
 
-pub use slots::{test_hooks, SlotKeks};
+#[cfg(feature = "testing")]
+pub use slots::test_hooks;
+pub use slots::SlotKeks;
 
 use crate::vault::crypto::{CryptoError, Dek, FieldRef};
 use crate::vault::store::{CredentialRow, GrantRow, ProviderRow, Store, StoreError, TokenRow};

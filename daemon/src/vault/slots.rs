@@ -368,6 +368,7 @@ fn passphrase_kek(slot: &SlotRow, passphrase: &SecretString) -> Result<Kek> {
 
 /// Every Argon2id derivation of a slot's KEK goes through here.
 fn derive(params: &PassphraseSlot, slot_id: &str, passphrase: &SecretString) -> Result<Kek> {
+    #[cfg(feature = "testing")]
     test_hooks::before_derive();
     params
         .derive(passphrase)
@@ -399,7 +400,9 @@ fn keyring_kek(vault_id: &str, slot: &SlotRow) -> Result<Kek> {
 
 /// A hook for the daemon's own tests: code run before every Argon2id
 /// derivation, so a test can hold one still and show that nothing else
-/// waits for it. Nothing in the daemon sets it.
+/// waits for it. Nothing in the daemon sets it, and only a build with the
+/// `testing` feature (the daemon's own tests) has it.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod test_hooks {
     use std::sync::{Arc, Mutex};
