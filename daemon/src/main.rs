@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use tracing_subscriber::filter::Targets;
 
 #[derive(Parser)]
 #[command(
@@ -152,15 +153,38 @@ async fn shutdown_signal() {
     }
 }
 
-/// Logs go to stderr. `LATCHKEY_LOG` sets the filter (e.g. `debug`); HTTP
-/// internals stay at `warn` so no header ever reaches a log line.
+/// Logs go to stderr. `LATCHKEY_LOG` sets the filter: a level (`debug`)
+/// and/or `target=level` pairs, comma-separated (`info,latchkey_daemon=debug`);
+/// a filter that does not parse is reported and `info` is used. HTTP
+/// internals stay at `warn` so no header ever reaches a log line. (A
+/// `Targets` filter, not `EnvFilter`: no regex engine in the daemon, whose
+/// pages an always-running process would keep resident.)
 fn init_tracing() {
-    let filter = std::env::var("LATCHKEY_LOG").unwrap_or_else(|_| "info".into());
-    let filter = format!("{filter},hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn,h2=warn");
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    const HTTP_INTERNALS: &str = "hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn,h2=warn";
+    let asked = std::env::var("LATCHKEY_LOG").unwrap_or_else(|_| "info".into());
+    let (filter, refused) = match format!("{asked},{HTTP_INTERNALS}").parse::<Targets>() {
+        Ok(filter) => (filter, None),
+        Err(e) => (
+            format!("info,{HTTP_INTERNALS}")
+                .parse::<Targets>()
+                .expect("the default filter parses"),
+            Some(e),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
+        .with(filter)
         .init();
+    if let Some(e) = refused {
+        tracing::warn!(
+            "LATCHKEY_LOG is not a log filter ({e}); logging at info. Use a level such as `debug`, or `info,latchkey_daemon=debug`"
+        );
+    }
 }

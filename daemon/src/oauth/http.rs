@@ -79,21 +79,32 @@ fn source_chain(e: &reqwest::Error) -> String {
     provider_text(&text, &[])
 }
 
-#[derive(Clone)]
+/// The provider client. Cloning shares it (reqwest's client is a handle).
+///
+/// Built on first use, not when the daemon starts: building it loads the
+/// TLS root store and the proxy settings, which a daemon answering from its
+/// cache (and from tokens stored in the vault) may not need for hours —
+/// it would only cost memory and start-up time.
+#[derive(Clone, Default)]
 pub struct Http {
-    client: reqwest::Client,
+    client: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
 }
 
 impl Http {
     pub fn new() -> Http {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the TLS backend (rustls) initializes");
-        Http { client }
+        Http::default()
+    }
+
+    fn client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(REQUEST_TIMEOUT)
+                .connect_timeout(CONNECT_TIMEOUT)
+                .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .expect("the TLS backend (rustls) initializes")
+        })
     }
 
     /// Sends one request and reads at most [`MAX_RESPONSE_BYTES`] of reply.
@@ -130,7 +141,7 @@ impl Http {
         let (parts, body) = request.into_parts();
         let url = parts.uri.to_string();
         let response = self
-            .client
+            .client()
             .request(parts.method, url)
             .headers(parts.headers)
             .body(body)
@@ -207,12 +218,6 @@ fn reserve_zeroizing(body: &mut Zeroizing<Vec<u8>>, extra: usize) {
 fn is_json_object(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
         && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
-}
-
-impl Default for Http {
-    fn default() -> Self {
-        Http::new()
-    }
 }
 
 impl<'c> AsyncHttpClient<'c> for Http {
