@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 /// Which token: shared by `token`, `header` and `exec`.
 #[derive(clap::Args)]
+#[cfg_attr(test, derive(Debug))]
 pub struct TokenArgs {
     /// The credential's name
     pub name: String,
@@ -26,12 +27,13 @@ pub struct TokenArgs {
 }
 
 #[derive(clap::Args)]
+#[cfg_attr(test, derive(Debug))]
 pub struct Args {
     #[command(flatten)]
-    token: TokenArgs,
+    pub(crate) token: TokenArgs,
     /// Print {"access_token","token_type","expires_at","scope"} as JSON instead of the bare token
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
