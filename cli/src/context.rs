@@ -96,6 +96,41 @@ impl Ctx {
         self.open(client)
     }
 
+    /// Connects and makes a first call in a single round trip: the protocol
+    /// check, and the vault check when a vault is named, go out in the same
+    /// write as the call, and their answers are checked before the call's
+    /// reply is used. The error is the connection's or a check's, as
+    /// [`connect`](Self::connect) gives it; the call's answer is returned
+    /// as is, for [`Connection::retry_if_locked`]. The daemon receives the
+    /// call before either check is done, so this is for calls that do no
+    /// harm at a daemon of another version or vault: `token.get` (at worst
+    /// it refreshes a token there, which is dropped). When nothing answers,
+    /// starts the daemon as [`connect`](Self::connect) does.
+    #[allow(clippy::type_complexity)] // the connection, and the call's answer as `raw` gives it
+    pub fn connect_with<M: Method>(
+        &self,
+        params: &M::Params,
+    ) -> Result<(Connection<'_>, Result<M::Result, latchkey_client::Error>)> {
+        let client = match Client::connect_pipelined(&self.socket) {
+            Ok(client) => client,
+            // Starting the daemon costs far more than a round trip.
+            Err(latchkey_client::Error::Connect { .. }) => {
+                let mut conn = self.connect()?;
+                let first = conn.raw::<M>(params);
+                return Ok((conn, first));
+            }
+            Err(err) => return Err(err).context("failed to connect to the latchkey daemon"),
+        };
+        let mut conn = Connection {
+            ctx: self,
+            client,
+            timeout: CALL_TIMEOUT,
+        };
+        conn.set_timeout(CALL_TIMEOUT)?;
+        let first = conn.first_call::<M>(params)?;
+        Ok((conn, first))
+    }
+
     /// Connects to a running daemon; `None` when nothing answers on the socket.
     pub fn connect_running(&self) -> Result<Option<Connection<'_>>> {
         match Client::connect_to(&self.socket) {
@@ -169,7 +204,49 @@ impl Connection<'_> {
     /// refuses it after a `latchkey lock` or `latchkey panic`, and its
     /// message (which names `latchkey unlock`) is the error.
     pub fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result> {
-        match self.raw::<M>(params) {
+        let first = self.raw::<M>(params);
+        self.retry_if_locked::<M>(params, first)
+    }
+
+    /// The first call on a [pipelined](Client::connect_pipelined)
+    /// connection, with the vault check in the same write when a vault is
+    /// named. The outer error is the connection's or a check's, worded as
+    /// [`Ctx::connect`] words them; the inner result is the call's.
+    fn first_call<M: Method>(
+        &mut self,
+        params: &M::Params,
+    ) -> Result<Result<M::Result, latchkey_client::Error>> {
+        let timeout = self.timeout;
+        let explained = |err| explain(err, timeout);
+        let Some(wanted) = self.ctx.vault.clone() else {
+            let reply = self
+                .client
+                .try_request::<M>(params)
+                .map_err(explained)
+                .context("failed to connect to the latchkey daemon")?;
+            return Ok(reply.map_err(explained));
+        };
+        let (status, reply) = self
+            .client
+            .request_pair::<Status, M>(&Empty {}, params)
+            .map_err(explained)
+            .context("failed to connect to the latchkey daemon")?;
+        let status = status
+            .map_err(explained)
+            .context("failed to get the daemon's status")?;
+        self.check_served(&wanted, &status)?;
+        Ok(reply.map_err(explained))
+    }
+
+    /// What [`call`](Self::call) does with the first answer to a call of
+    /// `M` with `params`: when the vault turns out locked, the unlock with
+    /// `$LATCHKEY_PASSPHRASE_FILE` and one retry.
+    pub fn retry_if_locked<M: Method>(
+        &mut self,
+        params: &M::Params,
+        first: Result<M::Result, latchkey_client::Error>,
+    ) -> Result<M::Result> {
+        match first {
             Err(err) if err.kind() == Some(ErrorKind::Locked) => {
                 let Some(source) = Source::passphrase_file_env() else {
                     return Err(err.into());
@@ -224,8 +301,13 @@ impl Connection<'_> {
             return Ok(());
         };
         let status = self.status()?;
+        self.check_served(&wanted, &status)
+    }
+
+    /// Refuses a daemon whose `status` says it serves another vault than `wanted`.
+    fn check_served(&self, wanted: &Path, status: &StatusResult) -> Result<()> {
         let served = PathBuf::from(&status.vault_path);
-        if !same_file(&wanted, &served) {
+        if !same_file(wanted, &served) {
             return Err(anyhow::anyhow!(
                 "the daemon at {} (pid {}) serves the vault {}, not {}: stop it with `latchkey daemon stop` or pick another socket with --socket",
                 self.ctx.socket.display(),
