@@ -20,6 +20,17 @@ use latchkey_client::duration;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// What `latchkey --version` (or `-V`) alone prints, as clap prints it;
+/// `None` for any other command line. `args` excludes the program name.
+pub fn version(args: &[OsString]) -> Option<&'static str> {
+    match args {
+        [flag] if flag == "--version" || flag == "-V" => {
+            Some(concat!("latchkey ", env!("CARGO_PKG_VERSION"), "\n"))
+        }
+        _ => None,
+    }
+}
+
 /// The parsed command line, when it is a plain `token`, `header` or `exec`
 /// call; `None` when clap must read it. `args` excludes the program name.
 pub fn parse(args: &[OsString]) -> Option<Cli> {
@@ -282,6 +293,17 @@ mod tests {
         ];
         for argv in accepted {
             assert!(check(&os(argv)), "the fast path refuses {argv:?}");
+        }
+    }
+
+    #[test]
+    fn the_version_is_clap_s() {
+        use clap::CommandFactory;
+        let clap = Cli::command().render_version().to_string();
+        assert_eq!(version(&os(&["--version"])), Some(clap.as_str()));
+        assert_eq!(version(&os(&["-V"])), Some(clap.as_str()));
+        for other in [&["--version", "x"][..], &["token", "-V"], &["--help"], &[]] {
+            assert_eq!(version(&os(other)), None, "{other:?}");
         }
     }
 

@@ -62,6 +62,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if let Some(version) = fast::version(&args) {
+        // As clap does, whether or not stdout took it.
+        let _ = output::print(version);
+        return ExitCode::from(exit::OK);
+    }
     let (cli, withheld_env) = match fast::parse(&args) {
         // `token`, `header` and `exec` read no secret from a variable.
         Some(cli) => (cli, Vec::new()),
