@@ -209,32 +209,25 @@ impl Connection<'_> {
     }
 
     /// The first call on a [pipelined](Client::connect_pipelined)
-    /// connection, with the vault check in the same write when a vault is
-    /// named. The outer error is the connection's or a check's, worded as
-    /// [`Ctx::connect`] words them; the inner result is the call's.
+    /// connection, then the vault check when a vault is named, before the
+    /// call's answer is used. The outer error is the connection's or a
+    /// check's, worded as [`Ctx::connect`] words them; the inner result is
+    /// the call's.
+    ///
+    /// The check reads the vault from the daemon's answer to `hello`, which
+    /// came in the same round trip ([`check_vault`](Self::check_vault)).
     fn first_call<M: Method>(
         &mut self,
         params: &M::Params,
     ) -> Result<Result<M::Result, latchkey_client::Error>> {
         let timeout = self.timeout;
         let explained = |err| explain(err, timeout);
-        let Some(wanted) = self.ctx.vault.clone() else {
-            let reply = self
-                .client
-                .try_request::<M>(params)
-                .map_err(explained)
-                .context("failed to connect to the latchkey daemon")?;
-            return Ok(reply.map_err(explained));
-        };
-        let (status, reply) = self
+        let reply = self
             .client
-            .request_pair::<Status, M>(&Empty {}, params)
+            .try_request::<M>(params)
             .map_err(explained)
             .context("failed to connect to the latchkey daemon")?;
-        let status = status
-            .map_err(explained)
-            .context("failed to get the daemon's status")?;
-        self.check_served(&wanted, &status)?;
+        self.check_vault()?;
         Ok(reply.map_err(explained))
     }
 
@@ -296,22 +289,36 @@ impl Connection<'_> {
     /// The daemon serves one vault, chosen when it started. When the user
     /// named a vault and the running daemon serves another, say so rather
     /// than silently work on the wrong one.
+    ///
+    /// The daemon names its vault in its answer to `hello`, which every
+    /// connection has made by now: no call of its own. Only a daemon too
+    /// old to name it there is asked with `status`, which costs a round
+    /// trip and a read of the vault file's key slots.
     fn check_vault(&mut self) -> Result<()> {
         let Some(wanted) = self.ctx.vault.clone() else {
             return Ok(());
         };
-        let status = self.status()?;
-        self.check_served(&wanted, &status)
+        let greeting = self.client.greeting();
+        let (served, pid) =
+            match greeting.and_then(|hello| Some((hello.vault_path.clone()?, hello.pid))) {
+                Some(named) => named,
+                None => {
+                    let status = self.status()?;
+                    (status.vault_path, status.pid)
+                }
+            };
+        self.check_served(&wanted, &served, pid)
     }
 
-    /// Refuses a daemon whose `status` says it serves another vault than `wanted`.
-    fn check_served(&self, wanted: &Path, status: &StatusResult) -> Result<()> {
-        let served = PathBuf::from(&status.vault_path);
+    /// Refuses the daemon (of process `pid`) when the vault it serves is
+    /// not `wanted`.
+    fn check_served(&self, wanted: &Path, served: &str, pid: u32) -> Result<()> {
+        let served = PathBuf::from(served);
         if !same_file(wanted, &served) {
             return Err(anyhow::anyhow!(
                 "the daemon at {} (pid {}) serves the vault {}, not {}: stop it with `latchkey daemon stop` or pick another socket with --socket",
                 self.ctx.socket.display(),
-                status.pid,
+                pid,
                 served.display(),
                 wanted.display()
             ));

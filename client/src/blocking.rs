@@ -2,8 +2,7 @@
 //!
 //! A process that makes one call (`latchkey token NAME`) pays for every
 //! round trip in its run time, so the protocol check can travel with the
-//! first request ([`Client::connect_pipelined`]) and two calls can share
-//! one write ([`Client::request_pair`]): one round trip instead of three.
+//! first request ([`Client::connect_pipelined`]): one round trip, not two.
 
 use crate::codec::{self, ENCODE_CAPACITY};
 use crate::framing::{read_frame_blocking, Frame, SecretBuf, ZeroizingReader, READ_BUFFER};
@@ -32,6 +31,8 @@ pub struct Client {
     /// Whether the daemon's protocol version was checked. Until it is,
     /// every exchange starts with a `hello` in the same write.
     greeted: bool,
+    /// The daemon's answer to that `hello`, once checked.
+    greeting: Option<HelloResult>,
 }
 
 /// What an exchange sends: its lines, and the id of the `hello` that
@@ -80,6 +81,7 @@ impl Client {
             path: path.to_owned(),
             timeout: None,
             greeted: false,
+            greeting: None,
         })
     }
 
@@ -88,6 +90,14 @@ impl Client {
         let out = self.start()?;
         self.send(&out)?;
         self.receive_hello(out.hello)?
+    }
+
+    /// The daemon's answer to the protocol check (its pid, version and,
+    /// from newer daemons, the vault it serves), once the check was made:
+    /// at once for [`connect_to`](Self::connect_to), with the first call
+    /// for [`connect_pipelined`](Self::connect_pipelined).
+    pub fn greeting(&self) -> Option<&HelloResult> {
+        self.greeting.as_ref()
     }
 
     /// Bounds how long a call waits for its reply (`None`: forever).
@@ -124,35 +134,6 @@ impl Client {
         params: &M::Params,
     ) -> Result<Result<M::Result, Error>, Error> {
         self.exchange(M::NAME, params)
-    }
-
-    /// Calls `A` and then `B` in one write and reads both replies: one
-    /// round trip. The daemon serves them in order, so `B` runs whatever
-    /// `A`'s answer; only send together what may be. The outer error is as
-    /// in [`try_request`](Self::try_request); each inner result is one
-    /// call's (`B`'s is an error too when `A`'s reply could not be read).
-    #[allow(clippy::type_complexity)] // two results, each as `request` returns it
-    pub fn request_pair<A: Method, B: Method>(
-        &mut self,
-        a: &A::Params,
-        b: &B::Params,
-    ) -> Result<(Result<A::Result, Error>, Result<B::Result, Error>), Error> {
-        let mut out = self.start()?;
-        let first = self.push(&mut out, A::NAME, a)?;
-        let second = self.push(&mut out, B::NAME, b)?;
-        self.send(&out)?;
-        let greeted = self.receive_hello(out.hello)?;
-        let (first, second) = match self.receive(first) {
-            Ok(first) => (first, self.receive(second).and_then(|reply| reply)),
-            Err(lost) => {
-                let second = Err(unread(&lost));
-                (Err(lost), second)
-            }
-        };
-        // Both replies are read before a daemon of another protocol is
-        // refused, so the connection stays in step for whoever calls next.
-        greeted?;
-        Ok((first, second))
     }
 
     /// One call: the `hello` first when not yet greeted, all in one write.
@@ -229,11 +210,16 @@ impl Client {
         let Some(id) = hello else {
             return Ok(Ok(()));
         };
-        let checked = self
-            .receive::<HelloResult>(id)?
-            .and_then(|hello| codec::check_protocol(&hello));
-        self.greeted = checked.is_ok();
-        Ok(checked)
+        let hello = match self.receive::<HelloResult>(id)? {
+            Ok(hello) => hello,
+            Err(err) => return Ok(Err(err)),
+        };
+        if let Err(refused) = codec::check_protocol(&hello) {
+            return Ok(Err(refused));
+        }
+        self.greeted = true;
+        self.greeting = Some(hello);
+        Ok(Ok(()))
     }
 
     /// Connects again when the daemon closed this connection while it was
@@ -281,19 +267,6 @@ impl Client {
     }
 }
 
-/// The error for a reply left unread because the one before it could not
-/// be read (`lost`).
-fn unread(lost: &Error) -> Error {
-    let kind = match lost {
-        Error::Io(io) => io.kind(),
-        _ => std::io::ErrorKind::InvalidData,
-    };
-    Error::Io(std::io::Error::new(
-        kind,
-        format!("no reply, as the one before it could not be read ({lost})"),
-    ))
-}
-
 fn stream_fd(stream: &Stream) -> std::os::fd::BorrowedFd<'_> {
     use std::os::fd::AsFd;
     match stream {
@@ -323,12 +296,6 @@ mod tests {
 
     fn result_reply(id: u64, value: &str) -> String {
         format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{value}}}"#)
-    }
-
-    fn error_reply(id: u64) -> String {
-        format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32000,"message":"vault is locked","data":{{"kind":"locked"}}}}}}"#
-        )
     }
 
     /// A fake daemon in a private directory playing `rounds` on one
@@ -395,8 +362,11 @@ mod tests {
             ],
         );
         let mut client = Client::connect_pipelined(&path).unwrap();
+        assert!(client.greeting().is_none());
         let first: serde_json::Value = client.call("x.first", &Empty {}).unwrap();
         assert_eq!(first, serde_json::json!({}));
+        let greeting = client.greeting().expect("checked with the first call");
+        assert_eq!((greeting.pid, greeting.vault_path.as_deref()), (1, None));
         // Checked once: the next call goes alone.
         let second: serde_json::Value = client.call("x.second", &Empty {}).unwrap();
         assert_eq!(second["n"], 3);
@@ -404,34 +374,6 @@ mod tests {
         assert_eq!(
             server.join().unwrap(),
             seen(&[(1, "hello"), (2, "x.first"), (3, "x.second")])
-        );
-    }
-
-    #[test]
-    fn a_pair_of_calls_and_the_hello_share_one_round_trip() {
-        let (path, server) = fake_daemon(
-            "pair",
-            vec![Round {
-                lines: 3,
-                replies: vec![
-                    hello_reply(1, PROTOCOL_VERSION),
-                    error_reply(2),
-                    result_reply(3, r#""ok""#),
-                ],
-            }],
-        );
-        let mut client = Client::connect_pipelined(&path).unwrap();
-        let (status, token) = client
-            .request_pair::<Status, Hello>(&Empty {}, &HelloParams { protocol: 0 })
-            .map(|(s, t)| (s.map(|_| ()), t.map(|_| ())))
-            .unwrap();
-        assert_eq!(status.unwrap_err().kind(), Some(crate::ErrorKind::Locked));
-        // "ok" is not a hello result: the second reply is the second call's own.
-        assert!(matches!(token, Err(Error::Protocol(_))), "{token:?}");
-        drop(client);
-        assert_eq!(
-            server.join().unwrap(),
-            seen(&[(1, "hello"), (2, "status"), (3, "hello")])
         );
     }
 
@@ -469,26 +411,23 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_lost_after_the_hello_fails_the_calls_not_the_check() {
+    fn a_connection_lost_after_the_hello_fails_the_call_not_the_check() {
         let (path, server) = fake_daemon(
             "lost",
             vec![Round {
-                lines: 3,
+                lines: 2,
                 replies: vec![hello_reply(1, PROTOCOL_VERSION)],
             }],
         );
         let mut client = Client::connect_pipelined(&path).unwrap();
         // The fake hangs up once its round is played.
-        let (first, second) = client
-            .request_pair::<Status, Status>(&Empty {}, &Empty {})
-            .unwrap();
+        let reply = client.try_request::<Status>(&Empty {}).unwrap();
         server.join().unwrap();
         assert!(
-            matches!(first, Err(Error::Io(_))),
+            matches!(reply, Err(Error::Io(_))),
             "{:?}",
-            first.map(|_| ())
+            reply.map(|_| ())
         );
-        let second = second.map(|_| ()).unwrap_err();
-        assert!(second.to_string().contains("no reply"), "{second}");
+        assert!(client.greeting().is_some());
     }
 }

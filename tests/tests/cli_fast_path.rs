@@ -24,10 +24,11 @@ const HOT: &[&[&str]] = &[
     &["exec", "svc", "--", "true"],
 ];
 
-/// A daemon that answers `hello` with a protocol version this client does
-/// not speak, and every other request with an empty result, on the env's
-/// socket. Serves connections until the test process ends.
-fn daemon_of_another_protocol(env: &TestEnv) {
+/// A fake daemon on the env's socket that answers `hello` with protocol
+/// `protocol` (and no vault path, as older daemons), `status` with the
+/// vault `/elsewhere/vault.db`, and every other request with an empty
+/// result. Serves connections until the test process ends.
+fn fake_daemon(env: &TestEnv, protocol: u32) {
     let dir = env.socket.parent().unwrap();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
@@ -41,12 +42,15 @@ fn daemon_of_another_protocol(env: &TestEnv) {
                     let Ok(line) = line else { return };
                     let request: serde_json::Value = serde_json::from_str(&line).unwrap();
                     let id = &request["id"];
-                    let reply = if request["method"] == "hello" {
-                        serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {
-                            "protocol": PROTOCOL_VERSION + 1, "daemon_version": "9.9.9", "pid": 1}})
-                    } else {
-                        serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {}})
+                    let result = match request["method"].as_str() {
+                        Some("hello") => serde_json::json!({
+                            "protocol": protocol, "daemon_version": "9.9.9", "pid": 1}),
+                        Some("status") => serde_json::json!({
+                            "vault": "locked", "vault_path": "/elsewhere/vault.db", "pid": 1,
+                            "daemon_version": "9.9.9", "slots": [], "idle_timeout_secs": 0}),
+                        _ => serde_json::json!({}),
                     };
+                    let reply = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result});
                     if writeln!(writer, "{reply}").is_err() {
                         return;
                     }
@@ -59,7 +63,7 @@ fn daemon_of_another_protocol(env: &TestEnv) {
 #[test]
 fn a_daemon_of_another_protocol_is_refused_as_every_command_refuses_it() {
     let env = TestEnv::new();
-    daemon_of_another_protocol(&env);
+    fake_daemon(&env, PROTOCOL_VERSION + 1);
     let status = env.latchkey(&["status"]);
     status.code_is(1);
     assert!(
@@ -118,6 +122,24 @@ fn the_hot_commands_refuse_a_daemon_of_another_vault_as_every_command_does() {
     let r = env.latchkey(&["token", "svc"]);
     r.code_is(5);
     assert!(r.stderr.contains("svc"), "{}", r.stderr);
+}
+
+#[test]
+fn a_daemon_that_names_no_vault_in_its_greeting_is_asked_with_status() {
+    let env = TestEnv::new();
+    fake_daemon(&env, PROTOCOL_VERSION);
+    for args in [&["status"][..], &["token", "svc"], &["header", "svc"]] {
+        let r = env.latchkey(args);
+        r.code_is(1);
+        assert!(
+            r.stderr.contains(&format!(
+                "serves the vault /elsewhere/vault.db, not {}",
+                env.vault.display()
+            )),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
 }
 
 #[test]
