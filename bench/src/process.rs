@@ -3,9 +3,9 @@
 //! do nothing (`/bin/true` and an empty Rust binary). The programs are run
 //! round-robin so drift on the machine hits them alike. `latchkey
 //! --version` separates the CLI's own start-up from its talk with the
-//! daemon; the run with `LATCHKEY_VAULT` set shows the extra `status` call
-//! the CLI makes to check the daemon serves that vault (pipelined with the
-//! token request since issue 8, so no longer a round trip of its own);
+//! daemon; the run with `LATCHKEY_VAULT` set adds the check that the daemon
+//! serves that vault (a `status` round trip before issue 8; now read from
+//! the daemon's `hello` answer, which shares the token request's round trip);
 //! `latchkey header NAME` takes the same path as `token`. Each CLI row's
 //! p50 is printed as a ratio to the empty Rust binary's, against the
 //! 1.15× target. When the CLI is missing or does not print the cached
@@ -97,7 +97,9 @@ pub fn run(
                     path.clone(),
                     &["--version"],
                 ));
-                // As a script under LATCHKEY_VAULT runs it: one more round trip (`status`).
+                // As a script under LATCHKEY_VAULT runs it: the CLI checks the
+                // daemon serves that vault (from its `hello` answer since issue 8;
+                // a `status` round trip before).
                 let mut named = Program::new(
                     "token, LATCHKEY_VAULT set",
                     path.clone(),
