@@ -97,6 +97,14 @@ fn the_hot_commands_refuse_a_daemon_of_another_vault_as_every_command_does() {
     let env = TestEnv::new();
     env.start_daemon();
     env.init();
+    // The daemon names its vault when it greets, so the check costs no call.
+    let client = latchkey_client::blocking::Client::connect_to(&env.socket).unwrap();
+    let greeting = client.greeting().expect("connect_to greets");
+    assert_eq!(
+        greeting.vault_path.as_deref(),
+        Some(env.vault.to_str().unwrap())
+    );
+    drop(client);
     let other = env.root.join("other.db");
     let status = env.cli(&["status"]).env("LATCHKEY_VAULT", &other).run();
     status.code_is(1);
