@@ -96,6 +96,41 @@ impl Ctx {
         self.open(client)
     }
 
+    /// Connects and makes a first call in a single round trip: the protocol
+    /// check, and the vault check when a vault is named, go out in the same
+    /// write as the call, and their answers are checked before the call's
+    /// reply is used. The error is the connection's or a check's, as
+    /// [`connect`](Self::connect) gives it; the call's answer is returned
+    /// as is, for [`Connection::retry_if_locked`]. The daemon receives the
+    /// call before either check is done, so this is for calls that do no
+    /// harm at a daemon of another version or vault: `token.get` (at worst
+    /// it refreshes a token there, which is dropped). When nothing answers,
+    /// starts the daemon as [`connect`](Self::connect) does.
+    #[allow(clippy::type_complexity)] // the connection, and the call's answer as `raw` gives it
+    pub fn connect_with<M: Method>(
+        &self,
+        params: &M::Params,
+    ) -> Result<(Connection<'_>, Result<M::Result, latchkey_client::Error>)> {
+        let client = match Client::connect_pipelined(&self.socket) {
+            Ok(client) => client,
+            // Starting the daemon costs far more than a round trip.
+            Err(latchkey_client::Error::Connect { .. }) => {
+                let mut conn = self.connect()?;
+                let first = conn.raw::<M>(params);
+                return Ok((conn, first));
+            }
+            Err(err) => return Err(err).context("failed to connect to the latchkey daemon"),
+        };
+        let mut conn = Connection {
+            ctx: self,
+            client,
+            timeout: CALL_TIMEOUT,
+        };
+        conn.set_timeout(CALL_TIMEOUT)?;
+        let first = conn.first_call::<M>(params)?;
+        Ok((conn, first))
+    }
+
     /// Connects to a running daemon; `None` when nothing answers on the socket.
     pub fn connect_running(&self) -> Result<Option<Connection<'_>>> {
         match Client::connect_to(&self.socket) {
@@ -169,7 +204,42 @@ impl Connection<'_> {
     /// refuses it after a `latchkey lock` or `latchkey panic`, and its
     /// message (which names `latchkey unlock`) is the error.
     pub fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result> {
-        match self.raw::<M>(params) {
+        let first = self.raw::<M>(params);
+        self.retry_if_locked::<M>(params, first)
+    }
+
+    /// The first call on a [pipelined](Client::connect_pipelined)
+    /// connection, then the vault check when a vault is named, before the
+    /// call's answer is used. The outer error is the connection's or a
+    /// check's, worded as [`Ctx::connect`] words them; the inner result is
+    /// the call's.
+    ///
+    /// The check reads the vault from the daemon's answer to `hello`, which
+    /// came in the same round trip ([`check_vault`](Self::check_vault)).
+    fn first_call<M: Method>(
+        &mut self,
+        params: &M::Params,
+    ) -> Result<Result<M::Result, latchkey_client::Error>> {
+        let timeout = self.timeout;
+        let explained = |err| explain(err, timeout);
+        let reply = self
+            .client
+            .try_request::<M>(params)
+            .map_err(explained)
+            .context("failed to connect to the latchkey daemon")?;
+        self.check_vault()?;
+        Ok(reply.map_err(explained))
+    }
+
+    /// What [`call`](Self::call) does with the first answer to a call of
+    /// `M` with `params`: when the vault turns out locked, the unlock with
+    /// `$LATCHKEY_PASSPHRASE_FILE` and one retry.
+    pub fn retry_if_locked<M: Method>(
+        &mut self,
+        params: &M::Params,
+        first: Result<M::Result, latchkey_client::Error>,
+    ) -> Result<M::Result> {
+        match first {
             Err(err) if err.kind() == Some(ErrorKind::Locked) => {
                 let Some(source) = Source::passphrase_file_env() else {
                     return Err(err.into());
@@ -219,17 +289,36 @@ impl Connection<'_> {
     /// The daemon serves one vault, chosen when it started. When the user
     /// named a vault and the running daemon serves another, say so rather
     /// than silently work on the wrong one.
+    ///
+    /// The daemon names its vault in its answer to `hello`, which every
+    /// connection has made by now: no call of its own. Only a daemon too
+    /// old to name it there is asked with `status`, which costs a round
+    /// trip and a read of the vault file's key slots.
     fn check_vault(&mut self) -> Result<()> {
         let Some(wanted) = self.ctx.vault.clone() else {
             return Ok(());
         };
-        let status = self.status()?;
-        let served = PathBuf::from(&status.vault_path);
-        if !same_file(&wanted, &served) {
+        let greeting = self.client.greeting();
+        let (served, pid) =
+            match greeting.and_then(|hello| Some((hello.vault_path.clone()?, hello.pid))) {
+                Some(named) => named,
+                None => {
+                    let status = self.status()?;
+                    (status.vault_path, status.pid)
+                }
+            };
+        self.check_served(&wanted, &served, pid)
+    }
+
+    /// Refuses the daemon (of process `pid`) when the vault it serves is
+    /// not `wanted`.
+    fn check_served(&self, wanted: &Path, served: &str, pid: u32) -> Result<()> {
+        let served = PathBuf::from(served);
+        if !same_file(wanted, &served) {
             return Err(anyhow::anyhow!(
                 "the daemon at {} (pid {}) serves the vault {}, not {}: stop it with `latchkey daemon stop` or pick another socket with --socket",
                 self.ctx.socket.display(),
-                status.pid,
+                pid,
                 served.display(),
                 wanted.display()
             ));

@@ -18,12 +18,14 @@ mod args;
 mod commands;
 mod context;
 mod exit;
+mod fast;
 mod output;
 mod secret;
 mod spawn;
 mod terminal;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,10 +61,17 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    // The variables a secret is read from, before any command may start a daemon.
-    let withheld_env = secret::env_sources(&matches);
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if let Some(version) = fast::version(&args) {
+        // As clap does, whether or not stdout took it.
+        let _ = output::print(version);
+        return ExitCode::from(exit::OK);
+    }
+    let (cli, withheld_env) = match fast::parse(&args) {
+        // `token`, `header` and `exec` read no secret from a variable.
+        Some(cli) => (cli, Vec::new()),
+        None => parse_with_clap(),
+    };
     let ctx = context::Ctx::new(cli.socket, cli.vault, cli.quiet, withheld_env);
     match commands::run(&ctx, cli.command) {
         Ok(()) => ExitCode::from(exit::OK),
@@ -75,6 +84,16 @@ fn main() -> ExitCode {
             ExitCode::from(exit::for_error(&err))
         }
     }
+}
+
+/// The whole command line through clap: every command, `--help`, and
+/// every usage error with clap's own message and exit code.
+fn parse_with_clap() -> (Cli, Vec<String>) {
+    let matches = Cli::command().get_matches();
+    // The variables a secret is read from, before any command may start a daemon.
+    let withheld_env = secret::env_sources(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    (cli, withheld_env)
 }
 
 #[cfg(test)]

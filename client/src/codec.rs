@@ -7,15 +7,27 @@ use crate::Error;
 use serde::{de::DeserializeOwned, Serialize};
 
 /// 512 bytes: most requests fit without growing (growth is wiped anyway).
-const ENCODE_CAPACITY: usize = 512;
+pub(crate) const ENCODE_CAPACITY: usize = 512;
 
 /// Serializes a request as one line, `\n` included. The line may carry a
 /// passphrase or client secret, so it is built in a [`SecretBuf`]: no
 /// unwiped copy is left behind as it grows, and it is zeroized when dropped.
 pub(crate) fn encode<P: Serialize>(id: u64, method: &str, params: &P) -> Result<SecretBuf, Error> {
     let mut line = SecretBuf::with_capacity(ENCODE_CAPACITY);
+    encode_into(&mut line, id, method, params)?;
+    Ok(line)
+}
+
+/// Appends a request line to `line`, so that several requests (a `hello`
+/// and the call it precedes) go out in one write.
+pub(crate) fn encode_into<P: Serialize>(
+    line: &mut SecretBuf,
+    id: u64,
+    method: &str,
+    params: &P,
+) -> Result<(), Error> {
     serde_json::to_writer(
-        &mut line,
+        &mut *line,
         &Request {
             jsonrpc: "2.0",
             id,
@@ -25,7 +37,7 @@ pub(crate) fn encode<P: Serialize>(id: u64, method: &str, params: &P) -> Result<
     )
     .map_err(|e| Error::Protocol(format!("cannot encode {method} request: {e}")))?;
     line.push(b'\n');
-    Ok(line)
+    Ok(())
 }
 
 /// Parses a reply line and checks it answers request `id`.

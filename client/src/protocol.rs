@@ -317,6 +317,11 @@ pub struct HelloResult {
     pub daemon_version: String,
     /// The daemon's process id.
     pub pid: u32,
+    /// The vault file the daemon serves, as `status` names it: lets a
+    /// client that was told which vault to use check it without a `status`
+    /// call. `None` from a daemon that does not say (older ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_path: Option<String>,
 }
 
 /// Whether the vault exists and is open.

@@ -326,7 +326,7 @@ impl Handler for Hello {
     type Reply = HelloResult;
 
     async fn handle(
-        _: &Arc<Daemon>,
+        daemon: &Arc<Daemon>,
         _: Peer,
         params: HelloParams,
     ) -> Result<HelloResult, ApiError> {
@@ -341,6 +341,7 @@ impl Handler for Hello {
             protocol: PROTOCOL_VERSION,
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
+            vault_path: Some(daemon.config.vault_path.display().to_string()),
         })
     }
 }

@@ -9,16 +9,20 @@ use secrecy::ExposeSecret;
 use std::ffi::OsString;
 use std::process::Command;
 
+/// The variable the token is put in when `--env` names none.
+pub const DEFAULT_ENV: &str = "LATCHKEY_TOKEN";
+
 #[derive(clap::Args)]
+#[cfg_attr(test, derive(Debug))]
 pub struct Args {
     #[command(flatten)]
-    token: TokenArgs,
+    pub(crate) token: TokenArgs,
     /// The environment variable that holds the token in the command's environment
-    #[arg(long, value_name = "VAR", default_value = "LATCHKEY_TOKEN", value_parser = parse_env_name)]
-    env: String,
+    #[arg(long, value_name = "VAR", default_value = DEFAULT_ENV, value_parser = parse_env_name)]
+    pub(crate) env: String,
     /// The command to run and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<OsString>,
+    pub(crate) command: Vec<OsString>,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
@@ -69,7 +73,7 @@ fn cannot_run(program: &OsString, err: std::io::Error) -> anyhow::Error {
 }
 
 /// An environment variable name: not empty, no `=` and no NUL.
-fn parse_env_name(name: &str) -> Result<String, String> {
+pub(crate) fn parse_env_name(name: &str) -> Result<String, String> {
     if name.is_empty() || name.contains(['=', '\0']) {
         return Err(format!("'{name}' is not a valid environment variable name"));
     }

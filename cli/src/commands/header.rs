@@ -8,9 +8,10 @@ use anyhow::{bail, Result};
 use secrecy::ExposeSecret;
 
 #[derive(clap::Args)]
+#[cfg_attr(test, derive(Debug))]
 pub struct Args {
     #[command(flatten)]
-    token: TokenArgs,
+    pub(crate) token: TokenArgs,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {

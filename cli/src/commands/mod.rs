@@ -6,8 +6,8 @@ use clap::Subcommand;
 
 mod credential;
 mod daemon;
-mod exec;
-mod header;
+pub(crate) mod exec;
+pub(crate) mod header;
 mod init;
 mod lock;
 mod login;
@@ -17,7 +17,7 @@ mod provider;
 mod rekey;
 mod revoke;
 mod status;
-mod token;
+pub(crate) mod token;
 mod unlock;
 
 /// Everything `latchkey` can do.

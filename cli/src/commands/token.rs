@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 /// Which token: shared by `token`, `header` and `exec`.
 #[derive(clap::Args)]
+#[cfg_attr(test, derive(Debug))]
 pub struct TokenArgs {
     /// The credential's name
     pub name: String,
@@ -26,12 +27,13 @@ pub struct TokenArgs {
 }
 
 #[derive(clap::Args)]
+#[cfg_attr(test, derive(Debug))]
 pub struct Args {
     #[command(flatten)]
-    token: TokenArgs,
+    pub(crate) token: TokenArgs,
     /// Print {"access_token","token_type","expires_at","scope"} as JSON instead of the bare token
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
@@ -44,15 +46,16 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
     output::write_parts(&[reply.access_token.expose_secret().as_bytes(), b"\n"])
 }
 
-/// Asks the daemon for a token.
+/// Asks the daemon for a token: one round trip on a running daemon, the
+/// protocol and vault checks in the same write ([`Ctx::connect_with`]).
 pub fn fetch(ctx: &Ctx, args: &TokenArgs) -> Result<TokenReply> {
     let params = TokenParams {
         credential: args.name.clone(),
         scopes: scope_subset(&args.scopes),
         min_ttl: args.min_ttl.map(|d| d.as_secs()),
     };
-    ctx.connect()?
-        .call::<TokenGet>(&params)
+    let (mut conn, first) = ctx.connect_with::<TokenGet>(&params)?;
+    conn.retry_if_locked::<TokenGet>(&params, first)
         .map_err(|err| login_hint(err, &args.name))
         .with_context(|| format!("failed to get a token for '{}'", args.name))
 }
