@@ -34,6 +34,13 @@ pub enum Frame {
 /// dropped, and grown by copying into a larger allocation and zeroizing
 /// the old one (a `Vec` growing by itself frees its old block as it is).
 /// Reads as a byte slice; writes through [`io::Write`] (`serde_json::to_writer`).
+///
+/// Bytes are only ever appended at the end and every way of shortening
+/// wipes what it drops, so nothing of ours lies past the length: wiping
+/// the first `len` bytes wipes all we wrote. A buffer is reused for every
+/// line of a connection, so wiping its whole capacity (what zeroize does
+/// for a `Vec`, one volatile store per byte) would cost a kilobyte of
+/// stores per short line.
 #[derive(Default)]
 pub struct SecretBuf {
     bytes: Vec<u8>,
@@ -58,12 +65,17 @@ impl SecretBuf {
     }
 
     /// Appends `more`, growing (see the type's docs) when it does not fit.
+    /// Inline: serializers write a line in many small pieces.
+    #[inline]
     pub fn extend_from_slice(&mut self, more: &[u8]) {
-        self.reserve(more.len());
+        if self.bytes.capacity() - self.bytes.len() < more.len() {
+            self.grow(more.len());
+        }
         self.bytes.extend_from_slice(more);
     }
 
     /// Appends one byte.
+    #[inline]
     pub fn push(&mut self, byte: u8) {
         self.extend_from_slice(&[byte]);
     }
@@ -77,32 +89,35 @@ impl SecretBuf {
     }
 
     /// Zeroizes the contents and empties the buffer; the capacity stays.
+    #[inline]
     pub fn clear(&mut self) {
-        self.bytes.zeroize();
+        // Only the bytes written: nothing of ours lies past them (see the
+        // type's docs).
+        self.bytes.as_mut_slice().zeroize();
+        self.bytes.clear();
     }
 
     /// Makes room for `additional` more bytes: doubles the capacity (at
     /// least), copies into the new allocation and zeroizes the old one.
-    fn reserve(&mut self, additional: usize) {
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, additional: usize) {
         let needed = self
             .bytes
             .len()
             .checked_add(additional)
             .expect("a line's length fits in memory");
-        if needed <= self.bytes.capacity() {
-            return;
-        }
         let capacity = needed.max(self.bytes.capacity() * 2).max(64);
         let mut bigger = Vec::with_capacity(capacity);
         bigger.extend_from_slice(&self.bytes);
-        self.bytes.zeroize();
+        self.clear();
         self.bytes = bigger;
     }
 }
 
 impl Drop for SecretBuf {
     fn drop(&mut self) {
-        self.bytes.zeroize();
+        self.clear();
     }
 }
 
@@ -122,11 +137,13 @@ impl DerefMut for SecretBuf {
 }
 
 impl io::Write for SecretBuf {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.extend_from_slice(bytes);
         Ok(bytes.len())
     }
 
+    #[inline]
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.extend_from_slice(bytes);
         Ok(())
