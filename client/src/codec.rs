@@ -2,9 +2,9 @@
 //! shared by the async and blocking clients.
 
 use crate::framing::SecretBuf;
-use crate::protocol::{HelloResult, Request, Response, PROTOCOL_VERSION};
+use crate::protocol::{HelloResult, Request, RpcError, PROTOCOL_VERSION};
 use crate::Error;
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// 512 bytes: most requests fit without growing (growth is wiped anyway).
 const ENCODE_CAPACITY: usize = 512;
@@ -14,8 +14,21 @@ const ENCODE_CAPACITY: usize = 512;
 /// unwiped copy is left behind as it grows, and it is zeroized when dropped.
 pub(crate) fn encode<P: Serialize>(id: u64, method: &str, params: &P) -> Result<SecretBuf, Error> {
     let mut line = SecretBuf::with_capacity(ENCODE_CAPACITY);
+    encode_into(&mut line, id, method, params)?;
+    Ok(line)
+}
+
+/// [`encode`] into `line` (cleared first), so a connection can reuse one
+/// buffer for every request instead of allocating and wiping one per call.
+pub(crate) fn encode_into<P: Serialize>(
+    line: &mut SecretBuf,
+    id: u64,
+    method: &str,
+    params: &P,
+) -> Result<(), Error> {
+    line.clear();
     serde_json::to_writer(
-        &mut line,
+        &mut *line,
         &Request {
             jsonrpc: "2.0",
             id,
@@ -23,14 +36,29 @@ pub(crate) fn encode<P: Serialize>(id: u64, method: &str, params: &P) -> Result<
             params,
         },
     )
-    .map_err(|e| Error::Protocol(format!("cannot encode {method} request: {e}")))?;
+    .map_err(|e| {
+        line.clear();
+        Error::Protocol(format!("cannot encode {method} request: {e}"))
+    })?;
     line.push(b'\n');
-    Ok(line)
+    Ok(())
+}
+
+/// A reply as [`decode`] reads it: [`Response`](crate::protocol::Response) without its `jsonrpc`
+/// member, which the client has no use for (not reading it saves a `String`
+/// per call; unknown members are skipped either way).
+#[derive(Deserialize)]
+struct Reply<R> {
+    id: Option<u64>,
+    #[serde(default = "Option::default")]
+    result: Option<R>,
+    #[serde(default)]
+    error: Option<RpcError>,
 }
 
 /// Parses a reply line and checks it answers request `id`.
 pub(crate) fn decode<R: DeserializeOwned>(id: u64, line: &[u8]) -> Result<R, Error> {
-    let reply: Response<R> = serde_json::from_slice(line)
+    let reply: Reply<R> = serde_json::from_slice(line)
         .map_err(|e| Error::Protocol(format!("malformed reply: {e}")))?;
     if let Some(error) = reply.error {
         return Err(error.into());
@@ -67,6 +95,14 @@ pub(crate) fn hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
         n if n > 0 => false,
         _ => std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock,
     }
+}
+
+/// Whether a failed write means the daemon had already closed the
+/// connection (it closes idle ones): then no whole request line reached it,
+/// and a line that is not whole is never run.
+pub(crate) fn peer_gone(error: &Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, NotConnected};
+    matches!(error, Error::Io(e) if matches!(e.kind(), BrokenPipe | ConnectionReset | NotConnected))
 }
 
 pub(crate) fn closed() -> Error {
