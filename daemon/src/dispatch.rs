@@ -35,12 +35,25 @@ pub(crate) struct Incoming<'a> {
     pub(crate) params: Option<&'a RawValue>,
 }
 
-/// Handles one request line, appending exactly one reply line to `out`.
+/// Handles one request line, appending exactly one reply line to `out`
+/// (the connection does the same in two steps, [`envelope`] and [`route`]).
+#[cfg(test)]
 pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut SecretBuf) -> After {
-    let request = match envelope(line, out) {
-        Ok(request) => request,
-        Err(after) => return after,
-    };
+    match envelope(line, out) {
+        Ok(request) => route(daemon, peer, request, out).await,
+        Err(after) => after,
+    }
+}
+
+/// Runs a request whose envelope [`envelope`] read, appending exactly one
+/// reply line to `out`. A step of its own so the connection can look at
+/// the method first (`login.wait`) without parsing the line twice.
+pub async fn route(
+    daemon: &Arc<Daemon>,
+    peer: Peer,
+    request: Incoming<'_>,
+    out: &mut SecretBuf,
+) -> After {
     let id = request.id;
     let params = request.params;
     let run = Call {
