@@ -12,7 +12,7 @@ use latchkey_client::protocol::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::borrow::{Borrow, Cow};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// What the connection should do after the reply is written.
@@ -178,7 +178,7 @@ impl Call<'_> {
             Err(e) => Err(e),
         };
         match result {
-            Ok(reply) => respond::<M::Result>(out, self.id, reply.borrow()),
+            Ok(reply) => respond::<M>(out, self.id, &reply),
             Err(e) => write_error(out, self.id, &e),
         }
     }
@@ -219,12 +219,12 @@ pub(crate) fn parse<T: DeserializeOwned>(
     })
 }
 
-fn respond<T: Serialize>(out: &mut SecretBuf, id: Option<&RawValue>, value: &T) {
+fn respond<M: Handler>(out: &mut SecretBuf, id: Option<&RawValue>, reply: &M::Reply) {
     let start = out.len();
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
     out.extend_from_slice(b",\"result\":");
-    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+    if let Err(e) = M::write_result(reply, out) {
         out.truncate(start);
         write_error(
             out,
