@@ -329,6 +329,27 @@ fn run_base(
     drop(raw_server);
     print_cpu(raw_cpu, raw_client_cpu, raw.calls);
     let raw_others = print_others(machine_before, daemon.pid());
+    println!("\n[1b] the same against a thread-per-connection server (blocking std I/O)");
+    let threads_server =
+        raw::ThreadServer::start(&env.log.with_file_name("raw-threads.sock"), reply.clone())?;
+    let client_before = procfs::own_threads_cpu(CLIENT_THREADS);
+    let machine_before = procfs::CpuSnapshot::take(daemon.pid());
+    let threads = rt.block_on(PLAN.run("raw threads", || {
+        raw::RawConn::connect(&threads_server.path, Arc::clone(&request), reply.len())
+    }))?;
+    let threads_client_cpu = cpu_per_call(
+        client_before,
+        procfs::own_threads_cpu(CLIENT_THREADS),
+        threads.calls,
+    );
+    let threads_cpu = cpu_per_call(
+        Some(procfs::Cpu::default()),
+        threads_server.cpu_once_closed(),
+        threads.calls,
+    );
+    drop(threads_server);
+    print_cpu(threads_cpu, threads_client_cpu, threads.calls);
+    let threads_others = print_others(machine_before, daemon.pid());
 
     // 2. Cached token.get through the client library.
     println!(
@@ -357,7 +378,7 @@ fn run_base(
             " (WARNING: not all were Basic + client_credentials)"
         }
     );
-    report::ratios(&raw, &cached);
+    report::ratios(&[&raw, &threads], &cached);
 
     // 3. Whole-process time.
     println!(
@@ -395,9 +416,14 @@ fn run_base(
 
     Ok(report::Results {
         raw,
+        threads,
         cached,
-        cpu_us: [(raw_cpu, raw_client_cpu), (daemon_cpu, cached_client_cpu)],
-        others: [raw_others, cached_others],
+        cpu_us: [
+            (raw_cpu, raw_client_cpu),
+            (threads_cpu, threads_client_cpu),
+            (daemon_cpu, cached_client_cpu),
+        ],
+        others: [raw_others, threads_others, cached_others],
         served: served_cached,
         cli,
         rss,

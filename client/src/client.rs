@@ -11,7 +11,9 @@ use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
 /// A connection to `latchkeyd`. Calls on one `Client` are sequential; open
 /// one per task for concurrency (connections are cheap).
@@ -22,7 +24,17 @@ pub struct Client {
     /// Where it connected: the daemon closes idle connections, and the
     /// next call connects here again (with the same checks).
     path: PathBuf,
+    /// When the last reply arrived: only a connection quiet for
+    /// [`IDLE_CHECK`] may have been closed by the daemon's idle timer.
+    last_reply: Instant,
 }
+
+/// 1 s: a connection used more recently than this is not checked for an
+/// idle close before a call (a `recv` per call that a busy client does not
+/// need: the daemon's idle close comes after minutes). Should the daemon
+/// have closed it anyway (restarted, or a shorter idle timeout), the write
+/// fails and the call goes out on a new connection (see [`Client::call`]).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 impl Client {
     /// Connects to the daemon at the default socket path
@@ -48,6 +60,7 @@ impl Client {
             next_id: 1,
             buf: SecretBuf::with_capacity(1024),
             path: path.to_owned(),
+            last_reply: Instant::now(),
         };
         codec::check_protocol(&client.hello().await?)?;
         Ok(client)
@@ -67,13 +80,23 @@ impl Client {
         method: &str,
         params: &P,
     ) -> Result<R, Error> {
+        // A connection that served a call (`hello` at least) and then broke.
+        let served = self.next_id > 1;
         self.reconnect_if_closed().await?;
-        let id = self.next_id;
-        self.next_id += 1;
-        let line = codec::encode(id, method, params)?;
-        self.reader.get_mut().write_all(&line).await?;
+        match self.send(method, params).await {
+            // Closed by the daemon since: the line did not reach it whole,
+            // so sending it on a new connection cannot run it twice.
+            Err(e) if served && codec::peer_gone(&e) => {
+                *self = Box::pin(Client::connect_to(&self.path)).await?;
+                self.send(method, params).await?;
+            }
+            sent => sent?,
+        }
+        let id = self.next_id - 1;
+        // The request line is gone (wiped); the reply is read into the same buffer.
         match read_frame(&mut self.reader, &mut self.buf, MAX_REPLY_LEN).await? {
             Frame::Line => {
+                self.last_reply = Instant::now();
                 let result = codec::decode(id, &self.buf);
                 // Replies carry access tokens: do not keep them around.
                 self.buf.clear();
@@ -84,13 +107,26 @@ impl Client {
         }
     }
 
+    /// Writes one request line with the next id, built in (and wiped from)
+    /// the connection's buffer: no allocation per call.
+    async fn send<P: Serialize>(&mut self, method: &str, params: &P) -> Result<(), Error> {
+        let id = self.next_id;
+        self.next_id += 1;
+        codec::encode_into(&mut self.buf, id, method, params)?;
+        let written = self.reader.get_mut().write_all(&self.buf).await;
+        self.buf.clear();
+        Ok(written?)
+    }
+
     /// Connects again when the daemon closed this connection while it was
-    /// idle. Only a connection that served a call and has ended since is
-    /// replaced, before anything is sent on it, so no request is ever sent
-    /// twice (and a daemon refusing new connections is not retried forever).
+    /// idle. Only a connection that served a call, has been quiet for
+    /// [`IDLE_CHECK`] and has ended since is replaced, before anything is
+    /// sent on it, so no request is ever sent twice (and a daemon refusing
+    /// new connections is not retried forever).
     async fn reconnect_if_closed(&mut self) -> Result<(), Error> {
         let served = self.next_id > 1;
         if !served
+            || self.last_reply.elapsed() < IDLE_CHECK
             || self.reader.has_buffered()
             || !codec::hung_up(stream_fd(self.reader.get_ref()))
         {

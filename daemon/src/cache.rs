@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::sync::lock;
 use crate::vault::{Token, TokenKey as Key};
 use futures::future::{BoxFuture, FutureExt, Shared};
+use latchkey_client::framing::SecretBuf;
 use latchkey_client::protocol::EXPIRY_MARGIN_SECS;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +76,61 @@ fn lasts(token: &Token, min_ttl: u64, now: i64) -> bool {
     token.effective_expiry.saturating_sub(now) >= need
 }
 
-type Flight = Shared<BoxFuture<'static, Result<Arc<Token>, ApiError>>>;
+/// A token as the cache holds and serves it: with its `token.get` result
+/// serialized once, when it arrives, so that a call answered from memory
+/// copies bytes into the reply instead of running the serializer (and
+/// escaping the token) every time. Both parts are wiped when the last
+/// holder drops them (a lock clears the cache).
+#[derive(Clone)]
+pub struct Cached {
+    pub token: Arc<Token>,
+    /// `token.reply` as JSON, exactly what `serde_json` writes for it.
+    pub json: Arc<SecretBuf>,
+}
+
+impl Cached {
+    fn new(token: Token) -> Cached {
+        // 256 bytes: a usual reply's result fits (growth is wiped anyway).
+        let mut json = SecretBuf::with_capacity(256);
+        serde_json::to_writer(&mut json, &token.reply)
+            .expect("a TokenReply (strings and a number) always serializes");
+        Cached {
+            token: Arc::new(token),
+            json: Arc::new(json),
+        }
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Cached, ApiError>>>;
+
+/// The entries by credential id, then by scope set (the scopes a token is
+/// for, as `policy::allowed_scopes` returns them; the vault keeps them
+/// joined by spaces). Two levels, so a call finds its entry with borrowed
+/// names and the hot path allocates nothing.
+type Entries = HashMap<String, HashMap<Vec<String>, Entry>>;
+
+/// A vault key's scope part as the cache's scope set.
+fn scope_set(joined: &str) -> Vec<String> {
+    joined.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The entry for (`credential_id`, `scopes`), made if missing.
+fn entry_mut<'a>(
+    entries: &'a mut Entries,
+    credential_id: &str,
+    scopes: &[String],
+) -> &'a mut Entry {
+    if !entries.contains_key(credential_id) {
+        entries.insert(credential_id.to_owned(), HashMap::new());
+    }
+    let sets = entries
+        .get_mut(credential_id)
+        .expect("inserted above if missing");
+    if !sets.contains_key(scopes) {
+        sets.insert(scopes.to_vec(), Entry::default());
+    }
+    sets.get_mut(scopes).expect("inserted above if missing")
+}
 
 struct Backoff {
     failures: u32,
@@ -87,7 +142,7 @@ struct Backoff {
 /// backoff after a failure.
 #[derive(Default)]
 struct Entry {
-    token: Option<Arc<Token>>,
+    token: Option<Cached>,
     /// When a proactive refresh should replace `token`.
     refresh_at: i64,
     /// The one token request in flight, with its id.
@@ -102,13 +157,13 @@ struct Entry {
 
 /// What [`TokenCache::get`] returns on success.
 pub struct Hit {
-    pub token: Arc<Token>,
+    pub token: Cached,
     /// True the first time this token goes to this peer process.
     pub first_issue: bool,
 }
 
 pub struct TokenCache {
-    entries: Mutex<HashMap<Key, Entry>>,
+    entries: Mutex<Entries>,
     /// Backoff deadlines are set when a request completes, on this clock.
     clock: Clock,
     next_flight: AtomicU64,
@@ -139,26 +194,33 @@ impl TokenCache {
         }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
         lock(&self.entries)
     }
 
     /// Puts a token in place (read back from the vault, or a new login's).
     pub fn insert(&self, key: Key, token: Token) {
         let mut entries = self.entries();
-        let entry = entries.entry(key).or_default();
+        let entry = entries
+            .entry(key.0)
+            .or_default()
+            .entry(scope_set(&key.1))
+            .or_default();
         entry.refresh_at = schedule_refresh(&token);
-        entry.token = Some(Arc::new(token));
+        entry.token = Some(Cached::new(token));
     }
 
-    /// An access token for `key` lasting `min_ttl` seconds: from memory when
-    /// the cached one lasts; otherwise from the token request in flight, or
-    /// from a new one made with `fetch` — one request however many callers.
-    /// A caller that joins a request accepts its token even when the
-    /// provider's tokens live shorter than `min_ttl` (no request loops).
+    /// An access token of `credential_id` for `scopes` lasting `min_ttl`
+    /// seconds: from memory when the cached one lasts; otherwise from the
+    /// token request in flight, or from a new one made with `fetch` — one
+    /// request however many callers. A caller that joins a request accepts
+    /// its token even when the provider's tokens live shorter than
+    /// `min_ttl` (no request loops).
+    #[allow(clippy::too_many_arguments)]
     pub async fn get<F>(
         self: &Arc<Self>,
-        key: &Key,
+        credential_id: &str,
+        scopes: &[String],
         min_ttl: u64,
         peer: u32,
         now: i64,
@@ -169,20 +231,27 @@ impl TokenCache {
     {
         let flight = {
             let mut entries = self.entries();
-            // Look up before inserting: the hot path (a hit) allocates nothing.
-            if !entries.contains_key(key) {
-                entries.insert(key.clone(), Entry::default());
+            // The hot path (a hit): one lookup per level, nothing allocated.
+            if let Some(entry) = entries
+                .get_mut(credential_id)
+                .and_then(|sets| sets.get_mut(scopes))
+            {
+                entry.last_used = now;
+                if let Some(token) = entry
+                    .token
+                    .as_ref()
+                    .filter(|t| lasts(&t.token, min_ttl, now))
+                {
+                    let first_issue = note_issue(&mut entry.issued_to, peer);
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Hit {
+                        token: token.clone(),
+                        first_issue,
+                    });
+                }
             }
-            let entry = entries.get_mut(key).expect("inserted above if missing");
+            let entry = entry_mut(&mut entries, credential_id, scopes);
             entry.last_used = now;
-            if let Some(token) = entry.token.as_ref().filter(|t| lasts(t, min_ttl, now)) {
-                let first_issue = note_issue(&mut entry.issued_to, peer);
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Hit {
-                    token: Arc::clone(token),
-                    first_issue,
-                });
-            }
             match (&entry.flight, &entry.backoff) {
                 (Some((_, flight)), _) => flight.clone(),
                 (None, Some(backoff)) if backoff.until > now => {
@@ -190,7 +259,7 @@ impl TokenCache {
                     error.retry_after = Some((backoff.until - now) as u64);
                     return Err(error);
                 }
-                _ => self.start(key, entry, fetch()),
+                _ => self.start(credential_id, scopes, entry, fetch()),
             }
         };
         self.waits.fetch_add(1, Ordering::Relaxed);
@@ -198,20 +267,30 @@ impl TokenCache {
         let first_issue = {
             let mut entries = self.entries();
             entries
-                .get_mut(key)
+                .get_mut(credential_id)
+                .and_then(|sets| sets.get_mut(scopes))
                 .is_some_and(|entry| note_issue(&mut entry.issued_to, peer))
         };
         Ok(Hit { token, first_issue })
     }
 
-    /// Starts a proactive refresh of `key` unless one is running or the
-    /// entry is gone or backing off. Returns whether it started.
-    pub fn refresh<F>(self: &Arc<Self>, key: &Key, now: i64, fetch: F) -> bool
+    /// Starts a proactive refresh of (`credential_id`, `scopes`) unless one
+    /// is running or the entry is gone or backing off. Returns whether it started.
+    pub fn refresh<F>(
+        self: &Arc<Self>,
+        credential_id: &str,
+        scopes: &[String],
+        now: i64,
+        fetch: F,
+    ) -> bool
     where
         F: FnOnce() -> BoxFuture<'static, Result<Token, ApiError>>,
     {
         let mut entries = self.entries();
-        let Some(entry) = entries.get_mut(key) else {
+        let Some(entry) = entries
+            .get_mut(credential_id)
+            .and_then(|sets| sets.get_mut(scopes))
+        else {
             return false;
         };
         if entry.flight.is_some() || entry.backoff.as_ref().is_some_and(|b| b.until > now) {
@@ -219,49 +298,52 @@ impl TokenCache {
         }
         // Nobody waits: the request runs in its own task and records its
         // result in the cache.
-        let _flight = self.start(key, entry, fetch());
+        let _flight = self.start(credential_id, scopes, entry, fetch());
         true
     }
 
     /// Entries whose token is due for a proactive refresh: used within the
-    /// last `recent_secs`, not already refreshing or backing off.
-    pub fn due(&self, now: i64, recent_secs: i64) -> Vec<Key> {
+    /// last `recent_secs`, not already refreshing or backing off; as
+    /// (credential id, scope set).
+    pub fn due(&self, now: i64, recent_secs: i64) -> Vec<(String, Vec<String>)> {
         self.entries()
             .iter()
-            .filter(|(_, s)| {
+            .flat_map(|(id, sets)| sets.iter().map(move |(scopes, s)| (id, scopes, s)))
+            .filter(|(_, _, s)| {
                 s.last_used >= now - recent_secs
                     && s.flight.is_none()
                     && s.backoff.as_ref().is_none_or(|b| b.until <= now)
                     && s.token.is_some()
                     && now >= s.refresh_at
             })
-            .map(|(k, _)| k.clone())
+            .map(|(id, scopes, _)| (id.clone(), scopes.clone()))
             .collect()
     }
 
     fn start(
         self: &Arc<Self>,
-        key: &Key,
+        credential_id: &str,
+        scopes: &[String],
         entry: &mut Entry,
         fetch: BoxFuture<'static, Result<Token, ApiError>>,
     ) -> Flight {
         let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let cache = Arc::clone(self);
+        let key = (credential_id.to_owned(), scopes.to_vec());
         let task_key = key.clone();
         // The request runs in its own task: a caller that disconnects does
         // not cancel a request the provider may already have answered.
         let task = tokio::spawn(async move {
-            let result = fetch.await.map(Arc::new);
-            cache.complete(&task_key, id, &result);
+            let result = fetch.await.map(Cached::new);
+            cache.complete(&task_key.0, &task_key.1, id, &result);
             result
         });
         let cache = Arc::clone(self);
-        let key = key.clone();
         let flight = async move {
             task.await.unwrap_or_else(|e| {
                 let error = ApiError::internal(format!("the token request task failed: {e}"));
-                cache.complete(&key, id, &Err(error.clone()));
+                cache.complete(&key.0, &key.1, id, &Err(error.clone()));
                 Err(error)
             })
         }
@@ -271,12 +353,19 @@ impl TokenCache {
         flight
     }
 
-    fn complete(&self, key: &Key, id: u64, result: &Result<Arc<Token>, ApiError>) {
+    fn complete(
+        &self,
+        credential_id: &str,
+        scopes: &[String],
+        id: u64,
+        result: &Result<Cached, ApiError>,
+    ) {
         let mut entries = self.entries();
         // The entry may be gone (vault locked, credential removed) or taken
         // over by a newer request: then this result is not ours to record.
         let Some(entry) = entries
-            .get_mut(key)
+            .get_mut(credential_id)
+            .and_then(|sets| sets.get_mut(scopes))
             .filter(|s| s.flight.as_ref().is_some_and(|(f, _)| *f == id))
         else {
             return;
@@ -284,8 +373,8 @@ impl TokenCache {
         entry.flight = None;
         match result {
             Ok(token) => {
-                entry.refresh_at = schedule_refresh(token);
-                entry.token = Some(Arc::clone(token));
+                entry.refresh_at = schedule_refresh(&token.token);
+                entry.token = Some(token.clone());
                 entry.backoff = None;
                 entry.issued_to.clear();
             }
@@ -304,29 +393,26 @@ impl TokenCache {
     /// The cached tokens of one credential.
     pub fn peek(&self, credential_id: &str) -> Vec<Arc<Token>> {
         self.entries()
-            .iter()
-            .filter(|((id, _), _)| id == credential_id)
-            .filter_map(|(_, s)| s.token.clone())
+            .get(credential_id)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .filter_map(|s| s.token.as_ref().map(|t| Arc::clone(&t.token)))
             .collect()
     }
 
     /// Removes every entry of one credential and returns its tokens (to
     /// revoke them at the provider).
     pub fn take(&self, credential_id: &str) -> Vec<Arc<Token>> {
-        let mut entries = self.entries();
-        let keys: Vec<Key> = entries
-            .keys()
-            .filter(|(id, _)| id == credential_id)
-            .cloned()
-            .collect();
-        keys.iter()
-            .filter_map(|k| entries.remove(k).and_then(|s| s.token))
+        let sets = self.entries().remove(credential_id);
+        sets.into_iter()
+            .flat_map(HashMap::into_values)
+            .filter_map(|s| s.token.map(|t| t.token))
             .collect()
     }
 
     /// Forgets every entry of one credential (removed, or its secret changed).
     pub fn forget(&self, credential_id: &str) {
-        self.entries().retain(|(id, _), _| id != credential_id);
+        self.entries().remove(credential_id);
     }
 
     /// Drops every token (vault locked); their memory is zeroized as the
@@ -338,15 +424,16 @@ impl TokenCache {
     /// What is held for one credential, for `credential show` and `status`.
     pub fn describe(&self, credential_id: &str, now: i64) -> Vec<EntryInfo> {
         self.entries()
-            .iter()
-            .filter(|((id, _), _)| id == credential_id)
-            .map(|(_, s)| EntryInfo {
+            .get(credential_id)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .map(|s| EntryInfo {
                 scope: s
                     .token
                     .as_ref()
-                    .map(|t| t.reply.scope.clone())
+                    .map(|t| t.token.reply.scope.clone())
                     .unwrap_or_default(),
-                expires_at: s.token.as_ref().and_then(|t| t.reply.expires_at),
+                expires_at: s.token.as_ref().and_then(|t| t.token.reply.expires_at),
                 backoff: s
                     .backoff
                     .as_ref()
@@ -424,7 +511,7 @@ mod tests {
             let requests = Arc::clone(&requests);
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get(&key(), 0, peer, now, || {
+                    .get("cred", &[], 0, peer, now, || {
                         async move {
                             requests.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -444,12 +531,12 @@ mod tests {
         }
         assert_eq!(requests.load(Ordering::SeqCst), 1);
         let first = cache
-            .get(&key(), 60, 1000, now, || unreachable!("cached"))
+            .get("cred", &[], 60, 1000, now, || unreachable!("cached"))
             .await
             .unwrap();
         assert!(first.first_issue);
         let again = cache
-            .get(&key(), 60, 1000, now, || unreachable!("cached"))
+            .get("cred", &[], 60, 1000, now, || unreachable!("cached"))
             .await
             .unwrap();
         assert!(!again.first_issue);
@@ -467,13 +554,13 @@ mod tests {
         cache.insert(key(), token(now, 30));
         // 30 s left, caller wants 600: one request, whose 30 s token is accepted.
         let hit = cache
-            .get(&key(), 600, 1, now, || {
+            .get("cred", &[], 600, 1, now, || {
                 async move { Ok(token(now, 30)) }.boxed()
             })
             .await
             .unwrap();
         assert_eq!(cache.waits.load(Ordering::Relaxed), 1, "the caller waited");
-        assert_eq!(hit.token.obtained_at, now);
+        assert_eq!(hit.token.token.obtained_at, now);
         assert_eq!(cache.fetches.load(Ordering::Relaxed), 1);
     }
 
@@ -482,11 +569,11 @@ mod tests {
         let cache = cache();
         let now = latchkey_client::unix_now();
         let fail = || async { Err(ApiError::new(ErrorKind::ProviderUnavailable, "down")) }.boxed();
-        let err = cache.get(&key(), 0, 1, now, fail).await.err().unwrap();
+        let err = cache.get("cred", &[], 0, 1, now, fail).await.err().unwrap();
         assert_eq!(err.kind, ErrorKind::ProviderUnavailable);
         for _ in 0..50 {
             let err = cache
-                .get(&key(), 0, 1, now, || {
+                .get("cred", &[], 0, 1, now, || {
                     unreachable!("backing off: no new request")
                 })
                 .await
@@ -554,7 +641,13 @@ mod tests {
             cache.due(now, 60).is_empty(),
             "never used: not refreshed ahead"
         );
-        cache.entries().get_mut(&key()).unwrap().last_used = now;
-        assert_eq!(cache.due(now, 60), vec![key()]);
+        cache
+            .entries()
+            .get_mut("cred")
+            .unwrap()
+            .get_mut(&[][..])
+            .unwrap()
+            .last_used = now;
+        assert_eq!(cache.due(now, 60), vec![("cred".to_owned(), vec![])]);
     }
 }

@@ -12,7 +12,7 @@ use latchkey_client::protocol::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::borrow::{Borrow, Cow};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// What the connection should do after the reply is written.
@@ -35,12 +35,25 @@ pub(crate) struct Incoming<'a> {
     pub(crate) params: Option<&'a RawValue>,
 }
 
-/// Handles one request line, appending exactly one reply line to `out`.
+/// Handles one request line, appending exactly one reply line to `out`
+/// (the connection does the same in two steps, [`envelope`] and [`route`]).
+#[cfg(test)]
 pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut SecretBuf) -> After {
-    let request = match envelope(line, out) {
-        Ok(request) => request,
-        Err(after) => return after,
-    };
+    match envelope(line, out) {
+        Ok(request) => route(daemon, peer, request, out).await,
+        Err(after) => after,
+    }
+}
+
+/// Runs a request whose envelope [`envelope`] read, appending exactly one
+/// reply line to `out`. A step of its own so the connection can look at
+/// the method first (`login.wait`) without parsing the line twice.
+pub async fn route(
+    daemon: &Arc<Daemon>,
+    peer: Peer,
+    request: Incoming<'_>,
+    out: &mut SecretBuf,
+) -> After {
     let id = request.id;
     let params = request.params;
     let run = Call {
@@ -165,7 +178,7 @@ impl Call<'_> {
             Err(e) => Err(e),
         };
         match result {
-            Ok(reply) => respond::<M::Result>(out, self.id, reply.borrow()),
+            Ok(reply) => respond::<M>(out, self.id, &reply),
             Err(e) => write_error(out, self.id, &e),
         }
     }
@@ -206,12 +219,12 @@ pub(crate) fn parse<T: DeserializeOwned>(
     })
 }
 
-fn respond<T: Serialize>(out: &mut SecretBuf, id: Option<&RawValue>, value: &T) {
+fn respond<M: Handler>(out: &mut SecretBuf, id: Option<&RawValue>, reply: &M::Reply) {
     let start = out.len();
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
     out.extend_from_slice(b",\"result\":");
-    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+    if let Err(e) = M::write_result(reply, out) {
         out.truncate(start);
         write_error(
             out,

@@ -5,6 +5,7 @@
 
 use crate::error::ApiError;
 use crate::state::{Daemon, Peer};
+use latchkey_client::framing::SecretBuf;
 use latchkey_client::protocol::Method;
 use std::borrow::Borrow;
 use std::future::Future;
@@ -23,4 +24,11 @@ pub trait Handler: Method {
         peer: Peer,
         params: Self::Params,
     ) -> impl Future<Output = Result<Self::Reply, ApiError>> + Send;
+
+    /// Writes `reply` as the JSON of the method's result into `out` (the
+    /// reply line). By default it serializes [`Method::Result`]; a reply
+    /// that keeps its serialized form (a cached token) copies it instead.
+    fn write_result(reply: &Self::Reply, out: &mut SecretBuf) -> serde_json::Result<()> {
+        serde_json::to_writer(out, reply.borrow())
+    }
 }

@@ -6,6 +6,7 @@
 use crate::error::ApiError;
 use crate::vault::Credential;
 use latchkey_client::protocol::ErrorKind;
+use std::borrow::Cow;
 
 /// Names are shown in commands and messages: keep them plain.
 pub fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
@@ -47,15 +48,19 @@ pub fn normalize_scopes(scopes: &[String]) -> Result<Vec<String>, ApiError> {
 
 /// The scopes a `token.get` caller gets: all the credential's, or the
 /// subset it `asked` for. `granted` is the scope the user granted at login
-/// (user credentials), which may be narrower than the configured one.
-pub fn allowed_scopes(
-    credential: &Credential,
-    granted: Option<&str>,
+/// (user credentials), which may be narrower than the configured one; it
+/// is read only when scopes were asked for. All the credential's is the
+/// common call and is borrowed, not copied.
+pub fn allowed_scopes<'a>(
+    credential: &'a Credential,
+    granted: impl FnOnce() -> Option<String>,
     asked: Option<&[String]>,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Cow<'a, [String]>, ApiError> {
     let Some(asked) = asked else {
-        return Ok(credential.config.scopes.clone());
+        return Ok(Cow::Borrowed(&credential.config.scopes));
     };
+    let granted = granted();
+    let granted = granted.as_deref();
     let asked = normalize_scopes(asked)?;
     let allowed: Vec<&str> = match granted {
         Some(g) => g.split_whitespace().collect(),
@@ -94,7 +99,7 @@ pub fn allowed_scopes(
         };
         return Err(ApiError::new(ErrorKind::Forbidden, message));
     }
-    Ok(asked)
+    Ok(Cow::Owned(asked))
 }
 
 #[cfg(test)]
@@ -138,20 +143,22 @@ mod tests {
             corrupt: false,
         };
         assert_eq!(
-            allowed_scopes(&credential, None, None).unwrap(),
+            *allowed_scopes(&credential, || None, None).unwrap(),
             ["read", "write"]
         );
         assert_eq!(
-            allowed_scopes(&credential, None, Some(&["write read read".into()])).unwrap(),
+            *allowed_scopes(&credential, || None, Some(&["write read read".into()])).unwrap(),
             ["read", "write"]
         );
-        let err = allowed_scopes(&credential, None, Some(&["admin".into()])).unwrap_err();
+        let err = allowed_scopes(&credential, || None, Some(&["admin".into()])).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Forbidden);
         assert!(err.message.contains("admin"));
-        let err = allowed_scopes(&credential, Some("read"), Some(&["admin".into()])).unwrap_err();
+        let err = allowed_scopes(&credential, || Some("read".into()), Some(&["admin".into()]))
+            .unwrap_err();
         assert!(err.message.contains("was not granted"), "{err}");
         // Configured but granted no longer: the truth, and the fix.
-        let err = allowed_scopes(&credential, Some("read"), Some(&["write".into()])).unwrap_err();
+        let err = allowed_scopes(&credential, || Some("read".into()), Some(&["write".into()]))
+            .unwrap_err();
         assert!(err.message.contains("was granted only 'read' now"), "{err}");
         assert!(err.message.contains("`latchkey login api`"), "{err}");
     }

@@ -8,6 +8,7 @@ use crate::dispatch::{self, After};
 use crate::error::ApiError;
 use crate::handler::Handler;
 use crate::state::{Daemon, Peer};
+use futures::task::AtomicWaker;
 use futures::FutureExt;
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
 use latchkey_client::framing::{read_frame, Frame, SecretBuf, ZeroizingReader, READ_BUFFER};
@@ -16,11 +17,15 @@ use latchkey_client::protocol::{
     MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::sync::{broadcast, mpsc};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 
 /// 4: one peer process may hold at most a quarter of the connection cap,
 /// so a runaway (or hostile) program cannot starve every other one.
@@ -41,7 +46,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     frame_timeout: Duration,
 ) {
-    let (stop_tx, _) = broadcast::channel::<()>(1);
+    let stop = Arc::new(Stop::default());
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let slots = Arc::new(Slots::new(daemon.config.max_connections));
     let idle_timeout = daemon.config.connection_idle_timeout;
@@ -73,7 +78,7 @@ pub async fn serve(
             }
         };
         let daemon = Arc::clone(&daemon);
-        let stop = stop_tx.subscribe();
+        let stop = Stop::subscribe(&stop);
         let done = done_tx.clone();
         let timeouts = Timeouts {
             frame: frame_timeout,
@@ -87,7 +92,7 @@ pub async fn serve(
     }
     tracing::info!("shutting down: finishing in-flight requests");
     drop(listener);
-    let _ = stop_tx.send(());
+    stop.stop();
     drop(done_tx);
     if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv())
         .await
@@ -205,6 +210,72 @@ fn check_peer(daemon: &Daemon, stream: &Stream, our_uid: u32) -> Option<Peer> {
     }
 }
 
+/// Shutdown's word to every connection: a flag, and each connection's
+/// waker, registered once per connection. (A broadcast receiver or a
+/// `Notify` would take a lock shared by all connections each time a
+/// connection waits for its next request, and again when it stops waiting.)
+#[derive(Default)]
+struct Stop {
+    stopping: AtomicBool,
+    /// The wakers of the connections open, by connection number.
+    wakers: Mutex<HashMap<u64, Arc<AtomicWaker>>>,
+    next: AtomicU64,
+}
+
+/// One connection's view of [`Stop`]; unregisters on drop.
+struct Stopping {
+    stop: Arc<Stop>,
+    number: u64,
+    waker: Arc<AtomicWaker>,
+}
+
+impl Stop {
+    fn subscribe(stop: &Arc<Stop>) -> Stopping {
+        let number = stop.next.fetch_add(1, Ordering::Relaxed);
+        let waker = Arc::new(AtomicWaker::new());
+        crate::sync::lock(&stop.wakers).insert(number, Arc::clone(&waker));
+        Stopping {
+            stop: Arc::clone(stop),
+            number,
+            waker,
+        }
+    }
+
+    /// Tells every connection, now and later, that the server stops.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for waker in crate::sync::lock(&self.wakers).values() {
+            waker.wake();
+        }
+    }
+}
+
+impl Stopping {
+    fn is_set(&self) -> bool {
+        self.stop.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Ready once the server stops; else wakes this task when it does.
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_set() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Stopped between the check and the registration: no wake-up came.
+        if self.is_set() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        crate::sync::lock(&self.stop.wakers).remove(&self.number);
+    }
+}
+
 /// The time bounds of one connection.
 #[derive(Clone, Copy)]
 struct Timeouts {
@@ -214,59 +285,180 @@ struct Timeouts {
     idle: Duration,
 }
 
+/// A connection's one timer, behind all three of its bounds (idle between
+/// requests, a request arriving whole, a reply being taken). Setting a
+/// tokio timer takes the timer driver's lock, so the usual
+/// `timeout(…)` around every read and write (three timers per request)
+/// costs more than the request itself. Instead a bound starts only when
+/// the I/O it bounds has to wait, and the one `Sleep` is moved only
+/// earlier: when it fires before the deadline now in force (set for an
+/// earlier one, or the connection was used since), it is set again.
+struct Timer {
+    /// Made on first use; boxed to be polled from a `poll_fn`.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Timer {
+    /// Ready once `deadline` has passed.
+    fn poll_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            // Fired for an earlier deadline than this one.
+            sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// `duration` after `from`, or (for a duration too long to add) a deadline
+/// that never comes in practice, as tokio's own timeouts do.
+fn deadline_after(from: Instant, duration: Duration) -> Instant {
+    from.checked_add(duration)
+        .unwrap_or_else(|| from + Duration::from_secs(86400 * 365 * 30))
+}
+
+/// How the wait for a connection's next request ended.
+enum Next {
+    /// Its first bytes are buffered.
+    Request,
+    /// The peer closed the connection (or it failed).
+    Closed,
+    /// No request for the idle timeout.
+    Idle,
+    /// The server is stopping.
+    Stopping,
+}
+
+/// Waits for the first bytes of the next request, no longer than the idle
+/// timeout after `since`, and not past shutdown.
+async fn next_request(
+    reader: &mut ZeroizingReader<Stream>,
+    timer: &mut Timer,
+    stop: &Stopping,
+    idle: Duration,
+    since: Instant,
+) -> Next {
+    poll_fn(|cx| {
+        // Shutdown first: a client that keeps sending must not hold the
+        // drain up.
+        if stop.is_set() {
+            return Poll::Ready(Next::Stopping);
+        }
+        match Pin::new(&mut *reader).poll_fill_buf(cx) {
+            Poll::Ready(Ok(buf)) if !buf.is_empty() => return Poll::Ready(Next::Request),
+            Poll::Ready(_) => return Poll::Ready(Next::Closed),
+            Poll::Pending => {}
+        }
+        if stop.poll(cx).is_ready() {
+            return Poll::Ready(Next::Stopping);
+        }
+        if !idle.is_zero() && timer.poll_until(cx, deadline_after(since, idle)).is_ready() {
+            return Poll::Ready(Next::Idle);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Reads one request line into `line`. A line already buffered whole (the
+/// usual case) is taken without touching the timer; one that must be
+/// waited for has to arrive within `frame_timeout` from then (`None`).
+async fn read_request(
+    reader: &mut ZeroizingReader<Stream>,
+    line: &mut SecretBuf,
+    timer: &mut Timer,
+    frame_timeout: Duration,
+) -> Option<std::io::Result<Frame>> {
+    let read = read_frame(reader, line, MAX_REQUEST_LEN);
+    tokio::pin!(read);
+    let mut deadline = None;
+    poll_fn(|cx| {
+        if let Poll::Ready(frame) = read.as_mut().poll(cx) {
+            return Poll::Ready(Some(frame));
+        }
+        let deadline =
+            *deadline.get_or_insert_with(|| deadline_after(Instant::now(), frame_timeout));
+        ready!(timer.poll_until(cx, deadline));
+        Poll::Ready(None)
+    })
+    .await
+}
+
+/// Writes all of `bytes`; false if the peer is gone or has not taken them
+/// within [`WRITE_TIMEOUT`] from the moment the socket was full (a reply
+/// that fits the socket buffer, the usual case, never touches the timer).
+async fn write_reply(stream: &mut Stream, bytes: &[u8], timer: &mut Timer) -> bool {
+    let mut written = 0;
+    let mut deadline = None;
+    poll_fn(|cx| {
+        while written < bytes.len() {
+            match Pin::new(&mut *stream).poll_write(cx, &bytes[written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Pending => {
+                    let deadline = *deadline
+                        .get_or_insert_with(|| deadline_after(Instant::now(), WRITE_TIMEOUT));
+                    ready!(timer.poll_until(cx, deadline));
+                    return Poll::Ready(false);
+                }
+            }
+        }
+        Poll::Ready(true)
+    })
+    .await
+}
+
 async fn connection(
     daemon: &Arc<Daemon>,
     stream: Stream,
     peer: Peer,
-    mut stop: broadcast::Receiver<()>,
+    stop: Stopping,
     timeouts: Timeouts,
 ) {
-    let frame_timeout = timeouts.frame;
     // Requests carry passphrases and secrets, replies carry tokens: every
     // buffer they pass through is wiped (framing.rs).
     let mut reader = ZeroizingReader::with_capacity(READ_BUFFER, stream);
     let mut line = SecretBuf::with_capacity(1024);
     let mut out = SecretBuf::with_capacity(1024);
+    let mut timer = Timer { sleep: None };
+    // The end of the last request: the idle timeout counts from here.
+    let mut since = Instant::now();
     loop {
-        // Idle between requests up to the idle timeout; stop waiting when
-        // the daemon shuts down.
-        let idle = async {
-            if timeouts.idle.is_zero() {
-                std::future::pending::<()>().await;
+        match next_request(&mut reader, &mut timer, &stop, timeouts.idle, since).await {
+            Next::Request => {}
+            Next::Idle => {
+                tracing::debug!(
+                    pid = peer.pid,
+                    "closing a connection idle for {} s",
+                    timeouts.idle.as_secs()
+                );
+                break;
             }
-            tokio::time::sleep(timeouts.idle).await;
-        };
-        let started = tokio::select! {
-            r = reader.fill_buf() => matches!(r, Ok(buf) if !buf.is_empty()),
-            _ = stop.recv() => false,
-            () = idle => {
-                tracing::debug!(pid = peer.pid, "closing a connection idle for {} s", timeouts.idle.as_secs());
-                false
-            }
-        };
-        if !started {
-            break;
+            Next::Closed | Next::Stopping => break,
         }
         // Once a request has started, it must arrive whole in time: a
         // half-written frame followed by silence costs one task, briefly.
-        match tokio::time::timeout(
-            frame_timeout,
-            read_frame(&mut reader, &mut line, MAX_REQUEST_LEN),
-        )
-        .await
-        {
-            Ok(Ok(Frame::Line)) => {}
-            Ok(Ok(Frame::TooLong)) => {
+        match read_request(&mut reader, &mut line, &mut timer, timeouts.frame).await {
+            Some(Ok(Frame::Line)) => {}
+            Some(Ok(Frame::TooLong)) => {
                 tracing::info!(
                     pid = peer.pid,
                     "closing a connection that sent an oversized request"
                 );
                 dispatch::too_large(&mut out);
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, reader.get_mut().write_all(&out)).await;
+                write_reply(reader.get_mut(), &out, &mut timer).await;
                 break;
             }
-            Ok(Ok(Frame::Eof)) | Ok(Err(_)) => break,
-            Err(_) => {
+            Some(Ok(Frame::Eof)) | Some(Err(_)) => break,
+            None => {
                 tracing::info!(
                     pid = peer.pid,
                     "closing a connection that stalled mid-request"
@@ -277,39 +469,27 @@ async fn connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let after = if waits_for_a_person(&line) {
-            // The person's wait ends with the connection: dropping the
-            // handler cancels the login (login.rs), so its listener closes.
-            tokio::select! {
-                after = dispatch::handle(daemon, peer, &line, &mut out) => after,
-                () = hung_up(&mut reader) => break,
+        let after = match dispatch::envelope(&line, &mut out) {
+            Err(after) => after,
+            Ok(request) if request.method == LoginWait::NAME => {
+                // The person's wait ends with the connection: dropping the
+                // handler cancels the login (login.rs), so its listener closes.
+                tokio::select! {
+                    after = dispatch::route(daemon, peer, request, &mut out) => after,
+                    () = hung_up(&mut reader) => break,
+                }
             }
-        } else {
-            dispatch::handle(daemon, peer, &line, &mut out).await
+            Ok(request) => dispatch::route(daemon, peer, request, &mut out).await,
         };
         // Requests may carry passphrases or secrets, replies carry tokens.
         line.clear();
-        let written = tokio::time::timeout(WRITE_TIMEOUT, reader.get_mut().write_all(&out)).await;
+        let written = write_reply(reader.get_mut(), &out, &mut timer).await;
         out.clear();
-        if !matches!(written, Ok(Ok(()))) || after == After::Close {
+        if !written || after == After::Close {
             break;
         }
+        since = Instant::now();
     }
-}
-
-/// Whether `line` is a `login.wait` call: the one request that waits on
-/// a person for minutes, and whose waiter leaving must end what it waits for.
-fn waits_for_a_person(line: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(borrow)]
-        method: Option<&'a str>,
-    }
-    let name = LoginWait::NAME.as_bytes();
-    // The cheap test first: every request passes here.
-    line.windows(name.len()).any(|w| w == name)
-        && serde_json::from_slice::<Envelope<'_>>(line)
-            .is_ok_and(|e| e.method == Some(LoginWait::NAME))
 }
 
 /// Resolves when the peer closes its end (EOF or an error). Bytes of a

@@ -5,13 +5,15 @@
 //! is handed out. Also the proactive refresh the ticker starts, and
 //! `daemon.stats`.
 
+use crate::cache::Cached;
 use crate::error::ApiError;
 use crate::handler::Handler;
 use crate::oauth::{grant, user, Access};
 use crate::policy;
 use crate::state::{Daemon, Peer, Session};
-use crate::vault::{Credential, Grant, Provider, Token, TokenKey};
+use crate::vault::{Credential, Grant, Provider, Token};
 use futures::future::{BoxFuture, FutureExt};
+use latchkey_client::framing::SecretBuf;
 use latchkey_client::protocol::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,21 +37,31 @@ impl Handler for TokenGet {
     ) -> Result<Served, ApiError> {
         let session = daemon.session()?;
         let (credential, provider) = session.lookup(&params.credential)?;
-        let granted = session.grant(&credential.id).map(|g| g.scope);
-        let scopes =
-            policy::allowed_scopes(&credential, granted.as_deref(), params.scopes.as_deref())?;
-        let key: TokenKey = (credential.id.clone(), scopes.join(" "));
+        let scopes = policy::allowed_scopes(
+            &credential,
+            || session.grant(&credential.id).map(|g| g.scope),
+            params.scopes.as_deref(),
+        )?;
         let now = daemon.clock.now();
-        let fetcher = Arc::clone(daemon);
-        let fetch_session = Arc::clone(&session);
+        // Called only on a miss: a hit clones and allocates nothing here.
+        let fetcher = || {
+            fetch(
+                Arc::clone(daemon),
+                Arc::clone(&session),
+                Arc::clone(&credential),
+                Arc::clone(&provider),
+                scopes.to_vec(),
+            )
+        };
         let hit = session
             .tokens
             .get(
-                &key,
+                &credential.id,
+                &scopes,
                 params.min_ttl.unwrap_or(0),
                 peer.pid,
                 now,
-                move || fetch(fetcher, fetch_session, credential, provider, scopes),
+                fetcher,
             )
             .await?;
         if hit.first_issue {
@@ -57,10 +69,17 @@ impl Handler for TokenGet {
                 "token_issued",
                 Some(&params.credential),
                 Some(peer.pid),
-                Some(hit.token.reply.scope.clone()),
+                Some(hit.token.token.reply.scope.clone()),
             );
         }
         Ok(Served(hit.token))
+    }
+
+    /// The result serialized when the token arrived: copied, not
+    /// serialized again per call.
+    fn write_result(reply: &Served, out: &mut SecretBuf) -> serde_json::Result<()> {
+        out.extend_from_slice(&reply.0.json);
+        Ok(())
     }
 }
 
@@ -79,13 +98,14 @@ impl Handler for DaemonStats {
     }
 }
 
-/// A cached token as the reply to `token.get`: it serializes as the
-/// protocol's [`TokenReply`] it holds, with no copy of the secret.
-pub struct Served(Arc<Token>);
+/// A cached token as the reply to `token.get`: the protocol's
+/// [`TokenReply`] it holds, written from its serialized form (no copy of
+/// the secret but the reply line, which is wiped).
+pub struct Served(Cached);
 
 impl std::borrow::Borrow<TokenReply> for Served {
     fn borrow(&self) -> &TokenReply {
-        &self.0.reply
+        &self.0.token.reply
     }
 }
 
@@ -95,21 +115,21 @@ pub fn refresh_due(daemon: &Arc<Daemon>) {
         return;
     };
     let now = daemon.clock.now();
-    for key in session.tokens.due(now, RECENT_USE_SECS) {
+    for (id, scopes) in session.tokens.due(now, RECENT_USE_SECS) {
         let name = session
             .catalog()
             .credentials
             .values()
-            .find(|c| c.id == key.0)
+            .find(|c| c.id == id)
             .map(|c| c.config.name.clone());
         // Gone or corrupt: nothing to refresh.
         let Some(Ok((credential, provider))) = name.map(|n| session.lookup(&n)) else {
             continue;
         };
-        let scopes: Vec<String> = key.1.split_whitespace().map(str::to_owned).collect();
         let fetcher = Arc::clone(daemon);
         let fetch_session = Arc::clone(&session);
-        session.tokens.refresh(&key, now, move || {
+        let wanted = scopes.clone();
+        session.tokens.refresh(&id, &wanted, now, move || {
             tracing::debug!(credential = %credential.config.name, "refreshing ahead of expiry");
             fetch(fetcher, fetch_session, credential, provider, scopes)
         });
