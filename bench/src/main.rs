@@ -427,6 +427,7 @@ fn run_base(
         served: served_cached,
         cli,
         rss,
+        rss_anon: daemon.status_field("RssAnon"),
     })
 }
 

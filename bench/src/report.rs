@@ -2,7 +2,7 @@
 //! summary with every figure and MET / NOT MET against each target.
 
 use crate::load::{p50, p99, us, Figures, Plan};
-use crate::process::CliFigures;
+use crate::process::{CliFigures, TARGET_CLI_RATIO};
 use crate::procfs::Cpu;
 use crate::refresh;
 
@@ -13,7 +13,11 @@ pub const TARGET_P99_RATIO: f64 = 3.0;
 pub const TARGET_RATE_SHARE: f64 = 0.8;
 /// The client counts the targets apply at.
 pub const TARGET_CLIENTS: [usize; 2] = [8, 64];
-pub const TARGET_RSS_KIB: u64 = 12 * 1024;
+/// Idle daemon memory: all of it, and the anonymous part (heap, stacks:
+/// what is the daemon's alone; the rest is code and libraries mapped from
+/// files, which the page cache shares).
+pub const TARGET_RSS_KIB: u64 = 8 * 1024;
+pub const TARGET_ANON_KIB: u64 = 5 * 512;
 
 /// Everything the summary reports.
 pub struct Results {
@@ -30,8 +34,9 @@ pub struct Results {
     /// Token-endpoint requests during the cached phase.
     pub served: u64,
     pub cli: Option<CliFigures>,
-    /// Idle VmRSS in KiB.
+    /// Idle VmRSS and RssAnon in KiB.
     pub rss: Option<u64>,
+    pub rss_anon: Option<u64>,
 }
 
 /// The two echo servers' names, in the order [`Results`] holds them.
@@ -293,24 +298,44 @@ fn base_summary(r: &Results) {
         r.served == 1,
     );
     match &r.cli {
-        Some(c) => println!(
-            "latchkey token  p50 {}  p99 {}  (empty Rust binary p50 {}; no numeric target)",
-            us(c.cli_p50),
-            us(c.cli_p99),
-            c.floor_p50.map_or("n/a".into(), us)
-        ),
+        Some(c) => match c.floor_p50 {
+            Some(floor) => verdict_line(
+                format!(
+                    "latchkey token p50 {} (p99 {}) / empty Rust binary {} = {:.2}× (target ≤ {TARGET_CLI_RATIO}×)",
+                    us(c.cli_p50),
+                    us(c.cli_p99),
+                    us(floor),
+                    c.cli_p50 as f64 / floor as f64
+                ),
+                c.cli_p50 as f64 <= floor as f64 * TARGET_CLI_RATIO,
+            ),
+            None => println!(
+                "latchkey token p50 {} (no empty Rust binary to compare with)",
+                us(c.cli_p50)
+            ),
+        },
         None => println!("latchkey token: SKIPPED (see part 3)"),
     }
-    match r.rss {
-        Some(rss) => verdict_line(
-            format!(
-                "idle daemon VmRSS = {:.1} MiB (target ≤ {} MiB)",
-                rss as f64 / 1024.0,
-                TARGET_RSS_KIB / 1024
-            ),
-            rss <= TARGET_RSS_KIB,
-        ),
-        None => println!("idle daemon VmRSS: could not read /proc/<pid>/status"),
+    match (r.rss, r.rss_anon) {
+        (Some(rss), Some(anon)) => {
+            verdict_line(
+                format!(
+                    "idle daemon VmRSS = {:.1} MiB (target ≤ {} MiB)",
+                    rss as f64 / 1024.0,
+                    TARGET_RSS_KIB / 1024
+                ),
+                rss <= TARGET_RSS_KIB,
+            );
+            verdict_line(
+                format!(
+                    "idle daemon RssAnon = {:.1} MiB (target ≤ {:.1} MiB)",
+                    anon as f64 / 1024.0,
+                    TARGET_ANON_KIB as f64 / 1024.0
+                ),
+                anon <= TARGET_ANON_KIB,
+            );
+        }
+        _ => println!("idle daemon memory: could not read /proc/<pid>/status"),
     }
     println!(
         "(DESIGN.md's measured floor for a raw round trip is p50 ≈ 12–15 µs, ≈ 70 k/s on one\n connection, ≈ 170 k/s over 8; compare the echo lines above to see how this machine differs.)"

@@ -200,6 +200,12 @@ impl<R> ZeroizingReader<R> {
         self.pos < self.filled
     }
 
+    /// Whether a whole line (up to its `\n`) waits here unconsumed: a peer
+    /// that sent several requests at once.
+    pub fn has_buffered_line(&self) -> bool {
+        self.buf[self.pos..self.filled].contains(&b'\n')
+    }
+
     fn advance(&mut self, amount: usize) {
         self.pos = (self.pos + amount).min(self.filled);
         if self.pos == self.filled {

@@ -35,6 +35,9 @@ const PEER_SHARE: usize = 4;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// A client that does not read its reply within this is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// 16 KiB: replies to requests that arrived together are written together
+/// up to this much (a `hello` and a `token.get` are a few hundred bytes).
+const COALESCE_LIMIT: usize = 16 * 1024;
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -442,7 +445,13 @@ async fn connection(
                 );
                 break;
             }
-            Next::Closed | Next::Stopping => break,
+            // Replies held back for a pipelined request (below) still go out.
+            Next::Closed | Next::Stopping => {
+                if !out.is_empty() {
+                    write_reply(reader.get_mut(), &out, &mut timer).await;
+                }
+                break;
+            }
         }
         // Once a request has started, it must arrive whole in time: a
         // half-written frame followed by silence costs one task, briefly.
@@ -472,6 +481,13 @@ async fn connection(
         let after = match dispatch::envelope(&line, &mut out) {
             Err(after) => after,
             Ok(request) if request.method == LoginWait::NAME => {
+                // Replies held back go out before a wait of minutes.
+                if !out.is_empty() {
+                    if !write_reply(reader.get_mut(), &out, &mut timer).await {
+                        break;
+                    }
+                    out.clear();
+                }
                 // The person's wait ends with the connection: dropping the
                 // handler cancels the login (login.rs), so its listener closes.
                 tokio::select! {
@@ -483,6 +499,12 @@ async fn connection(
         };
         // Requests may carry passphrases or secrets, replies carry tokens.
         line.clear();
+        // A peer that sent several requests at once (the CLI sends `hello`
+        // with its call) gets their replies in one write: it wakes once,
+        // not once per reply. Bounded, so replies never pile up unsent.
+        if after == After::Continue && out.len() < COALESCE_LIMIT && reader.has_buffered_line() {
+            continue;
+        }
         let written = write_reply(reader.get_mut(), &out, &mut timer).await;
         out.clear();
         if !written || after == After::Close {

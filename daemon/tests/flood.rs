@@ -338,3 +338,37 @@ async fn the_start_page_redirects_to_the_authorization_url_once() {
     );
     d.stop().await;
 }
+
+/// Requests sent together (the CLI sends `hello` with its call) are all
+/// answered, in order — the daemon writes their replies together — even
+/// when the peer closes its sending side right after them.
+#[tokio::test(start_paused = true)]
+async fn pipelined_requests_are_all_answered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = TestDaemon::start(Opts::default()).await;
+    let mut raw = tokio::net::UnixStream::connect(&d.socket)
+        .await
+        .expect("connects");
+    let lines = concat!(
+        r#"{"jsonrpc":"2.0","id":1,"method":"hello","params":{"protocol":1}}"#,
+        "\n",
+        r#"{"jsonrpc":"2.0","id":2,"method":"status"}"#,
+        "\n",
+        r#"{"jsonrpc":"2.0","id":3,"method":"no.such.method"}"#,
+        "\n",
+    );
+    raw.write_all(lines.as_bytes()).await.expect("sent");
+    raw.shutdown().await.expect("our side closed");
+    let mut text = String::new();
+    raw.read_to_string(&mut text).await.expect("UTF-8 replies");
+    let replies: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON reply"))
+        .collect();
+    let ids: Vec<_> = replies.iter().map(|r| r["id"].as_u64()).collect();
+    assert_eq!(ids, [Some(1), Some(2), Some(3)], "{text}");
+    assert!(replies[0]["result"]["protocol"].is_u64(), "{text}");
+    assert!(replies[1]["result"].is_object(), "{text}");
+    assert_eq!(replies[2]["error"]["data"]["kind"], "method_not_found");
+    d.stop().await;
+}
