@@ -1,11 +1,18 @@
-//! Private directories: created 0700, owned by us, re-chmodded if loose.
+//! The vault's directory: created 0700 when missing; an existing one is
+//! checked, never changed.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 
-/// Makes `dir` (and missing parents) exist with mode 0700, and refuses a
-/// directory owned by another user: someone else could swap our files.
+/// Makes `dir` (and missing parents) exist with mode 0700. A directory that
+/// already exists must be ours and writable by no one else — someone who
+/// can write it could swap our files — and is otherwise refused with the
+/// fix; it is never re-chmodded. (It used to be tightened to 0700, which
+/// for a vault named in a shared directory — `/tmp/v.db` run as root, or
+/// `~/v.db` — changed the permissions of that whole directory.) Unlike the
+/// socket's directory, it may be readable by others: the vault file is
+/// 0600, and a home directory is often 0755.
 pub fn private_dir(dir: &Path) -> io::Result<()> {
     if dir.as_os_str().is_empty() {
         return Ok(());
@@ -27,8 +34,52 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
             ),
         ));
     }
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if meta.mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is writable by other users (mode {:o}), who could replace the vault: run `chmod go-w {}` or choose another directory",
+                dir.display(),
+                meta.mode() & 0o7777,
+                dir.display()
+            ),
+        ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(dir: &Path) -> u32 {
+        std::fs::metadata(dir).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_missing_directory_is_made_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+    }
+
+    #[test]
+    fn an_existing_directory_is_checked_never_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("home");
+        std::fs::create_dir(&dir).unwrap();
+        // Readable by others, as home directories often are: used as it is.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o755);
+        // Writable by others (a shared /tmp is 1777): refused, left alone.
+        for loose in [0o777, 0o1777, 0o775] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(loose)).unwrap();
+            let err = private_dir(&dir).unwrap_err();
+            assert!(err.to_string().contains("chmod go-w"), "{err}");
+            assert_eq!(mode(&dir), loose);
+        }
+    }
 }
