@@ -85,7 +85,14 @@ impl Handler for Status {
                 catalog
                     .credentials
                     .values()
-                    .filter_map(|c| Some((c.config.name.clone(), s.grant(&c.id)?.subject?)))
+                    // Only user credentials have grants; the name is copied
+                    // only for those with an account (status goes over every
+                    // credential: nothing per credential beyond a look).
+                    .filter(|c| c.config.grant != GrantType::ClientCredentials)
+                    .filter_map(|c| {
+                        let subject = s.grant(&c.id)?.subject?;
+                        Some((c.config.name.clone(), subject))
+                    })
                     .collect(),
             );
         }
