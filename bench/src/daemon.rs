@@ -76,6 +76,7 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
 }
 
 /// Paths and environment of the bench's private daemon.
+#[derive(Clone)]
 pub struct Env {
     pub socket: PathBuf,
     pub vault: PathBuf,
@@ -138,6 +139,65 @@ impl DaemonGuard {
     /// Call from the main thread: the parent-death signal is tied to the
     /// thread that forks, and the main thread lives as long as the bench.
     pub fn start(binary: &Path, env: &Env) -> Result<DaemonGuard> {
+        let mut guard = DaemonGuard::spawn(binary, env)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            guard.check_alive()?;
+            if std::os::unix::net::UnixStream::connect(&env.socket).is_ok() {
+                return Ok(guard);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "latchkeyd did not listen on {} within 10 s; its log:\n{}",
+                    env.socket.display(),
+                    guard.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts `latchkeyd` and returns it with the time from the spawn to
+    /// its first `hello` reply (a connection through the client library,
+    /// which says `hello` as it connects), polled every 0.5 ms (≤ 10 s).
+    /// Call from the main thread (see [`DaemonGuard::start`]).
+    pub fn start_timed(
+        binary: &Path,
+        env: &Env,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<(DaemonGuard, Duration)> {
+        let started = Instant::now();
+        let mut guard = DaemonGuard::spawn(binary, env)?;
+        let deadline = started + Duration::from_secs(10);
+        loop {
+            if rt.block_on(Client::connect_to(&env.socket)).is_ok() {
+                return Ok((guard, started.elapsed()));
+            }
+            guard.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "latchkeyd did not answer on {} within 10 s; its log:\n{}",
+                    env.socket.display(),
+                    guard.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+
+    /// An error (with the daemon's log) when it has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "latchkeyd exited at start ({status}); its log:\n{}",
+                self.log_text()
+            );
+        }
+        Ok(())
+    }
+
+    /// Spawns `latchkeyd` on `env`'s vault and socket, without waiting.
+    fn spawn(binary: &Path, env: &Env) -> Result<DaemonGuard> {
         let log = std::fs::File::create(&env.log).context("failed to create the daemon log")?;
         let mut cmd = Command::new(binary);
         env.apply(&mut cmd, true);
@@ -161,30 +221,10 @@ impl DaemonGuard {
         let child = cmd
             .spawn()
             .with_context(|| format!("failed to start {}", binary.display()))?;
-        let mut guard = DaemonGuard {
+        Ok(DaemonGuard {
             child,
             log: env.log.clone(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = guard.child.try_wait()? {
-                bail!(
-                    "latchkeyd exited at start ({status}); its log:\n{}",
-                    guard.log_text()
-                );
-            }
-            if std::os::unix::net::UnixStream::connect(&env.socket).is_ok() {
-                return Ok(guard);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "latchkeyd did not listen on {} within 10 s; its log:\n{}",
-                    env.socket.display(),
-                    guard.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -261,4 +301,159 @@ pub async fn set_up_vault(socket: &Path, endpoint: &TokenEndpoint) -> Result<()>
         .await
         .context("credential.add failed")?;
     Ok(())
+}
+
+/// The passphrase of every vault the bench creates.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// The name of the `i`-th of many credentials (and of its provider):
+/// fixed width, so they sort as they are numbered.
+pub fn credential_name(i: usize) -> String {
+    format!("cred-{i:05}")
+}
+
+pub fn provider_name(i: usize) -> String {
+    format!("prov-{i:03}")
+}
+
+/// How long filling a vault took, by step.
+pub struct Fill {
+    pub providers: Duration,
+    pub credentials: Duration,
+    pub tokens: Duration,
+}
+
+/// `vault.init`, then `providers` providers (all pointing at `endpoint`)
+/// and `credentials` client-credentials credentials spread over them
+/// round-robin, then one `token.get` per credential so each holds a stored
+/// token, as a vault in use does. Credentials and tokens go through
+/// `conns` connections at once (the daemon writes each in its own
+/// transaction, one after the other, under its vault mutex: the
+/// connections only keep it busy). Every row is the daemon's own.
+pub async fn fill_vault(
+    socket: &Path,
+    endpoint: &TokenEndpoint,
+    providers: usize,
+    credentials: usize,
+    conns: usize,
+) -> Result<Fill> {
+    let mut c = Client::connect_to(socket).await?;
+    let _: InitResult = c
+        .request::<VaultInit>(&InitParams {
+            passphrase: Some(SecretString::from(PASSPHRASE)),
+            keyring: false,
+        })
+        .await
+        .context("vault.init failed")?;
+    let started = Instant::now();
+    for p in 0..providers {
+        let _: ProviderInfo = c
+            .request::<ProviderAdd>(&ProviderAddParams {
+                name: provider_name(p),
+                issuer: None,
+                endpoints: Endpoints {
+                    token_endpoint: Some(endpoint.url.clone()),
+                    ..Endpoints::default()
+                },
+            })
+            .await
+            .context("provider.add failed")?;
+    }
+    let providers_took = started.elapsed();
+
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..conns.min(credentials) {
+        let socket = socket.to_owned();
+        tasks.spawn(async move {
+            let mut c = Client::connect_to(&socket).await?;
+            for i in (worker..credentials).step_by(conns) {
+                let _: CredentialInfo = c
+                    .request::<CredentialAdd>(&CredentialAddParams {
+                        name: credential_name(i),
+                        provider: provider_name(i % providers),
+                        client_id: format!("client-{i:05}"),
+                        client_secret: Some(SecretString::from(format!("secret-{i:05}"))),
+                        grant: GrantType::ClientCredentials,
+                        auth: AuthMethod::ClientSecretBasic,
+                        scopes: vec!["read".into()],
+                        redirect_uri: None,
+                    })
+                    .await
+                    .context("credential.add failed")?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let credentials_took = started.elapsed();
+
+    let started = Instant::now();
+    for worker in 0..conns.min(credentials) {
+        let socket = socket.to_owned();
+        tasks.spawn(async move {
+            let mut c = Client::connect_to(&socket).await?;
+            for i in (worker..credentials).step_by(conns) {
+                c.token(&credential_name(i))
+                    .await
+                    .context("token.get failed")?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(Fill {
+        providers: providers_took,
+        credentials: credentials_took,
+        tokens: started.elapsed(),
+    })
+}
+
+/// Daemons the bench did not spawn itself (the CLI started them, detached
+/// in their own session, so no parent-death signal reaches them): stopped
+/// by [`StrayDaemon`]'s drop, or by the signal handler through [`strays`].
+static STRAYS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// The pids of daemons the CLI started for the bench, still running.
+pub fn strays() -> Vec<u32> {
+    STRAYS.lock().map(|s| s.clone()).unwrap_or_default()
+}
+
+/// A `latchkeyd` started by someone else (the CLI) on the bench's vault:
+/// SIGTERM, then SIGKILL, on drop.
+pub struct StrayDaemon {
+    pid: u32,
+}
+
+impl StrayDaemon {
+    pub fn adopt(pid: u32) -> StrayDaemon {
+        if let Ok(mut s) = STRAYS.lock() {
+            s.push(pid);
+        }
+        StrayDaemon { pid }
+    }
+}
+
+impl Drop for StrayDaemon {
+    fn drop(&mut self) {
+        let pid = self.pid as libc::pid_t;
+        // SAFETY: kill with the pid a daemon on the bench's own socket
+        // reported (through `status`) and that is still running.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while procfs::is_running(self.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if procfs::is_running(self.pid) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Ok(mut s) = STRAYS.lock() {
+            s.retain(|&p| p != self.pid);
+        }
+    }
 }

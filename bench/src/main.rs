@@ -42,8 +42,16 @@
 //!    (`LATCHKEY_BENCH_REFRESH_SECS=40` for a quick run); no call should
 //!    wait on the network once warm.
 //!
+//! 7. **Costs as the work grows** (`scale`): start, unlock, memory,
+//!    `credential list`, `status` and cached `token.get` for vaults of 1,
+//!    100 and 10,000 credentials; 1 / 64 / 1,000 open idle connections; an
+//!    audit table of 1,000,000 rows; a cold `latchkey token NAME` that
+//!    starts the daemon and unlocks it from `LATCHKEY_PASSPHRASE_FILE`
+//!    (about a minute).
+//!
 //! `LATCHKEY_BENCH_ONLY=refresh` (or `-- --only refresh`) runs parts 5–6
-//! alone, `LATCHKEY_BENCH_ONLY=base` parts 1–4. `LATCHKEY_BENCH_DAEMON_LOG`
+//! alone, `LATCHKEY_BENCH_ONLY=base` parts 1–4, `LATCHKEY_BENCH_ONLY=scale`
+//! part 7. `LATCHKEY_BENCH_DAEMON_LOG`
 //! sets the daemon's log filter (default `warn`; `debug` shows the ticker's
 //! proactive refreshes); the log is shown when a part-6 call waited.
 //! `LATCHKEY_BENCH_REFRESH_LIFETIME` changes part 6's token lifetime (30 s)
@@ -63,6 +71,7 @@ mod procfs;
 mod raw;
 mod refresh;
 mod report;
+mod scale;
 
 use anyhow::{Context, Result};
 use daemon::{DaemonGuard, Env, CREDENTIAL};
@@ -113,6 +122,8 @@ enum Only {
     Base,
     /// Parts 5–6.
     Refresh,
+    /// Part 7.
+    Scale,
 }
 
 /// `--only refresh|base` (or `--only=…`) on the command line, else
@@ -127,12 +138,14 @@ fn parts() -> Result<Only> {
                 chosen = Some(
                     args.get(i + 1)
                         .cloned()
-                        .context("--only needs a value: refresh or base")?,
+                        .context("--only needs a value: refresh, base or scale")?,
                 );
                 i += 1;
             }
             a if a.starts_with("--only=") => chosen = Some(a["--only=".len()..].to_owned()),
-            a => anyhow::bail!("unknown argument {a:?}; the only option is --only refresh|base"),
+            a => anyhow::bail!(
+                "unknown argument {a:?}; the only option is --only refresh|base|scale"
+            ),
         }
         i += 1;
     }
@@ -140,8 +153,9 @@ fn parts() -> Result<Only> {
         None | Some("") | Some("all") => Ok(Only::All),
         Some("refresh") => Ok(Only::Refresh),
         Some("base") => Ok(Only::Base),
+        Some("scale") => Ok(Only::Scale),
         Some(other) => anyhow::bail!(
-            "unknown part {other:?} (LATCHKEY_BENCH_ONLY / --only): use refresh or base"
+            "unknown part {other:?} (LATCHKEY_BENCH_ONLY / --only): use refresh, base or scale"
         ),
     }
 }
@@ -162,7 +176,7 @@ fn raise_nofile(need: u64) -> Result<()> {
     }
     if lim.rlim_max < need as libc::rlim_t {
         anyhow::bail!(
-            "part 5 needs {need} open files but the hard limit is {}; raise it (ulimit -Hn) or run with LATCHKEY_BENCH_ONLY=base",
+            "parts 5 and 7 need {need} open files but the hard limit is {}; raise it (ulimit -Hn) or run with LATCHKEY_BENCH_ONLY=base",
             lim.rlim_max
         );
     }
@@ -172,16 +186,15 @@ fn raise_nofile(need: u64) -> Result<()> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
     }
-    println!(
-        "raised the open-file limit from {old} to {need} (for part 5's {} connections)",
-        refresh::BURST_CALLERS
-    );
+    println!("raised the open-file limit from {old} to {need} (for the 1,000 connections of parts 5 and 7)");
     Ok(())
 }
 
 fn run() -> Result<()> {
     let only = parts()?;
-    let (base, with_refresh) = (only != Only::Refresh, only != Only::Base);
+    let base = matches!(only, Only::All | Only::Base);
+    let with_refresh = matches!(only, Only::All | Only::Refresh);
+    let with_scale = matches!(only, Only::All | Only::Scale);
     let refresh_secs = if with_refresh {
         Some(refresh::steady_secs()?)
     } else {
@@ -191,6 +204,9 @@ fn run() -> Result<()> {
     if with_refresh {
         // Before the daemon starts, so it inherits the limit.
         raise_nofile(4 * refresh::BURST_CALLERS as u64)?;
+    }
+    if with_scale {
+        raise_nofile(scale::OPEN_FILES)?;
     }
     let bins = daemon::bin_dir()?;
     let daemon_bin = daemon::find_binary(&bins, "latchkeyd", &["daemon/src", "client/src"])?
@@ -234,7 +250,7 @@ fn run() -> Result<()> {
             &env,
             &daemon,
             &endpoint,
-            cli_bin,
+            cli_bin.clone(),
             empty_bin,
             rss_at_start,
         )?)
@@ -252,6 +268,10 @@ fn run() -> Result<()> {
     } else {
         None
     };
+
+    if with_scale {
+        scale::run(&rt, &daemon_bin, cli_bin.as_deref())?;
+    }
 
     report::summary(base_results.as_ref(), refresh_results.as_ref());
     drop(rt);
@@ -499,8 +519,14 @@ async fn clean_up_on_signal(daemon_pid: u32, dir: std::path::PathBuf) {
     );
     // SAFETY: kill with the pid of the child this bench started (not yet reaped).
     unsafe { libc::kill(daemon_pid as libc::pid_t, libc::SIGTERM) };
+    // Daemons the CLI started (part 7's cold start), detached from us.
+    let strays = daemon::strays();
+    for &pid in &strays {
+        // SAFETY: kill with the pid such a daemon reported on our own socket.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
     for _ in 0..100 {
-        if !procfs::is_running(daemon_pid) {
+        if !procfs::is_running(daemon_pid) && !strays.iter().any(|&p| procfs::is_running(p)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -180,6 +180,8 @@ pub struct EntryInfo {
     pub scope: String,
     pub expires_at: Option<i64>,
     pub backoff: Option<(i64, String)>,
+    /// Whether an access token is held (it may have expired).
+    pub has_token: bool,
 }
 
 impl TokenCache {
@@ -427,20 +429,38 @@ impl TokenCache {
             .get(credential_id)
             .into_iter()
             .flat_map(HashMap::values)
-            .map(|s| EntryInfo {
-                scope: s
-                    .token
-                    .as_ref()
-                    .map(|t| t.token.reply.scope.clone())
-                    .unwrap_or_default(),
-                expires_at: s.token.as_ref().and_then(|t| t.token.reply.expires_at),
-                backoff: s
-                    .backoff
-                    .as_ref()
-                    .filter(|b| b.until > now)
-                    .map(|b| (b.until, b.error.message.clone())),
-            })
+            .map(|s| s.info(now))
             .collect()
+    }
+
+    /// What is held for every credential, by credential id, in one pass
+    /// under one lock: `credential list` and `status` over many
+    /// credentials would otherwise scan the whole cache once per credential.
+    pub fn describe_all(&self, now: i64) -> HashMap<String, Vec<EntryInfo>> {
+        let mut all: HashMap<String, Vec<EntryInfo>> = HashMap::new();
+        for (id, by_scope) in self.entries().iter() {
+            all.insert(id.clone(), by_scope.values().map(|s| s.info(now)).collect());
+        }
+        all
+    }
+}
+
+impl Entry {
+    fn info(&self, now: i64) -> EntryInfo {
+        EntryInfo {
+            scope: self
+                .token
+                .as_ref()
+                .map(|t| t.token.reply.scope.clone())
+                .unwrap_or_default(),
+            expires_at: self.token.as_ref().and_then(|t| t.token.reply.expires_at),
+            backoff: self
+                .backoff
+                .as_ref()
+                .filter(|b| b.until > now)
+                .map(|b| (b.until, b.error.message.clone())),
+            has_token: self.token.is_some(),
+        }
     }
 }
 

@@ -62,21 +62,37 @@ impl Handler for Status {
         };
         if let Some(s) = &session {
             let catalog = s.catalog();
+            // Which credentials hold a token: one pass over the cache (only
+            // when a user credential is there to ask about).
+            let mut held = None;
             let mut waiting: Vec<String> = catalog
                 .credentials
                 .values()
-                .filter(|c| s.needs_login(c))
+                .filter(|c| {
+                    s.needs_login(c, || {
+                        held.get_or_insert_with(|| s.tokens.describe_all(daemon.clock.now()))
+                            .get(&c.id)
+                            .is_some_and(|e| e.iter().any(|e| e.has_token))
+                    })
+                })
                 .map(|c| c.config.name.clone())
                 .collect();
             waiting.sort();
-            result.providers = Some(catalog.providers.len() as u32);
+            result.providers = Some(catalog.providers().len() as u32);
             result.credentials = Some(catalog.credentials.len() as u32);
             result.needs_login = Some(waiting);
             result.accounts = Some(
                 catalog
                     .credentials
                     .values()
-                    .filter_map(|c| Some((c.config.name.clone(), s.grant(&c.id)?.subject?)))
+                    // Only user credentials have grants; the name is copied
+                    // only for those with an account (status goes over every
+                    // credential: nothing per credential beyond a look).
+                    .filter(|c| c.config.grant != GrantType::ClientCredentials)
+                    .filter_map(|c| {
+                        let subject = s.grant(&c.id)?.subject?;
+                        Some((c.config.name.clone(), subject))
+                    })
                     .collect(),
             );
         }
@@ -208,8 +224,15 @@ async fn unlock(
             }
             if !params.unattended {
                 // A person unlocked it: unattended unlocks may follow again.
+                // Written only when a hold is there: each write is a
+                // synchronous=FULL commit (an fsync) an unlock need not pay.
                 daemon
-                    .with_vault_file(|v| Ok(v.set_lock_hold(None)?))
+                    .with_vault_file(|v| {
+                        if v.lock_hold()?.is_some() {
+                            v.set_lock_hold(None)?;
+                        }
+                        Ok(())
+                    })
                     .await?;
             }
             daemon.open_session(keys).await?;

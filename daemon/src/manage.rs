@@ -2,6 +2,7 @@
 //! them (`provider.*`, `credential.add/list/show`; `credential.remove`
 //! revokes first, in `revoke`), with their checks on URLs and secrets.
 
+use crate::cache::EntryInfo;
 use crate::error::ApiError;
 use crate::handler::Handler;
 use crate::oauth::{discovery, http::check_url};
@@ -82,7 +83,7 @@ impl Handler for ProviderAdd {
         // Re-take the session: discovery awaited the network, and the vault
         // may have been locked (and reopened) meanwhile.
         let session = daemon.session()?;
-        if session.catalog().providers.contains_key(&params.name) {
+        if session.catalog().providers().contains_key(&params.name) {
             return Err(ApiError::new(
                 ErrorKind::AlreadyExists,
                 format!(
@@ -101,10 +102,7 @@ impl Handler for ProviderAdd {
             .with_vault(move |keys, vault| vault.add_provider(keys, config))
             .await?;
         let info = provider_info(&provider, &[]);
-        session
-            .catalog_mut()
-            .providers
-            .insert(params.name.clone(), Arc::new(provider));
+        session.catalog_mut().add_provider(Arc::new(provider));
         daemon
             .audit
             .record("provider_added", None, None, Some(params.name));
@@ -123,7 +121,7 @@ impl Handler for ProviderList {
         let session = daemon.session()?;
         let catalog = session.catalog();
         let mut list: Vec<ProviderInfo> = catalog
-            .providers
+            .providers()
             .values()
             .map(|p| provider_info(p, &credentials_of(&catalog, &p.id)))
             .collect();
@@ -144,7 +142,7 @@ impl Handler for ProviderShow {
         let session = daemon.session()?;
         let catalog = session.catalog();
         let provider = catalog
-            .providers
+            .providers()
             .get(name)
             .ok_or_else(|| ApiError::no_provider(name))?;
         Ok(provider_info(
@@ -164,7 +162,7 @@ impl Handler for ProviderRemove {
         let id = {
             let catalog = session.catalog();
             let provider = catalog
-                .providers
+                .providers()
                 .get(name)
                 .ok_or_else(|| ApiError::no_provider(name))?;
             let users = credentials_of(&catalog, &provider.id);
@@ -183,7 +181,7 @@ impl Handler for ProviderRemove {
         session
             .with_vault(move |_, vault| vault.remove_provider(&id))
             .await?;
-        session.catalog_mut().providers.remove(name);
+        session.catalog_mut().remove_provider(name);
         daemon
             .audit
             .record("provider_removed", None, None, Some(name.into()));
@@ -250,7 +248,7 @@ impl Handler for CredentialAdd {
                 ));
             }
             let provider = catalog
-                .providers
+                .providers()
                 .get(&params.provider)
                 .ok_or_else(|| ApiError::no_provider(&params.provider))?;
             provider.id.clone()
@@ -271,7 +269,8 @@ impl Handler for CredentialAdd {
             .with_vault(move |keys, vault| vault.add_credential(keys, config, secret.as_ref()))
             .await?;
         let mut catalog = session.catalog_mut();
-        let info = credential_info(daemon, &catalog, &credential, &session);
+        let entries = session.tokens.describe(&credential.id, daemon.clock.now());
+        let info = credential_info(daemon, &catalog, &credential, &session, entries);
         catalog
             .credentials
             .insert(params.name.clone(), Arc::new(credential));
@@ -292,10 +291,15 @@ impl Handler for CredentialList {
     ) -> Result<Vec<CredentialInfo>, ApiError> {
         let session = daemon.session()?;
         let catalog = session.catalog();
+        // The whole cache in one pass, not one scan per credential.
+        let mut held = session.tokens.describe_all(daemon.clock.now());
         let mut list: Vec<CredentialInfo> = catalog
             .credentials
             .values()
-            .map(|c| credential_info(daemon, &catalog, c, &session))
+            .map(|c| {
+                let entries = held.remove(&c.id).unwrap_or_default();
+                credential_info(daemon, &catalog, c, &session, entries)
+            })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(list)
@@ -317,7 +321,10 @@ impl Handler for CredentialShow {
             .credentials
             .get(name)
             .ok_or_else(|| ApiError::no_credential(name))?;
-        Ok(credential_info(daemon, &catalog, credential, &session))
+        let entries = session.tokens.describe(&credential.id, daemon.clock.now());
+        Ok(credential_info(
+            daemon, &catalog, credential, &session, entries,
+        ))
     }
 }
 
@@ -364,17 +371,24 @@ fn provider_info(provider: &Provider, credentials: &[String]) -> ProviderInfo {
     }
 }
 
+/// What `credential show`/`list` say of `credential`, given what the token
+/// cache holds for it (`entries`: [`TokenCache::describe`], or its share of
+/// [`TokenCache::describe_all`]).
+///
+/// [`TokenCache::describe`]: crate::cache::TokenCache::describe
+/// [`TokenCache::describe_all`]: crate::cache::TokenCache::describe_all
 fn credential_info(
     daemon: &Daemon,
     catalog: &Catalog,
     credential: &Credential,
     session: &Session,
+    entries: Vec<EntryInfo>,
 ) -> CredentialInfo {
     let now = daemon.clock.now();
-    let entries = session.tokens.describe(&credential.id, now);
     let backoff = entries.iter().find_map(|e| e.backoff.clone());
     let grant = session.grant(&credential.id);
-    let state = session.state_of(credential, backoff.is_some());
+    let holds_token = entries.iter().any(|e| e.has_token);
+    let state = session.state_of(credential, backoff.is_some(), holds_token);
     CredentialInfo {
         name: credential.config.name.clone(),
         provider: catalog

@@ -150,7 +150,7 @@ impl Handler for VaultPanic {
         let targets: Vec<(Arc<Credential>, Arc<Provider>)> = {
             let catalog = session.catalog();
             if let Some(p) = &params.provider {
-                if !catalog.providers.contains_key(p) {
+                if !catalog.providers().contains_key(p) {
                     return Err(ApiError::no_provider(p));
                 }
             }

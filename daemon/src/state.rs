@@ -528,20 +528,34 @@ impl Session {
     }
 
     /// Whether a user credential has nothing to get tokens with: no refresh
-    /// token and no cached access token.
-    pub(crate) fn needs_login(&self, credential: &Credential) -> bool {
+    /// token and no cached access token. `holds_token` says whether the
+    /// cache holds an access token for it (asked only for a user
+    /// credential without a refresh token): a caller that goes over many
+    /// credentials reads the whole cache once ([`TokenCache::describe_all`])
+    /// instead of scanning it once per credential.
+    pub(crate) fn needs_login(
+        &self,
+        credential: &Credential,
+        holds_token: impl FnOnce() -> bool,
+    ) -> bool {
         credential.config.grant != GrantType::ClientCredentials
             && self
                 .grant(&credential.id)
                 .is_none_or(|g| g.refresh_token.is_none())
-            && self.tokens.peek(&credential.id).is_empty()
+            && !holds_token()
     }
 
-    /// Where a credential stands, as `credential show` and `status` say it.
-    pub(crate) fn state_of(&self, credential: &Credential, backing_off: bool) -> CredentialState {
+    /// Where a credential stands, as `credential show` and `status` say it;
+    /// `holds_token`: whether the cache holds an access token for it.
+    pub(crate) fn state_of(
+        &self,
+        credential: &Credential,
+        backing_off: bool,
+        holds_token: bool,
+    ) -> CredentialState {
         if credential.corrupt {
             CredentialState::Corrupt
-        } else if self.needs_login(credential) {
+        } else if self.needs_login(credential, || holds_token) {
             CredentialState::NeedsLogin
         } else if backing_off {
             CredentialState::Backoff

@@ -157,16 +157,43 @@ pub struct Credential {
 /// space-separated). The token cache's key and the `tokens` table's.
 pub type TokenKey = (String, String);
 
-/// Providers and credentials in memory while unlocked, by name.
+/// Providers and credentials in memory while unlocked, by name; providers
+/// by id too, since every token request finds its credential's provider by
+/// id (a scan over the providers would grow with them).
 #[derive(Default)]
 pub struct Catalog {
-    pub providers: HashMap<String, Arc<Provider>>,
+    /// By name; changed only through [`Catalog::add_provider`] and
+    /// [`Catalog::remove_provider`], which keep the id index.
+    providers: HashMap<String, Arc<Provider>>,
+    providers_by_id: HashMap<String, Arc<Provider>>,
     pub credentials: HashMap<String, Arc<Credential>>,
 }
 
 impl Catalog {
+    /// Providers by name.
+    pub fn providers(&self) -> &HashMap<String, Arc<Provider>> {
+        &self.providers
+    }
+
     pub fn provider_by_id(&self, id: &str) -> Option<&Arc<Provider>> {
-        self.providers.values().find(|p| p.id == id)
+        self.providers_by_id.get(id)
+    }
+
+    pub fn add_provider(&mut self, provider: Arc<Provider>) {
+        self.providers_by_id
+            .insert(provider.id.clone(), Arc::clone(&provider));
+        if let Some(old) = self
+            .providers
+            .insert(provider.config.name.clone(), provider)
+        {
+            self.providers_by_id.remove(&old.id);
+        }
+    }
+
+    pub fn remove_provider(&mut self, name: &str) -> Option<Arc<Provider>> {
+        let removed = self.providers.remove(name)?;
+        self.providers_by_id.remove(&removed.id);
+        Some(removed)
     }
 }
 
@@ -295,9 +322,7 @@ impl Vault {
         for row in self.store.providers()? {
             match keys.open_json::<ProviderConfig>("providers", &row.id, "config", &row.config) {
                 Ok(config) if config.name == row.name => {
-                    catalog
-                        .providers
-                        .insert(row.name.clone(), Arc::new(Provider { id: row.id, config }));
+                    catalog.add_provider(Arc::new(Provider { id: row.id, config }));
                 }
                 _ => problems.push(format!(
                     "provider '{}' failed its integrity check",
@@ -802,6 +827,37 @@ mod tests {
             vault.unlock_with_passphrase(&SecretString::from("pass")),
             Err(VaultError::TooMuchSlotWork { slots: 17, .. })
         ));
+    }
+
+    /// The id index follows every change of the providers by name: a
+    /// removed provider is gone from it, one replaced under its name (a
+    /// reload) leaves no stale id behind.
+    #[test]
+    fn the_catalog_finds_providers_by_id_through_every_change() {
+        let provider = |id: &str, name: &str| {
+            Arc::new(Provider {
+                id: id.into(),
+                config: ProviderConfig {
+                    name: name.into(),
+                    ..self::provider()
+                },
+            })
+        };
+        let mut catalog = Catalog::default();
+        catalog.add_provider(provider("id-a", "a"));
+        catalog.add_provider(provider("id-b", "b"));
+        assert_eq!(catalog.provider_by_id("id-a").unwrap().config.name, "a");
+        assert_eq!(catalog.provider_by_id("id-b").unwrap().config.name, "b");
+        assert!(catalog.provider_by_id("id-c").is_none());
+
+        assert_eq!(catalog.remove_provider("a").unwrap().id, "id-a");
+        assert!(catalog.remove_provider("a").is_none());
+        assert!(catalog.provider_by_id("id-a").is_none());
+
+        catalog.add_provider(provider("id-b2", "b"));
+        assert!(catalog.provider_by_id("id-b").is_none(), "no stale id");
+        assert_eq!(catalog.provider_by_id("id-b2").unwrap().config.name, "b");
+        assert_eq!(catalog.providers().len(), 1);
     }
 
     #[test]
