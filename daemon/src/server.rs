@@ -11,7 +11,7 @@ use crate::state::{Daemon, Peer};
 use futures::task::AtomicWaker;
 use futures::FutureExt;
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
-use latchkey_client::framing::{read_frame, Frame, SecretBuf, ZeroizingReader, READ_BUFFER};
+use latchkey_client::framing::{read_frame, Frame, SecretBuf, ZeroizingReader};
 use latchkey_client::protocol::{
     DaemonShutdown, Empty, ErrorKind, Hello, HelloParams, HelloResult, LoginWait, Method,
     MAX_REQUEST_LEN, PROTOCOL_VERSION,
@@ -35,6 +35,12 @@ const PEER_SHARE: usize = 4;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// A client that does not read its reply within this is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// 2 KiB: a connection's read buffer. Request lines are a few hundred
+/// bytes as a rule (a `hello` and a `token.get` together about 170), so
+/// they arrive in one read; a longer one (up to the 64 KiB limit) takes a
+/// few. Smaller than the clients' 8 KiB because a daemon holds one per
+/// open connection, most of them idle.
+const REQUEST_BUFFER: usize = 2 * 1024;
 /// 16 KiB: replies to requests that arrived together are written together
 /// up to this much (a `hello` and a `token.get` are a few hundred bytes).
 const COALESCE_LIMIT: usize = 16 * 1024;
@@ -428,7 +434,7 @@ async fn connection(
 ) {
     // Requests carry passphrases and secrets, replies carry tokens: every
     // buffer they pass through is wiped (framing.rs).
-    let mut reader = ZeroizingReader::with_capacity(READ_BUFFER, stream);
+    let mut reader = ZeroizingReader::with_capacity(REQUEST_BUFFER, stream);
     let mut line = SecretBuf::with_capacity(1024);
     let mut out = SecretBuf::with_capacity(1024);
     let mut timer = Timer { sleep: None };

@@ -115,13 +115,20 @@ pub fn refresh_due(daemon: &Arc<Daemon>) {
         return;
     };
     let now = daemon.clock.now();
-    for (id, scopes) in session.tokens.due(now, RECENT_USE_SECS) {
-        let name = session
-            .catalog()
-            .credentials
-            .values()
-            .find(|c| c.id == id)
-            .map(|c| c.config.name.clone());
+    let due = session.tokens.due(now, RECENT_USE_SECS);
+    if due.is_empty() {
+        return;
+    }
+    // Names by id, read once per tick: a search per due token would be
+    // quadratic when thousands of credentials come due together.
+    let names: std::collections::HashMap<String, String> = session
+        .catalog()
+        .credentials
+        .values()
+        .map(|c| (c.id.clone(), c.config.name.clone()))
+        .collect();
+    for (id, scopes) in due {
+        let name = names.get(&id).cloned();
         // Gone or corrupt: nothing to refresh.
         let Some(Ok((credential, provider))) = name.map(|n| session.lookup(&n)) else {
             continue;
