@@ -140,21 +140,14 @@ impl DaemonGuard {
     /// thread that forks, and the main thread lives as long as the bench.
     pub fn start(binary: &Path, env: &Env) -> Result<DaemonGuard> {
         let mut guard = DaemonGuard::spawn(binary, env)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            guard.check_alive()?;
-            if std::os::unix::net::UnixStream::connect(&env.socket).is_ok() {
-                return Ok(guard);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "latchkeyd did not listen on {} within 10 s; its log:\n{}",
-                    env.socket.display(),
-                    guard.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        guard.wait_until(
+            env,
+            "listen",
+            Instant::now(),
+            Duration::from_millis(10),
+            || std::os::unix::net::UnixStream::connect(&env.socket).is_ok(),
+        )?;
+        Ok(guard)
     }
 
     /// Starts `latchkeyd` and returns it with the time from the spawn to
@@ -168,20 +161,37 @@ impl DaemonGuard {
     ) -> Result<(DaemonGuard, Duration)> {
         let started = Instant::now();
         let mut guard = DaemonGuard::spawn(binary, env)?;
+        guard.wait_until(env, "answer", started, Duration::from_micros(500), || {
+            rt.block_on(Client::connect_to(&env.socket)).is_ok()
+        })?;
+        Ok((guard, started.elapsed()))
+    }
+
+    /// Polls `ready` every `poll` until it holds, for at most 10 s from
+    /// `started`; an error with the daemon's log when it exits or the time
+    /// runs out (`what` it did not do: "listen", "answer").
+    fn wait_until(
+        &mut self,
+        env: &Env,
+        what: &str,
+        started: Instant,
+        poll: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<()> {
         let deadline = started + Duration::from_secs(10);
         loop {
-            if rt.block_on(Client::connect_to(&env.socket)).is_ok() {
-                return Ok((guard, started.elapsed()));
+            if ready() {
+                return Ok(());
             }
-            guard.check_alive()?;
+            self.check_alive()?;
             if Instant::now() > deadline {
                 bail!(
-                    "latchkeyd did not answer on {} within 10 s; its log:\n{}",
+                    "latchkeyd did not {what} on {} within 10 s; its log:\n{}",
                     env.socket.display(),
-                    guard.log_text()
+                    self.log_text()
                 );
             }
-            std::thread::sleep(Duration::from_micros(500));
+            std::thread::sleep(poll);
         }
     }
 
