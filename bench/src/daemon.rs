@@ -275,20 +275,23 @@ impl Drop for DaemonGuard {
     }
 }
 
-/// `vault.init` with a passphrase, a provider whose token endpoint is the
-/// bench's, and a client-credentials credential with `client_secret_basic`.
-pub async fn set_up_vault(socket: &Path, endpoint: &TokenEndpoint) -> Result<()> {
-    let mut c = Client::connect_to(socket).await?;
+/// `vault.init` with one passphrase slot.
+async fn init_vault(c: &mut Client, passphrase: &str) -> Result<()> {
     let _: InitResult = c
         .request::<VaultInit>(&InitParams {
-            passphrase: Some(SecretString::from("correct horse battery staple")),
+            passphrase: Some(SecretString::from(passphrase)),
             keyring: false,
         })
         .await
         .context("vault.init failed")?;
+    Ok(())
+}
+
+/// A provider `name` whose token endpoint is the bench's.
+async fn add_provider(c: &mut Client, name: String, endpoint: &TokenEndpoint) -> Result<()> {
     let _: ProviderInfo = c
         .request::<ProviderAdd>(&ProviderAddParams {
-            name: CREDENTIAL.into(),
+            name,
             issuer: None,
             endpoints: Endpoints {
                 token_endpoint: Some(endpoint.url.clone()),
@@ -297,6 +300,15 @@ pub async fn set_up_vault(socket: &Path, endpoint: &TokenEndpoint) -> Result<()>
         })
         .await
         .context("provider.add failed")?;
+    Ok(())
+}
+
+/// `vault.init` with a passphrase, a provider whose token endpoint is the
+/// bench's, and a client-credentials credential with `client_secret_basic`.
+pub async fn set_up_vault(socket: &Path, endpoint: &TokenEndpoint) -> Result<()> {
+    let mut c = Client::connect_to(socket).await?;
+    init_vault(&mut c, "correct horse battery staple").await?;
+    add_provider(&mut c, CREDENTIAL.into(), endpoint).await?;
     let _: CredentialInfo = c
         .request::<CredentialAdd>(&CredentialAddParams {
             name: CREDENTIAL.into(),
@@ -348,26 +360,10 @@ pub async fn fill_vault(
     conns: usize,
 ) -> Result<Fill> {
     let mut c = Client::connect_to(socket).await?;
-    let _: InitResult = c
-        .request::<VaultInit>(&InitParams {
-            passphrase: Some(SecretString::from(PASSPHRASE)),
-            keyring: false,
-        })
-        .await
-        .context("vault.init failed")?;
+    init_vault(&mut c, PASSPHRASE).await?;
     let started = Instant::now();
     for p in 0..providers {
-        let _: ProviderInfo = c
-            .request::<ProviderAdd>(&ProviderAddParams {
-                name: provider_name(p),
-                issuer: None,
-                endpoints: Endpoints {
-                    token_endpoint: Some(endpoint.url.clone()),
-                    ..Endpoints::default()
-                },
-            })
-            .await
-            .context("provider.add failed")?;
+        add_provider(&mut c, provider_name(p), endpoint).await?;
     }
     let providers_took = started.elapsed();
 
