@@ -29,6 +29,11 @@ pub const PROVIDER_REFUSED: u8 = 8;
 pub const FORBIDDEN: u8 = 9;
 /// Wrong passphrase, or the keyring is unavailable.
 pub const UNLOCK_FAILED: u8 = 10;
+/// The credential asks before an app may use it, and nobody could be
+/// asked (`approval_required`): add a rule with `latchkey app allow`.
+pub const APPROVAL_REQUIRED: u8 = 11;
+/// The user (or a stored rule) denied this app the credential.
+pub const APPROVAL_DENIED: u8 = 12;
 
 /// Every exit code and what it means, in order: the one list `latchkey
 /// --help` prints ([`help_table`]) and the tests hold the mapping to.
@@ -65,6 +70,11 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
         "forbidden (e.g. scopes not granted, or the user denied the login)",
     ),
     (UNLOCK_FAILED, "wrong passphrase or keyring unavailable"),
+    (
+        APPROVAL_REQUIRED,
+        "approval required: no approver was reachable (add a rule with `latchkey app allow`)",
+    ),
+    (APPROVAL_DENIED, "approval denied for this app"),
 ];
 
 /// The table shown after `latchkey --help`, made from [`EXIT_CODES`].
@@ -145,6 +155,8 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::ProviderUnavailable | ErrorKind::RateLimited => PROVIDER_UNAVAILABLE,
         ErrorKind::ProviderError => PROVIDER_REFUSED,
         ErrorKind::Forbidden => FORBIDDEN,
+        ErrorKind::ApprovalRequired => APPROVAL_REQUIRED,
+        ErrorKind::ApprovalDenied => APPROVAL_DENIED,
         ErrorKind::WrongPassphrase | ErrorKind::KeyringUnavailable => UNLOCK_FAILED,
         // A daemon that is going away is, to the caller, one it cannot reach.
         ErrorKind::ShuttingDown => DAEMON_UNREACHABLE,
@@ -207,11 +219,11 @@ mod tests {
 
     #[test]
     fn the_table_lists_each_code_once_in_order() {
-        // The numbers are a stable interface: 0 to 10, none skipped.
+        // The numbers are a stable interface: 0 to 12, none skipped.
         let codes: Vec<u8> = EXIT_CODES.iter().map(|(code, _)| *code).collect();
-        assert_eq!(codes, (0..=10).collect::<Vec<u8>>());
+        assert_eq!(codes, (0..=12).collect::<Vec<u8>>());
         assert!(help_table().starts_with("Exit codes:\n   0  ok\n   1  other error"));
-        assert!(help_table().ends_with("\n  10  wrong passphrase or keyring unavailable"));
+        assert!(help_table().ends_with("\n  12  approval denied for this app"));
     }
 
     #[test]
@@ -226,6 +238,8 @@ mod tests {
             (ErrorKind::RateLimited, "rate limited"),
             (ErrorKind::ProviderError, "provider refused"),
             (ErrorKind::Forbidden, "forbidden"),
+            (ErrorKind::ApprovalRequired, "approval required"),
+            (ErrorKind::ApprovalDenied, "approval denied"),
             (ErrorKind::WrongPassphrase, "wrong passphrase"),
             (ErrorKind::KeyringUnavailable, "keyring unavailable"),
             (ErrorKind::ShuttingDown, "daemon unreachable"),

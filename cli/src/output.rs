@@ -87,6 +87,29 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A caller as people read it: `/usr/bin/curl (sha256 1a2b3c4d…, pid 42,
+/// via latchkey)`, `app key 'ci' (pid 42)`.
+pub fn app_label(app: &latchkey_client::protocol::AppInfo) -> String {
+    use latchkey_client::protocol::AppKind;
+    let mut extra = Vec::new();
+    if let Some(hash) = &app.sha256 {
+        extra.push(format!("sha256 {}…", &hash[..hash.len().min(16)]));
+    }
+    extra.push(format!("pid {}", app.pid));
+    if app.via_cli {
+        extra.push("via latchkey".into());
+    }
+    if let Some(unit) = &app.unit {
+        extra.push(format!("unit {unit}"));
+    }
+    let name = match app.kind {
+        AppKind::Exe => app.name.clone(),
+        AppKind::Key => format!("app key '{}'", app.name),
+        AppKind::Unknown => format!("unidentified program ({})", app.name),
+    };
+    format!("{name} ({})", extra.join(", "))
+}
+
 /// A span for people: `45s`, `14m 32s`, `2h 5m`, `3d 4h`.
 pub fn span(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);

@@ -207,6 +207,11 @@ pub enum ErrorKind {
     ProviderError,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// The credential asks before an app may use it and no approver is
+    /// reachable: the message names the command that adds a rule.
+    ApprovalRequired,
+    /// The user, or a stored rule, denied this app the credential.
+    ApprovalDenied,
     /// A bug in the daemon.
     Internal,
     /// A kind this client version does not know.
@@ -239,6 +244,8 @@ impl ErrorKind {
             ErrorKind::FrameTooLarge => -32014,
             ErrorKind::UnsupportedProtocol => -32015,
             ErrorKind::ShuttingDown => -32016,
+            ErrorKind::ApprovalRequired => -32017,
+            ErrorKind::ApprovalDenied => -32018,
         }
     }
 
@@ -265,6 +272,8 @@ impl ErrorKind {
             ErrorKind::ProviderUnavailable => "provider_unavailable",
             ErrorKind::ProviderError => "provider_error",
             ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::ApprovalRequired => "approval_required",
+            ErrorKind::ApprovalDenied => "approval_denied",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
         }
@@ -324,6 +333,75 @@ pub struct HelloResult {
     pub vault_path: Option<String>,
 }
 
+/// Who may use a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Any program of the user.
+    Open,
+    /// Only apps with a rule; others wait while the user is asked.
+    #[default]
+    Ask,
+}
+
+impl Access {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Open => "open",
+            Access::Ask => "ask",
+        }
+    }
+}
+
+/// What kind of identity a caller has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppKind {
+    /// A program, named by its executable's path and hash.
+    Exe,
+    /// An app that presented an app key (`LATCHKEY_APP_KEY`).
+    Key,
+    /// The program could not be identified.
+    Unknown,
+}
+
+/// A caller as the daemon verified it (never as it declared itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppInfo {
+    /// A program, an app key, or unknown.
+    pub kind: AppKind,
+    /// The executable's path, the app key's name, or why it is unknown.
+    pub name: String,
+    /// The executable's SHA-256, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The process that connected.
+    pub pid: u32,
+    /// Whether the `latchkey` CLI connected on this program's behalf.
+    #[serde(default)]
+    pub via_cli: bool,
+    /// The programs above it, nearest first, up to the session leader.
+    #[serde(default)]
+    pub chain: Vec<ProcessInfo>,
+    /// Its systemd unit, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Its terminal session id, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u32>,
+}
+
+/// One process of a parent chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Its process id.
+    pub pid: u32,
+    /// Its executable's path, when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+}
+
 /// Whether the vault exists and is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -381,6 +459,9 @@ pub struct StatusResult {
     /// OIDC subject), when unlocked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accounts: Option<std::collections::BTreeMap<String, String>>,
+    /// Who asked for this status, as the daemon identified the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<AppInfo>,
 }
 
 /// Parameters of `vault.init`. At least one of the two slots must be asked for.

@@ -6,6 +6,7 @@
 //! fit is counted and the log says so in a row of its own.
 
 use crate::clock::Clock;
+use crate::identity::Peer;
 use crate::vault::store::AuditRow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -64,21 +65,24 @@ impl Audit {
         &self,
         event: &str,
         credential: Option<&str>,
-        peer_pid: Option<u32>,
+        peer: Option<&Peer>,
         detail: Option<String>,
     ) {
+        let app = peer.map(Peer::label);
         tracing::info!(
             target: "latchkey::audit",
             event,
             credential = credential.unwrap_or(""),
-            peer_pid = peer_pid.unwrap_or(0),
+            peer_pid = peer.map_or(0, |p| p.pid),
+            app = app.as_deref().unwrap_or(""),
             detail = detail.as_deref().unwrap_or(""),
         );
         let row = AuditRow {
             at: self.clock.now(),
             event: event.to_owned(),
             credential: credential.map(str::to_owned),
-            peer_pid,
+            peer_pid: peer.map(|p| p.pid),
+            app,
             detail,
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(row) {
@@ -116,6 +120,7 @@ impl<S: Sink> Writer<S> {
                     event: DROPPED_EVENT.into(),
                     credential: None,
                     peer_pid: None,
+                    app: None,
                     detail: Some(format!(
                         "audit events dropped: {dropped} (the audit queue was full; the log has a gap here)"
                     )),

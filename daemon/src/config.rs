@@ -25,6 +25,9 @@ pub struct Config {
     /// Unlock with this file's passphrase at start (headless runs).
     pub passphrase_file: Option<PathBuf>,
     pub keyring: BackendChoice,
+    /// The `latchkey` CLI's executable: its connections are attributed to
+    /// the program that ran it (`identity.rs`). `None`: nothing is.
+    pub cli_path: Option<PathBuf>,
     /// The wall clock, except in in-process tests that drive tokio's.
     pub clock: Clock,
 }

@@ -38,7 +38,7 @@ pub(crate) struct Incoming<'a> {
 /// Handles one request line, appending exactly one reply line to `out`
 /// (the connection does the same in two steps, [`envelope`] and [`route`]).
 #[cfg(test)]
-pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut SecretBuf) -> After {
+pub async fn handle(daemon: &Arc<Daemon>, peer: &Peer, line: &[u8], out: &mut SecretBuf) -> After {
     match envelope(line, out) {
         Ok(request) => route(daemon, peer, request, out).await,
         Err(after) => after,
@@ -50,7 +50,7 @@ pub async fn handle(daemon: &Arc<Daemon>, peer: Peer, line: &[u8], out: &mut Sec
 /// the method first (`login.wait`) without parsing the line twice.
 pub async fn route(
     daemon: &Arc<Daemon>,
-    peer: Peer,
+    peer: &Peer,
     request: Incoming<'_>,
     out: &mut SecretBuf,
 ) -> After {
@@ -159,7 +159,7 @@ pub(crate) fn envelope<'a>(line: &'a [u8], out: &mut SecretBuf) -> Result<Incomi
 /// One parsed request on its way to its method.
 struct Call<'a> {
     daemon: &'a Arc<Daemon>,
-    peer: Peer,
+    peer: &'a Peer,
     id: Option<&'a RawValue>,
     params: Option<&'a RawValue>,
 }
@@ -174,7 +174,7 @@ impl Call<'_> {
             self.daemon.touch();
         }
         let result = match parse::<M::Params>(M::NAME, self.params) {
-            Ok(params) => M::handle(self.daemon, self.peer, params).await,
+            Ok(params) => M::handle(self.daemon, self.peer.clone(), params).await,
             Err(e) => Err(e),
         };
         match result {
@@ -307,10 +307,11 @@ mod tests {
             connection_idle_timeout: std::time::Duration::ZERO,
             passphrase_file: None,
             keyring: BackendChoice::Auto,
+            cli_path: None,
             clock: Clock::Wall,
         })
         .expect("no vault yet is fine");
-        let peer = Peer { pid: 1 };
+        let peer = Peer::unidentified(1);
         let kind = |out: &[u8]| -> Option<String> {
             let reply: serde_json::Value = serde_json::from_slice(out).expect("a JSON reply");
             reply["error"]["data"]["kind"].as_str().map(str::to_owned)
@@ -318,13 +319,13 @@ mod tests {
         for (name, _) in METHODS {
             let mut out = SecretBuf::new();
             let line = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{name}"}}"#);
-            handle(&daemon, peer, line.as_bytes(), &mut out).await;
+            handle(&daemon, &peer, line.as_bytes(), &mut out).await;
             assert_ne!(kind(&out).as_deref(), Some("method_not_found"), "{name}");
         }
         let mut out = SecretBuf::new();
         handle(
             &daemon,
-            peer,
+            &peer,
             br#"{"jsonrpc":"2.0","id":1,"method":"no.such"}"#,
             &mut out,
         )

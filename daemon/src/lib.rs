@@ -22,6 +22,7 @@ pub mod fsutil;
 pub mod fuzz;
 mod handler;
 pub mod hardening;
+mod identity;
 mod lifecycle;
 pub mod lockfile;
 mod login;

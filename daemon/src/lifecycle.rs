@@ -30,7 +30,7 @@ use std::time::{Duration, UNIX_EPOCH};
 impl Handler for Status {
     type Reply = StatusResult;
 
-    async fn handle(daemon: &Arc<Daemon>, _: Peer, _: Empty) -> Result<StatusResult, ApiError> {
+    async fn handle(daemon: &Arc<Daemon>, peer: Peer, _: Empty) -> Result<StatusResult, ApiError> {
         let slots = if daemon.has_vault() {
             daemon.with_vault_file(|v| Ok(v.slot_infos()?)).await?
         } else {
@@ -55,6 +55,7 @@ impl Handler for Status {
             slots,
             idle_timeout_secs: idle,
             locks_in_secs: locks_in,
+            caller: Some(peer.caller.info()),
             providers: None,
             credentials: None,
             needs_login: None,
@@ -238,7 +239,7 @@ async fn unlock(
             daemon.open_session(keys).await?;
             daemon
                 .audit
-                .record("unlock", None, Some(peer.pid), Some(slot.kind.clone()));
+                .record("unlock", None, Some(&peer), Some(slot.kind.clone()));
             Ok(UnlockResult {
                 slot,
                 already_unlocked: false,
@@ -252,7 +253,7 @@ async fn unlock(
             daemon.audit.record(
                 "unlock_failed",
                 None,
-                Some(peer.pid),
+                Some(&peer),
                 Some(error.kind.to_string()),
             );
             Err(error)
@@ -467,9 +468,7 @@ pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
     if passphrase.is_none() && !has_keyring {
         return;
     }
-    let peer = Peer {
-        pid: std::process::id(),
-    };
+    let peer = Peer::unidentified(std::process::id());
     let params = UnlockParams {
         passphrase,
         unattended: true,

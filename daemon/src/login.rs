@@ -114,7 +114,7 @@ impl Handler for LoginStart {
         let login_id = registered.id.clone();
         daemon
             .audit
-            .record("login_started", Some(&name), Some(peer.pid), None);
+            .record("login_started", Some(&name), Some(&peer), None);
         let task_daemon = Arc::clone(daemon);
         let device = params.device || credential.config.grant == GrantType::DeviceCode;
         if device {

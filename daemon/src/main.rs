@@ -83,6 +83,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         connection_idle_timeout: args.connection_idle_timeout,
         passphrase_file: args.passphrase_file.filter(|p| !p.as_os_str().is_empty()),
         keyring: keyring::BackendChoice::from_env()?,
+        cli_path: cli_beside_us(),
         clock: Clock::Wall,
     };
     if let Some(dir) = config.vault_path.parent() {
@@ -138,6 +139,14 @@ fn start(args: Args) -> anyhow::Result<()> {
     })?;
     tracing::info!("latchkeyd stopped");
     Ok(())
+}
+
+/// The `latchkey` CLI installed beside this executable, whose connections
+/// are attributed to the program that ran it. Its hash is what is
+/// compared, so a program merely named `latchkey` is not taken for it.
+fn cli_beside_us() -> Option<std::path::PathBuf> {
+    let cli = std::env::current_exe().ok()?.parent()?.join("latchkey");
+    cli.is_file().then_some(cli)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -7,6 +7,7 @@
 use crate::dispatch::{self, After};
 use crate::error::ApiError;
 use crate::handler::Handler;
+use crate::identity::{self, Caller};
 use crate::state::{Daemon, Peer};
 use futures::task::AtomicWaker;
 use futures::FutureExt;
@@ -18,6 +19,7 @@ use latchkey_client::protocol::{
 };
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,10 +78,13 @@ pub async fn serve(
             () = &mut shutdown => break,
             () = daemon.shutdown.notified() => break,
         };
-        let Some(peer) = check_peer(&daemon, &stream, our_uid) else {
+        let Some(pid) = check_peer(&daemon, &stream, our_uid) else {
             continue;
         };
-        let slot = match Slots::take(&slots, peer.pid) {
+        // Taken now, before the peer could exit: it pins the process that
+        // connected (identity.rs).
+        let pidfd = peer_pidfd(&stream);
+        let slot = match Slots::take(&slots, pid) {
             Ok(slot) => slot,
             Err(refusal) => {
                 refuse(stream, &refusal);
@@ -94,6 +99,7 @@ pub async fn serve(
             idle: idle_timeout,
         };
         tokio::spawn(async move {
+            let peer = identify(&daemon, pid, pidfd).await;
             connection(&daemon, stream, peer, stop, timeouts).await;
             drop(slot);
             drop(done);
@@ -194,18 +200,18 @@ fn refuse(mut stream: Stream, why: &ApiError) {
 
 /// Only processes of our own user may talk to us, whatever the socket's
 /// file mode says (DESIGN.md, threat model).
-fn check_peer(daemon: &Daemon, stream: &Stream, our_uid: u32) -> Option<Peer> {
+fn check_peer(daemon: &Daemon, stream: &Stream, our_uid: u32) -> Option<u32> {
     match stream.peer_creds() {
         Ok(creds) => {
             let pid = creds.pid().map_or(0, |p| p as u32);
             match creds.euid() {
-                Some(uid) if uid == our_uid => Some(Peer { pid }),
+                Some(uid) if uid == our_uid => Some(pid),
                 uid => {
                     tracing::warn!(pid, uid = ?uid, "refused a connection from another user");
                     daemon.audit.record(
                         "peer_refused",
                         None,
-                        Some(pid),
+                        Some(&Peer::unidentified(pid)),
                         Some(format!("uid {uid:?}")),
                     );
                     None
@@ -216,6 +222,25 @@ fn check_peer(daemon: &Daemon, stream: &Stream, our_uid: u32) -> Option<Peer> {
             tracing::warn!("refused a connection whose peer credentials are unknown: {e}");
             None
         }
+    }
+}
+
+fn peer_pidfd(stream: &Stream) -> Option<OwnedFd> {
+    match stream {
+        Stream::UdSocket(s) => identity::peer_pidfd(s.as_fd()),
+    }
+}
+
+/// Who is behind a new connection (`identity.rs`). On a blocking thread:
+/// an executable seen for the first time is read whole to hash it.
+async fn identify(daemon: &Arc<Daemon>, pid: u32, pidfd: Option<OwnedFd>) -> Peer {
+    let d = Arc::clone(daemon);
+    let process = tokio::task::spawn_blocking(move || d.identities.resolve(pid, pidfd.as_ref()))
+        .await
+        .unwrap_or_else(|_| identity::Process::unknown(pid, "its lookup failed"));
+    Peer {
+        pid,
+        caller: Arc::new(Caller::new(process)),
     }
 }
 
@@ -497,11 +522,11 @@ async fn connection(
                 // The person's wait ends with the connection: dropping the
                 // handler cancels the login (login.rs), so its listener closes.
                 tokio::select! {
-                    after = dispatch::route(daemon, peer, request, &mut out) => after,
+                    after = dispatch::route(daemon, &peer, request, &mut out) => after,
                     () = hung_up(&mut reader) => break,
                 }
             }
-            Ok(request) => dispatch::route(daemon, peer, request, &mut out).await,
+            Ok(request) => dispatch::route(daemon, &peer, request, &mut out).await,
         };
         // Requests may carry passphrases or secrets, replies carry tokens.
         line.clear();
@@ -561,7 +586,7 @@ impl Handler for DaemonShutdown {
     async fn handle(daemon: &Arc<Daemon>, peer: Peer, _: Empty) -> Result<Empty, ApiError> {
         daemon
             .audit
-            .record("shutdown_requested", None, Some(peer.pid), None);
+            .record("shutdown_requested", None, Some(&peer), None);
         daemon.shutdown.notify_one();
         Ok(Empty {})
     }

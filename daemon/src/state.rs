@@ -10,6 +10,8 @@ use crate::cache::TokenCache;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ApiError;
+pub use crate::identity::Peer;
+use crate::identity::Resolver;
 use crate::oauth::http::Http;
 use crate::sync::{lock, read, write};
 use crate::vault::store::AuditRow;
@@ -42,12 +44,6 @@ pub struct LoginEntry {
     pub cancel: Arc<tokio::sync::Notify>,
 }
 
-/// The peer process on the other end of a connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub pid: u32,
-}
-
 pub struct Daemon {
     pub(crate) config: Config,
     pub(crate) clock: Clock,
@@ -65,6 +61,8 @@ pub struct Daemon {
     sessions: AtomicU64,
     pub(crate) http: Http,
     pub(crate) audit: Audit,
+    /// Finds who is behind a connection; caches executables' hashes.
+    pub(crate) identities: Resolver,
     /// Notified by `daemon.shutdown`; the server stops accepting.
     pub(crate) shutdown: tokio::sync::Notify,
     /// Logins in progress, by login id; each login task removes its own.
@@ -209,6 +207,7 @@ impl Daemon {
         let initialized = AtomicBool::new(vault.is_some());
         let vault: SharedVault = Arc::new(Mutex::new(vault));
         let clock = config.clock;
+        let identities = Resolver::new(config.cli_path.clone());
         Ok(Arc::new(Daemon {
             audit: Audit::start(VaultSink(Arc::clone(&vault)), clock),
             clock,
@@ -221,6 +220,7 @@ impl Daemon {
             last_activity: AtomicI64::new(clock.now()),
             sessions: AtomicU64::new(1),
             http: Http::new(),
+            identities,
             shutdown: tokio::sync::Notify::new(),
             logins: Mutex::new(HashMap::new()),
         }))
@@ -589,6 +589,7 @@ mod tests {
             connection_idle_timeout: Duration::ZERO,
             passphrase_file: None,
             keyring: crate::vault::keyring::BackendChoice::Auto,
+            cli_path: None,
             clock: Clock::following_tokio(),
         })
         .unwrap();

@@ -68,7 +68,7 @@ impl Handler for TokenGet {
             daemon.audit.record(
                 "token_issued",
                 Some(&params.credential),
-                Some(peer.pid),
+                Some(&peer),
                 Some(hit.token.token.reply.scope.clone()),
             );
         }

@@ -74,6 +74,9 @@ fn render(status: &StatusResult, socket: &str) -> String {
         format!("latchkeyd {} (pid {})", status.daemon_version, status.pid),
     );
     f.add("socket", socket);
+    if let Some(caller) = &status.caller {
+        f.add("you are", output::app_label(caller));
+    }
     f.render()
 }
 
@@ -108,6 +111,7 @@ mod tests {
             credentials: Some(3),
             needs_login: Some(Vec::new()),
             accounts: None,
+            caller: None,
         }
     }
 

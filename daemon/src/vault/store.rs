@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_grants.sql"),
+    include_str!("../../migrations/0003_callers.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,8 @@ pub struct AuditRow {
     pub event: String,
     pub credential: Option<String>,
     pub peer_pid: Option<u32>,
+    /// The verified app identity (`identity::AppId::label`).
+    pub app: Option<String>,
     pub detail: Option<String>,
 }
 
@@ -464,7 +467,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO audit (at, event, credential, peer_pid, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO audit (at, event, credential, peer_pid, app, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for row in rows {
                 stmt.execute(params![
@@ -472,6 +475,7 @@ impl Store {
                     row.event,
                     row.credential,
                     row.peer_pid,
+                    row.app,
                     row.detail
                 ])?;
             }

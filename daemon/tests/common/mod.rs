@@ -89,6 +89,7 @@ impl TestDaemon {
             connection_idle_timeout: opts.connection_idle_timeout,
             passphrase_file: None,
             keyring: keyring::BackendChoice::Auto,
+            cli_path: None,
             clock: Clock::following_tokio(),
         };
         let name = socket
