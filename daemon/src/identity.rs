@@ -234,6 +234,7 @@ impl Hashes {
     }
 
     /// The SHA-256 of the file at `path` now (`latchkey app allow PATH`).
+    #[allow(dead_code)] // used by `app allow` (issue 9, in progress)
     pub fn of_path(&self, path: &Path) -> std::io::Result<[u8; 32]> {
         self.of(&mut File::open(path)?)
     }
@@ -281,9 +282,10 @@ impl Peer {
 pub struct Resolver {
     pub hashes: Hashes,
     /// The CLI's executable, when known: by default `latchkey` beside the
-    /// daemon's own executable.
+    /// daemon's own executable. A process runs the CLI when its executable
+    /// is that very file (same device and inode): a copy elsewhere, or a
+    /// program merely named `latchkey`, is identified as itself.
     cli: Option<PathBuf>,
-    cli_hash: OnceLock<Option<[u8; 32]>>,
 }
 
 impl Resolver {
@@ -291,16 +293,14 @@ impl Resolver {
         Resolver {
             hashes: Hashes::default(),
             cli,
-            cli_hash: OnceLock::new(),
         }
     }
 
-    /// The CLI's hash, read once.
-    fn cli_hash(&self) -> Option<[u8; 32]> {
-        *self.cli_hash.get_or_init(|| {
-            let path = self.cli.as_ref()?;
-            self.hashes.of_path(path).ok()
-        })
+    fn is_cli(&self, exe: &std::fs::Metadata) -> bool {
+        self.cli
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|cli| cli.dev() == exe.dev() && cli.ino() == exe.ino())
     }
 
     /// Looks up the process behind `pid` (pinned by `pidfd` when the kernel
@@ -311,14 +311,14 @@ impl Resolver {
         let Some(stat) = Stat::read(pid) else {
             return Process::unknown(pid, "it exited before it could be identified");
         };
-        let (mut app, hash) = match exe_of(pid, &self.hashes) {
+        let (mut app, meta) = match exe_of(pid, &self.hashes) {
             Ok(found) => found,
             Err(why) => return Process::unknown(pid, why),
         };
         let mut at = stat;
         let mut via_cli = false;
         let mut parent_fd = None;
-        if self.cli_hash().is_some_and(|cli| cli == hash) {
+        if self.is_cli(&meta) {
             // The CLI: its parent is the caller, if it is still the one
             // that started it (started no later than the CLI, alive).
             via_cli = true;
@@ -396,18 +396,19 @@ impl Stat {
     }
 }
 
-/// A process's executable: its path and the hash of the running file.
-fn exe_of(pid: u32, hashes: &Hashes) -> Result<(AppId, [u8; 32]), &'static str> {
+/// A process's executable: its path and the hash of the running file, and
+/// that file's metadata.
+fn exe_of(pid: u32, hashes: &Hashes) -> Result<(AppId, std::fs::Metadata), &'static str> {
     let link = format!("/proc/{pid}/exe");
     let path = std::fs::read_link(&link).map_err(|_| "its executable cannot be read")?;
     // Opening the link opens the file the process runs, even if another
     // file has since been put at its path.
-    let mut file = File::open(&link).map_err(|_| "its executable cannot be read")?;
-    let sha256 = hashes
-        .of(&mut file)
-        .map_err(|_| "its executable cannot be read")?;
+    let unreadable = |_| "its executable cannot be read";
+    let mut file = File::open(&link).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    let sha256 = hashes.of(&mut file).map_err(unreadable)?;
     let path = path.to_string_lossy().into_owned();
-    Ok((AppId::Exe { path, sha256 }, sha256))
+    Ok((AppId::Exe { path, sha256 }, meta))
 }
 
 /// The processes above `at`, nearest first, up to the session leader (or
