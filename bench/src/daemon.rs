@@ -319,6 +319,10 @@ pub async fn set_up_vault(socket: &Path, endpoint: &TokenEndpoint) -> Result<()>
             auth: AuthMethod::ClientSecretBasic,
             scopes: vec!["read".into()],
             redirect_uri: None,
+            access: Some(latchkey_client::protocol::Access::Open),
+            proof: Some(latchkey_client::protocol::Proof {
+                passphrase: Some(latchkey_client::secrecy::SecretString::from(PASSPHRASE)),
+            }),
         })
         .await
         .context("credential.add failed")?;
@@ -384,6 +388,12 @@ pub async fn fill_vault(
                         auth: AuthMethod::ClientSecretBasic,
                         scopes: vec!["read".into()],
                         redirect_uri: None,
+                        access: Some(latchkey_client::protocol::Access::Open),
+                        proof: Some(latchkey_client::protocol::Proof {
+                            passphrase: Some(latchkey_client::secrecy::SecretString::from(
+                                PASSPHRASE,
+                            )),
+                        }),
                     })
                     .await
                     .context("credential.add failed")?;

@@ -31,6 +31,38 @@ impl PassphraseArgs {
     }
 }
 
+/// A proof that a person asks, for what only a person should do (allow
+/// an app, open a credential to every app): the vault passphrase from the
+/// terminal, or from a file named here for scripted set-ups. Never from
+/// `$LATCHKEY_PASSPHRASE_FILE`, which unattended unlocks use: a program
+/// that can read that file could otherwise approve itself.
+#[derive(clap::Args, Default)]
+pub struct ProofArgs {
+    /// Prove a person asks with the vault passphrase in this file (scripted set-ups; else it is asked on the terminal)
+    #[arg(long = "passphrase-file", value_name = "PATH")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl ProofArgs {
+    /// Reads the proof for `doing` ("to allow an app").
+    pub fn proof(&self, doing: &str) -> anyhow::Result<latchkey_client::protocol::Proof> {
+        let passphrase = match &self.passphrase_file {
+            Some(path) => Source::File(path.clone()).read("passphrase")?,
+            None if crate::secret::can_prompt() => {
+                crate::secret::prompt(&format!("Vault passphrase ({doing}): "), "passphrase")?
+            }
+            None => {
+                return Err(crate::exit::usage(format!(
+                    "{doing} needs the vault passphrase as proof that a person asks, and there is no terminal to ask on: use --passphrase-file PATH"
+                )))
+            }
+        };
+        Ok(latchkey_client::protocol::Proof {
+            passphrase: Some(passphrase),
+        })
+    }
+}
+
 /// How to name the passphrase flags in an error.
 pub const PASSPHRASE_FLAGS: &str =
     "--passphrase-file PATH, --passphrase-stdin or --passphrase-env VAR, or set LATCHKEY_PASSPHRASE_FILE";

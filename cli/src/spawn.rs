@@ -85,13 +85,14 @@ pub fn daemon_binary() -> PathBuf {
 
 /// The daemon's command line. The environment is inherited, so
 /// `LATCHKEY_*` and `XDG_*` variables reach it unchanged, except the
-/// variables that hold a secret ([`DaemonArgs::withheld_env`]) and the
-/// [`TEST_ONLY_ENV`] switches.
+/// variables that hold a secret ([`DaemonArgs::withheld_env`], and the
+/// caller's app key) and the [`TEST_ONLY_ENV`] switches.
 pub fn command(args: &DaemonArgs) -> Command {
     let mut cmd = Command::new(daemon_binary());
     for var in args.withheld_env {
         cmd.env_remove(var);
     }
+    cmd.env_remove(latchkey_client::APP_KEY_ENV);
     for var in TEST_ONLY_ENV {
         cmd.env_remove(var);
     }

@@ -162,6 +162,7 @@ impl Client {
         if !self.greeted {
             let params = HelloParams {
                 protocol: PROTOCOL_VERSION,
+                app_key: crate::app_key_from_env(),
             };
             out.hello = Some(self.push(&mut out, Hello::NAME, &params)?);
         }
@@ -244,6 +245,7 @@ impl Client {
     pub fn hello(&mut self) -> Result<HelloResult, Error> {
         let params = HelloParams {
             protocol: PROTOCOL_VERSION,
+            app_key: crate::app_key_from_env(),
         };
         self.request::<Hello>(&params)
     }

@@ -140,6 +140,7 @@ impl Client {
     pub async fn hello(&mut self) -> Result<HelloResult, Error> {
         let params = HelloParams {
             protocol: PROTOCOL_VERSION,
+            app_key: crate::app_key_from_env(),
         };
         self.request::<Hello>(&params).await
     }

@@ -63,6 +63,6 @@ pub mod trust;
 
 pub use client::Client;
 pub use error::Error;
-pub use paths::{socket_path, vault_path, SOCKET_ENV, VAULT_ENV};
+pub use paths::{app_key_from_env, socket_path, vault_path, APP_KEY_ENV, SOCKET_ENV, VAULT_ENV};
 pub use protocol::{unix_now, ErrorKind, Method, TokenParams, TokenReply};
 pub use secrecy;

@@ -48,3 +48,15 @@ fn current_uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
 }
+
+/// The environment variable an app's key is read from (`latchkey app add`):
+/// a client that finds it presents the key in its `hello`, and the daemon
+/// then knows the connection as that app.
+pub const APP_KEY_ENV: &str = "LATCHKEY_APP_KEY";
+
+/// The app key in [`APP_KEY_ENV`], if it is set and not empty.
+pub fn app_key_from_env() -> Option<secrecy::SecretString> {
+    let key = std::env::var(APP_KEY_ENV).ok()?;
+    let key = key.trim();
+    (!key.is_empty()).then(|| secrecy::SecretString::from(key.to_owned()))
+}

@@ -110,7 +110,28 @@ methods! {
     TokenRevoke = "token.revoke", RevokeParams => RevokeResult, read_only: false;
     /// Incident response: revoke everything (or one provider's), drop caches, lock.
     VaultPanic = "vault.panic", PanicParams => PanicResult, read_only: false;
+    /// Change a credential's settings (who may use it).
+    CredentialSet = "credential.set", CredentialSetParams => CredentialInfo, read_only: false;
+    /// Create an app key; the key is in the result, once.
+    AppAdd = "app.add", AppAddParams => AppKeyCreated, read_only: false;
+    /// Rules and app keys.
+    AppList = "app.list", Empty => AppListResult, read_only: true;
+    /// Store a rule letting an app use a credential (needs a proof).
+    AppAllow = "app.allow", AppAllowParams => RuleInfo, read_only: false;
+    /// Store a rule refusing an app a credential.
+    AppDeny = "app.deny", AppDenyParams => RuleInfo, read_only: false;
+    /// Remove a rule, or an app key and its rules.
+    AppRemove = "app.remove", AppRemoveParams => Empty, read_only: false;
+    /// Become an approver for as long as this connection lasts.
+    ApprovalAttach = "approval.attach", AttachParams => AttachResult, read_only: true;
+    /// Wait for the next app waiting for a decision (approvers only).
+    ApprovalNext = "approval.next", ApprovalNextParams => ApprovalNextResult, read_only: true;
+    /// Answer a prompt (approvers only; allowing needs the attach proof).
+    ApprovalDecide = "approval.decide", DecideParams => Empty, read_only: false;
 }
+
+mod apps;
+pub use apps::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -315,6 +336,14 @@ pub fn unix_now() -> i64 {
 pub struct HelloParams {
     /// The client's [`PROTOCOL_VERSION`].
     pub protocol: u32,
+    /// An app key (`LATCHKEY_APP_KEY`): the connection is then that key's
+    /// app. A key the vault does not know makes every later call fail.
+    #[serde(
+        default,
+        serialize_with = "expose_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub app_key: Option<SecretString>,
 }
 
 /// Result of `hello`.
@@ -345,6 +374,12 @@ pub enum Access {
 }
 
 impl Access {
+    /// What credentials stored before there were access rules have: they
+    /// keep working for every app, as they did.
+    pub fn legacy() -> Access {
+        Access::Open
+    }
+
     /// The wire spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -462,6 +497,9 @@ pub struct StatusResult {
     /// Who asked for this status, as the daemon identified the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<AppInfo>,
+    /// Approvers attached now (`latchkey approve`).
+    #[serde(default)]
+    pub approvers: u32,
 }
 
 /// Parameters of `vault.init`. At least one of the two slots must be asked for.
@@ -688,6 +726,12 @@ pub struct CredentialAddParams {
     /// Loopback redirect URI for the authorization code grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_uri: Option<String>,
+    /// Who may use it; `None` is `ask`. `open` needs `proof`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+    /// Proof of a human, for `open`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
 }
 
 /// A credential as shown to users: never a secret.
@@ -711,6 +755,9 @@ pub struct CredentialInfo {
     pub granted_scopes: Option<Vec<String>>,
     /// Whether a client secret is stored.
     pub has_client_secret: bool,
+    /// Who may use it (vaults from before access rules: `open`).
+    #[serde(default = "Access::legacy")]
+    pub access: Access,
     /// Life-cycle state.
     pub state: CredentialState,
     /// Cached access tokens (metadata only).
@@ -1032,7 +1079,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 22);
+        assert_eq!(METHODS.len(), 31);
     }
 
     #[test]
@@ -1046,6 +1093,9 @@ mod tests {
         assert_eq!(
             read_only,
             [
+                "app.list",
+                "approval.attach",
+                "approval.next",
                 "credential.list",
                 "credential.show",
                 "daemon.stats",

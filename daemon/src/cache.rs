@@ -150,9 +150,10 @@ struct Entry {
     backoff: Option<Backoff>,
     /// Last time a caller asked; only recently used tokens are refreshed ahead.
     last_used: i64,
-    /// Peers (pids) that already received the current token: the audit log
-    /// records the first issuance of each token to each process, not every call.
-    issued_to: Vec<u32>,
+    /// Apps (`Caller::issue_key`) that already received the current token:
+    /// the audit log records the first issuance of each token to each app,
+    /// not every call.
+    issued_to: Vec<u64>,
 }
 
 /// What [`TokenCache::get`] returns on success.
@@ -224,7 +225,7 @@ impl TokenCache {
         credential_id: &str,
         scopes: &[String],
         min_ttl: u64,
-        peer: u32,
+        peer: u64,
         now: i64,
         fetch: F,
     ) -> Result<Hit, ApiError>
@@ -469,7 +470,7 @@ impl Entry {
 const MAX_REMEMBERED_PEERS: usize = 64;
 
 /// Records that `peer` received the current token; true the first time.
-fn note_issue(issued_to: &mut Vec<u32>, peer: u32) -> bool {
+fn note_issue(issued_to: &mut Vec<u64>, peer: u64) -> bool {
     if issued_to.contains(&peer) {
         return false;
     }

@@ -28,6 +28,8 @@ pub struct Config {
     /// The `latchkey` CLI's executable: its connections are attributed to
     /// the program that ran it (`identity.rs`). `None`: nothing is.
     pub cli_path: Option<PathBuf>,
+    /// How long a call for an `ask` credential waits for the user's decision.
+    pub approval_timeout: Duration,
     /// The wall clock, except in in-process tests that drive tokio's.
     pub clock: Clock,
 }

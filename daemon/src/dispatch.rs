@@ -73,6 +73,15 @@ pub async fn route(
         VaultChangePassphrase::NAME => run.method::<VaultChangePassphrase>(out).await,
         VaultRekey::NAME => run.method::<VaultRekey>(out).await,
         VaultPanic::NAME => run.method::<VaultPanic>(out).await,
+        CredentialSet::NAME => run.method::<CredentialSet>(out).await,
+        AppAdd::NAME => run.method::<AppAdd>(out).await,
+        AppList::NAME => run.method::<AppList>(out).await,
+        AppAllow::NAME => run.method::<AppAllow>(out).await,
+        AppDeny::NAME => run.method::<AppDeny>(out).await,
+        AppRemove::NAME => run.method::<AppRemove>(out).await,
+        ApprovalAttach::NAME => run.method::<ApprovalAttach>(out).await,
+        ApprovalNext::NAME => run.method::<ApprovalNext>(out).await,
+        ApprovalDecide::NAME => run.method::<ApprovalDecide>(out).await,
         ProviderAdd::NAME => run.method::<ProviderAdd>(out).await,
         ProviderList::NAME => run.method::<ProviderList>(out).await,
         ProviderShow::NAME => run.method::<ProviderShow>(out).await,
@@ -173,7 +182,13 @@ impl Call<'_> {
         if !M::READ_ONLY {
             self.daemon.touch();
         }
-        let result = match parse::<M::Params>(M::NAME, self.params) {
+        // A connection that presented an app key is that app only once the
+        // key checks out; one that presented a wrong key gets nothing.
+        let settled = match M::NAME {
+            Hello::NAME | Status::NAME => Ok(()),
+            _ => crate::apps::settle_key(self.daemon, self.peer),
+        };
+        let result = match settled.and_then(|()| parse::<M::Params>(M::NAME, self.params)) {
             Ok(params) => M::handle(self.daemon, self.peer.clone(), params).await,
             Err(e) => Err(e),
         };
@@ -308,6 +323,7 @@ mod tests {
             passphrase_file: None,
             keyring: BackendChoice::Auto,
             cli_path: None,
+            approval_timeout: std::time::Duration::from_secs(60),
             clock: Clock::Wall,
         })
         .expect("no vault yet is fine");

@@ -302,6 +302,15 @@ fn params_of(
         LoginWait,
         TokenRevoke,
         VaultPanic,
+        CredentialSet,
+        AppAdd,
+        AppList,
+        AppAllow,
+        AppDeny,
+        AppRemove,
+        ApprovalAttach,
+        ApprovalNext,
+        ApprovalDecide,
     )
 }
 
@@ -574,6 +583,7 @@ fn credential(grant: GrantType, auth: AuthMethod) -> Credential {
             auth,
             scopes: vec!["read".into(), "write".into()],
             redirect_uri: None,
+            access: latchkey_client::protocol::Access::Open,
         },
         has_client_secret: true,
         corrupt: false,

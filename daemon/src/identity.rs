@@ -17,13 +17,16 @@
 
 use crate::sync::lock;
 use latchkey_client::protocol::{AppInfo, AppKind, ProcessInfo};
+use secrecy::SecretString;
 use sha2::{Digest, Sha256};
+use std::any::Any;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// How many ancestors are shown at most (up to the session leader).
@@ -32,7 +35,6 @@ const MAX_CHAIN: usize = 16;
 const MAX_CACHED_HASHES: usize = 4096;
 
 /// An app as the daemon verified it: what rules name and rows record.
-#[allow(dead_code)] // app keys arrive with the policy (issue 9, in progress)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppId {
     /// A program, by the path it runs from and the hash of that file.
@@ -44,7 +46,6 @@ pub enum AppId {
     Unknown { why: &'static str },
 }
 
-#[allow(dead_code)] // used by the policy (issue 9, in progress)
 impl AppId {
     /// The stable name rules and rate limits use: `exe:/usr/bin/curl`,
     /// `key:ci`, `unknown`.
@@ -115,13 +116,37 @@ impl Process {
 }
 
 /// The connection's caller: the process found at connect, and the app key
-/// it may present later (`hello`), which then names it instead.
+/// it may present (`hello`), which then names it instead.
 pub struct Caller {
     pub pid: u32,
     pub process: Process,
-    /// Set once by `hello` when the client presents an app key that the
-    /// vault knows.
+    /// Set once when the app key it presented was verified.
     by_key: OnceLock<AppId>,
+    /// What became of a presented key: see [`KeyState`].
+    key_state: AtomicU8,
+    /// A key presented while the vault was locked, checked at the first
+    /// call after the unlock.
+    pending_key: Mutex<Option<SecretString>>,
+    /// A first-issuance key for the audit log: a hash of who it is.
+    issue_key: AtomicU64,
+    /// What this connection attached as (an approver), dropped with it.
+    attachment: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// Whether this connection proved a person is behind it (the vault
+    /// passphrase): later calls that need a proof need no second one.
+    proven: AtomicBool,
+}
+
+/// What became of the app key a caller presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// It presented none.
+    None = 0,
+    /// Presented while locked; not checked yet.
+    Pending = 1,
+    /// Checked: the caller is that key's app.
+    Verified = 2,
+    /// Not a key of this vault: every later call is refused.
+    Refused = 3,
 }
 
 impl std::fmt::Debug for Caller {
@@ -135,10 +160,16 @@ impl std::fmt::Debug for Caller {
 
 impl Caller {
     pub fn new(process: Process) -> Caller {
+        let issue_key = hash_of(&process.app);
         Caller {
             pid: process.pid,
             process,
             by_key: OnceLock::new(),
+            key_state: AtomicU8::new(KeyState::None as u8),
+            pending_key: Mutex::new(None),
+            issue_key: AtomicU64::new(issue_key),
+            attachment: OnceLock::new(),
+            proven: AtomicBool::new(false),
         }
     }
 
@@ -151,6 +182,72 @@ impl Caller {
     /// the program found from its pid.
     pub fn app(&self) -> &AppId {
         self.by_key.get().unwrap_or(&self.process.app)
+    }
+
+    /// A number that differs between apps (for "first issuance to each
+    /// app" in the audit log).
+    pub fn issue_key(&self) -> u64 {
+        self.issue_key.load(Ordering::Relaxed)
+    }
+
+    pub fn key_state(&self) -> KeyState {
+        match self.key_state.load(Ordering::Acquire) {
+            1 => KeyState::Pending,
+            2 => KeyState::Verified,
+            3 => KeyState::Refused,
+            _ => KeyState::None,
+        }
+    }
+
+    /// Keeps a key presented while the vault is locked, for later.
+    pub fn defer_key(&self, key: SecretString) {
+        *lock(&self.pending_key) = Some(key);
+        self.key_state
+            .store(KeyState::Pending as u8, Ordering::Release);
+    }
+
+    /// The key kept by [`Caller::defer_key`], taken.
+    pub fn take_pending_key(&self) -> Option<SecretString> {
+        lock(&self.pending_key).take()
+    }
+
+    /// Names this connection by a verified app key. False if it already
+    /// has an identity by key (a connection has one).
+    pub fn set_key(&self, name: String) -> bool {
+        let app = AppId::Key { name };
+        let hash = hash_of(&app);
+        if self.by_key.set(app).is_err() {
+            return false;
+        }
+        self.issue_key.store(hash, Ordering::Relaxed);
+        self.key_state
+            .store(KeyState::Verified as u8, Ordering::Release);
+        true
+    }
+
+    pub fn proven(&self) -> bool {
+        self.proven.load(Ordering::Acquire)
+    }
+
+    pub fn set_proven(&self) {
+        self.proven.store(true, Ordering::Release);
+    }
+
+    /// Marks the presented key as not this vault's.
+    pub fn refuse_key(&self) {
+        self.key_state
+            .store(KeyState::Refused as u8, Ordering::Release);
+    }
+
+    /// Attaches `what` to the connection for as long as it lasts; false if
+    /// something is attached already.
+    pub fn attach(&self, what: Box<dyn Any + Send + Sync>) -> bool {
+        self.attachment.set(what).is_ok()
+    }
+
+    /// What is attached, if it is a `T`.
+    pub fn attached<T: 'static>(&self) -> Option<&T> {
+        self.attachment.get()?.downcast_ref()
     }
 
     /// The caller as the protocol shows it (`status`, approval prompts).
@@ -179,13 +276,16 @@ impl Caller {
             session: p.session.map(|s| s.sid),
         }
     }
+}
 
-    #[allow(dead_code)] // used by `hello` with app keys (issue 9, in progress)
-    /// Names this connection by a verified app key. False if it already
-    /// presented one (a connection has one identity).
-    pub fn set_key(&self, name: String) -> bool {
-        self.by_key.set(AppId::Key { name }).is_ok()
+fn hash_of(app: &AppId) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    app.key().hash(&mut h);
+    if let AppId::Exe { sha256, .. } = app {
+        sha256.hash(&mut h);
     }
+    h.finish()
 }
 
 /// Hashes of executables, by what identifies a file's content without
@@ -234,7 +334,6 @@ impl Hashes {
     }
 
     /// The SHA-256 of the file at `path` now (`latchkey app allow PATH`).
-    #[allow(dead_code)] // used by `app allow` (issue 9, in progress)
     pub fn of_path(&self, path: &Path) -> std::io::Result<[u8; 32]> {
         self.of(&mut File::open(path)?)
     }

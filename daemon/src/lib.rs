@@ -9,6 +9,8 @@
 //! → `oauth` (the provider) → back, sealed into the `vault` on the way.
 //! ARCHITECTURE.md has the whole map.
 
+mod approval;
+mod apps;
 mod audit;
 mod cache;
 mod callback;

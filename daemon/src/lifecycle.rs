@@ -56,6 +56,7 @@ impl Handler for Status {
             idle_timeout_secs: idle,
             locks_in_secs: locks_in,
             caller: Some(peer.caller.info()),
+            approvers: daemon.approvals.approvers(),
             providers: None,
             credentials: None,
             needs_login: None,
@@ -297,6 +298,7 @@ pub async fn lock(daemon: &Daemon, reason: &str) -> bool {
     if daemon.end_session(COMMIT_WAIT).await.is_none() {
         return false;
     }
+    daemon.approvals.forget(None);
     daemon.audit.record("lock", None, None, Some(reason.into()));
     tracing::info!(reason, "vault locked");
     true

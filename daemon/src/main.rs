@@ -39,6 +39,9 @@ struct Args {
     /// Close a client connection that sends no request for this long; 0 never
     #[arg(long, env = "LATCHKEY_CONNECTION_IDLE_TIMEOUT", value_parser = duration::parse, default_value = "10m", hide = true)]
     connection_idle_timeout: Duration,
+    /// How long a call for an `ask` credential waits for the user's decision
+    #[arg(long, env = "LATCHKEY_APPROVAL_TIMEOUT", value_parser = duration::parse_whole_secs, default_value = "60s")]
+    approval_timeout: Duration,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         passphrase_file: args.passphrase_file.filter(|p| !p.as_os_str().is_empty()),
         keyring: keyring::BackendChoice::from_env()?,
         cli_path: cli_beside_us(),
+        approval_timeout: args.approval_timeout,
         clock: Clock::Wall,
     };
     if let Some(dir) = config.vault_path.parent() {

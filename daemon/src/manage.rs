@@ -196,7 +196,7 @@ impl Handler for CredentialAdd {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: CredentialAddParams,
     ) -> Result<CredentialInfo, ApiError> {
         check_name("credential", &params.name)?;
@@ -235,6 +235,16 @@ impl Handler for CredentialAdd {
             }
         }
         let scopes = normalize_scopes(&params.scopes)?;
+        let access = params.access.unwrap_or_default();
+        if access == Access::Open {
+            daemon
+                .prove(
+                    params.proof.as_ref(),
+                    &peer,
+                    "adding a credential every app may use (--access open)",
+                )
+                .await?;
+        }
         let session = daemon.session()?;
         let provider_id = {
             let catalog = session.catalog();
@@ -261,6 +271,7 @@ impl Handler for CredentialAdd {
             auth: params.auth,
             scopes,
             redirect_uri: params.redirect_uri,
+            access,
         };
         // A credential of the same name added meanwhile is stopped by the
         // file's unique name.
@@ -274,9 +285,12 @@ impl Handler for CredentialAdd {
         catalog
             .credentials
             .insert(params.name.clone(), Arc::new(credential));
-        daemon
-            .audit
-            .record("credential_added", Some(&params.name), None, None);
+        daemon.audit.record(
+            "credential_added",
+            Some(&params.name),
+            Some(&peer),
+            Some(format!("access={}", access.as_str())),
+        );
         Ok(info)
     }
 }
@@ -328,6 +342,75 @@ impl Handler for CredentialShow {
     }
 }
 
+/// Changes who may use a credential. Opening it to every app needs a
+/// proof of a human; narrowing it to `ask` does not.
+impl Handler for CredentialSet {
+    type Reply = CredentialInfo;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        peer: Peer,
+        params: CredentialSetParams,
+    ) -> Result<CredentialInfo, ApiError> {
+        let Some(access) = params.access else {
+            return Err(ApiError::invalid_params(
+                "nothing to change: give --access open|ask",
+            ));
+        };
+        let name = params.name.as_str();
+        let session = daemon.session()?;
+        let current = session
+            .catalog()
+            .credentials
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::no_credential(name))?;
+        if current.corrupt {
+            return Err(ApiError::new(
+                ErrorKind::VaultCorrupt,
+                format!(
+                    "credential '{name}' failed its integrity check: remove it and add it again"
+                ),
+            ));
+        }
+        if access == Access::Open && current.config.access != Access::Open {
+            daemon
+                .prove(
+                    params.proof.as_ref(),
+                    &peer,
+                    "opening a credential to every app (--access open)",
+                )
+                .await?;
+        }
+        let mut config = current.config.clone();
+        config.access = access;
+        let id = current.id.clone();
+        let sealed = config.clone();
+        session
+            .with_vault(move |keys, vault| vault.set_credential_config(keys, &id, &sealed))
+            .await?;
+        let updated = Credential {
+            id: current.id.clone(),
+            config,
+            has_client_secret: current.has_client_secret,
+            corrupt: false,
+        };
+        let mut catalog = session.catalog_mut();
+        let entries = session.tokens.describe(&updated.id, daemon.clock.now());
+        let info = credential_info(daemon, &catalog, &updated, &session, entries);
+        catalog
+            .credentials
+            .insert(name.to_owned(), Arc::new(updated));
+        daemon.audit.record(
+            "credential_changed",
+            Some(name),
+            Some(&peer),
+            Some(format!("access={}", access.as_str())),
+        );
+        Ok(info)
+    }
+}
+
 /// Deletes a credential and everything it holds, here only (see
 /// `revoke::credential_remove` for the protocol verb).
 pub(crate) async fn credential_delete(daemon: &Daemon, name: &str) -> Result<Empty, ApiError> {
@@ -343,8 +426,14 @@ pub(crate) async fn credential_delete(daemon: &Daemon, name: &str) -> Result<Emp
     session
         .with_vault(move |_, vault| vault.remove_credential(&removed))
         .await?;
-    session.catalog_mut().credentials.remove(name);
+    {
+        let mut catalog = session.catalog_mut();
+        catalog.credentials.remove(name);
+        // Its rules went with it in the file (a cascade).
+        catalog.rules.retain(|r| r.credential_id != id);
+    }
     session.tokens.forget(&id);
+    daemon.approvals.forget(Some(&id));
     daemon
         .audit
         .record("credential_removed", Some(name), None, None);
@@ -406,6 +495,7 @@ fn credential_info(
             granted
         }),
         has_client_secret: credential.has_client_secret,
+        access: credential.config.access,
         state,
         tokens: entries
             .into_iter()

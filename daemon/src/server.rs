@@ -14,8 +14,8 @@ use futures::FutureExt;
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
 use latchkey_client::framing::{read_frame, Frame, SecretBuf, ZeroizingReader};
 use latchkey_client::protocol::{
-    DaemonShutdown, Empty, ErrorKind, Hello, HelloParams, HelloResult, LoginWait, Method,
-    MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    ApprovalNext, DaemonShutdown, Empty, ErrorKind, Hello, HelloParams, HelloResult, LoginWait,
+    Method, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -511,7 +511,9 @@ async fn connection(
         }
         let after = match dispatch::envelope(&line, &mut out) {
             Err(after) => after,
-            Ok(request) if request.method == LoginWait::NAME => {
+            Ok(request)
+                if request.method == LoginWait::NAME || request.method == ApprovalNext::NAME =>
+            {
                 // Replies held back go out before a wait of minutes.
                 if !out.is_empty() {
                     if !write_reply(reader.get_mut(), &out, &mut timer).await {
@@ -520,7 +522,8 @@ async fn connection(
                     out.clear();
                 }
                 // The person's wait ends with the connection: dropping the
-                // handler cancels the login (login.rs), so its listener closes.
+                // handler cancels the login (login.rs), so its listener
+                // closes; an approver that left is no longer counted.
                 tokio::select! {
                     after = dispatch::route(daemon, &peer, request, &mut out) => after,
                     () = hung_up(&mut reader) => break,
@@ -560,9 +563,12 @@ impl Handler for Hello {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: HelloParams,
     ) -> Result<HelloResult, ApiError> {
+        if let Some(key) = params.app_key {
+            crate::apps::present_key(daemon, &peer, key)?;
+        }
         if params.protocol != PROTOCOL_VERSION {
             tracing::info!(
                 client = params.protocol,

@@ -5,6 +5,7 @@
 //! (`lifecycle`, `manage`, `token`, `login`, `revoke`) and work through these;
 //! this module imports none of them.
 
+use crate::approval::Approvals;
 use crate::audit::{Audit, Sink};
 use crate::cache::TokenCache;
 use crate::clock::Clock;
@@ -18,7 +19,7 @@ use crate::vault::store::AuditRow;
 use crate::vault::{
     Catalog, Credential, Grant, Keys, LimiterState, Provider, SlotKeks, Vault, VaultError,
 };
-use latchkey_client::protocol::{CredentialState, ErrorKind, GrantType, LoginResult};
+use latchkey_client::protocol::{CredentialState, ErrorKind, GrantType, LoginResult, Proof};
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -63,6 +64,8 @@ pub struct Daemon {
     pub(crate) audit: Audit,
     /// Finds who is behind a connection; caches executables' hashes.
     pub(crate) identities: Resolver,
+    /// Apps waiting for the user's decision, and who decides.
+    pub(crate) approvals: Arc<Approvals>,
     /// Notified by `daemon.shutdown`; the server stops accepting.
     pub(crate) shutdown: tokio::sync::Notify,
     /// Logins in progress, by login id; each login task removes its own.
@@ -208,6 +211,7 @@ impl Daemon {
         let vault: SharedVault = Arc::new(Mutex::new(vault));
         let clock = config.clock;
         let identities = Resolver::new(config.cli_path.clone());
+        let approval_timeout = config.approval_timeout;
         Ok(Arc::new(Daemon {
             audit: Audit::start(VaultSink(Arc::clone(&vault)), clock),
             clock,
@@ -221,6 +225,7 @@ impl Daemon {
             sessions: AtomicU64::new(1),
             http: Http::new(),
             identities,
+            approvals: Approvals::new(approval_timeout),
             shutdown: tokio::sync::Notify::new(),
             logins: Mutex::new(HashMap::new()),
         }))
@@ -346,6 +351,58 @@ impl Daemon {
     /// Seconds since the last use.
     pub(crate) fn idle_for(&self) -> i64 {
         (self.clock.now() - self.last_activity.load(Ordering::Relaxed)).max(0)
+    }
+
+    /// Checks a proof that a person asks (allowing an app, opening a
+    /// credential to every app): the vault passphrase, which a same-user
+    /// program does not have. Wrong passphrases count against the unlock
+    /// limiter, so a proof is no cheaper to guess than an unlock. A
+    /// connection that proved once needs no second proof (a script setting
+    /// up many rules pays one key derivation, not one per rule).
+    pub(crate) async fn prove(
+        &self,
+        proof: Option<&Proof>,
+        peer: &Peer,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        if peer.caller.proven() {
+            return Ok(());
+        }
+        let Some(passphrase) = proof.and_then(|p| p.passphrase.clone()) else {
+            return Err(ApiError::new(
+                ErrorKind::Forbidden,
+                format!("{what} needs proof that a person asks: give the vault passphrase (at the terminal prompt, or with --passphrase-file FILE)"),
+            ));
+        };
+        lock(&self.limiter).check(self.clock.now())?;
+        let rows = self.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
+        let opened =
+            tokio::task::spawn_blocking(move || rows.open_with_passphrase(&passphrase).map(drop))
+                .await
+                .map_err(ApiError::internal)?;
+        let error = match opened {
+            Ok(()) => {
+                let counted = {
+                    let mut limiter = lock(&self.limiter);
+                    let counted = limiter.state().failures > 0;
+                    limiter.succeeded();
+                    counted
+                };
+                if counted {
+                    self.save_limiter().await;
+                }
+                peer.caller.set_proven();
+                return Ok(());
+            }
+            Err(e) => ApiError::from(e),
+        };
+        if error.kind == ErrorKind::WrongPassphrase {
+            lock(&self.limiter).failed(self.clock.now());
+            self.save_limiter().await;
+        }
+        self.audit
+            .record("proof_failed", None, Some(peer), Some(what.to_owned()));
+        Err(error)
     }
 
     pub(crate) fn logins(&self) -> MutexGuard<'_, HashMap<String, LoginEntry>> {
@@ -590,6 +647,7 @@ mod tests {
             passphrase_file: None,
             keyring: crate::vault::keyring::BackendChoice::Auto,
             cli_path: None,
+            approval_timeout: Duration::from_secs(60),
             clock: Clock::following_tokio(),
         })
         .unwrap();

@@ -42,6 +42,9 @@ impl Handler for TokenGet {
             || session.grant(&credential.id).map(|g| g.scope),
             params.scopes.as_deref(),
         )?;
+        if credential.config.access == latchkey_client::protocol::Access::Ask {
+            crate::apps::authorize(daemon, &session, &peer, &credential, &scopes).await?;
+        }
         let now = daemon.clock.now();
         // Called only on a miss: a hit clones and allocates nothing here.
         let fetcher = || {
@@ -59,7 +62,7 @@ impl Handler for TokenGet {
                 &credential.id,
                 &scopes,
                 params.min_ttl.unwrap_or(0),
-                peer.pid,
+                peer.caller.issue_key(),
                 now,
                 fetcher,
             )

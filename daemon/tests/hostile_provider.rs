@@ -24,6 +24,10 @@ async fn add_user(c: &mut Client, scopes: &[&str]) {
         auth: AuthMethod::None,
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         redirect_uri: None,
+        access: Some(latchkey_client::protocol::Access::Open),
+        proof: Some(latchkey_client::protocol::Proof {
+            passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
+        }),
     };
     c.request::<CredentialAdd>(&params)
         .await
@@ -109,6 +113,10 @@ async fn an_echoing_provider_never_gets_a_secret_into_an_error() {
         auth: AuthMethod::ClientSecretPost,
         scopes: vec!["read".into()],
         redirect_uri: None,
+        access: Some(latchkey_client::protocol::Access::Open),
+        proof: Some(latchkey_client::protocol::Proof {
+            passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
+        }),
     };
     c.request::<CredentialAdd>(&params)
         .await

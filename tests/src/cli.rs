@@ -72,6 +72,8 @@ impl CliResult {
 /// A CLI invocation being prepared: see [`TestEnv::cli`].
 pub struct Cli<'a> {
     env: &'a TestEnv,
+    /// What runs: the `latchkey` CLI unless [`TestEnv::program`] named another.
+    program: Option<std::path::PathBuf>,
     args: Vec<String>,
     stdin: Option<Vec<u8>>,
     vars: Vec<(String, Option<OsString>)>,
@@ -105,7 +107,8 @@ impl Cli<'_> {
                 None => vars.remove(&key),
             };
         }
-        let mut cmd = Command::new(self.env.bin("latchkey"));
+        let program = self.program.unwrap_or_else(|| self.env.bin("latchkey"));
+        let mut cmd = Command::new(&program);
         cmd.args(&self.args)
             .env_clear()
             .envs(&vars)
@@ -118,7 +121,7 @@ impl Cli<'_> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let (code, stdout, stderr) = run_bounded(cmd, self.stdin, CLI_TIMEOUT, || {
-            format!("`latchkey {}`", self.args.join(" "))
+            format!("`{} {}`", program.display(), self.args.join(" "))
         });
         let result = CliResult {
             args: self.args,
@@ -198,9 +201,39 @@ fn join_bounded(handle: std::thread::JoinHandle<String>, deadline: Instant) -> S
 
 impl TestEnv {
     /// Prepares a CLI run: `env.cli(&["token", "x"]).stdin("...").run()`.
+    ///
+    /// `credential add` without `--access` adds an `open` credential (with
+    /// the passphrase file as the proof it needs): most tests are about
+    /// something else than which app asks, and run the CLI from the test
+    /// binary. Tests of the access policy say `--access ask`.
     pub fn cli(&self, args: &[&str]) -> Cli<'_> {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if args.starts_with(&["credential".into(), "add".into()])
+            && !args.iter().any(|a| a == "--access")
+        {
+            let file = self.passphrase_file().display().to_string();
+            args.extend([
+                "--access".into(),
+                "open".into(),
+                "--passphrase-file".into(),
+                file,
+            ]);
+        }
         Cli {
             env: self,
+            program: None,
+            args,
+            stdin: None,
+            vars: Vec::new(),
+        }
+    }
+
+    /// Prepares a run of another program with the env's environment (an
+    /// app asking the daemon for a token, in the access-policy tests).
+    pub fn program(&self, exe: &std::path::Path, args: &[&str]) -> Cli<'_> {
+        Cli {
+            env: self,
+            program: Some(exe.to_owned()),
             args: args.iter().map(|s| s.to_string()).collect(),
             stdin: None,
             vars: Vec::new(),

@@ -23,6 +23,14 @@ use serde_json::Value;
 
 use crate::cli::CliResult;
 
+/// The proof of a human that opening a credential to every app needs: the
+/// test vault's passphrase.
+pub fn proof() -> latchkey_client::protocol::Proof {
+    latchkey_client::protocol::Proof {
+        passphrase: Some(secrecy::SecretString::from(PASSPHRASE.to_string())),
+    }
+}
+
 /// The passphrase [`TestEnv::init`] creates the vault with.
 pub const PASSPHRASE: &str = "correct horse battery staple";
 

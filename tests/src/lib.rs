@@ -7,6 +7,7 @@
 //! authorization server and a user's browser), and [`fixture`] (the set-ups
 //! tests share). The names tests use most are re-exported here.
 
+pub mod app;
 mod blocking;
 pub mod browser;
 pub mod cli;

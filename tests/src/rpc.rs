@@ -68,6 +68,8 @@ impl TestEnv {
             auth,
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             redirect_uri: None,
+            access: Some(latchkey_client::protocol::Access::Open),
+            proof: Some(crate::env::proof()),
         };
         self.rpc::<CredentialAdd>(&params)
             .unwrap_or_else(|e| panic!("credential.add {name}: {e}"))

@@ -114,6 +114,10 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
         "--scope",
         "api:read api:write",
         "--client-secret-stdin",
+        "--access",
+        "open",
+        "--passphrase-file",
+        pass_path,
     ])
     .stdin(&secret)
     .run()
@@ -130,6 +134,8 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
         "api:read",
         "--client-secret-env",
         "SVC_SECRET",
+        "--access",
+        "ask",
     ])
     .env("SVC_SECRET", &secret)
     .run()
@@ -140,7 +146,31 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
         .latchkey(&["token", "svc", "--scope", "api:read"])
         .out()
         .to_string();
-    let token_env = env.token("svc-env");
+    // svc-env asks: an app key allowed with the passphrase gets it.
+    let app_key = env.latchkey(&["app", "add", "ci"]).out().to_string();
+    env.latchkey(&[
+        "app",
+        "allow",
+        "key:ci",
+        "--credential",
+        "svc-env",
+        "--passphrase-file",
+        pass_path,
+    ])
+    .success();
+    let token_env = env
+        .cli(&["token", "svc-env"])
+        .env("LATCHKEY_APP_KEY", &app_key)
+        .run()
+        .out()
+        .to_string();
+    let mut wrong_key = app_key.clone();
+    let last = wrong_key.pop().unwrap();
+    wrong_key.push(if last == 'a' { 'b' } else { 'a' });
+    env.cli(&["token", "svc-env"])
+        .env("LATCHKEY_APP_KEY", &wrong_key)
+        .run()
+        .code_is(9);
     assert_eq!(p.introspect(&token, "svc", &secret)["active"], true);
     env.latchkey(&["token", "svc", "--json"]).success();
     env.latchkey(&["header", "svc"]).success();
@@ -262,6 +292,10 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
         "--client-id",
         "svc",
         "--client-secret-stdin",
+        "--access",
+        "open",
+        "--passphrase-file",
+        pass_path,
     ])
     .stdin(&wrong)
     .run()
@@ -300,7 +334,7 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
     let audit: Vec<String> = {
         let db = env.vault_db();
         let mut stmt = db
-            .prepare("SELECT seq, at, event, credential, peer_pid, detail FROM audit ORDER BY seq")
+            .prepare("SELECT seq, at, event, credential, peer_pid, coalesce(app, '') || ' ' || coalesce(detail, '') FROM audit ORDER BY seq")
             .unwrap();
         let rows = stmt
             .query_map([], |r| {
@@ -333,6 +367,9 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
         "token_issued",
         "unlock_failed",
         "token_failed",
+        "app_key_added",
+        "app_key_refused",
+        "rule_added",
     ] {
         assert!(
             audit.iter().any(|row| row.contains(event)),
@@ -362,12 +399,16 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
         ("access token", token.as_str()),
         ("down-scoped access token", token_read.as_str()),
         ("second access token", token_env.as_str()),
+        ("app key", &app_key["lkapp_".len()..]),
+        ("wrong app key", &wrong_key["lkapp_".len()..]),
     ];
     assert_clean("the daemon log", log.as_bytes(), &canaries);
     for run in env.transcript() {
         let what = format!("the stderr of `latchkey {}`", run.args.join(" "));
         assert_clean(&what, run.stderr.as_bytes(), &canaries);
-        if !matches!(run.args[0].as_str(), "token" | "header") {
+        let shows_a_secret = matches!(run.args[0].as_str(), "token" | "header")
+            || run.args.starts_with(&["app".into(), "add".into()]);
+        if !shows_a_secret {
             let what = format!("the stdout of `latchkey {}`", run.args.join(" "));
             assert_clean(&what, run.stdout.as_bytes(), &canaries);
         }

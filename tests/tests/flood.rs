@@ -106,6 +106,10 @@ fn a_flood_of_idle_connections_leaves_other_clients_served() {
         auth: AuthMethod::ClientSecretBasic,
         scopes: vec!["read".into()],
         redirect_uri: None,
+        access: Some(latchkey_client::protocol::Access::Open),
+        proof: Some(latchkey_client::protocol::Proof {
+            passphrase: Some(secrecy::SecretString::from(latchkey_tests::env::PASSPHRASE)),
+        }),
     })
     .expect("credential.add svc");
     env.add_user_credential(

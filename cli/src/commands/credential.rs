@@ -1,17 +1,18 @@
-//! `latchkey credential add|list|show|remove`: OAuth clients registered at a
-//! provider. The client secret is read from stdin, a file, a named
+//! `latchkey credential add|list|show|set|remove`: OAuth clients registered
+//! at a provider, and who may use them (`--access open|ask`). The client secret is read from stdin, a file, a named
 //! environment variable or a no-echo prompt — never from argv — and is never
 //! shown again.
 
-use crate::args::{parse_scope_arg, split_scopes};
+use crate::args::{parse_scope_arg, split_scopes, ProofArgs};
 use crate::context::Ctx;
 use crate::exit;
 use crate::output::{self, Fields};
 use crate::secret::{self, Source};
 use anyhow::{Context, Result};
 use latchkey_client::protocol::{
-    unix_now, AuthMethod, CredentialAdd, CredentialAddParams, CredentialInfo, CredentialList,
-    CredentialRemove, CredentialShow, CredentialState, Empty, GrantType, NameParams, RemoveParams,
+    unix_now, Access, AuthMethod, CredentialAdd, CredentialAddParams, CredentialInfo,
+    CredentialList, CredentialRemove, CredentialSet, CredentialSetParams, CredentialShow,
+    CredentialState, Empty, GrantType, NameParams, RemoveParams,
 };
 use secrecy::SecretString;
 use std::path::PathBuf;
@@ -24,8 +25,44 @@ pub enum Command {
     List(ListArgs),
     /// Show a credential's settings, state and token expiry (never its secret)
     Show(ShowArgs),
+    /// Change who may use a credential
+    ///
+    /// `--access ask` (the default for new credentials): an app needs a rule
+    /// (`latchkey app allow`) or the user's approval (`latchkey approve`).
+    /// `--access open`: any program of yours gets tokens; switching to it
+    /// needs the vault passphrase.
+    Set(SetArgs),
     /// Remove a credential and its tokens, revoking them at the provider first
     Remove(RemoveArgs),
+}
+
+/// Who may use a credential.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccessArg {
+    /// Any program of yours (needs the vault passphrase)
+    Open,
+    /// Only apps with a rule or the user's approval
+    Ask,
+}
+
+impl From<AccessArg> for Access {
+    fn from(a: AccessArg) -> Access {
+        match a {
+            AccessArg::Open => Access::Open,
+            AccessArg::Ask => Access::Ask,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SetArgs {
+    /// The credential's name
+    name: String,
+    /// Who may use it
+    #[arg(long, value_enum)]
+    access: AccessArg,
+    #[command(flatten)]
+    proof: ProofArgs,
 }
 
 /// The grant, spelled as on the wire.
@@ -107,6 +144,11 @@ pub struct AddArgs {
     redirect_uri: Option<String>,
     #[command(flatten)]
     secret: SecretArgs,
+    /// Who may use it: ask (apps need a rule or approval) or open (any program of yours; needs the vault passphrase)
+    #[arg(long, value_enum, default_value = "ask")]
+    access: AccessArg,
+    #[command(flatten)]
+    proof: ProofArgs,
 }
 
 #[derive(clap::Args)]
@@ -139,6 +181,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Add(args) => add(ctx, args),
         Command::List(args) => list(ctx, args),
         Command::Show(args) => show(ctx, args),
+        Command::Set(args) => set(ctx, args),
         Command::Remove(args) => remove(ctx, args),
     }
 }
@@ -165,7 +208,12 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
             "--auth none is for public clients, which have no secret: drop the --client-secret-* flag or choose another --auth",
         ));
     }
+    let access = Access::from(args.access);
     let mut conn = ctx.connect()?;
+    let proof = match access {
+        Access::Open => Some(args.proof.proof("to let every app use this credential")?),
+        Access::Ask => None,
+    };
     let client_secret = match (auth, source) {
         (AuthMethod::None, _) => None,
         (_, Some(source)) => Some(source.read("client secret")?),
@@ -180,14 +228,38 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
         auth,
         scopes: split_scopes(&args.scopes),
         redirect_uri: args.redirect_uri,
+        access: Some(access),
+        proof,
     };
     conn.call::<CredentialAdd>(&params)
         .with_context(|| format!("failed to add credential '{}'", params.name))?;
     ctx.done(format_args!(
-        "added credential '{}' ({}, {})",
+        "added credential '{}' ({}, {}, access {})",
         params.name,
         params.grant.as_str(),
-        params.auth.as_str()
+        params.auth.as_str(),
+        access.as_str()
+    ))
+}
+
+fn set(ctx: &Ctx, args: SetArgs) -> Result<()> {
+    let access = Access::from(args.access);
+    let mut conn = ctx.connect()?;
+    let proof = match access {
+        Access::Open => Some(args.proof.proof("to let every app use this credential")?),
+        Access::Ask => None,
+    };
+    let info = conn
+        .call::<CredentialSet>(&CredentialSetParams {
+            name: args.name.clone(),
+            access: Some(access),
+            proof,
+        })
+        .with_context(|| format!("failed to change credential '{}'", args.name))?;
+    ctx.done(format_args!(
+        "credential '{}': access {}",
+        info.name,
+        info.access.as_str()
     ))
 }
 
@@ -318,6 +390,13 @@ fn render(info: &CredentialInfo, now: i64) -> String {
             f.add("scopes", configured);
         }
     }
+    f.add(
+        "access",
+        match info.access {
+            Access::Open => "open (any program of yours)",
+            Access::Ask => "ask (apps need a rule or your approval: `latchkey app list`)",
+        },
+    );
     f.add("state", state(info));
     if let Some(subject) = &info.subject {
         f.add("account", subject);
@@ -402,6 +481,7 @@ mod tests {
             scopes: vec!["repo".into(), "read:org".into()],
             granted_scopes: None,
             has_client_secret: true,
+            access: Access::Ask,
             state: CredentialState::Ready,
             tokens: vec![TokenSummary {
                 scope: "repo read:org".into(),
@@ -455,6 +535,7 @@ mod tests {
             scopes: vec!["openid".into()],
             granted_scopes: None,
             has_client_secret: false,
+            access: Access::Open,
             state,
             tokens: Vec::new(),
             subject: None,

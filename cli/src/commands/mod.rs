@@ -4,6 +4,8 @@ use crate::context::Ctx;
 use anyhow::Result;
 use clap::Subcommand;
 
+mod app;
+mod approve;
 mod credential;
 mod daemon;
 pub(crate) mod exec;
@@ -55,6 +57,18 @@ pub enum Command {
     /// Manage credentials (an OAuth client at a provider)
     #[command(subcommand)]
     Credential(credential::Command),
+    /// Which apps may use which credential: rules and app keys
+    #[command(subcommand)]
+    App(app::Command),
+    /// Answer apps that ask for a credential (needs the vault passphrase)
+    ///
+    /// Asks for the passphrase once (or reads --passphrase-file), then shows
+    /// each app that waits for a credential with access `ask` — its path,
+    /// hash, the programs that started it, the credential and scopes — and
+    /// reads the answer: o (once), s (this terminal session), h N (N hours),
+    /// a (always: a stored rule), d (deny). Answers come from standard
+    /// input, so a script can answer too.
+    Approve(approve::Args),
     /// Log in as a user so the daemon holds a refresh token for a credential
     ///
     /// For credentials with the authorization_code or device_code grant. A
@@ -107,6 +121,8 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Rekey(args) => rekey::run(ctx, args),
         Command::Provider(command) => provider::run(ctx, command),
         Command::Credential(command) => credential::run(ctx, command),
+        Command::App(command) => app::run(ctx, command),
+        Command::Approve(args) => approve::run(ctx, args),
         Command::Login(args) => login::run(ctx, args),
         Command::Revoke(args) => revoke::run(ctx, args),
         Command::Panic(args) => panic::run(ctx, args),

@@ -74,6 +74,9 @@ fn render(status: &StatusResult, socket: &str) -> String {
         format!("latchkeyd {} (pid {})", status.daemon_version, status.pid),
     );
     f.add("socket", socket);
+    if status.approvers > 0 {
+        f.add("approvers", status.approvers.to_string());
+    }
     if let Some(caller) = &status.caller {
         f.add("you are", output::app_label(caller));
     }
@@ -112,6 +115,7 @@ mod tests {
             needs_login: Some(Vec::new()),
             accounts: None,
             caller: None,
+            approvers: 0,
         }
     }
 

@@ -67,6 +67,13 @@ fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     getrandom::fill(buf).map_err(|e| CryptoError::Random(e.to_string()))
 }
 
+/// A new secret of 256 random bits in hex (an app key's secret part).
+pub fn random_secret() -> SecretString {
+    let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+    fill_random(&mut bytes[..]).expect("the OS random number generator is available");
+    SecretString::from(hex::encode(&bytes[..]))
+}
+
 /// A random 128-bit id in hex: vault ids, slot ids and row ids (never
 /// SQLite's rowid, which is reused after a delete).
 pub fn random_id() -> String {
@@ -164,6 +171,27 @@ impl Dek {
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         open(&self.0, field_aad(vault_id, at).as_bytes(), blob)
     }
+}
+
+/// HMAC-SHA256 of `message` under `key`: how an app key's secret is
+/// stored (under a random per-key salt, inside a sealed document, so it
+/// survives a rekey and says nothing without the vault key).
+pub fn keyed_hash(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+/// Whether `expected` is [`keyed_hash`] of `message` under `key`, compared
+/// in constant time.
+pub fn keyed_hash_matches(key: &[u8], message: &[u8], expected: &[u8]) -> bool {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(message);
+    mac.verify_slice(expected).is_ok()
 }
 
 impl Kek {

@@ -4,6 +4,7 @@
 
 pub mod crypto;
 pub mod keyring;
+pub mod rules;
 mod slots;
 pub mod store;
 
@@ -13,7 +14,9 @@ pub use slots::SlotKeks;
 
 use crate::vault::crypto::{CryptoError, Dek, FieldRef};
 use crate::vault::store::{CredentialRow, GrantRow, ProviderRow, Store, StoreError, TokenRow};
-use latchkey_client::protocol::{AuthMethod, CredentialState, Endpoints, GrantType, TokenReply};
+use latchkey_client::protocol::{
+    Access, AuthMethod, CredentialState, Endpoints, GrantType, TokenReply,
+};
 use latchkey_client::unix_now;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -141,6 +144,9 @@ pub struct CredentialConfig {
     pub auth: AuthMethod,
     pub scopes: Vec<String>,
     pub redirect_uri: Option<String>,
+    /// Who may use it; documents from before access rules are `open`.
+    #[serde(default = "Access::legacy")]
+    pub access: Access,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +173,10 @@ pub struct Catalog {
     providers: HashMap<String, Arc<Provider>>,
     providers_by_id: HashMap<String, Arc<Provider>>,
     pub credentials: HashMap<String, Arc<Credential>>,
+    /// Stored rules: which app may use which credential.
+    pub rules: Vec<rules::Rule>,
+    /// App keys, by id.
+    pub app_keys: HashMap<String, rules::AppKey>,
 }
 
 impl Catalog {
@@ -356,6 +366,7 @@ impl Vault {
                             auth: AuthMethod::None,
                             scopes: Vec::new(),
                             redirect_uri: None,
+                            access: Access::Ask,
                         },
                         id: row.id,
                         has_client_secret: row.client_secret.is_some(),
@@ -365,6 +376,10 @@ impl Vault {
             };
             catalog.credentials.insert(row.name, Arc::new(credential));
         }
+        let (rules, app_keys, more) = self.load_rules(keys)?;
+        catalog.rules = rules;
+        catalog.app_keys = app_keys.into_iter().map(|k| (k.id.clone(), k)).collect();
+        problems.extend(more);
         Ok((catalog, problems))
     }
 
@@ -439,6 +454,17 @@ impl Vault {
             has_client_secret: client_secret.is_some(),
             corrupt: false,
         })
+    }
+
+    /// Seals and stores a credential's changed configuration.
+    pub fn set_credential_config(
+        &mut self,
+        keys: &Keys,
+        id: &str,
+        config: &CredentialConfig,
+    ) -> Result<()> {
+        let sealed = keys.seal_json("credentials", id, "config", config);
+        Ok(self.store.update_credential_config(id, &sealed)?)
     }
 
     pub fn remove_credential(&mut self, id: &str) -> Result<()> {
@@ -644,6 +670,7 @@ mod tests {
             auth: AuthMethod::ClientSecretBasic,
             scopes: vec!["read".into()],
             redirect_uri: None,
+            access: Access::Open,
         }
     }
 

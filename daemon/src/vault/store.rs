@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_grants.sql"),
     include_str!("../../migrations/0003_callers.sql"),
+    include_str!("../../migrations/0005_policy.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,12 @@ pub struct AuditRow {
     /// The verified app identity (`identity::AppId::label`).
     pub app: Option<String>,
     pub detail: Option<String>,
+}
+
+/// A row of `rules` or `app_keys`: an id and its sealed document.
+pub struct SealedRow {
+    pub id: String,
+    pub sealed: Vec<u8>,
 }
 
 pub struct Store {
@@ -398,6 +405,90 @@ impl Store {
         Ok(())
     }
 
+    pub fn rules(&self) -> Result<Vec<SealedRow>> {
+        self.all(
+            "SELECT id, sealed FROM rules ORDER BY created_at, id",
+            |r| {
+                Ok(SealedRow {
+                    id: r.get(0)?,
+                    sealed: r.get(1)?,
+                })
+            },
+        )
+    }
+
+    /// Stores a rule, replacing `replaces` (the rule it supersedes) in the
+    /// same transaction.
+    pub fn put_rule(
+        &mut self,
+        row: &SealedRow,
+        credential_id: &str,
+        replaces: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        if let Some(old) = replaces {
+            tx.execute("DELETE FROM rules WHERE id = ?1", [old])?;
+        }
+        tx.execute(
+            "INSERT INTO rules (id, credential_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![row.id, credential_id, row.sealed, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes rules by id; true if any existed.
+    pub fn delete_rules(&mut self, ids: &[&str]) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let mut any = false;
+        for id in ids {
+            any |= tx.execute("DELETE FROM rules WHERE id = ?1", [id])? > 0;
+        }
+        tx.commit()?;
+        Ok(any)
+    }
+
+    pub fn app_keys(&self) -> Result<Vec<SealedRow>> {
+        self.all(
+            "SELECT id, sealed FROM app_keys ORDER BY created_at, id",
+            |r| {
+                Ok(SealedRow {
+                    id: r.get(0)?,
+                    sealed: r.get(1)?,
+                })
+            },
+        )
+    }
+
+    pub fn insert_app_key(&mut self, row: &SealedRow, now: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO app_keys (id, sealed, created_at) VALUES (?1, ?2, ?3)",
+            params![row.id, row.sealed, now],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes an app key and the rules naming it, in one transaction.
+    pub fn delete_app_key(&mut self, id: &str, rules: &[&str]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM app_keys WHERE id = ?1", [id])?;
+        for rule in rules {
+            tx.execute("DELETE FROM rules WHERE id = ?1", [rule])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces a credential's sealed configuration.
+    pub fn update_credential_config(&mut self, id: &str, config: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "UPDATE credentials SET config = ?2 WHERE id = ?1",
+            params![id, config],
+        )?;
+        Ok(())
+    }
+
     /// Every sealed field in the vault, for `rekey`.
     pub fn sealed_fields(&self) -> Result<Vec<SealedField>> {
         let mut fields = Vec::new();
@@ -431,6 +522,22 @@ impl Store {
                 row_id: t.id,
                 field: "token",
                 blob: t.token,
+            });
+        }
+        for r in self.rules()? {
+            fields.push(SealedField {
+                table: "rules",
+                row_id: r.id,
+                field: "sealed",
+                blob: r.sealed,
+            });
+        }
+        for k in self.app_keys()? {
+            fields.push(SealedField {
+                table: "app_keys",
+                row_id: k.id,
+                field: "sealed",
+                blob: k.sealed,
             });
         }
         for g in self.grants()? {

@@ -90,6 +90,7 @@ impl TestDaemon {
             passphrase_file: None,
             keyring: keyring::BackendChoice::Auto,
             cli_path: None,
+            approval_timeout: Duration::from_secs(60),
             clock: Clock::following_tokio(),
         };
         let name = socket
@@ -196,6 +197,10 @@ pub async fn add_cc_credential(client: &mut Client, name: &str) {
         auth: AuthMethod::ClientSecretBasic,
         scopes: vec!["read".into(), "write".into()],
         redirect_uri: None,
+        access: Some(latchkey_client::protocol::Access::Open),
+        proof: Some(latchkey_client::protocol::Proof {
+            passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
+        }),
     };
     client
         .request::<CredentialAdd>(&params)
@@ -214,6 +219,10 @@ pub async fn add_device_credential(client: &mut Client, name: &str, client_id: &
         auth: AuthMethod::None,
         scopes: vec!["read".into()],
         redirect_uri: None,
+        access: Some(latchkey_client::protocol::Access::Open),
+        proof: Some(latchkey_client::protocol::Proof {
+            passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
+        }),
     };
     client
         .request::<CredentialAdd>(&params)
