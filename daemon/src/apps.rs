@@ -711,19 +711,9 @@ impl Handler for ApprovalDecide {
             "approval_decided",
             Some(&credential),
             Some(&peer),
-            Some(format!("{} for {}", decision_word(decision), app.label())),
+            Some(format!("{} for {}", decision.describe(), app.label())),
         );
         Ok(Empty {})
-    }
-}
-
-fn decision_word(d: Decision) -> String {
-    match d {
-        Decision::Once => "allowed once".into(),
-        Decision::Session => "allowed for the terminal session".into(),
-        Decision::Hours { hours } => format!("allowed for {hours} h"),
-        Decision::Always => "allowed always".into(),
-        Decision::Deny => "denied".into(),
     }
 }
 

@@ -580,8 +580,10 @@ pub fn peer_pidfd(socket: BorrowedFd<'_>) -> Option<OwnedFd> {
     (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A pidfd for `pid` as it is now.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+/// A pidfd for `pid` as it is now (the fallback where the kernel has no
+/// `SO_PEERPIDFD`, taken at accept: the window in which the peer could
+/// exit and its pid be reused is then only between connect and accept).
+pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags, and returns a descriptor.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
     // SAFETY: a non-negative result is a new descriptor we own.

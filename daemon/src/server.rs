@@ -83,7 +83,7 @@ pub async fn serve(
         };
         // Taken now, before the peer could exit: it pins the process that
         // connected (identity.rs).
-        let pidfd = peer_pidfd(&stream);
+        let pidfd = peer_pidfd(&stream).or_else(|| identity::pidfd_open(pid));
         let slot = match Slots::take(&slots, pid) {
             Ok(slot) => slot,
             Err(refusal) => {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use latchkey_client::protocol::{
     ApprovalAttach, ApprovalDecide, ApprovalNext, ApprovalNextParams, AttachParams, DecideParams,
-    Decision,
+    Decision, PendingApproval,
 };
 use latchkey_client::ErrorKind;
 use latchkey_tests::fixture::{svc, SVC_ID, SVC_SECRET, TEST_PROVIDER};
@@ -66,6 +66,24 @@ fn copy_of(env: &TestEnv, exe: &str, name: &str) -> PathBuf {
     let to = env.root.join(name);
     std::fs::copy(exe, &to).unwrap();
     to
+}
+
+/// The first prompt an attached approver connection is shown.
+fn first_prompt(approver: &mut latchkey_client::blocking::Client) -> PendingApproval {
+    wait_for(
+        "a prompt",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            approver
+                .request::<ApprovalNext>(&ApprovalNextParams {
+                    after: 0,
+                    wait_secs: Some(1),
+                })
+                .unwrap()
+                .pending
+        },
+    )
 }
 
 fn approvers(env: &TestEnv) -> u64 {
@@ -273,20 +291,7 @@ fn an_approver_without_the_passphrase_cannot_let_an_app_in() {
     assert!(!attached.can_allow);
     std::thread::scope(|s| {
         let call = s.spawn(|| ask(&env, a));
-        let prompt = wait_for(
-            "a prompt",
-            Duration::from_secs(20),
-            Duration::from_millis(50),
-            || {
-                approver
-                    .request::<ApprovalNext>(&ApprovalNextParams {
-                        after: 0,
-                        wait_secs: Some(1),
-                    })
-                    .unwrap()
-                    .pending
-            },
-        );
+        let prompt = first_prompt(&mut approver);
         for decision in [Decision::Once, Decision::Always, Decision::Session] {
             let err = approver
                 .request::<ApprovalDecide>(&DecideParams {
@@ -334,20 +339,7 @@ fn a_changed_binary_asks_again_and_says_so() {
         .unwrap();
     std::thread::scope(|s| {
         let call = s.spawn(|| ask(&env, &app));
-        let prompt = wait_for(
-            "a prompt",
-            Duration::from_secs(20),
-            Duration::from_millis(50),
-            || {
-                approver
-                    .request::<ApprovalNext>(&ApprovalNextParams {
-                        after: 0,
-                        wait_secs: Some(1),
-                    })
-                    .unwrap()
-                    .pending
-            },
-        );
+        let prompt = first_prompt(&mut approver);
         assert!(
             prompt.updated,
             "the prompt says the program changed: {prompt:?}"

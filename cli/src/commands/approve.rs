@@ -80,7 +80,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
             id: pending.id,
             decision,
         }) {
-            Ok(_) => ctx.info(format_args!("{}", said(decision))),
+            Ok(_) => ctx.info(decision.describe()),
             // The callers gave up meanwhile: say so and go on.
             Err(e) => ctx.warn(format_args!("{e:#}")),
         }
@@ -160,16 +160,6 @@ fn parse_answer(line: &str, can_allow: bool) -> Result<Decision, String> {
         return Err("without the passphrase this approver can only deny: answer d".into());
     }
     Ok(decision)
-}
-
-fn said(decision: Decision) -> String {
-    match decision {
-        Decision::Once => "allowed once".into(),
-        Decision::Session => "allowed for this terminal session".into(),
-        Decision::Hours { hours } => format!("allowed for {hours} h"),
-        Decision::Always => "allowed from now on".into(),
-        Decision::Deny => "denied".into(),
-    }
 }
 
 #[cfg(test)]

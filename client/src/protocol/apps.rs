@@ -212,6 +212,19 @@ pub enum Decision {
     Deny,
 }
 
+impl Decision {
+    /// What it does, for people: "allowed once", "denied".
+    pub fn describe(self) -> String {
+        match self {
+            Decision::Once => "allowed once".into(),
+            Decision::Session => "allowed for the terminal session".into(),
+            Decision::Hours { hours } => format!("allowed for {hours} h"),
+            Decision::Always => "allowed from now on".into(),
+            Decision::Deny => "denied".into(),
+        }
+    }
+}
+
 /// Parameters of `approval.decide`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecideParams {
