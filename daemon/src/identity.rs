@@ -318,11 +318,15 @@ impl FileKey {
 }
 
 impl Hashes {
-    /// The SHA-256 of an open file, from the cache when its key matches.
-    fn of(&self, file: &mut File) -> std::io::Result<[u8; 32]> {
+    /// The SHA-256 of an open file, from the cache when its key matches;
+    /// `None` if it is not cached and `cached_only`.
+    fn of(&self, file: &mut File, cached_only: bool) -> std::io::Result<Option<[u8; 32]>> {
         let key = FileKey::of(&file.metadata()?);
         if let Some(hash) = lock(&self.by_file).get(&key) {
-            return Ok(*hash);
+            return Ok(Some(*hash));
+        }
+        if cached_only {
+            return Ok(None);
         }
         let hash = sha256_of(file)?;
         let mut cached = lock(&self.by_file);
@@ -330,12 +334,13 @@ impl Hashes {
             cached.clear();
         }
         cached.insert(key, hash);
-        Ok(hash)
+        Ok(Some(hash))
     }
 
     /// The SHA-256 of the file at `path` now (`latchkey app allow PATH`).
     pub fn of_path(&self, path: &Path) -> std::io::Result<[u8; 32]> {
-        self.of(&mut File::open(path)?)
+        let hash = self.of(&mut File::open(path)?, false)?;
+        Ok(hash.expect("computed when not cached"))
     }
 }
 
@@ -403,16 +408,29 @@ impl Resolver {
     }
 
     /// Looks up the process behind `pid` (pinned by `pidfd` when the kernel
-    /// gave one). Reads only small `/proc` files, and the executable when
-    /// its hash is not cached: callers run it on a blocking thread when
-    /// that may take long (see [`Resolver::is_cached`]).
+    /// gave one). Reads small `/proc` files, and an executable whose hash
+    /// is not cached, whole.
     pub fn resolve(&self, pid: u32, pidfd: Option<&OwnedFd>) -> Process {
+        self.lookup(pid, pidfd, false)
+            .expect("a full lookup always ends")
+    }
+
+    /// [`Resolver::resolve`] if every executable it needs is hashed
+    /// already (only `/proc` and a `stat` then: quick enough for an async
+    /// worker); `None` otherwise.
+    pub fn resolve_cached(&self, pid: u32, pidfd: Option<&OwnedFd>) -> Option<Process> {
+        self.lookup(pid, pidfd, true)
+    }
+
+    fn lookup(&self, pid: u32, pidfd: Option<&OwnedFd>, cached_only: bool) -> Option<Process> {
+        let unknown = |why| Some(Process::unknown(pid, why));
         let Some(stat) = Stat::read(pid) else {
-            return Process::unknown(pid, "it exited before it could be identified");
+            return unknown("it exited before it could be identified");
         };
-        let (mut app, meta) = match exe_of(pid, &self.hashes) {
+        let (mut app, meta) = match exe_of(pid, &self.hashes, cached_only) {
             Ok(found) => found,
-            Err(why) => return Process::unknown(pid, why),
+            Err(Exe::NotCached) => return None,
+            Err(Exe::Unreadable(why)) => return unknown(why),
         };
         let mut at = stat;
         let mut via_cli = false;
@@ -423,20 +441,19 @@ impl Resolver {
             via_cli = true;
             let parent = at.ppid;
             let Some(fd) = pidfd_open(parent) else {
-                return Process::unknown(pid, "the program that ran latchkey has exited");
+                return unknown("the program that ran latchkey has exited");
             };
             match Stat::read(parent) {
                 Some(p) if p.start <= at.start && parent > 1 => {
-                    match exe_of(parent, &self.hashes) {
+                    match exe_of(parent, &self.hashes, cached_only) {
                         Ok((found, _)) => app = found,
-                        Err(why) => return Process::unknown(pid, why),
+                        Err(Exe::NotCached) => return None,
+                        Err(Exe::Unreadable(why)) => return unknown(why),
                     }
                     at = p;
                     parent_fd = Some(fd);
                 }
-                _ => {
-                    return Process::unknown(pid, "the program that ran latchkey has exited");
-                }
+                _ => return unknown("the program that ran latchkey has exited"),
             }
         }
         let chain = chain_above(&at);
@@ -447,16 +464,16 @@ impl Resolver {
         let alive = pidfd.is_none_or(|fd| pidfd_alive(fd.as_fd()))
             && parent_fd.as_ref().is_none_or(|fd| pidfd_alive(fd.as_fd()));
         if !alive {
-            return Process::unknown(pid, "it exited while it was identified");
+            return unknown("it exited while it was identified");
         }
-        Process {
+        Some(Process {
             pid,
             app,
             chain,
             unit,
             session,
             via_cli,
-        }
+        })
     }
 }
 
@@ -495,17 +512,27 @@ impl Stat {
     }
 }
 
+/// Why an executable was not identified.
+enum Exe {
+    Unreadable(&'static str),
+    /// Its hash is not cached, and only the cache was to be used.
+    NotCached,
+}
+
 /// A process's executable: its path and the hash of the running file, and
 /// that file's metadata.
-fn exe_of(pid: u32, hashes: &Hashes) -> Result<(AppId, std::fs::Metadata), &'static str> {
+fn exe_of(pid: u32, hashes: &Hashes, cached_only: bool) -> Result<(AppId, std::fs::Metadata), Exe> {
     let link = format!("/proc/{pid}/exe");
-    let path = std::fs::read_link(&link).map_err(|_| "its executable cannot be read")?;
+    let unreadable = |_| Exe::Unreadable("its executable cannot be read");
+    let path = std::fs::read_link(&link).map_err(unreadable)?;
     // Opening the link opens the file the process runs, even if another
     // file has since been put at its path.
-    let unreadable = |_| "its executable cannot be read";
     let mut file = File::open(&link).map_err(unreadable)?;
     let meta = file.metadata().map_err(unreadable)?;
-    let sha256 = hashes.of(&mut file).map_err(unreadable)?;
+    let sha256 = hashes
+        .of(&mut file, cached_only)
+        .map_err(unreadable)?
+        .ok_or(Exe::NotCached)?;
     let path = path.to_string_lossy().into_owned();
     Ok((AppId::Exe { path, sha256 }, meta))
 }
@@ -645,6 +672,12 @@ mod tests {
             other => panic!("not identified: {other:?}"),
         }
         assert!(!p.via_cli);
+        // Hashed once: the next lookup needs no blocking thread.
+        let again = r.resolve_cached(me, fd.as_ref()).expect("cached now");
+        assert_eq!(again.app, p.app);
+        assert!(Resolver::new(None)
+            .resolve_cached(me, fd.as_ref())
+            .is_none());
     }
 
     #[test]

@@ -231,13 +231,19 @@ fn peer_pidfd(stream: &Stream) -> Option<OwnedFd> {
     }
 }
 
-/// Who is behind a new connection (`identity.rs`). On a blocking thread:
-/// an executable seen for the first time is read whole to hash it.
+/// Who is behind a new connection (`identity.rs`): at once when its
+/// executables are hashed already, else on a blocking thread (an
+/// executable seen for the first time is read whole to hash it).
 async fn identify(daemon: &Arc<Daemon>, pid: u32, pidfd: Option<OwnedFd>) -> Peer {
-    let d = Arc::clone(daemon);
-    let process = tokio::task::spawn_blocking(move || d.identities.resolve(pid, pidfd.as_ref()))
-        .await
-        .unwrap_or_else(|_| identity::Process::unknown(pid, "its lookup failed"));
+    let process = match daemon.identities.resolve_cached(pid, pidfd.as_ref()) {
+        Some(process) => process,
+        None => {
+            let d = Arc::clone(daemon);
+            tokio::task::spawn_blocking(move || d.identities.resolve(pid, pidfd.as_ref()))
+                .await
+                .unwrap_or_else(|_| identity::Process::unknown(pid, "its lookup failed"))
+        }
+    };
     Peer {
         pid,
         caller: Arc::new(Caller::new(process)),
