@@ -3,6 +3,7 @@
 
 use crate::clock::Clock;
 use crate::vault::keyring::BackendChoice;
+use crate::vault::Retention;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub struct Config {
     /// The `latchkey` CLI's executable: its connections are attributed to
     /// the program that ran it (`identity.rs`). `None`: nothing is.
     pub cli_path: Option<PathBuf>,
+    /// How long the audit log keeps rows (by age and count).
+    pub audit_retention: Retention,
     /// The wall clock, except in in-process tests that drive tokio's.
     pub clock: Clock,
 }

@@ -87,6 +87,8 @@ pub async fn route(
         LoginWait::NAME => run.method::<LoginWait>(out).await,
         DaemonStats::NAME => run.method::<DaemonStats>(out).await,
         DaemonShutdown::NAME => run.method::<DaemonShutdown>(out).await,
+        AuditList::NAME => run.method::<AuditList>(out).await,
+        AuditVerify::NAME => run.method::<AuditVerify>(out).await,
         other => {
             let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
             write_error(
@@ -308,6 +310,7 @@ mod tests {
             passphrase_file: None,
             keyring: BackendChoice::Auto,
             cli_path: None,
+            audit_retention: crate::vault::Retention::DEFAULT,
             clock: Clock::Wall,
         })
         .expect("no vault yet is fine");

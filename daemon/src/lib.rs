@@ -10,6 +10,7 @@
 //! ARCHITECTURE.md has the whole map.
 
 mod audit;
+mod audit_log;
 mod cache;
 mod callback;
 mod clock;
@@ -42,6 +43,7 @@ pub use vault::keyring;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use vault::test_hooks;
+pub use vault::Retention as AuditRetention;
 
 use interprocess::local_socket::tokio::Listener;
 use state::Daemon;

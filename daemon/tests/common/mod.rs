@@ -90,6 +90,7 @@ impl TestDaemon {
             passphrase_file: None,
             keyring: keyring::BackendChoice::Auto,
             cli_path: None,
+            audit_retention: latchkey_daemon::AuditRetention::DEFAULT,
             clock: Clock::following_tokio(),
         };
         let name = socket
