@@ -302,6 +302,8 @@ fn params_of(
         LoginWait,
         TokenRevoke,
         VaultPanic,
+        AuditList,
+        AuditVerify,
     )
 }
 

@@ -4,6 +4,7 @@ use crate::context::Ctx;
 use anyhow::Result;
 use clap::Subcommand;
 
+mod audit;
 mod credential;
 mod daemon;
 pub(crate) mod exec;
@@ -94,6 +95,15 @@ pub enum Command {
     /// Start, stop or inspect the daemon
     #[command(subcommand)]
     Daemon(daemon::Command),
+    /// Show the audit log: who asked for what, and how it ended
+    ///
+    /// Oldest first, one row per line (TIME, EVENT, OUTCOME, CREDENTIAL, APP,
+    /// DETAIL), or one JSON object per line with --json. Rows marked
+    /// [written while locked] were chained into the log at the next unlock.
+    /// `latchkey audit verify` checks the log's MAC chain and exits 1 when a
+    /// row was edited, deleted, reordered or cut off. Both need the vault
+    /// unlocked.
+    Audit(audit::Args),
 }
 
 /// Runs one parsed command.
@@ -114,5 +124,6 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Header(args) => header::run(ctx, args),
         Command::Exec(args) => exec::run(ctx, args),
         Command::Daemon(command) => daemon::run(ctx, command),
+        Command::Audit(args) => audit::run(ctx, args),
     }
 }

@@ -664,11 +664,12 @@ impl VerifyWalk {
                 return Some(Break::at(AuditBreak::Edited, suspect.seq));
             }
             let (from, to) = (self.next, row.seq - 1);
-            let cut = Some(Cut {
-                after: from - 1,
-                through: to,
-            });
-            let kind = if head.cut == cut {
+            // The writer found the log cut off here when it chained on
+            // (rows written while locked may have gone with the chained ones).
+            let truncated = head
+                .cut
+                .is_some_and(|cut| cut.after == from - 1 && cut.through <= to);
+            let kind = if truncated {
                 AuditBreak::Truncated
             } else {
                 AuditBreak::Missing
@@ -892,7 +893,12 @@ mod tests {
     fn event(i: usize) -> AuditEvent {
         AuditEvent {
             at: NOW + i as i64,
-            event: if i.is_multiple_of(3) { "unlock" } else { "token_issued" }.into(),
+            event: if i.is_multiple_of(3) {
+                "unlock"
+            } else {
+                "token_issued"
+            }
+            .into(),
             credential: (!i.is_multiple_of(3)).then(|| format!("cred-{}", i % 2)),
             peer_pid: Some(100 + i as u32),
             app: Some(format!("/usr/bin/app{} (sha256 0011)", i % 2)),
@@ -1109,6 +1115,19 @@ mod tests {
             .unwrap()
             .message
             .contains("rows 17 to 20 at its end were removed"),);
+
+        // Cut off together with rows written while locked after the tail.
+        let (_dir, mut vault, keys) = log(10);
+        write(&mut vault, None, &[event(11), event(12)]);
+        sql(&vault, "DELETE FROM audit WHERE seq > 8");
+        write(&mut vault, Some(&keys), &[event(13)]);
+        let result = verify(&vault, &keys);
+        assert_break(&result, AuditBreak::Truncated, Some(9));
+        assert!(result
+            .problem
+            .unwrap()
+            .message
+            .contains("rows 9 to 12 at its end"));
 
         // Deleted in the middle (rows after it were written before): missing.
         let (_dir, vault, keys) = log(20);
