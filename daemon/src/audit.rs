@@ -386,6 +386,10 @@ mod tests {
         );
         let rows = rows.lock().unwrap();
         assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(
+            !format!("{rows:?}").contains("alice"),
+            "Debug leaves the sealed detail out"
+        );
         assert_eq!(rows[0].outcome, "failed");
         assert_eq!(rows[0].peer_pid, Some(42));
         assert_eq!(rows[0].app_key.as_deref(), Some("unknown"));

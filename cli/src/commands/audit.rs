@@ -107,7 +107,7 @@ fn list(ctx: &Ctx, args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The column names, as wide as [`line`]'s columns.
+/// The column names, as wide as [`line()`]'s columns.
 fn header() -> String {
     format!(
         "{:<23}  {:<18}  {:<7}  {:<16}  APP  DETAIL",

@@ -55,8 +55,9 @@ const DETAIL_NOT_KEPT: &str =
 /// The event the writer adds when the tail its head names is gone.
 pub const TRUNCATED_EVENT: &str = "audit_truncated";
 
-/// An event on its way into the log, as the audit writer queues it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// An event on its way into the log, as the audit writer queues it. Its
+/// `Debug` leaves the sealed detail out.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct AuditEvent {
     pub at: i64,
     pub event: String,
@@ -73,6 +74,22 @@ pub struct AuditEvent {
     /// A detail that identifies an account (the OIDC subject): sealed
     /// into the row, never written in clear.
     pub sealed: Option<String>,
+}
+
+impl std::fmt::Debug for AuditEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditEvent")
+            .field("at", &self.at)
+            .field("event", &self.event)
+            .field("credential", &self.credential)
+            .field("peer_pid", &self.peer_pid)
+            .field("app", &self.app)
+            .field("app_key", &self.app_key)
+            .field("outcome", &self.outcome)
+            .field("detail", &self.detail)
+            .field("sealed", &self.sealed.as_ref().map(|_| "[sealed]"))
+            .finish()
+    }
 }
 
 /// How long the audit log keeps rows, by age and by count: whichever
@@ -409,6 +426,10 @@ impl Vault {
                 .audit_last_at_most(head.last_seq)?
                 .unwrap_or(head.anchor_seq - 1)
                 .max(head.anchor_seq - 1);
+            tracing::error!(
+                "the audit log ends at row {after} but its sealed head names row {}: its last rows were removed from the vault file; run `latchkey audit verify`",
+                head.last_seq
+            );
             head.cut.get_or_insert(Cut {
                 after,
                 through: head.last_seq,

@@ -116,7 +116,19 @@ pub struct AuditFilter<'a> {
     pub app: Option<&'a str>,
 }
 
-const AUDIT_COLUMNS: &str = "seq, at, event, credential, peer_pid, app, app_key, outcome, detail, sealed_id, sealed_detail, chained_late, mac";
+/// The audit queries the writer and `audit.list` run, every one a range
+/// of the primary key (a test holds them to it: none scans the table).
+const AUDIT_ROWS_SQL: &str = "SELECT seq, at, event, credential, peer_pid, app, app_key, outcome, detail, sealed_id, sealed_detail, chained_late, mac
+     FROM audit WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3";
+const AUDIT_BOUNDS_SQL: &str = "SELECT (SELECT min(seq) FROM audit), (SELECT max(seq) FROM audit)";
+const AUDIT_LAST_AT_MOST_SQL: &str = "SELECT max(seq) FROM audit WHERE seq <= ?1";
+const AUDIT_PAGE_SQL: &str = "SELECT seq, at, event, credential, peer_pid, app, app_key, outcome, detail, sealed_id, sealed_detail, chained_late, mac
+     FROM audit
+     WHERE seq > ?1 AND seq <= ?2
+       AND (?3 IS NULL OR at >= ?3)
+       AND (?4 IS NULL OR credential = ?4)
+       AND (?5 IS NULL OR app_key = ?5 OR instr(app, ?5) > 0)
+     ORDER BY seq LIMIT ?6";
 
 fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
     Ok(AuditRow {
@@ -145,9 +157,7 @@ pub trait AuditReads {
 
     /// Rows with `from <= seq <= to`, in order, at most `limit`.
     fn audit_rows(&self, from: i64, to: i64, limit: usize) -> Result<Vec<AuditRow>> {
-        let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
-        ))?;
+        let mut stmt = self.conn().prepare_cached(AUDIT_ROWS_SQL)?;
         let rows = stmt.query_map(params![from, to, limit as i64], audit_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -157,13 +167,12 @@ pub trait AuditReads {
         Ok(self.audit_rows(seq, seq, 1)?.pop())
     }
 
-    /// The lowest and highest seq present, if any row is.
+    /// The lowest and highest seq present, if any row is. Two look-ups in
+    /// the primary key (one `min(seq), max(seq)` would scan the table).
     fn audit_bounds(&self) -> Result<Option<(i64, i64)>> {
         let (min, max): (Option<i64>, Option<i64>) =
             self.conn()
-                .query_row("SELECT min(seq), max(seq) FROM audit", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
+                .query_row(AUDIT_BOUNDS_SQL, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(min.zip(max))
     }
 
@@ -171,9 +180,7 @@ pub trait AuditReads {
     fn audit_last_at_most(&self, seq: i64) -> Result<Option<i64>> {
         Ok(self
             .conn()
-            .query_row("SELECT max(seq) FROM audit WHERE seq <= ?1", [seq], |r| {
-                r.get(0)
-            })?)
+            .query_row(AUDIT_LAST_AT_MOST_SQL, [seq], |r| r.get(0))?)
     }
 
     /// The seq SQLite gives the next row: one past the highest ever given.
@@ -227,14 +234,7 @@ pub trait AuditReads {
         filter: &AuditFilter<'_>,
         limit: usize,
     ) -> Result<Vec<AuditRow>> {
-        let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit
-             WHERE seq > ?1 AND seq <= ?2
-               AND (?3 IS NULL OR at >= ?3)
-               AND (?4 IS NULL OR credential = ?4)
-               AND (?5 IS NULL OR app_key = ?5 OR instr(app, ?5) > 0)
-             ORDER BY seq LIMIT ?6"
-        ))?;
+        let mut stmt = self.conn().prepare_cached(AUDIT_PAGE_SQL)?;
         let rows = stmt.query_map(
             params![
                 after,
@@ -793,6 +793,52 @@ mod tests {
             Store::open(&path, false),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    /// The writer runs these on every batch and `audit.list` on every
+    /// page: with a million rows, a scan would hold the vault mutex for
+    /// a tenth of a second each time.
+    #[test]
+    fn audit_queries_search_the_primary_key_and_never_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.db"), true).unwrap();
+        let plan = |sql: &str| -> Vec<String> {
+            let mut stmt = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let params = vec![1i64; stmt.parameter_count()];
+            let steps = stmt
+                .query_map(rusqlite::params_from_iter(params), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .map(|step| step.unwrap())
+                .collect();
+            steps
+        };
+        for sql in [
+            AUDIT_ROWS_SQL,
+            AUDIT_BOUNDS_SQL,
+            AUDIT_LAST_AT_MOST_SQL,
+            AUDIT_PAGE_SQL,
+        ] {
+            let steps = plan(sql);
+            assert!(
+                steps.iter().any(|s| s.starts_with("SEARCH audit")),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN audit")),
+                "{sql}: {steps:?}"
+            );
+        }
+        // The one that would, for contrast (and so the test can fail).
+        let steps = plan("SELECT min(seq), max(seq) FROM audit");
+        assert!(
+            steps.iter().any(|s| s.starts_with("SCAN audit")),
+            "{steps:?}"
+        );
     }
 
     #[test]
