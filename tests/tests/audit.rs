@@ -438,3 +438,63 @@ fn latchkeyd_refuses_a_retention_too_small_to_mean_anything() {
         assert!(log.contains(words), "{flag} {value}: {log}");
     }
 }
+
+/// `latchkey audit --follow` prints the log, then each new row as the
+/// daemon writes it, until it is stopped; `--app` selects by app key.
+#[test]
+fn follow_prints_new_rows_as_they_come_and_app_selects() {
+    let p = Provider::start(&[svc()]);
+    let env = TestEnv::new();
+    let _daemon = env.start_and_init();
+    env.add_provider(TEST_PROVIDER, p.issuer());
+    let mut child = Command::new(env.bin("latchkey"))
+        .args(["audit", "--json", "--follow"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("LATCHKEY_SOCKET", &env.socket)
+        .env("LATCHKEY_VAULT", &env.vault)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("latchkey runs");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| -> Value {
+        rx.recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("no {what} row from --follow: {e}"))
+    };
+    // What was there already, then what comes.
+    assert_eq!(next("first")["event"], "vault_init");
+    assert_eq!(next("second")["event"], "provider_added");
+    client_credentials(&env, TEST_PROVIDER, "svc", &svc());
+    let added = next("new");
+    assert_eq!(
+        (added["event"].as_str(), added["credential"].as_str()),
+        (Some("credential_added"), Some("svc"))
+    );
+    env.token("svc");
+    assert_eq!(next("fetched")["event"], "token_fetched");
+    let issued = next("issued");
+    assert_eq!(issued["event"], "token_issued");
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.join().unwrap();
+
+    let app = issued["app_key"].as_str().expect("an app key").to_owned();
+    let rows = audit_json(&env, &["--app", &app]);
+    assert!(!rows.is_empty());
+    assert!(
+        rows.iter().all(|r| r["app_key"] == app.as_str()),
+        "{rows:#?}"
+    );
+    assert!(audit_json(&env, &["--app", "exe:/no/such/program"]).is_empty());
+}
