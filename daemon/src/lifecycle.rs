@@ -107,7 +107,7 @@ impl Handler for VaultInit {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: InitParams,
     ) -> Result<InitResult, ApiError> {
         let _guard = daemon.lifecycle.lock().await;
@@ -157,7 +157,7 @@ impl Handler for VaultInit {
         let kinds: Vec<&str> = slots.iter().map(|s| s.kind.as_str()).collect();
         daemon
             .audit
-            .record("vault_init", None, None, Some(kinds.join(",")));
+            .record("vault_init", None, Some(&peer), Some(kinds.join(",")));
         Ok(InitResult { vault_id, slots })
     }
 }
@@ -347,7 +347,7 @@ impl Handler for VaultChangePassphrase {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: ChangePassphraseParams,
     ) -> Result<Empty, ApiError> {
         let _guard = daemon.lifecycle.lock().await;
@@ -378,7 +378,7 @@ impl Handler for VaultChangePassphrase {
             Ok(slot) => {
                 daemon
                     .audit
-                    .record("passphrase_changed", None, None, Some(slot.id));
+                    .record("passphrase_changed", None, Some(&peer), Some(slot.id));
                 Ok(Empty {})
             }
             Err(e) => {
@@ -396,7 +396,7 @@ impl Handler for VaultRekey {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: RekeyParams,
     ) -> Result<RekeyResult, ApiError> {
         let _guard = daemon.lifecycle.lock().await;
@@ -420,7 +420,7 @@ impl Handler for VaultRekey {
                 daemon.audit.record(
                     "rekey",
                     None,
-                    None,
+                    Some(&peer),
                     Some(format!("{fields} fields, {slots} slots")),
                 );
                 Ok(RekeyResult { fields, slots })
