@@ -1011,7 +1011,8 @@ pub struct AuditEntry {
     /// (whose account) opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Written while the vault was locked, chained at a later unlock.
+    /// Chained after it was written: written while the vault was locked
+    /// (or queued behind such rows), chained at a later unlock.
     #[serde(default)]
     pub chained_late: bool,
     /// Covered by the MAC chain (false only until the writer chains it).
@@ -1071,7 +1072,7 @@ pub struct AuditVerifyResult {
     pub ok: bool,
     /// Rows whose MAC was checked.
     pub checked: u64,
-    /// Of those, rows written while locked and chained at an unlock.
+    /// Of those, rows chained late (written while locked, chained at an unlock).
     pub chained_late: u64,
     /// Rows not chained yet (written while locked; chained at the next
     /// unlock), not checked.

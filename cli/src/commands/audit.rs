@@ -121,7 +121,7 @@ fn line(row: &AuditEntry) -> String {
     let dash = |v: &Option<String>| clean(v.as_deref().unwrap_or("-"));
     let mut detail = dash(&row.detail);
     if row.chained_late {
-        detail.push_str(" [written while locked]");
+        detail.push_str(" [chained late]");
     }
     if !row.chained {
         detail.push_str(" [not chained yet]");
@@ -178,7 +178,7 @@ fn verdict(result: &AuditVerifyResult) -> String {
     };
     if result.chained_late > 0 {
         text.push_str(&format!(
-            "; {} of them were written while the vault was locked and chained at the next unlock",
+            "; {} of them were chained late (written while the vault was locked, chained at the next unlock)",
             result.chained_late
         ));
     }
@@ -217,7 +217,7 @@ mod tests {
         let text = line(&entry());
         assert_eq!(
             text,
-            "2023-11-14 22:13:20 UTC  unlock_failed       failed   -                 /usr/bin/latchkey (sha256 00112233)  wrong_passphrase [written while locked]"
+            "2023-11-14 22:13:20 UTC  unlock_failed       failed   -                 /usr/bin/latchkey (sha256 00112233)  wrong_passphrase [chained late]"
         );
         let hostile = AuditEntry {
             detail: Some("\u{1b}[2Jgone\n".into()),
@@ -261,7 +261,7 @@ mod tests {
         assert_eq!(
             verdict(&result),
             "audit log verified: 12 rows (seq 5 to 16), none edited, deleted, reordered or cut off; \
-             2 of them were written while the vault was locked and chained at the next unlock; \
+             2 of them were chained late (written while the vault was locked, chained at the next unlock); \
              1 newer rows are not chained yet (the daemon chains them in a moment)\n"
         );
     }

@@ -99,7 +99,8 @@ pub enum Command {
     ///
     /// Oldest first, one row per line (TIME, EVENT, OUTCOME, CREDENTIAL, APP,
     /// DETAIL), or one JSON object per line with --json. Rows marked
-    /// [written while locked] were chained into the log at the next unlock.
+    /// [chained late] were written while the vault was locked and chained into
+    /// the log at the next unlock.
     /// `latchkey audit verify` checks the log's MAC chain and exits 1 when a
     /// row was edited, deleted, reordered or cut off. Both need the vault
     /// unlocked.
