@@ -60,6 +60,8 @@ def request():
         "login.wait": {"login_id": "abc"},
         "token.revoke": {"credential": "gh", "local_only": True},
         "vault.panic": {"provider": "github"},
+        "audit.list": {"since": 1700000000, "credential": "gh", "app": "exe:/usr/bin/curl", "after_seq": 10, "limit": 100},
+        "audit.verify": {},
     }
     for method, params in methods.items():
         write("request", line(method, params))

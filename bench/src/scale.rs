@@ -662,8 +662,10 @@ fn audit_rows(vault: &Path) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Plain rows like the daemon's own (`append_audit`): token issuances
-/// over many credentials and processes.
+/// Plain rows like the daemon's own: token issuances over many
+/// credentials and processes. Unchained, as rows written while locked
+/// are: the daemon chains them after its unlock, in bounded batches in
+/// the background (`vault/chain.rs`), while the figures are taken.
 fn insert_audit_rows(vault: &Path, rows: u64) -> Result<()> {
     let mut conn = rusqlite::Connection::open(vault)?;
     let tx = conn.transaction()?;

@@ -128,6 +128,12 @@ methods! {
     ApprovalNext = "approval.next", ApprovalNextParams => ApprovalNextResult, read_only: true;
     /// Answer a prompt (approvers only; allowing needs the attach proof).
     ApprovalDecide = "approval.decide", DecideParams => Empty, read_only: false;
+
+    // The audit log (issue 9).
+    /// Read the audit log, oldest first, a page at a time.
+    AuditList = "audit.list", AuditListParams => AuditListResult, read_only: true;
+    /// Check the audit log's MAC chain against its sealed head.
+    AuditVerify = "audit.verify", Empty => AuditVerifyResult, read_only: true;
 }
 
 mod apps;
@@ -998,6 +1004,137 @@ pub struct PanicResult {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Empty {}
 
+/// The most rows one `audit.list` call returns.
+pub const AUDIT_LIST_MAX: u32 = 1000;
+
+/// Parameters of `audit.list`. Rows come oldest first; each call looks at a
+/// bounded stretch of the log, so a page may hold fewer than `limit` rows
+/// (even none) while `more` is true: call again with `after_seq = next`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditListParams {
+    /// Only rows at or after this Unix time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// Only rows about this credential (its exact name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Only rows of this app: its exact key (`exe:/usr/bin/curl`,
+    /// `key:ci`, `unknown`) or a part of its label (`curl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// Only rows after this seq (a previous result's `next`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<i64>,
+    /// At most this many rows (default 100, at most [`AUDIT_LIST_MAX`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// One row of the audit log. Never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its place in the log: increasing, never reused.
+    pub seq: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// What happened: `unlock`, `unlock_failed`, `login`, `token_issued`, …
+    pub event: String,
+    /// The credential it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// The verified app identity, as people read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The app's stable key (`exe:/usr/bin/curl`, `key:ci`, `unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_key: Option<String>,
+    /// The process that asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// `ok`, `failed` or `denied`; absent in rows older than outcomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Details (names, scopes, kinds, counts), with the sealed ones
+    /// (whose account) opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Chained after it was written: written while the vault was locked
+    /// (or queued behind such rows), chained at a later unlock.
+    #[serde(default)]
+    pub chained_late: bool,
+    /// Covered by the MAC chain (false only until the writer chains it).
+    #[serde(default)]
+    pub chained: bool,
+}
+
+/// Result of `audit.list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditListResult {
+    /// The rows, oldest first.
+    pub rows: Vec<AuditEntry>,
+    /// Pass as `after_seq` to continue (or, with `more` false, to follow).
+    pub next: i64,
+    /// Whether the log goes on after `next`.
+    pub more: bool,
+}
+
+/// How the audit log was found broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuditBreak {
+    /// A row's content or MAC was changed.
+    Edited,
+    /// Rows were deleted from the log.
+    Missing,
+    /// Rows were moved or swapped.
+    OutOfOrder,
+    /// The log's last rows were removed.
+    Truncated,
+    /// The sealed head of the chain was deleted.
+    HeadMissing,
+    /// The sealed head failed its integrity check.
+    HeadCorrupt,
+    /// A kind this client version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Where and how the audit log was found broken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditProblem {
+    /// What kind of change.
+    pub kind: AuditBreak,
+    /// The first row it concerns, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    /// What was found and what to do, for people.
+    pub message: String,
+}
+
+/// Result of `audit.verify`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditVerifyResult {
+    /// The chain holds: no row was edited, deleted, reordered or cut off.
+    pub ok: bool,
+    /// Rows whose MAC was checked.
+    pub checked: u64,
+    /// Of those, rows chained late (written while locked, chained at an unlock).
+    pub chained_late: u64,
+    /// Rows not chained yet (written while locked; chained at the next
+    /// unlock), not checked.
+    pub unchained: u64,
+    /// The first row the chain keeps (older ones went by retention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seq: Option<i64>,
+    /// The last row the chain covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<i64>,
+    /// The first break found, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<AuditProblem>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1079,7 +1216,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 31);
+        assert_eq!(METHODS.len(), 33);
     }
 
     #[test]
@@ -1096,6 +1233,8 @@ mod tests {
                 "app.list",
                 "approval.attach",
                 "approval.next",
+                "audit.list",
+                "audit.verify",
                 "credential.list",
                 "credential.show",
                 "daemon.stats",

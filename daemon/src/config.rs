@@ -3,6 +3,7 @@
 
 use crate::clock::Clock;
 use crate::vault::keyring::BackendChoice;
+use crate::vault::Retention;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub struct Config {
     pub cli_path: Option<PathBuf>,
     /// How long a call for an `ask` credential waits for the user's decision.
     pub approval_timeout: Duration,
+    /// How long the audit log keeps rows (by age and count).
+    pub audit_retention: Retention,
     /// The wall clock, except in in-process tests that drive tokio's.
     pub clock: Clock,
 }

@@ -96,6 +96,8 @@ pub async fn route(
         LoginWait::NAME => run.method::<LoginWait>(out).await,
         DaemonStats::NAME => run.method::<DaemonStats>(out).await,
         DaemonShutdown::NAME => run.method::<DaemonShutdown>(out).await,
+        AuditList::NAME => run.method::<AuditList>(out).await,
+        AuditVerify::NAME => run.method::<AuditVerify>(out).await,
         other => {
             let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
             write_error(
@@ -237,7 +239,7 @@ pub(crate) fn parse<T: DeserializeOwned>(
 fn respond<M: Handler>(out: &mut SecretBuf, id: Option<&RawValue>, reply: &M::Reply) {
     let start = out.len();
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
+    write_id(out, id);
     out.extend_from_slice(b",\"result\":");
     if let Err(e) = M::write_result(reply, out) {
         out.truncate(start);
@@ -249,6 +251,23 @@ fn respond<M: Handler>(out: &mut SecretBuf, id: Option<&RawValue>, reply: &M::Re
         return;
     }
     out.extend_from_slice(b"}\n");
+}
+
+/// The request's id as it came, unless it spans lines (whitespace inside
+/// an object or array id): a reply is one line, so that one is written
+/// again compactly.
+fn write_id(out: &mut SecretBuf, id: Option<&RawValue>) {
+    let raw = id.map_or("null", |i| i.get());
+    if !raw.contains(['\n', '\r']) {
+        out.extend_from_slice(raw.as_bytes());
+        return;
+    }
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(value) => {
+            serde_json::to_writer(&mut *out, &value).expect("a JSON value serializes");
+        }
+        Err(_) => out.extend_from_slice(b"null"),
+    }
 }
 
 #[derive(Serialize)]
@@ -267,7 +286,7 @@ struct ErrorData {
 
 pub(crate) fn write_error(out: &mut SecretBuf, id: Option<&RawValue>, error: &ApiError) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
+    write_id(out, id);
     out.extend_from_slice(b",\"error\":");
     let body = ErrorBody {
         code: error.kind.code(),
@@ -324,6 +343,7 @@ mod tests {
             keyring: BackendChoice::Auto,
             cli_path: None,
             approval_timeout: std::time::Duration::from_secs(60),
+            audit_retention: crate::vault::Retention::DEFAULT,
             clock: Clock::Wall,
         })
         .expect("no vault yet is fine");

@@ -311,6 +311,8 @@ fn params_of(
         ApprovalAttach,
         ApprovalNext,
         ApprovalDecide,
+        AuditList,
+        AuditVerify,
     )
 }
 

@@ -12,6 +12,7 @@
 mod approval;
 mod apps;
 mod audit;
+mod audit_log;
 mod cache;
 mod callback;
 mod clock;
@@ -44,6 +45,7 @@ pub use vault::keyring;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use vault::test_hooks;
+pub use vault::Retention as AuditRetention;
 
 use interprocess::local_socket::tokio::Listener;
 use state::Daemon;

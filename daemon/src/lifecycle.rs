@@ -108,7 +108,7 @@ impl Handler for VaultInit {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: InitParams,
     ) -> Result<InitResult, ApiError> {
         let _guard = daemon.lifecycle.lock().await;
@@ -158,7 +158,7 @@ impl Handler for VaultInit {
         let kinds: Vec<&str> = slots.iter().map(|s| s.kind.as_str()).collect();
         daemon
             .audit
-            .record("vault_init", None, None, Some(kinds.join(",")));
+            .record("vault_init", None, Some(&peer), Some(kinds.join(",")));
         Ok(InitResult { vault_id, slots })
     }
 }
@@ -349,7 +349,7 @@ impl Handler for VaultChangePassphrase {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: ChangePassphraseParams,
     ) -> Result<Empty, ApiError> {
         let _guard = daemon.lifecycle.lock().await;
@@ -380,7 +380,7 @@ impl Handler for VaultChangePassphrase {
             Ok(slot) => {
                 daemon
                     .audit
-                    .record("passphrase_changed", None, None, Some(slot.id));
+                    .record("passphrase_changed", None, Some(&peer), Some(slot.id));
                 Ok(Empty {})
             }
             Err(e) => {
@@ -398,7 +398,7 @@ impl Handler for VaultRekey {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: RekeyParams,
     ) -> Result<RekeyResult, ApiError> {
         let _guard = daemon.lifecycle.lock().await;
@@ -422,7 +422,7 @@ impl Handler for VaultRekey {
                 daemon.audit.record(
                     "rekey",
                     None,
-                    None,
+                    Some(&peer),
                     Some(format!("{fields} fields, {slots} slots")),
                 );
                 Ok(RekeyResult { fields, slots })

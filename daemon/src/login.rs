@@ -293,12 +293,19 @@ async fn report(
     waiter_left: bool,
 ) {
     match &outcome {
-        Ok(r) => daemon.audit.record(
-            "login",
-            Some(&credential.config.name),
-            None,
-            r.subject.as_ref().map(|s| format!("sub={s}")),
-        ),
+        // Whose account it is identifies the person: sealed, not in clear.
+        Ok(r) => match &r.subject {
+            Some(subject) => daemon.audit.record_sealed(
+                "login",
+                Some(&credential.config.name),
+                None,
+                None,
+                format!("sub={subject}"),
+            ),
+            None => daemon
+                .audit
+                .record("login", Some(&credential.config.name), None, None),
+        },
         Err(e) => {
             tracing::warn!(credential = %credential.config.name, "login failed: {e}");
             daemon.audit.record(

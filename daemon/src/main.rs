@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use latchkey_client::duration;
-use latchkey_daemon::{fsutil, hardening, keyring, lockfile, Clock, Config};
+use latchkey_daemon::{fsutil, hardening, keyring, lockfile, AuditRetention, Clock, Config};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +42,39 @@ struct Args {
     /// How long a call for an `ask` credential waits for the user's decision
     #[arg(long, env = "LATCHKEY_APPROVAL_TIMEOUT", value_parser = duration::parse_whole_secs, default_value = "60s")]
     approval_timeout: Duration,
+    /// Delete audit rows older than this (whole seconds or 30d, 400d, ...; at least 1d)
+    #[arg(long, env = "LATCHKEY_AUDIT_MAX_AGE", value_parser = audit_max_age, default_value = "400d")]
+    audit_max_age: Duration,
+    /// Keep at most this many audit rows, deleting the oldest (at least 1000)
+    #[arg(long, env = "LATCHKEY_AUDIT_MAX_ROWS", value_parser = audit_max_rows, default_value = "1000000")]
+    audit_max_rows: u64,
+}
+
+/// One day: a shorter log could not hold what happened since yesterday.
+const MIN_AUDIT_AGE: Duration = Duration::from_secs(24 * 3600);
+/// A thousand rows: a few days of a busy desktop's events.
+const MIN_AUDIT_ROWS: u64 = 1000;
+
+fn audit_max_age(text: &str) -> Result<Duration, String> {
+    let age = duration::parse_whole_secs(text).map_err(|e| e.to_string())?;
+    if age < MIN_AUDIT_AGE {
+        return Err(format!(
+            "audit rows must be kept at least a day (1d); '{text}' is shorter"
+        ));
+    }
+    Ok(age)
+}
+
+fn audit_max_rows(text: &str) -> Result<u64, String> {
+    let rows: u64 = text.parse().map_err(|_| {
+        format!("'{text}' is not a number of rows: give a whole number such as 1000000")
+    })?;
+    if rows < MIN_AUDIT_ROWS {
+        return Err(format!(
+            "the audit log keeps at least {MIN_AUDIT_ROWS} rows; '{text}' is fewer"
+        ));
+    }
+    Ok(rows)
 }
 
 fn main() -> ExitCode {
@@ -88,6 +121,10 @@ fn start(args: Args) -> anyhow::Result<()> {
         keyring: keyring::BackendChoice::from_env()?,
         cli_path: cli_beside_us(),
         approval_timeout: args.approval_timeout,
+        audit_retention: AuditRetention {
+            max_age_secs: args.audit_max_age.as_secs(),
+            max_rows: args.audit_max_rows,
+        },
         clock: Clock::Wall,
     };
     if let Some(dir) = config.vault_path.parent() {

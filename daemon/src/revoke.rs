@@ -25,7 +25,7 @@ impl Handler for TokenRevoke {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: RevokeParams,
     ) -> Result<RevokeResult, ApiError> {
         let session = daemon.session()?;
@@ -35,7 +35,7 @@ impl Handler for TokenRevoke {
         daemon.audit.record(
             "revoked",
             Some(&credential.config.name),
-            None,
+            Some(&peer),
             Some(if params.local_only {
                 "local only".into()
             } else {
@@ -143,7 +143,7 @@ impl Handler for VaultPanic {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: PanicParams,
     ) -> Result<PanicResult, ApiError> {
         let session = daemon.session()?;
@@ -191,7 +191,7 @@ impl Handler for VaultPanic {
         daemon.audit.record(
             "panic",
             None,
-            None,
+            Some(&peer),
             Some(format!(
                 "{} credential(s), provider {:?}",
                 entries.len(),

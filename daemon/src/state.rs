@@ -15,9 +15,9 @@ pub use crate::identity::Peer;
 use crate::identity::Resolver;
 use crate::oauth::http::Http;
 use crate::sync::{lock, read, write};
-use crate::vault::store::AuditRow;
 use crate::vault::{
-    Catalog, Credential, Grant, Keys, LimiterState, Provider, SlotKeks, Vault, VaultError,
+    AuditEvent, Catalog, Credential, Grant, Keys, LimiterState, Provider, SlotKeks, Vault,
+    VaultError,
 };
 use latchkey_client::protocol::{CredentialState, ErrorKind, GrantType, LoginResult, Proof};
 use secrecy::SecretString;
@@ -62,6 +62,8 @@ pub struct Daemon {
     sessions: AtomicU64,
     pub(crate) http: Http,
     pub(crate) audit: Audit,
+    /// The unlocked session's keys, for the audit writer (see [`VaultSink`]).
+    audit_keys: AuditKeys,
     /// Finds who is behind a connection; caches executables' hashes.
     pub(crate) identities: Resolver,
     /// Apps waiting for the user's decision, and who decides.
@@ -185,15 +187,47 @@ impl Limiter {
     }
 }
 
-/// The audit writer puts its batches into the vault, once there is one.
-/// It runs on the audit writer's own thread, never on an async worker.
-struct VaultSink(SharedVault);
+/// A session's keys as the audit writer reaches them: set when a session
+/// opens; the session's close empties the keys themselves, so from then on
+/// the writer sees it locked.
+type AuditKeys = Arc<Mutex<Option<Arc<RwLock<Option<Keys>>>>>>;
+
+/// The audit writer puts its batches into the vault, once there is one:
+/// chained under the session's audit key while unlocked (rows written
+/// while locked first), unchained while locked (`vault::Vault::write_audit`).
+/// It runs on the audit writer's own thread, never on an async worker, and
+/// takes the keys before the vault, as every writer does.
+struct VaultSink {
+    vault: SharedVault,
+    keys: AuditKeys,
+    retention: crate::vault::Retention,
+    clock: Clock,
+    /// Whether the broken head was logged (once per daemon, not per batch).
+    warned: AtomicBool,
+}
 
 impl Sink for VaultSink {
-    fn write(&self, rows: &[AuditRow]) {
-        if let Some(vault) = lock(&self.0).as_mut() {
-            if let Err(e) = vault.store_mut().append_audit(rows) {
+    fn write(&self, rows: &[AuditEvent]) -> bool {
+        let handle = lock(&self.keys).clone();
+        let keys = handle.as_ref().map(|k| read(k));
+        let keys = keys.as_ref().and_then(|k| k.as_ref());
+        if rows.is_empty() && keys.is_none() {
+            return false;
+        }
+        let mut vault = lock(&self.vault);
+        let Some(vault) = vault.as_mut() else {
+            return false;
+        };
+        match vault.write_audit(keys, rows, self.retention, self.clock.now()) {
+            Ok(written) => {
+                if written.head_broken && !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::error!("the audit log's sealed head is missing or damaged: new rows are kept but not chained; run `latchkey audit verify`");
+                }
+                written.more
+            }
+            Err(e) => {
                 tracing::warn!(error = %e, "could not write the audit log");
+                false
             }
         }
     }
@@ -212,8 +246,17 @@ impl Daemon {
         let clock = config.clock;
         let identities = Resolver::new(config.cli_path.clone());
         let approval_timeout = config.approval_timeout;
+        let audit_keys = AuditKeys::default();
+        let sink = VaultSink {
+            vault: Arc::clone(&vault),
+            keys: Arc::clone(&audit_keys),
+            retention: config.audit_retention,
+            clock,
+            warned: AtomicBool::new(false),
+        };
         Ok(Arc::new(Daemon {
-            audit: Audit::start(VaultSink(Arc::clone(&vault)), clock),
+            audit: Audit::start(sink, clock),
+            audit_keys,
             clock,
             config,
             vault,
@@ -304,6 +347,8 @@ impl Daemon {
             .await
             .map_err(ApiError::internal)??;
         self.touch();
+        // The audit writer chains under this session's key from now on.
+        *lock(&self.audit_keys) = Some(Arc::clone(&session.keys));
         *write(&self.session) = Some(Arc::new(session));
         Ok(())
     }
@@ -648,6 +693,7 @@ mod tests {
             keyring: crate::vault::keyring::BackendChoice::Auto,
             cli_path: None,
             approval_timeout: Duration::from_secs(60),
+            audit_retention: crate::vault::Retention::DEFAULT,
             clock: Clock::following_tokio(),
         })
         .unwrap();

@@ -386,6 +386,13 @@ async fn every_method_answers_its_error_kinds() {
                 ("login.wait", json!({"login_id": "nope"}), fails(NotFound)),
                 ("daemon.stats", json!({}), ok()),
                 ("vault.panic", json!({"provider": "nope"}), fails(NotFound)),
+                ("audit.list", json!({"limit": 0}), fails(InvalidParams)),
+                ("audit.list", json!({"limit": AUDIT_LIST_MAX + 1}), fails(InvalidParams)),
+                ("audit.list", json!({"after_seq": -1}), fails(InvalidParams)),
+                ("audit.list", json!({"credential": ""}), fails(InvalidParams)),
+                ("audit.list", json!({"since": "1h"}), fails(InvalidParams)),
+                ("audit.list", json!({"credential": "api", "limit": 10}), ok()),
+                ("audit.verify", json!({}), ok()),
                 ("vault.explode", json!({}), fails(MethodNotFound)),
                 // Who may use what. This connection proved a person is
                 // behind it when it added `api` (with the passphrase), so
@@ -447,6 +454,8 @@ async fn every_method_answers_its_error_kinds() {
                 ("approval.attach", json!({}), ok()),
                 ("approval.next", json!({"wait_secs": 0}), ok()),
                 ("approval.decide", json!({"id": 1, "decision": {"choice": "deny"}}), fails(NotFound)),
+                ("audit.list", json!({}), fails(Locked)),
+                ("audit.verify", json!({}), fails(Locked)),
                 // The third wrong passphrase (two above): the limiter starts.
                 ("vault.unlock", json!({"passphrase": "wrong"}), fails(WrongPassphrase)),
                 ("vault.unlock", json!({"passphrase": PASSPHRASE}), fails(RateLimited)),
@@ -473,6 +482,145 @@ async fn every_method_answers_its_error_kinds() {
     assert!(missing.is_empty(), "methods not tested: {missing:?}");
     // `daemon.shutdown` above: `run` returns, and Ok.
     d.stop().await;
+}
+
+/// Every row of the audit log, once the writer has written `until`
+/// (bounded; the writer is a thread of its own, so this waits in real time).
+async fn audit_rows_until(
+    c: &mut Client,
+    until: impl Fn(&[AuditEntry]) -> bool,
+) -> Vec<AuditEntry> {
+    let mut rows = Vec::new();
+    for _ in 0..500 {
+        rows = c
+            .request::<AuditList>(&AuditListParams {
+                limit: Some(AUDIT_LIST_MAX),
+                ..AuditListParams::default()
+            })
+            .await
+            .expect("audit.list")
+            .rows;
+        if until(&rows) {
+            return rows;
+        }
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(10)))
+            .await
+            .unwrap();
+    }
+    panic!("the audit log never got there: {rows:#?}");
+}
+
+/// The audit log over the socket: rows name the app and their outcome,
+/// rows written while locked are chained at the unlock, the chain
+/// verifies, and the filters select.
+#[tokio::test(start_paused = true)]
+async fn the_audit_log_is_chained_filtered_and_verified() {
+    let d = TestDaemon::start(Opts::default()).await;
+    let mut c = d.client().await;
+    d.init(&mut c).await;
+    add_cc_credential(&mut c, "api").await;
+    c.token("api").await.expect("a token");
+    c.request::<VaultLock>(&Empty {}).await.expect("vault.lock");
+    assert_eq!(
+        kind(unlock(&mut c, "wrong").await),
+        ErrorKind::WrongPassphrase
+    );
+    unlock(&mut c, PASSPHRASE).await.expect("unlock");
+    let all_chained = |rows: &[AuditEntry]| {
+        rows.iter().any(|r| r.event == "unlock") && rows.iter().all(|r| r.chained)
+    };
+    let rows = audit_rows_until(&mut c, all_chained).await;
+    let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "vault_init",
+            "provider_added",
+            "credential_added",
+            "token_fetched",
+            "token_issued",
+            "lock",
+            "unlock_failed",
+            "unlock"
+        ]
+    );
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
+    let late: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.chained_late)
+        .map(|r| r.event.as_str())
+        .collect();
+    assert_eq!(late, ["lock", "unlock_failed"], "written while locked");
+    let failed = &rows[6];
+    assert_eq!(failed.outcome.as_deref(), Some("failed"));
+    assert_eq!(failed.detail.as_deref(), Some("wrong_passphrase"));
+    assert_eq!(rows[7].outcome.as_deref(), Some("ok"));
+    let app_key = failed.app_key.clone().expect("the caller is named");
+    assert!(app_key.starts_with("exe:/"), "{app_key}");
+    assert_eq!(failed.pid, Some(std::process::id()));
+
+    let verified = c.request::<AuditVerify>(&Empty {}).await.expect("verify");
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(
+        (verified.checked, verified.chained_late, verified.unchained),
+        (8, 2, 0)
+    );
+    assert_eq!((verified.first_seq, verified.last_seq), (Some(1), Some(8)));
+
+    async fn list(c: &mut Client, params: AuditListParams) -> AuditListResult {
+        c.request::<AuditList>(&params).await.expect("audit.list")
+    }
+    let by_credential = list(
+        &mut c,
+        AuditListParams {
+            credential: Some("api".into()),
+            ..AuditListParams::default()
+        },
+    )
+    .await;
+    let events: Vec<&str> = by_credential
+        .rows
+        .iter()
+        .map(|r| r.event.as_str())
+        .collect();
+    assert_eq!(
+        events,
+        ["credential_added", "token_fetched", "token_issued"]
+    );
+    let by_app = list(
+        &mut c,
+        AuditListParams {
+            app: Some(app_key.clone()),
+            ..AuditListParams::default()
+        },
+    )
+    .await;
+    assert!(by_app
+        .rows
+        .iter()
+        .all(|r| r.app_key.as_deref() == Some(&app_key)));
+    assert!(by_app.rows.iter().any(|r| r.event == "unlock"));
+    let page = list(
+        &mut c,
+        AuditListParams {
+            after_seq: Some(5),
+            limit: Some(2),
+            ..AuditListParams::default()
+        },
+    )
+    .await;
+    let seqs: Vec<i64> = page.rows.iter().map(|r| r.seq).collect();
+    assert_eq!((seqs, page.next, page.more), (vec![6, 7], 7, true));
+    let end = list(
+        &mut c,
+        AuditListParams {
+            after_seq: Some(8),
+            ..AuditListParams::default()
+        },
+    )
+    .await;
+    assert!(end.rows.is_empty() && !end.more && end.next == 8);
 }
 
 /// A user credential end to end at the testkit endpoint: device login,

@@ -15,6 +15,7 @@ const VERBS: &[&str] = &[
     "dispatch",
     "server",
     "handler",
+    "audit_log",
 ];
 
 /// Each top-level module's source (a directory module's files joined),

@@ -3,7 +3,8 @@
 //! never appear — the daemon's debug log, every CLI stderr (and stdout of
 //! commands that are not meant to print a token), every error reply, the
 //! argv of every process sampled during the run, the raw bytes of the
-//! vault file and its WAL, and the audit table. Also a run with a wrong
+//! vault file and its WAL, and every column of the audit table and its
+//! sealed head (and what `latchkey audit` prints). Also a run with a wrong
 //! client secret: the provider's `invalid_client` answer must not carry it.
 //!
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
@@ -191,6 +192,9 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
         &["provider", "show", "test", "--json"],
         &["status", "--json"],
         &["status"],
+        &["audit", "--json"],
+        &["audit"],
+        &["audit", "verify"],
     ] {
         env.latchkey(args).success();
     }
@@ -331,26 +335,51 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
     let status = env.stop_daemon(&daemon);
     assert!(status.success());
     read_vault(&mut vault_bytes);
+    // Every column of every row, blobs too, and the chain's sealed head.
     let audit: Vec<String> = {
         let db = env.vault_db();
         let mut stmt = db
-            .prepare("SELECT seq, at, event, credential, peer_pid, coalesce(app, '') || ' ' || coalesce(detail, '') FROM audit ORDER BY seq")
+            .prepare(
+                "SELECT seq, at, event, credential, peer_pid, detail, app, app_key, outcome,
+                        sealed_id, sealed_detail, chained_late, mac FROM audit ORDER BY seq",
+            )
             .unwrap();
-        let rows = stmt
+        let mut rows: Vec<String> = stmt
             .query_map([], |r| {
+                let text = |i| r.get::<_, Option<String>>(i);
+                let blob = |i| r.get::<_, Option<Vec<u8>>>(i);
                 Ok(format!(
-                    "{} {} {} {:?} {:?} {:?}",
+                    "{} {} {} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {} {} {}",
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
+                    text(3)?,
                     r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, Option<String>>(5)?
+                    text(5)?,
+                    text(6)?,
+                    text(7)?,
+                    text(8)?,
+                    text(9)?,
+                    String::from_utf8_lossy(&blob(10)?.unwrap_or_default()),
+                    r.get::<_, bool>(11)?,
+                    String::from_utf8_lossy(&blob(12)?.unwrap_or_default()),
                 ))
             })
             .unwrap()
             .map(Result::unwrap)
             .collect();
+        let mut head = db.prepare("SELECT id, sealed FROM audit_head").unwrap();
+        rows.extend(
+            head.query_map([], |r| {
+                Ok(format!(
+                    "head {} {}",
+                    r.get::<_, String>(0)?,
+                    String::from_utf8_lossy(&r.get::<_, Vec<u8>>(1)?)
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap),
+        );
         rows
     };
 
@@ -376,6 +405,10 @@ fn no_secret_reaches_logs_errors_argv_or_the_vault_in_clear() {
             "no {event} in the audit log: {audit:#?}"
         );
     }
+    assert!(
+        audit.iter().any(|row| row.starts_with("head ")),
+        "the chain's head is searched too: {audit:#?}"
+    );
     assert!(rounds > 10, "the argv sampler ran {rounds} rounds");
     assert!(
         argv.iter().any(|a| a.contains("latchkeyd")),

@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 mod app;
 mod approve;
+mod audit;
 mod credential;
 mod daemon;
 pub(crate) mod exec;
@@ -108,6 +109,16 @@ pub enum Command {
     /// Start, stop or inspect the daemon
     #[command(subcommand)]
     Daemon(daemon::Command),
+    /// Show the audit log: who asked for what, and how it ended
+    ///
+    /// Oldest first, one row per line (TIME, EVENT, OUTCOME, CREDENTIAL, APP,
+    /// DETAIL), or one JSON object per line with --json. Rows marked
+    /// [chained late] were written while the vault was locked and chained into
+    /// the log at the next unlock.
+    /// `latchkey audit verify` checks the log's MAC chain and exits 1 when a
+    /// row was edited, deleted, reordered or cut off. Both need the vault
+    /// unlocked.
+    Audit(audit::Args),
 }
 
 /// Runs one parsed command.
@@ -130,5 +141,6 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Header(args) => header::run(ctx, args),
         Command::Exec(args) => exec::run(ctx, args),
         Command::Daemon(command) => daemon::run(ctx, command),
+        Command::Audit(args) => audit::run(ctx, args),
     }
 }

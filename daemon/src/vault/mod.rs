@@ -2,17 +2,20 @@
 //! how it is sealed. Joins the SQL store with the crypto module; everything
 //! above this module sees plaintext configuration and `secrecy` types only.
 
+mod chain;
 pub mod crypto;
 pub mod keyring;
 pub mod rules;
 mod slots;
 pub mod store;
 
+pub use chain::{AuditEvent, Retention, VerifyStep, VerifyWalk, TRUNCATED_EVENT, VERIFY_STEP};
+
 #[cfg(feature = "testing")]
 pub use slots::test_hooks;
 pub use slots::SlotKeks;
 
-use crate::vault::crypto::{CryptoError, Dek, FieldRef};
+use crate::vault::crypto::{AuditKey, CryptoError, Dek, FieldRef};
 use crate::vault::store::{CredentialRow, GrantRow, ProviderRow, Store, StoreError, TokenRow};
 use latchkey_client::protocol::{
     Access, AuthMethod, CredentialState, Endpoints, GrantType, TokenReply,
@@ -49,13 +52,24 @@ pub enum VaultError {
 
 pub type Result<T> = std::result::Result<T, VaultError>;
 
-/// The open data key plus the vault id it belongs to.
+/// The open data key plus the vault id it belongs to, and the audit
+/// chain's key derived from it.
 pub struct Keys {
     pub vault_id: String,
     dek: Dek,
+    audit: AuditKey,
 }
 
 impl Keys {
+    fn new(vault_id: String, dek: Dek) -> Keys {
+        let audit = dek.audit_key();
+        Keys {
+            vault_id,
+            dek,
+            audit,
+        }
+    }
+
     fn seal(&self, table: &str, row_id: &str, field: &str, plaintext: &[u8]) -> Vec<u8> {
         self.dek.seal(
             &self.vault_id,
@@ -557,10 +571,6 @@ impl Vault {
     /// Forgets a credential's refresh token and access tokens.
     pub fn drop_grant(&mut self, credential_id: &str, state: CredentialState) -> Result<()> {
         Ok(self.store.drop_grant(credential_id, state.as_str())?)
-    }
-
-    pub fn store_mut(&mut self) -> &mut Store {
-        &mut self.store
     }
 
     /// Who locked the vault on purpose, if it is held locked (see [`LockHold`]).

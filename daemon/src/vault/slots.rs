@@ -18,13 +18,13 @@ impl Vault {
     /// Call off the async runtime (Argon2id, keyring).
     pub fn create(path: &Path, slots: NewSlots<'_>) -> Result<(Vault, Keys)> {
         let vault_id = crypto::random_id();
-        let keys = Keys {
-            vault_id: vault_id.clone(),
-            dek: Dek::generate().map_err(|e| VaultError::Slot {
+        let keys = Keys::new(
+            vault_id.clone(),
+            Dek::generate().map_err(|e| VaultError::Slot {
                 slot: "new".into(),
                 source: e,
             })?,
-        };
+        );
         let now = latchkey_client::unix_now();
         let mut rows = Vec::new();
         if let Some(passphrase) = slots.passphrase {
@@ -160,13 +160,13 @@ impl Vault {
     /// AEAD and SQLite. Returns the new keys and the counts of fields
     /// and slots rewritten.
     pub fn rekey_with(&mut self, keys: &Keys, keks: &SlotKeks) -> Result<(Keys, u64, u64)> {
-        let new = Keys {
-            vault_id: keys.vault_id.clone(),
-            dek: Dek::generate().map_err(|e| VaultError::Slot {
+        let new = Keys::new(
+            keys.vault_id.clone(),
+            Dek::generate().map_err(|e| VaultError::Slot {
                 slot: "new".into(),
                 source: e,
             })?,
-        };
+        );
         let mut wrapped = Vec::new();
         for slot in self.store.slots()? {
             // A slot without a KEK would keep wrapping the old DEK, and
@@ -186,7 +186,10 @@ impl Vault {
             let plain = keys.open(field.table, &field.row_id, field.field, &field.blob)?;
             field.blob = new.seal(field.table, &field.row_id, field.field, &plain);
         }
-        self.store.rekey(&fields, &wrapped)?;
+        // The audit chain under the new key, in the same transaction.
+        self.store.rekey(&fields, &wrapped, |tx| {
+            super::chain::rechain(tx, keys, &new)
+        })?;
         Ok((new, fields.len() as u64, wrapped.len() as u64))
     }
 }
@@ -246,10 +249,7 @@ impl SlotRows {
             tried = true;
             let dek = passphrase_kek(slot, passphrase)?.unwrap(&slot.id, &slot.wrapped_dek);
             if let Ok(dek) = dek {
-                let keys = Keys {
-                    vault_id: self.vault_id.clone(),
-                    dek,
-                };
+                let keys = Keys::new(self.vault_id.clone(), dek);
                 return Ok((keys, slot_info(slot)));
             }
         }
@@ -268,10 +268,7 @@ impl SlotRows {
             match keyring_kek(&self.vault_id, slot) {
                 Ok(kek) => match kek.unwrap(&slot.id, &slot.wrapped_dek) {
                     Ok(dek) => {
-                        let keys = Keys {
-                            vault_id: self.vault_id.clone(),
-                            dek,
-                        };
+                        let keys = Keys::new(self.vault_id.clone(), dek);
                         return Ok((keys, slot_info(slot)));
                     }
                     Err(_) => {

@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_grants.sql"),
     include_str!("../../migrations/0003_callers.sql"),
+    include_str!("../../migrations/0004_audit_chain.sql"),
     include_str!("../../migrations/0005_policy.sql"),
 ];
 
@@ -77,14 +78,261 @@ pub struct SealedField {
     pub blob: Vec<u8>,
 }
 
+/// One row of the audit log as stored. Its sealed detail is already a
+/// blob; its MAC is `None` until the row is chained.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditRow {
+    /// Ignored when inserting: SQLite gives it (never reused: AUTOINCREMENT).
+    pub seq: i64,
     pub at: i64,
     pub event: String,
     pub credential: Option<String>,
     pub peer_pid: Option<u32>,
     /// The verified app identity (`identity::AppId::label`).
     pub app: Option<String>,
+    /// Its stable name (`identity::AppId::key`).
+    pub app_key: Option<String>,
+    pub outcome: Option<String>,
     pub detail: Option<String>,
+    pub sealed_id: Option<String>,
+    pub sealed_detail: Option<Vec<u8>>,
+    pub chained_late: bool,
+    pub mac: Option<Vec<u8>>,
+}
+
+/// The sealed head of the audit chain, as stored.
+pub struct AuditHeadRow {
+    pub id: String,
+    pub sealed: Vec<u8>,
+}
+
+/// What `audit.list` selects (besides the seq window and the limit).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter<'a> {
+    /// Rows at or after this Unix time.
+    pub since: Option<i64>,
+    /// Rows about exactly this credential.
+    pub credential: Option<&'a str>,
+    /// Rows whose app key is exactly this, or whose app label contains it.
+    pub app: Option<&'a str>,
+}
+
+/// The audit queries the writer and `audit.list` run, every one a range
+/// of the primary key (a test holds them to it: none scans the table).
+const AUDIT_ROWS_SQL: &str = "SELECT seq, at, event, credential, peer_pid, app, app_key, outcome, detail, sealed_id, sealed_detail, chained_late, mac
+     FROM audit WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3";
+const AUDIT_BOUNDS_SQL: &str = "SELECT (SELECT min(seq) FROM audit), (SELECT max(seq) FROM audit)";
+const AUDIT_LAST_AT_MOST_SQL: &str = "SELECT max(seq) FROM audit WHERE seq <= ?1";
+const AUDIT_PAGE_SQL: &str = "SELECT seq, at, event, credential, peer_pid, app, app_key, outcome, detail, sealed_id, sealed_detail, chained_late, mac
+     FROM audit
+     WHERE seq > ?1 AND seq <= ?2
+       AND (?3 IS NULL OR at >= ?3)
+       AND (?4 IS NULL OR credential = ?4)
+       AND (?5 IS NULL OR app_key = ?5 OR instr(app, ?5) > 0)
+     ORDER BY seq LIMIT ?6";
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        event: r.get(2)?,
+        credential: r.get(3)?,
+        peer_pid: r.get(4)?,
+        app: r.get(5)?,
+        app_key: r.get(6)?,
+        outcome: r.get(7)?,
+        detail: r.get(8)?,
+        sealed_id: r.get(9)?,
+        sealed_detail: r.get(10)?,
+        chained_late: r.get(11)?,
+        mac: r.get(12)?,
+    })
+}
+
+/// The audit log's reads, on the store's connection or inside an
+/// [`AuditTx`]. Every one is bounded: a range of seq (the primary key),
+/// a limit, or a single row.
+pub trait AuditReads {
+    #[doc(hidden)]
+    fn conn(&self) -> &Connection;
+
+    /// Rows with `from <= seq <= to`, in order, at most `limit`.
+    fn audit_rows(&self, from: i64, to: i64, limit: usize) -> Result<Vec<AuditRow>> {
+        let mut stmt = self.conn().prepare_cached(AUDIT_ROWS_SQL)?;
+        let rows = stmt.query_map(params![from, to, limit as i64], audit_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The row `seq`, if it exists.
+    fn audit_row(&self, seq: i64) -> Result<Option<AuditRow>> {
+        Ok(self.audit_rows(seq, seq, 1)?.pop())
+    }
+
+    /// The lowest and highest seq present, if any row is. Two look-ups in
+    /// the primary key (one `min(seq), max(seq)` would scan the table).
+    fn audit_bounds(&self) -> Result<Option<(i64, i64)>> {
+        let (min, max): (Option<i64>, Option<i64>) =
+            self.conn()
+                .query_row(AUDIT_BOUNDS_SQL, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(min.zip(max))
+    }
+
+    /// The highest seq present at or below `seq`.
+    fn audit_last_at_most(&self, seq: i64) -> Result<Option<i64>> {
+        Ok(self
+            .conn()
+            .query_row(AUDIT_LAST_AT_MOST_SQL, [seq], |r| r.get(0))?)
+    }
+
+    /// The seq SQLite gives the next row: one past the highest ever given.
+    fn audit_next_seq(&self) -> Result<i64> {
+        let given: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'audit'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(given.unwrap_or(0) + 1)
+    }
+
+    /// Whether any row carries a MAC (then a chain was started, and a
+    /// missing head means it was removed). Read once, when a chain would
+    /// start.
+    fn audit_any_mac(&self) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM audit WHERE mac IS NOT NULL LIMIT 1",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Every row of `audit_head` (one, unless someone edited the file).
+    fn audit_heads(&self) -> Result<Vec<AuditHeadRow>> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT id, sealed FROM audit_head")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AuditHeadRow {
+                id: r.get(0)?,
+                sealed: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The rows `audit.list` shows: `after < seq <= through` that pass
+    /// `filter`, in order, at most `limit`.
+    fn audit_page(
+        &self,
+        after: i64,
+        through: i64,
+        filter: &AuditFilter<'_>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>> {
+        let mut stmt = self.conn().prepare_cached(AUDIT_PAGE_SQL)?;
+        let rows = stmt.query_map(
+            params![
+                after,
+                through,
+                filter.since,
+                filter.credential,
+                filter.app,
+                limit as i64
+            ],
+            audit_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+impl AuditReads for Store {
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// One transaction over the audit log: the writer's batch (rows chained
+/// late, new rows, pruning) and the new sealed head, committed together.
+pub struct AuditTx<'a> {
+    tx: Transaction<'a>,
+}
+
+impl AuditReads for AuditTx<'_> {
+    fn conn(&self) -> &Connection {
+        &self.tx
+    }
+}
+
+impl AuditTx<'_> {
+    /// Inserts a row (its `seq` is ignored) and returns the seq it got.
+    pub fn insert(&mut self, row: &AuditRow) -> Result<i64> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO audit (at, event, credential, peer_pid, app, app_key, outcome, detail, sealed_id, sealed_detail, chained_late, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?;
+        stmt.execute(params![
+            row.at,
+            row.event,
+            row.credential,
+            row.peer_pid,
+            row.app,
+            row.app_key,
+            row.outcome,
+            row.detail,
+            row.sealed_id,
+            row.sealed_detail,
+            row.chained_late,
+            row.mac
+        ])?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// Sets a row's MAC (and whether it was chained late).
+    pub fn set_mac(&mut self, seq: i64, mac: &[u8], chained_late: bool) -> Result<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("UPDATE audit SET mac = ?2, chained_late = ?3 WHERE seq = ?1")?;
+        stmt.execute(params![seq, mac, chained_late])?;
+        Ok(())
+    }
+
+    /// Re-seals a row's sealed detail (rekey).
+    pub fn set_sealed_detail(&mut self, seq: i64, blob: &[u8]) -> Result<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("UPDATE audit SET sealed_detail = ?2 WHERE seq = ?1")?;
+        stmt.execute(params![seq, blob])?;
+        Ok(())
+    }
+
+    /// Deletes the rows `from <= seq <= to` (retention).
+    pub fn delete_range(&mut self, from: i64, to: i64) -> Result<u64> {
+        let n = self.tx.execute(
+            "DELETE FROM audit WHERE seq >= ?1 AND seq <= ?2",
+            params![from, to],
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Replaces the head with this one.
+    pub fn put_head(&mut self, head: &AuditHeadRow) -> Result<()> {
+        self.tx.execute("DELETE FROM audit_head", [])?;
+        self.tx.execute(
+            "INSERT INTO audit_head (id, sealed) VALUES (?1, ?2)",
+            params![head.id, head.sealed],
+        )?;
+        Ok(())
+    }
+
+    pub fn commit(self) -> Result<()> {
+        Ok(self.tx.commit()?)
+    }
 }
 
 /// A row of `rules` or `app_keys`: an id and its sealed document.
@@ -551,44 +799,44 @@ impl Store {
         Ok(fields)
     }
 
-    /// Writes re-sealed fields and rewrapped slots in one transaction: after
-    /// a crash the vault is entirely under the old key or the new one.
-    pub fn rekey(&mut self, fields: &[SealedField], slots: &[(String, Vec<u8>)]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+    /// Writes re-sealed fields and rewrapped slots, and whatever `audit`
+    /// rewrites of the audit log (its chain under the new key), in one
+    /// transaction: after a crash the vault is entirely under the old key
+    /// or the new one.
+    pub fn rekey<E: From<StoreError>>(
+        &mut self,
+        fields: &[SealedField],
+        slots: &[(String, Vec<u8>)],
+        audit: impl FnOnce(&mut AuditTx<'_>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let mut audit_tx = AuditTx {
+            tx: self.conn.transaction().map_err(StoreError::from)?,
+        };
+        audit(&mut audit_tx)?;
+        let tx = audit_tx.tx;
+        let sql_err = |e: rusqlite::Error| E::from(StoreError::from(e));
         for f in fields {
             // Table and column names come from `sealed_fields`, never from input.
             let sql = format!("UPDATE {} SET {} = ?2 WHERE id = ?1", f.table, f.field);
-            tx.execute(&sql, params![f.row_id, f.blob])?;
+            tx.execute(&sql, params![f.row_id, f.blob])
+                .map_err(sql_err)?;
         }
         for (id, wrapped) in slots {
             tx.execute(
                 "UPDATE key_slots SET wrapped_dek = ?2 WHERE id = ?1",
                 params![id, wrapped],
-            )?;
+            )
+            .map_err(sql_err)?;
         }
-        tx.commit()?;
+        tx.commit().map_err(sql_err)?;
         Ok(())
     }
 
-    pub fn append_audit(&mut self, rows: &[AuditRow]) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO audit (at, event, credential, peer_pid, app, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for row in rows {
-                stmt.execute(params![
-                    row.at,
-                    row.event,
-                    row.credential,
-                    row.peer_pid,
-                    row.app,
-                    row.detail
-                ])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+    /// Starts a transaction over the audit log (see [`AuditTx`]).
+    pub fn audit_tx(&mut self) -> Result<AuditTx<'_>> {
+        Ok(AuditTx {
+            tx: self.conn.transaction()?,
+        })
     }
 }
 
@@ -652,6 +900,107 @@ mod tests {
             Store::open(&path, false),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    /// The writer runs these on every batch and `audit.list` on every
+    /// page: with a million rows, a scan would hold the vault mutex for
+    /// a tenth of a second each time.
+    #[test]
+    fn audit_queries_search_the_primary_key_and_never_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.db"), true).unwrap();
+        let plan = |sql: &str| -> Vec<String> {
+            let mut stmt = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let params = vec![1i64; stmt.parameter_count()];
+            let steps = stmt
+                .query_map(rusqlite::params_from_iter(params), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .map(|step| step.unwrap())
+                .collect();
+            steps
+        };
+        for sql in [
+            AUDIT_ROWS_SQL,
+            AUDIT_BOUNDS_SQL,
+            AUDIT_LAST_AT_MOST_SQL,
+            AUDIT_PAGE_SQL,
+        ] {
+            let steps = plan(sql);
+            assert!(
+                steps.iter().any(|s| s.starts_with("SEARCH audit")),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN audit")),
+                "{sql}: {steps:?}"
+            );
+        }
+        // The one that would, for contrast (and so the test can fail).
+        let steps = plan("SELECT min(seq), max(seq) FROM audit");
+        assert!(
+            steps.iter().any(|s| s.starts_with("SCAN audit")),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn audit_seqs_are_never_reused_and_reads_are_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db"), true).unwrap();
+        assert_eq!(store.audit_bounds().unwrap(), None);
+        assert_eq!(store.audit_next_seq().unwrap(), 1);
+        let mut tx = store.audit_tx().unwrap();
+        for i in 0..5 {
+            let row = AuditRow {
+                at: i,
+                event: format!("e{i}"),
+                ..AuditRow::default()
+            };
+            assert_eq!(tx.insert(&row).unwrap(), i + 1);
+        }
+        tx.set_mac(2, &[9; 32], true).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(store.audit_bounds().unwrap(), Some((1, 5)));
+        let two = store.audit_row(2).unwrap().unwrap();
+        assert_eq!((two.mac, two.chained_late), (Some(vec![9; 32]), true));
+        assert!(store.audit_any_mac().unwrap());
+        let range: Vec<i64> = store
+            .audit_rows(2, 4, 2)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(range, [2, 3]);
+        // The tail deleted: its seqs are not given again.
+        let mut tx = store.audit_tx().unwrap();
+        assert_eq!(tx.delete_range(4, 5).unwrap(), 2);
+        tx.commit().unwrap();
+        assert_eq!(store.audit_next_seq().unwrap(), 6);
+        assert_eq!(store.audit_last_at_most(5).unwrap(), Some(3));
+        let mut tx = store.audit_tx().unwrap();
+        assert_eq!(tx.insert(&AuditRow::default()).unwrap(), 6);
+        tx.put_head(&AuditHeadRow {
+            id: "a".into(),
+            sealed: vec![1],
+        })
+        .unwrap();
+        tx.put_head(&AuditHeadRow {
+            id: "b".into(),
+            sealed: vec![2],
+        })
+        .unwrap();
+        tx.commit().unwrap();
+        let heads = store.audit_heads().unwrap();
+        assert_eq!(heads.len(), 1, "one head, replaced");
+        assert_eq!(
+            (heads[0].id.as_str(), heads[0].sealed.as_slice()),
+            ("b", &[2u8][..])
+        );
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl TestDaemon {
             keyring: keyring::BackendChoice::Auto,
             cli_path: None,
             approval_timeout: Duration::from_secs(60),
+            audit_retention: latchkey_daemon::AuditRetention::DEFAULT,
             clock: Clock::following_tokio(),
         };
         let name = socket

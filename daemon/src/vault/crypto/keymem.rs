@@ -24,10 +24,10 @@ unsafe impl Sync for Slot {}
 static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// The daemon's pool. One page holds 128 slots (4 KiB pages); a daemon
-/// holds at most six keys at once: the DEK, the new DEK during rekey,
-/// the old and new KEK of a passphrase change (or the passphrase and
-/// keyring KEKs of `init`), one KEK being tried at unlock and one read
-/// from the keyring. The pool grows by another locked page if ever
+/// holds at most eight keys at once: the DEK and its audit key, the new
+/// DEK and its audit key during rekey, the old and new KEK of a
+/// passphrase change (or the passphrase and keyring KEKs of `init`), one
+/// KEK being tried at unlock and one read from the keyring. The pool grows by another locked page if ever
 /// exceeded (the in-process tests run many daemons in one process).
 static POOL: Mutex<Pool> = Mutex::new(Pool::new());
 
