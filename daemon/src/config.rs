@@ -2,6 +2,7 @@
 //! the clock. Built by `main.rs` from arguments (or by tests in-process).
 
 use crate::clock::Clock;
+use crate::ratelimit::RateLimits;
 use crate::vault::keyring::BackendChoice;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +29,9 @@ pub struct Config {
     /// The `latchkey` CLI's executable: its connections are attributed to
     /// the program that ran it (`identity.rs`). `None`: nothing is.
     pub cli_path: Option<PathBuf>,
+    /// Calls per app, provider requests per app, login starts per
+    /// credential (`ratelimit.rs`); `RateLimits::DEFAULT` unless told.
+    pub rate_limits: RateLimits,
     /// The wall clock, except in in-process tests that drive tokio's.
     pub clock: Clock,
 }

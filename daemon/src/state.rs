@@ -13,6 +13,7 @@ use crate::error::ApiError;
 pub use crate::identity::Peer;
 use crate::identity::Resolver;
 use crate::oauth::http::Http;
+use crate::ratelimit::Limits;
 use crate::sync::{lock, read, write};
 use crate::vault::store::AuditRow;
 use crate::vault::{
@@ -61,6 +62,8 @@ pub struct Daemon {
     sessions: AtomicU64,
     pub(crate) http: Http,
     pub(crate) audit: Audit,
+    /// Rate limits per app and per credential (`ratelimit.rs`).
+    pub(crate) limits: Limits,
     /// Finds who is behind a connection; caches executables' hashes.
     pub(crate) identities: Resolver,
     /// Notified by `daemon.shutdown`; the server stops accepting.
@@ -138,6 +141,11 @@ const MAX_UNLOCK_DELAY_SECS: i64 = 60;
 pub struct Limiter {
     failures: u32,
     blocked_until: i64,
+    /// The wait (its `blocked_until`) whose first refusal was recorded in
+    /// the audit log: one row per wait, not one per attempt. Memory only.
+    refusal_recorded: Option<i64>,
+    /// Refusals not recorded since the last one that was.
+    unrecorded: u32,
 }
 
 impl Limiter {
@@ -145,6 +153,7 @@ impl Limiter {
         Limiter {
             failures: state.failures,
             blocked_until: state.blocked_until,
+            ..Limiter::default()
         }
     }
 
@@ -161,20 +170,41 @@ impl Limiter {
         if wait > 0 {
             return Err(ApiError::new(
                 ErrorKind::RateLimited,
-                format!("too many wrong passphrases: try again in {wait} s"),
+                format!("too many wrong passphrases: try again in {wait} s (after {FREE_UNLOCK_ATTEMPTS} wrong ones, each doubles the wait, up to {MAX_UNLOCK_DELAY_SECS} s; the right one resets it)"),
             )
             .with_retry_after(Some(wait as u64)));
         }
         Ok(())
     }
 
-    pub fn failed(&mut self, now: i64) {
+    /// Counts a refused attempt: `Some(n)` for the first refusal of each
+    /// wait, which is recorded (`n`: refusals of earlier waits not
+    /// recorded), `None` for the others.
+    pub fn refused(&mut self) -> Option<u32> {
+        if self.refusal_recorded == Some(self.blocked_until) {
+            self.unrecorded = self.unrecorded.saturating_add(1);
+            return None;
+        }
+        self.refusal_recorded = Some(self.blocked_until);
+        Some(std::mem::take(&mut self.unrecorded))
+    }
+
+    /// Wrong passphrases in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Counts a wrong passphrase; returns the wait it sets before the next
+    /// attempt, in seconds (0 for the first few).
+    pub fn failed(&mut self, now: i64) -> i64 {
         self.failures += 1;
         if self.failures >= FREE_UNLOCK_ATTEMPTS {
             let exp = self.failures - FREE_UNLOCK_ATTEMPTS;
             let delay = (1i64 << exp.min(10)).min(MAX_UNLOCK_DELAY_SECS);
             self.blocked_until = now + delay;
+            return delay;
         }
+        0
     }
 
     pub fn succeeded(&mut self) {
@@ -208,8 +238,10 @@ impl Daemon {
         let vault: SharedVault = Arc::new(Mutex::new(vault));
         let clock = config.clock;
         let identities = Resolver::new(config.cli_path.clone());
+        let audit = Audit::start(VaultSink(Arc::clone(&vault)), clock);
         Ok(Arc::new(Daemon {
-            audit: Audit::start(VaultSink(Arc::clone(&vault)), clock),
+            limits: Limits::new(config.rate_limits, clock, audit.clone()),
+            audit,
             clock,
             config,
             vault,
@@ -590,6 +622,7 @@ mod tests {
             passphrase_file: None,
             keyring: crate::vault::keyring::BackendChoice::Auto,
             cli_path: None,
+            rate_limits: crate::ratelimit::RateLimits::OFF,
             clock: Clock::following_tokio(),
         })
         .unwrap();
