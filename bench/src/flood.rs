@@ -162,7 +162,7 @@ pub fn run(rt: &tokio::runtime::Runtime, daemon_bin: &Path, app_bin: &Path) -> R
         .zip(cpu_after)
         .map(|(b, a)| a.per_call_us(b, total_calls).total());
     println!(
-        "  A: {:.0} calls/s for {:.1} s: {} answered, {} refused (rate_limited, retry_after {}), {} other errors; daemon CPU {} per call (A's and B's)",
+        "  A: {:.0} calls/s over {:.1} s: {} answered, {} refused (rate_limited, retry_after {}), {} other errors; daemon CPU {} per call (A's and B's)",
         flood.rate(),
         flood.secs,
         flood.answered,

@@ -170,7 +170,7 @@ impl Limiter {
         if wait > 0 {
             return Err(ApiError::new(
                 ErrorKind::RateLimited,
-                format!("too many wrong passphrases: try again in {wait} s (after {FREE_UNLOCK_ATTEMPTS} wrong ones, each doubles the wait, up to {MAX_UNLOCK_DELAY_SECS} s; the right one resets it)"),
+                format!("too many wrong passphrases: try again in {wait} s (once {FREE_UNLOCK_ATTEMPTS} were wrong in a row, each wrong one doubles the wait, up to {MAX_UNLOCK_DELAY_SECS} s; the right one ends it)"),
             )
             .with_retry_after(Some(wait as u64)));
         }
