@@ -57,8 +57,9 @@
 //! 8. **One app flooding** (`flood`): a daemon of its own with the default
 //!    rate limits; app B (a helper binary at one path) times cached
 //!    `token.get` calls at 500/s alone, then while app A (the same binary
-//!    at another path: another app) floods at 10,000 calls/s; B's p99
-//!    side by side, A's answered and refused calls (issue 9).
+//!    at another path: another app) floods at 10,000 calls/s, three rounds
+//!    of each, alternating; B's pooled p99s side by side, A's answered and
+//!    refused calls (issue 9).
 //!
 //! Every daemon but part 8's runs with rate limits far above what the
 //! bench drives (`daemon::BENCH_RATE_LIMITS`, printed at the start): the

@@ -206,14 +206,16 @@ fn flood_summary(o: &flood::Outcome) {
         ),
         o.met(),
     );
+    let (i, f) = (&o.idle.latency, &o.flooded.latency);
     println!(
-        "  (B: {:.0} cached token.get/s for {} s: p99 {} alone, {} flooded; p50 {} → {}; {} of B's calls refused; A: {:.0} calls/s asked for {:.0}, {} answered, {} refused{})",
+        "  (B: {:.0} cached token.get/s, {} s per condition in {} rounds: p99 {} alone, {} flooded; p50 {} → {}; {} of B's calls refused; A: {:.0} calls/s asked for {:.0}, {} answered, {} refused{})",
         flood::MEASURE_RATE,
         o.secs,
-        us(o.idle.p99),
-        us(o.flooded.p99),
-        us(o.idle.p50),
-        us(o.flooded.p50),
+        flood::ROUNDS,
+        us(p99(i)),
+        us(p99(f)),
+        us(p50(i)),
+        us(p50(f)),
         o.idle.refused + o.flooded.refused,
         o.flood.rate(),
         o.target_rate,

@@ -1,7 +1,8 @@
 //! An app for the flood part (part 8): the bench copies this binary to two
 //! paths, and the daemon, which knows a program by its executable's path
 //! and hash, sees two apps. One measures cached `token.get` calls at a
-//! steady pace; the other floods. Each prints one `RESULT` line.
+//! steady pace; the other floods. Each prints a `RESULT` line (and the
+//! measuring one its samples).
 //!
 //! ```text
 //! latchkey-bench-app SOCKET CREDENTIAL measure CALLS_PER_SEC SECS
@@ -50,13 +51,15 @@ fn main() -> Result<()> {
 }
 
 /// One connection, one call every `1/rate` s for `duration` (bounded),
-/// each timed; prints the quantiles.
+/// each timed; prints the quantiles, and every sample (ns) on a
+/// `SAMPLES` line for the bench to pool across rounds.
 async fn measure(socket: &Path, credential: &str, rate: f64, duration: Duration) -> Result<()> {
     let mut client = Client::connect_to(socket).await?;
     for _ in 0..WARMUP {
         client.token(credential).await?;
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut samples = Vec::new();
     let mut refused = 0u64;
     let period = Duration::from_secs_f64(1.0 / rate);
     let calls = (duration.as_secs_f64() * rate).ceil() as u64;
@@ -66,12 +69,15 @@ async fn measure(socket: &Path, credential: &str, rate: f64, duration: Duration)
         let t = Instant::now();
         match client.token(credential).await {
             Ok(_) => {
-                hist.saturating_record(t.elapsed().as_nanos() as u64);
+                let nanos = t.elapsed().as_nanos() as u64;
+                hist.saturating_record(nanos);
+                samples.push(nanos.to_string());
             }
             Err(e) if e.kind() == Some(ErrorKind::RateLimited) => refused += 1,
             Err(e) => return Err(e.into()),
         }
     }
+    println!("SAMPLES {}", samples.join(","));
     println!(
         "RESULT calls={} refused={refused} p50={} p99={} p999={} max={}",
         hist.len(),
