@@ -94,7 +94,29 @@ const CLEARED: &[&str] = &[
     "LATCHKEY_FRAME_TIMEOUT",
     "LATCHKEY_LOG",
     "LATCHKEY_INSECURE_TEST_KDF",
+    "LATCHKEY_RATE_LIMIT",
+    "LATCHKEY_PROVIDER_RATE_LIMIT",
+    "LATCHKEY_LOGIN_RATE_LIMIT",
 ];
+
+/// The rate limits of every daemon the bench starts but part 8's: far
+/// above what any part drives (≈ 200 k calls/s at most, 10,000 token
+/// requests while filling part 7's vault, a few logins), so the check runs
+/// on every call and is in every figure, yet never refuses.
+pub const BENCH_RATE_LIMITS: [(&str, &str); 3] = [
+    ("LATCHKEY_RATE_LIMIT", "10000000/s"),
+    ("LATCHKEY_PROVIDER_RATE_LIMIT", "1000000/s"),
+    ("LATCHKEY_LOGIN_RATE_LIMIT", "1000000/s"),
+];
+
+/// Which rate limits a daemon gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Limits {
+    /// [`BENCH_RATE_LIMITS`].
+    Bench,
+    /// The daemon's own defaults (part 8).
+    Defaults,
+}
 
 impl Env {
     pub fn new(dir: &Path) -> Env {
@@ -139,7 +161,12 @@ impl DaemonGuard {
     /// Call from the main thread: the parent-death signal is tied to the
     /// thread that forks, and the main thread lives as long as the bench.
     pub fn start(binary: &Path, env: &Env) -> Result<DaemonGuard> {
-        let mut guard = DaemonGuard::spawn(binary, env)?;
+        DaemonGuard::start_with(binary, env, Limits::Bench)
+    }
+
+    /// [`DaemonGuard::start`] with the rate limits `limits`.
+    pub fn start_with(binary: &Path, env: &Env, limits: Limits) -> Result<DaemonGuard> {
+        let mut guard = DaemonGuard::spawn(binary, env, limits)?;
         guard.wait_until(
             env,
             "listen",
@@ -160,7 +187,7 @@ impl DaemonGuard {
         rt: &tokio::runtime::Runtime,
     ) -> Result<(DaemonGuard, Duration)> {
         let started = Instant::now();
-        let mut guard = DaemonGuard::spawn(binary, env)?;
+        let mut guard = DaemonGuard::spawn(binary, env, Limits::Bench)?;
         guard.wait_until(env, "answer", started, Duration::from_micros(500), || {
             rt.block_on(Client::connect_to(&env.socket)).is_ok()
         })?;
@@ -207,10 +234,13 @@ impl DaemonGuard {
     }
 
     /// Spawns `latchkeyd` on `env`'s vault and socket, without waiting.
-    fn spawn(binary: &Path, env: &Env) -> Result<DaemonGuard> {
+    fn spawn(binary: &Path, env: &Env, limits: Limits) -> Result<DaemonGuard> {
         let log = std::fs::File::create(&env.log).context("failed to create the daemon log")?;
         let mut cmd = Command::new(binary);
         env.apply(&mut cmd, true);
+        if limits == Limits::Bench {
+            cmd.envs(BENCH_RATE_LIMITS);
+        }
         cmd.env("LATCHKEY_IDLE_TIMEOUT", "15m")
             .env(
                 "LATCHKEY_LOG",

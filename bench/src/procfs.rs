@@ -57,6 +57,17 @@ fn stat_cpu(text: &str) -> Option<Cpu> {
     })
 }
 
+/// CPU seconds of a `stat` file's reaped children (cutime + cstime).
+fn reaped_children_cpu(text: &str) -> Option<f64> {
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let cutime: f64 = fields.get(13)?.parse().ok()?;
+    let cstime: f64 = fields.get(14)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((cutime + cstime) / ticks)
+}
+
 /// CPU time process `pid` has used so far (all threads).
 pub fn process_cpu(pid: u32) -> Option<Cpu> {
     stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
@@ -94,6 +105,17 @@ pub struct CpuSnapshot {
 
 impl CpuSnapshot {
     pub fn take(daemon_pid: u32) -> Option<CpuSnapshot> {
+        CpuSnapshot::taken(daemon_pid, false)
+    }
+
+    /// [`CpuSnapshot::take`], counting as ours also the children this
+    /// process has reaped (part 8's helper apps, reaped before the
+    /// snapshot after them).
+    pub fn take_with_children(daemon_pid: u32) -> Option<CpuSnapshot> {
+        CpuSnapshot::taken(daemon_pid, true)
+    }
+
+    fn taken(daemon_pid: u32, children: bool) -> Option<CpuSnapshot> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let cpu: Vec<f64> = stat
             .lines()
@@ -106,7 +128,11 @@ impl CpuSnapshot {
         let busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6];
         // SAFETY: sysconf has no preconditions.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let own = stat_cpu(&std::fs::read_to_string("/proc/self/stat").ok()?)?.total();
+        let self_stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let mut own = stat_cpu(&self_stat)?.total();
+        if children {
+            own += reaped_children_cpu(&self_stat)?;
+        }
         Some(CpuSnapshot {
             at: std::time::Instant::now(),
             busy: busy / ticks,

@@ -1,6 +1,7 @@
 //! Printing: the machine line, the cached/raw ratios, and the closing
 //! summary with every figure and MET / NOT MET against each target.
 
+use crate::flood;
 use crate::load::{p50, p99, us, Figures, Plan};
 use crate::process::{CliFigures, TARGET_CLI_RATIO};
 use crate::procfs::Cpu;
@@ -158,13 +159,20 @@ fn verdict_line(claim: String, ok: bool) {
 }
 
 /// The closing summary of whichever parts ran.
-pub fn summary(base: Option<&Results>, refresh: Option<&refresh::Outcome>) {
+pub fn summary(
+    base: Option<&Results>,
+    refresh: Option<&refresh::Outcome>,
+    flood: Option<&flood::Outcome>,
+) {
     println!("\n==================== summary ====================");
     if let Some(r) = base {
         base_summary(r);
     }
     if let Some(o) = refresh {
         refresh_summary(o);
+    }
+    if let Some(o) = flood {
+        flood_summary(o);
     }
     let busy = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.0}%", v * 100.0));
     let mut during = Vec::new();
@@ -177,12 +185,45 @@ pub fn summary(base: Option<&Results>, refresh: Option<&refresh::Outcome>) {
         during.push(format!("{} during the burst", busy(o.others[0])));
         during.push(format!("{} during the steady run", busy(o.others[1])));
     }
+    if let Some(o) = flood {
+        during.push(format!("{} during B alone", busy(o.others[0])));
+        during.push(format!("{} during the flood", busy(o.others[1])));
+    }
     println!(
         "other processes' share of the machine: {}; {} at the end",
         during.join(", "),
         load_average()
     );
     println!("=================================================");
+}
+
+fn flood_summary(o: &flood::Outcome) {
+    verdict_line(
+        format!(
+            "app B's p99 with app A flooding / alone = {:.2}× (target ≤ {}×)",
+            o.ratio(),
+            flood::TARGET_P99_RATIO
+        ),
+        o.met(),
+    );
+    let (i, f) = (&o.idle.latency, &o.flooded.latency);
+    println!(
+        "  (B: {:.0} cached token.get/s, {} s per condition in {} rounds: p99 {} alone, {} flooded; p50 {} → {}; {} of B's calls refused; A: {:.0} calls/s asked for {:.0}, {} answered, {} refused{})",
+        flood::MEASURE_RATE,
+        o.secs,
+        flood::ROUNDS,
+        us(p99(i)),
+        us(p99(f)),
+        us(p50(i)),
+        us(p50(f)),
+        o.idle.refused + o.flooded.refused,
+        o.flood.rate(),
+        o.target_rate,
+        o.flood.answered,
+        o.flood.refused,
+        o.daemon_cpu_us
+            .map_or(String::new(), |c| format!("; daemon CPU {c:.1} µs per call")),
+    );
 }
 
 fn refresh_summary(o: &refresh::Outcome) {

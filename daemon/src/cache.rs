@@ -219,8 +219,13 @@ impl TokenCache {
     /// request however many callers. A caller that joins a request accepts
     /// its token even when the provider's tokens live shorter than
     /// `min_ttl` (no request loops).
+    ///
+    /// `admit` is asked, with no lock held, before this caller would start
+    /// a request (the caller's rate limit for requests that reach the
+    /// provider); its error is this caller's alone, and the entry is left
+    /// as it was. Joining a request in flight asks nothing.
     #[allow(clippy::too_many_arguments)]
-    pub async fn get<F>(
+    pub async fn get<F, A>(
         self: &Arc<Self>,
         credential_id: &str,
         scopes: &[String],
@@ -228,11 +233,17 @@ impl TokenCache {
         peer: u64,
         now: i64,
         fetch: F,
+        admit: A,
     ) -> Result<Hit, ApiError>
     where
         F: FnOnce() -> BoxFuture<'static, Result<Token, ApiError>>,
+        A: FnOnce() -> Result<(), ApiError>,
     {
-        let flight = {
+        let mut admit = Some(admit);
+        // At most twice round: once more after `admit` let this caller
+        // start a request (the lock was let go meanwhile: someone else may
+        // have started one, or brought the token).
+        let flight = loop {
             let mut entries = self.entries();
             // The hot path (a hit): one lookup per level, nothing allocated.
             if let Some(entry) = entries
@@ -256,14 +267,19 @@ impl TokenCache {
             let entry = entry_mut(&mut entries, credential_id, scopes);
             entry.last_used = now;
             match (&entry.flight, &entry.backoff) {
-                (Some((_, flight)), _) => flight.clone(),
+                (Some((_, flight)), _) => break flight.clone(),
                 (None, Some(backoff)) if backoff.until > now => {
                     let mut error = backoff.error.clone();
                     error.retry_after = Some((backoff.until - now) as u64);
                     return Err(error);
                 }
-                _ => self.start(credential_id, scopes, entry, fetch()),
+                _ => {}
             }
+            let Some(admit) = admit.take() else {
+                break self.start(credential_id, scopes, entry, fetch());
+            };
+            drop(entries);
+            admit()?;
         };
         self.waits.fetch_add(1, Ordering::Relaxed);
         let token = flight.await?;
@@ -513,6 +529,11 @@ mod tests {
         }
     }
 
+    /// The rate limit of a caller that may start a request.
+    fn admitted() -> Result<(), ApiError> {
+        Ok(())
+    }
+
     fn cache() -> Arc<TokenCache> {
         Arc::new(TokenCache::new(Clock::Wall))
     }
@@ -532,14 +553,22 @@ mod tests {
             let requests = Arc::clone(&requests);
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get("cred", &[], 0, peer, now, || {
-                        async move {
-                            requests.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            Ok(token(now, 3600))
-                        }
-                        .boxed()
-                    })
+                    .get(
+                        "cred",
+                        &[],
+                        0,
+                        peer,
+                        now,
+                        || {
+                            async move {
+                                requests.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                Ok(token(now, 3600))
+                            }
+                            .boxed()
+                        },
+                        admitted,
+                    )
                     .await
                     .map(|h| h.first_issue)
             }));
@@ -552,12 +581,28 @@ mod tests {
         }
         assert_eq!(requests.load(Ordering::SeqCst), 1);
         let first = cache
-            .get("cred", &[], 60, 1000, now, || unreachable!("cached"))
+            .get(
+                "cred",
+                &[],
+                60,
+                1000,
+                now,
+                || unreachable!("cached"),
+                || unreachable!("cached"),
+            )
             .await
             .unwrap();
         assert!(first.first_issue);
         let again = cache
-            .get("cred", &[], 60, 1000, now, || unreachable!("cached"))
+            .get(
+                "cred",
+                &[],
+                60,
+                1000,
+                now,
+                || unreachable!("cached"),
+                || unreachable!("cached"),
+            )
             .await
             .unwrap();
         assert!(!again.first_issue);
@@ -575,9 +620,15 @@ mod tests {
         cache.insert(key(), token(now, 30));
         // 30 s left, caller wants 600: one request, whose 30 s token is accepted.
         let hit = cache
-            .get("cred", &[], 600, 1, now, || {
-                async move { Ok(token(now, 30)) }.boxed()
-            })
+            .get(
+                "cred",
+                &[],
+                600,
+                1,
+                now,
+                || async move { Ok(token(now, 30)) }.boxed(),
+                admitted,
+            )
             .await
             .unwrap();
         assert_eq!(cache.waits.load(Ordering::Relaxed), 1, "the caller waited");
@@ -590,13 +641,23 @@ mod tests {
         let cache = cache();
         let now = latchkey_client::unix_now();
         let fail = || async { Err(ApiError::new(ErrorKind::ProviderUnavailable, "down")) }.boxed();
-        let err = cache.get("cred", &[], 0, 1, now, fail).await.err().unwrap();
+        let err = cache
+            .get("cred", &[], 0, 1, now, fail, admitted)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.kind, ErrorKind::ProviderUnavailable);
         for _ in 0..50 {
             let err = cache
-                .get("cred", &[], 0, 1, now, || {
-                    unreachable!("backing off: no new request")
-                })
+                .get(
+                    "cred",
+                    &[],
+                    0,
+                    1,
+                    now,
+                    || unreachable!("backing off: no new request"),
+                    || unreachable!("backing off: nothing to admit"),
+                )
                 .await
                 .err()
                 .unwrap();
@@ -606,6 +667,88 @@ mod tests {
         assert!(
             cache.due(now, 60).is_empty(),
             "no proactive refresh while backing off"
+        );
+    }
+
+    /// A caller whose rate limit refuses the request it would start gets
+    /// that error alone: nothing starts, nothing backs off; a caller that
+    /// joins a request in flight is not asked.
+    #[tokio::test]
+    async fn a_refused_admission_starts_nothing_and_joiners_are_not_asked() {
+        let cache = cache();
+        let now = latchkey_client::unix_now();
+        let refused = || Err(ApiError::new(ErrorKind::RateLimited, "slow down"));
+        let err = cache
+            .get("cred", &[], 0, 1, now, || unreachable!("refused"), refused)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.kind, ErrorKind::RateLimited);
+        assert_eq!(cache.fetches.load(Ordering::Relaxed), 0);
+        assert!(cache
+            .describe_all(now)
+            .values()
+            .flatten()
+            .all(|e| e.backoff.is_none()));
+
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let starter = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .get(
+                        "cred",
+                        &[],
+                        0,
+                        1,
+                        now,
+                        || {
+                            async move {
+                                let _ = released.await;
+                                Ok(token(now, 3600))
+                            }
+                            .boxed()
+                        },
+                        admitted,
+                    )
+                    .await
+                    .map(|_| ())
+            })
+        };
+        // Bounded: the starter registers its flight within a few polls.
+        for _ in 0..100 {
+            if cache.fetches.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(cache.fetches.load(Ordering::Relaxed), 1);
+        let joiner = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .get(
+                        "cred",
+                        &[],
+                        0,
+                        2,
+                        now,
+                        || unreachable!("joins"),
+                        || unreachable!("a joiner starts nothing, so is not asked"),
+                    )
+                    .await
+                    .map(|_| ())
+            })
+        };
+        tokio::task::yield_now().await;
+        release.send(()).unwrap();
+        starter.await.unwrap().unwrap();
+        joiner.await.unwrap().unwrap();
+        assert_eq!(cache.fetches.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            cache.waits.load(Ordering::Relaxed),
+            2,
+            "the joiner joined the flight"
         );
     }
 

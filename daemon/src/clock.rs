@@ -29,6 +29,24 @@ impl Clock {
         }
     }
 
+    /// Nanoseconds since the Unix epoch now: for what needs finer steps
+    /// than a second (the rate limits' buckets). The same clock as
+    /// [`Clock::now`]; 0 for a wall clock set before 1970.
+    pub fn now_nanos(&self) -> u64 {
+        let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        match self {
+            Clock::Wall => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, nanos),
+            Clock::Tokio { wall, start } => {
+                let base = u64::try_from(*wall)
+                    .unwrap_or(0)
+                    .saturating_mul(1_000_000_000);
+                base.saturating_add(nanos(tokio::time::Instant::now().duration_since(*start)))
+            }
+        }
+    }
+
     /// Unix seconds now.
     pub fn now(&self) -> i64 {
         match self {

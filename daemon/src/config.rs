@@ -2,6 +2,7 @@
 //! the clock. Built by `main.rs` from arguments (or by tests in-process).
 
 use crate::clock::Clock;
+use crate::ratelimit::RateLimits;
 use crate::vault::keyring::BackendChoice;
 use crate::vault::Retention;
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ pub struct Config {
     pub approval_timeout: Duration,
     /// How long the audit log keeps rows (by age and count).
     pub audit_retention: Retention,
+    /// Calls per app, provider requests per app, login starts per
+    /// credential (`ratelimit.rs`); `RateLimits::DEFAULT` unless told.
+    pub rate_limits: RateLimits,
     /// The wall clock, except in in-process tests that drive tokio's.
     pub clock: Clock,
 }

@@ -178,6 +178,14 @@ struct Call<'a> {
 impl Call<'_> {
     /// Parses the parameters as `M`'s, runs its handler and writes the reply.
     async fn method<M: Handler>(self, out: &mut SecretBuf) {
+        // The app's rate limit, before anything else: a refused call does
+        // nothing (not even count as use of the vault).
+        if !unlimited(M::NAME) {
+            if let Err(e) = self.daemon.limits.call(self.peer, M::NAME) {
+                write_error(out, self.id, &e);
+                return;
+            }
+        }
         // Read-only calls do not count as use of the vault: a status bar or
         // a script polling them must not keep it unlocked forever.
         // Everything else (above all `token.get`) resets the auto-lock clock.
@@ -199,6 +207,16 @@ impl Call<'_> {
             Err(e) => write_error(out, self.id, &e),
         }
     }
+}
+
+/// The methods no rate limit refuses: `hello`, the connection's handshake
+/// (answered from memory; refusing it would fail the connect itself, not
+/// a call), and `vault.lock` and `vault.panic`, which only take access
+/// away and must work in an incident, even from a terminal whose shell is
+/// the same app as a runaway script. (A `vault.panic` that finds the vault
+/// locked revokes nothing, so repeating it cannot storm a provider.)
+fn unlimited(method: &str) -> bool {
+    [Hello::NAME, VaultLock::NAME, VaultPanic::NAME].contains(&method)
 }
 
 /// Parses a method's parameters. serde's messages can quote the offending
@@ -344,6 +362,7 @@ mod tests {
             cli_path: None,
             approval_timeout: std::time::Duration::from_secs(60),
             audit_retention: crate::vault::Retention::DEFAULT,
+            rate_limits: crate::ratelimit::RateLimits::DEFAULT,
             clock: Clock::Wall,
         })
         .expect("no vault yet is fine");

@@ -32,6 +32,7 @@ mod login;
 mod manage;
 mod oauth;
 mod policy;
+mod ratelimit;
 mod revoke;
 mod server;
 mod state;
@@ -41,6 +42,7 @@ mod vault;
 
 pub use clock::Clock;
 pub use config::Config;
+pub use ratelimit::{Rate, RateLimits};
 pub use vault::keyring;
 #[cfg(feature = "testing")]
 #[doc(hidden)]

@@ -203,7 +203,7 @@ async fn unlock(
             return Err(held(&hold));
         }
     }
-    check_limit(daemon)?;
+    check_limit(daemon, &peer, VaultUnlock::NAME)?;
     let by_passphrase = params.passphrase.is_some();
     let rows = daemon.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
     // The slow part (Argon2id, keyring), under no lock but ours.
@@ -248,30 +248,71 @@ async fn unlock(
         }
         Err(e) => {
             let error = ApiError::from(e);
-            if by_passphrase {
-                note_failure(daemon, &error).await;
-            }
-            daemon.audit.record(
-                "unlock_failed",
-                None,
-                Some(&peer),
-                Some(error.kind.to_string()),
-            );
+            let counted = if by_passphrase {
+                note_failure(daemon, &error).await
+            } else {
+                None
+            };
+            let detail = match counted {
+                Some(counted) => format!("{}; {counted}", error.kind),
+                None => error.kind.to_string(),
+            };
+            daemon
+                .audit
+                .record("unlock_failed", None, Some(&peer), Some(detail));
             Err(error)
         }
     }
 }
 
-fn check_limit(daemon: &Daemon) -> Result<(), ApiError> {
-    locked(&daemon.limiter).check(daemon.clock.now())
+/// Refuses an attempt made during the wait wrong passphrases set, with an
+/// audit row for the first refusal of each wait (a script retrying in a
+/// loop would otherwise fill the log); the row counts those not recorded.
+fn check_limit(daemon: &Daemon, peer: &Peer, method: &str) -> Result<(), ApiError> {
+    let mut limiter = locked(&daemon.limiter);
+    let Err(refusal) = limiter.check(daemon.clock.now()) else {
+        return Ok(());
+    };
+    let record = limiter.refused();
+    let failures = limiter.failures();
+    drop(limiter);
+    if let Some(unrecorded) = record {
+        let wait = refusal.retry_after.unwrap_or_default();
+        daemon.audit.record(
+            "rate_limited",
+            None,
+            Some(peer),
+            Some(format!("{method}: refused for {wait} s more after {failures} wrong passphrases in a row; {unrecorded} more refused since the last row")),
+        );
+    }
+    Err(refusal)
 }
 
 /// A wrong passphrase counts against the limiter (saved in the vault
-/// file); other failures do not.
-async fn note_failure(daemon: &Daemon, error: &ApiError) {
-    if error.kind == ErrorKind::WrongPassphrase {
-        locked(&daemon.limiter).failed(daemon.clock.now());
-        daemon.save_limiter().await;
+/// file); other failures do not. Returns, for a wrong one, what the audit
+/// row says: the count in a row and the wait it set.
+async fn note_failure(daemon: &Daemon, error: &ApiError) -> Option<String> {
+    if error.kind != ErrorKind::WrongPassphrase {
+        return None;
+    }
+    let (failures, wait) = {
+        let mut limiter = locked(&daemon.limiter);
+        let wait = limiter.failed(daemon.clock.now());
+        (limiter.failures(), wait)
+    };
+    daemon.save_limiter().await;
+    Some(if wait > 0 {
+        format!("wrong passphrase {failures} in a row; the next attempt waits {wait} s")
+    } else {
+        format!("wrong passphrase {failures} in a row; no wait yet")
+    })
+}
+
+/// Records a wrong passphrase given to `vault.change_passphrase` or
+/// `vault.rekey` (`event`): guesses there count as unlock attempts do.
+async fn note_other_failure(daemon: &Daemon, error: &ApiError, peer: &Peer, event: &str) {
+    if let Some(detail) = note_failure(daemon, error).await {
+        daemon.audit.record(event, None, Some(peer), Some(detail));
     }
 }
 
@@ -358,7 +399,7 @@ impl Handler for VaultChangePassphrase {
                 "the new passphrase is empty; choose a non-empty one",
             ));
         }
-        check_limit(daemon)?;
+        check_limit(daemon, &peer, VaultChangePassphrase::NAME)?;
         let rows = daemon.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
         // Two Argon2id runs, outside the vault mutex; the life-cycle mutex
         // keeps the slots as read until the change is written.
@@ -384,7 +425,7 @@ impl Handler for VaultChangePassphrase {
                 Ok(Empty {})
             }
             Err(e) => {
-                note_failure(daemon, &e).await;
+                note_other_failure(daemon, &e, &peer, "passphrase_change_failed").await;
                 Err(e)
             }
         }
@@ -403,7 +444,7 @@ impl Handler for VaultRekey {
     ) -> Result<RekeyResult, ApiError> {
         let _guard = daemon.lifecycle.lock().await;
         let session = daemon.session()?;
-        check_limit(daemon)?;
+        check_limit(daemon, &peer, VaultRekey::NAME)?;
         let rows = daemon.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
         // Every slot's KEK (Argon2id, keyring) first, under no lock but
         // ours; then the transaction and the key swap, excluding writers.
@@ -428,7 +469,7 @@ impl Handler for VaultRekey {
                 Ok(RekeyResult { fields, slots })
             }
             Err(e) => {
-                note_failure(daemon, &e).await;
+                note_other_failure(daemon, &e, &peer, "rekey_failed").await;
                 Err(e)
             }
         }

@@ -101,6 +101,9 @@ impl Handler for LoginStart {
                     format!("credential '{name}' uses the client_credentials grant and needs no login: `latchkey token {name}` works as it is"),
                 ));
         }
+        // Rate limits: this credential's login starts, and the app's
+        // requests that reach the provider.
+        daemon.limits.login(&peer, &credential.id, &name)?;
         let timeout = params
             .timeout_secs
             .map(Duration::from_secs)

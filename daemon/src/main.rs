@@ -7,7 +7,9 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use latchkey_client::duration;
-use latchkey_daemon::{fsutil, hardening, keyring, lockfile, AuditRetention, Clock, Config};
+use latchkey_daemon::{
+    fsutil, hardening, keyring, lockfile, AuditRetention, Clock, Config, Rate, RateLimits,
+};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,15 @@ struct Args {
     /// Keep at most this many audit rows, deleting the oldest (at least 1000)
     #[arg(long, env = "LATCHKEY_AUDIT_MAX_ROWS", value_parser = audit_max_rows, default_value = "1000000")]
     audit_max_rows: u64,
+    /// Calls each app may make: COUNT/PERIOD[,burst=N] (5/m, 20/10s), or off
+    #[arg(long, env = "LATCHKEY_RATE_LIMIT", value_parser = limit, default_value = "1000/s,burst=5000")]
+    rate_limit: Limit,
+    /// Calls each app may make that reach the provider (token requests on a cache miss, logins, revocations), or off
+    #[arg(long, env = "LATCHKEY_PROVIDER_RATE_LIMIT", value_parser = limit, default_value = "10/s,burst=30")]
+    provider_rate_limit: Limit,
+    /// Login starts each credential may have, whoever asks, or off
+    #[arg(long, env = "LATCHKEY_LOGIN_RATE_LIMIT", value_parser = limit, default_value = "5/m")]
+    login_rate_limit: Limit,
 }
 
 /// One day: a shorter log could not hold what happened since yesterday.
@@ -75,6 +86,14 @@ fn audit_max_rows(text: &str) -> Result<u64, String> {
         ));
     }
     Ok(rows)
+}
+
+/// A rate limit flag's value: a rate, or `off` (`None`).
+#[derive(Clone, Copy)]
+struct Limit(Option<Rate>);
+
+fn limit(text: &str) -> Result<Limit, String> {
+    Rate::parse_setting(text).map(Limit)
 }
 
 fn main() -> ExitCode {
@@ -124,6 +143,11 @@ fn start(args: Args) -> anyhow::Result<()> {
         audit_retention: AuditRetention {
             max_age_secs: args.audit_max_age.as_secs(),
             max_rows: args.audit_max_rows,
+        },
+        rate_limits: RateLimits {
+            calls: args.rate_limit.0,
+            provider: args.provider_rate_limit.0,
+            logins: args.login_rate_limit.0,
         },
         clock: Clock::Wall,
     };
@@ -236,5 +260,43 @@ fn init_tracing() {
         tracing::warn!(
             "LATCHKEY_LOG is not a log filter ({e}); logging at info. Use a level such as `debug`, or `info,latchkey_daemon=debug`"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults `--help` shows are `RateLimits::DEFAULT`, and `off`
+    /// turns a limit off.
+    #[test]
+    fn the_rate_limit_flags_default_to_the_documented_limits() {
+        let args = Args::try_parse_from(["latchkeyd"]).expect("no arguments parse");
+        let parsed = RateLimits {
+            calls: args.rate_limit.0,
+            provider: args.provider_rate_limit.0,
+            logins: args.login_rate_limit.0,
+        };
+        // An environment that sets one would change what this checks.
+        if std::env::vars().any(|(k, _)| k.ends_with("RATE_LIMIT") && k.starts_with("LATCHKEY_")) {
+            return;
+        }
+        assert_eq!(parsed, RateLimits::DEFAULT);
+        let args = Args::try_parse_from([
+            "latchkeyd",
+            "--rate-limit",
+            "off",
+            "--login-rate-limit",
+            "2/h",
+        ])
+        .expect("parses");
+        assert_eq!(args.rate_limit.0, None);
+        assert_eq!(
+            args.login_rate_limit.0.map(|r| r.to_string()).as_deref(),
+            Some("2/1h")
+        );
+        let refused = Args::try_parse_from(["latchkeyd", "--rate-limit", "lots"]);
+        let message = refused.err().expect("refused").to_string();
+        assert!(message.contains("COUNT/PERIOD"), "{message}");
     }
 }

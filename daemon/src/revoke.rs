@@ -11,8 +11,8 @@ use crate::oauth::user;
 use crate::state::{Daemon, Peer, Session};
 use crate::vault::{Credential, Provider};
 use latchkey_client::protocol::{
-    CredentialRemove, CredentialState, Empty, ErrorKind, PanicEntry, PanicParams, PanicResult,
-    RemoveParams, RevokeParams, RevokeResult, TokenRevoke, VaultPanic,
+    CredentialRemove, CredentialState, Empty, ErrorKind, Method, PanicEntry, PanicParams,
+    PanicResult, RemoveParams, RevokeParams, RevokeResult, TokenRevoke, VaultPanic,
 };
 use oauth2::{AccessToken, RefreshToken, StandardRevocableToken};
 use secrecy::ExposeSecret;
@@ -30,6 +30,11 @@ impl Handler for TokenRevoke {
     ) -> Result<RevokeResult, ApiError> {
         let session = daemon.session()?;
         let (credential, provider) = session.lookup(&params.credential)?;
+        if !params.local_only {
+            // Rate limit: a revocation reaches the provider.
+            let name = &credential.config.name;
+            daemon.limits.provider(&peer, name, TokenRevoke::NAME)?;
+        }
         let result =
             revoke_credential(daemon, &session, &credential, &provider, params.local_only).await?;
         daemon.audit.record(
@@ -53,7 +58,7 @@ impl Handler for CredentialRemove {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: RemoveParams,
     ) -> Result<Empty, ApiError> {
         let session = daemon.session()?;
@@ -61,6 +66,13 @@ impl Handler for CredentialRemove {
             let has_something = session.grant(&credential.id).is_some()
                 || !session.tokens.peek(&credential.id).is_empty();
             if has_something {
+                if !params.local_only {
+                    // Rate limit: the revocation reaches the provider.
+                    let name = &params.name;
+                    daemon
+                        .limits
+                        .provider(&peer, name, CredentialRemove::NAME)?;
+                }
                 revoke_credential(daemon, &session, &credential, &provider, params.local_only)
                         .await
                         .map_err(|e| {

@@ -14,6 +14,7 @@ use crate::error::ApiError;
 pub use crate::identity::Peer;
 use crate::identity::Resolver;
 use crate::oauth::http::Http;
+use crate::ratelimit::Limits;
 use crate::sync::{lock, read, write};
 use crate::vault::{
     AuditEvent, Catalog, Credential, Grant, Keys, LimiterState, Provider, SlotKeks, Vault,
@@ -64,6 +65,8 @@ pub struct Daemon {
     pub(crate) audit: Audit,
     /// The unlocked session's keys, for the audit writer (see [`VaultSink`]).
     audit_keys: AuditKeys,
+    /// Rate limits per app and per credential (`ratelimit.rs`).
+    pub(crate) limits: Limits,
     /// Finds who is behind a connection; caches executables' hashes.
     pub(crate) identities: Resolver,
     /// Apps waiting for the user's decision, and who decides.
@@ -143,6 +146,11 @@ const MAX_UNLOCK_DELAY_SECS: i64 = 60;
 pub struct Limiter {
     failures: u32,
     blocked_until: i64,
+    /// The wait (its `blocked_until`) whose first refusal was recorded in
+    /// the audit log: one row per wait, not one per attempt. Memory only.
+    refusal_recorded: Option<i64>,
+    /// Refusals not recorded since the last one that was.
+    unrecorded: u32,
 }
 
 impl Limiter {
@@ -150,6 +158,7 @@ impl Limiter {
         Limiter {
             failures: state.failures,
             blocked_until: state.blocked_until,
+            ..Limiter::default()
         }
     }
 
@@ -166,20 +175,41 @@ impl Limiter {
         if wait > 0 {
             return Err(ApiError::new(
                 ErrorKind::RateLimited,
-                format!("too many wrong passphrases: try again in {wait} s"),
+                format!("too many wrong passphrases: try again in {wait} s (once {FREE_UNLOCK_ATTEMPTS} were wrong in a row, each wrong one doubles the wait, up to {MAX_UNLOCK_DELAY_SECS} s; the right one ends it)"),
             )
             .with_retry_after(Some(wait as u64)));
         }
         Ok(())
     }
 
-    pub fn failed(&mut self, now: i64) {
+    /// Counts a refused attempt: `Some(n)` for the first refusal of each
+    /// wait, which is recorded (`n`: refusals of earlier waits not
+    /// recorded), `None` for the others.
+    pub fn refused(&mut self) -> Option<u32> {
+        if self.refusal_recorded == Some(self.blocked_until) {
+            self.unrecorded = self.unrecorded.saturating_add(1);
+            return None;
+        }
+        self.refusal_recorded = Some(self.blocked_until);
+        Some(std::mem::take(&mut self.unrecorded))
+    }
+
+    /// Wrong passphrases in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Counts a wrong passphrase; returns the wait it sets before the next
+    /// attempt, in seconds (0 for the first few).
+    pub fn failed(&mut self, now: i64) -> i64 {
         self.failures += 1;
         if self.failures >= FREE_UNLOCK_ATTEMPTS {
             let exp = self.failures - FREE_UNLOCK_ATTEMPTS;
             let delay = (1i64 << exp.min(10)).min(MAX_UNLOCK_DELAY_SECS);
             self.blocked_until = now + delay;
+            return delay;
         }
+        0
     }
 
     pub fn succeeded(&mut self) {
@@ -254,8 +284,10 @@ impl Daemon {
             clock,
             warned: AtomicBool::new(false),
         };
+        let audit = Audit::start(sink, clock);
         Ok(Arc::new(Daemon {
-            audit: Audit::start(sink, clock),
+            limits: Limits::new(config.rate_limits, clock, audit.clone()),
+            audit,
             audit_keys,
             clock,
             config,
@@ -694,6 +726,7 @@ mod tests {
             cli_path: None,
             approval_timeout: Duration::from_secs(60),
             audit_retention: crate::vault::Retention::DEFAULT,
+            rate_limits: crate::ratelimit::RateLimits::OFF,
             clock: Clock::following_tokio(),
         })
         .unwrap();

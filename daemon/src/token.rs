@@ -56,6 +56,13 @@ impl Handler for TokenGet {
                 scopes.to_vec(),
             )
         };
+        // Rate limit: only the caller whose miss starts a provider request
+        // is charged (joiners of one in flight are not).
+        let admit = || {
+            daemon
+                .limits
+                .provider(&peer, &params.credential, TokenGet::NAME)
+        };
         let hit = session
             .tokens
             .get(
@@ -65,6 +72,7 @@ impl Handler for TokenGet {
                 peer.caller.issue_key(),
                 now,
                 fetcher,
+                admit,
             )
             .await?;
         if hit.first_issue {

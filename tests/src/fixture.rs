@@ -163,8 +163,14 @@ pub fn provider(access_token_ttl: u64, extra: Value) -> Provider {
 /// A daemon (unlocking at start from the passphrase file) with a fresh
 /// vault and the provider added by discovery as [`IDP`].
 pub fn env_with(p: &Provider) -> (TestEnv, DaemonHandle) {
+    env_with_opts(p, DaemonOpts::new())
+}
+
+/// [`env_with`], the daemon started with `opts` too.
+pub fn env_with_opts(p: &Provider, opts: DaemonOpts) -> (TestEnv, DaemonHandle) {
     let env = TestEnv::new();
-    let daemon = env.start_and_init();
+    let daemon = env.start_daemon_with(opts.unlocked(&env));
+    env.init();
     env.add_provider(IDP, p.issuer());
     (env, daemon)
 }

@@ -68,7 +68,16 @@ fn rotating_refresh_tokens_survive_sigkill_at_random_moments() {
 
     let p = provider(3600, json!({}));
     let env = TestEnv::new();
-    let mut daemon = env.start_and_init();
+    // 500 forced refreshes, as fast as they go: far past the provider's
+    // rate limit of one app (10/s), which is not what this measures.
+    let opts = || {
+        DaemonOpts::new()
+            .unlocked(&env)
+            .arg("--provider-rate-limit")
+            .arg("off")
+    };
+    let mut daemon = env.start_daemon_with(opts());
+    env.init();
     env.add_provider(IDP, p.issuer());
     add_confidential(&env, "app", GrantType::AuthorizationCode);
     env.browser_login("app", &Browser::new());
@@ -131,7 +140,7 @@ fn rotating_refresh_tokens_survive_sigkill_at_random_moments() {
             f.reached_provider += 1;
         }
 
-        daemon = env.start_daemon_with(DaemonOpts::new().unlocked(&env));
+        daemon = env.start_daemon_with(opts());
         let status: StatusResult = env.rpc::<Status>(&Empty {}).unwrap();
         assert_eq!(
             status.vault,

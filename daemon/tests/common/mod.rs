@@ -7,7 +7,7 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use latchkey_client::protocol::*;
 use latchkey_client::secrecy::{ExposeSecret, SecretString};
 use latchkey_client::{Client, Error};
-use latchkey_daemon::{keyring, Clock, Config};
+use latchkey_daemon::{keyring, Clock, Config, RateLimits};
 use latchkey_testkit::token_endpoint::TokenEndpoint;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,6 +41,10 @@ pub struct Opts {
     pub max_connections: Option<usize>,
     /// Zero: idle client connections stay open.
     pub connection_idle_timeout: Duration,
+    /// `None`: no rate limits. Every test connects from this one process
+    /// (one app), some with thousands of calls on a clock that stands
+    /// still, so only the tests of the limits (`ratelimit.rs`) set them.
+    pub rate_limits: Option<RateLimits>,
 }
 
 /// One daemon served by `run` on this test's runtime, its socket, and the
@@ -92,6 +96,7 @@ impl TestDaemon {
             cli_path: None,
             approval_timeout: Duration::from_secs(60),
             audit_retention: latchkey_daemon::AuditRetention::DEFAULT,
+            rate_limits: opts.rate_limits.unwrap_or(RateLimits::OFF),
             clock: Clock::following_tokio(),
         };
         let name = socket
