@@ -1,30 +1,24 @@
 //! Which apps may use which credential: the check on the token path
-//! ([`authorize`]), app keys (`app.add`, and their use in `hello`), rules
-//! (`app.allow|deny|remove|list`) and approvals (`approval.*`).
+//! ([`authorize`]), app keys (`app.add`, and their use in `hello`) and
+//! rules (`app.allow|deny|remove|list`); the approvers' verbs are in
+//! `approve.rs`.
 //!
 //! Allowing is what malware would do for itself, so it needs a proof of a
 //! human (`Daemon::prove`): `app.allow`, and an approver's allow, which
 //! counts only from an approver that attached with a proof. Denying and
 //! removing need none.
 
-use crate::approval::{Answer, Approver, Ask};
+use crate::approval::{Answer, Ask};
 use crate::error::ApiError;
 use crate::handler::Handler;
 use crate::identity::{AppId, KeyState, Peer};
 use crate::policy::{self, check_name, normalize_scopes, Verdict};
 use crate::state::{Daemon, Session};
-use crate::vault::crypto::random_id;
 use crate::vault::rules::{AppKey, Rule, RuleApp};
 use crate::vault::{Catalog, Credential};
 use latchkey_client::protocol::*;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// The longest `approval.next` waits per call.
-const MAX_NEXT_WAIT: Duration = Duration::from_secs(60);
-/// The longest an hours decision lasts: 30 days.
-const MAX_HOURS: u64 = 720;
 
 /// Whether `peer` may use `credential` for `scopes`: at once for `open`
 /// credentials and apps with a rule; otherwise the user is asked (the call
@@ -374,7 +368,7 @@ async fn named_app(
 }
 
 /// Stores a rule for (app, credential), replacing the one it had.
-async fn store_rule(
+pub(crate) async fn store_rule(
     daemon: &Arc<Daemon>,
     session: &Session,
     peer: &Peer,
@@ -467,17 +461,17 @@ impl Handler for AppAllow {
             .prove(params.proof.as_ref(), &peer, "allowing an app")
             .await?;
         let now = daemon.clock.now();
-        let rule = Rule {
-            id: random_id(),
+        let expires_at = params
+            .expires_in
+            .map(|s| now.saturating_add(i64::try_from(s).unwrap_or(i64::MAX)));
+        let rule = Rule::new(
             app,
-            credential_id: credential.id.clone(),
-            effect: RuleEffect::Allow,
+            &credential.id,
+            RuleEffect::Allow,
             scopes,
-            expires_at: params
-                .expires_in
-                .map(|s| now.saturating_add(i64::try_from(s).unwrap_or(i64::MAX))),
-            created_at: now,
-        };
+            expires_at,
+            now,
+        );
         store_rule(daemon, &session, &peer, rule).await
     }
 }
@@ -494,15 +488,7 @@ impl Handler for AppDeny {
         let credential = credential_named(&session, &params.credential)?;
         let app = named_app(daemon, &session, &params.app).await?;
         let now = daemon.clock.now();
-        let rule = Rule {
-            id: random_id(),
-            app,
-            credential_id: credential.id.clone(),
-            effect: RuleEffect::Deny,
-            scopes: None,
-            expires_at: None,
-            created_at: now,
-        };
+        let rule = Rule::new(app, &credential.id, RuleEffect::Deny, None, None, now);
         store_rule(daemon, &session, &peer, rule).await
     }
 }
@@ -577,141 +563,6 @@ impl Handler for AppRemove {
             Some(&info.credential),
             Some(&peer),
             Some(format!("{} ({})", info.app, info.id)),
-        );
-        Ok(Empty {})
-    }
-}
-
-impl Handler for ApprovalAttach {
-    type Reply = AttachResult;
-
-    async fn handle(
-        daemon: &Arc<Daemon>,
-        peer: Peer,
-        params: AttachParams,
-    ) -> Result<AttachResult, ApiError> {
-        if let Some(attached) = peer.caller.attached::<Approver>() {
-            return Ok(AttachResult {
-                can_allow: attached.can_allow,
-            });
-        }
-        let can_allow = match &params.proof {
-            Some(proof) => {
-                daemon.prove(Some(proof), &peer, "approving apps").await?;
-                true
-            }
-            None => false,
-        };
-        let approver = daemon.approvals.attach(can_allow);
-        peer.caller.attach(Box::new(approver));
-        daemon.audit.record(
-            "approver_attached",
-            None,
-            Some(&peer),
-            Some(
-                if can_allow {
-                    "can allow"
-                } else {
-                    "can deny only"
-                }
-                .into(),
-            ),
-        );
-        Ok(AttachResult { can_allow })
-    }
-}
-
-fn approver(peer: &Peer) -> Result<&Approver, ApiError> {
-    peer.caller.attached::<Approver>().ok_or_else(|| {
-        ApiError::new(
-            ErrorKind::Forbidden,
-            "this connection is not an approver: send approval.attach first (as `latchkey approve` does)",
-        )
-    })
-}
-
-impl Handler for ApprovalNext {
-    type Reply = ApprovalNextResult;
-
-    async fn handle(
-        daemon: &Arc<Daemon>,
-        peer: Peer,
-        params: ApprovalNextParams,
-    ) -> Result<ApprovalNextResult, ApiError> {
-        approver(&peer)?;
-        let wait = Duration::from_secs(params.wait_secs.unwrap_or(30)).min(MAX_NEXT_WAIT);
-        let pending = daemon.approvals.next(params.after, wait).await;
-        Ok(ApprovalNextResult { pending })
-    }
-}
-
-impl Handler for ApprovalDecide {
-    type Reply = Empty;
-
-    async fn handle(
-        daemon: &Arc<Daemon>,
-        peer: Peer,
-        params: DecideParams,
-    ) -> Result<Empty, ApiError> {
-        let can_allow = approver(&peer)?.can_allow;
-        let (app, credential_id, credential, scopes) = daemon.approvals.asked(params.id)?;
-        let decision = params.decision;
-        if decision != Decision::Deny && !can_allow {
-            return Err(ApiError::new(
-                ErrorKind::Forbidden,
-                "allowing needs proof that a person decides: attach with the vault passphrase (`latchkey approve` asks for it)",
-            ));
-        }
-        let stored_as = |app: &AppId| match app {
-            AppId::Exe { path, sha256 } => Some(RuleApp::Exe {
-                path: path.clone(),
-                sha256: hex::encode(sha256),
-            }),
-            AppId::Key { name } => Some(RuleApp::Key { name: name.clone() }),
-            AppId::Unknown { .. } => None,
-        };
-        let now = daemon.clock.now();
-        let expires_at = match decision {
-            Decision::Always => Some(None),
-            Decision::Hours { hours } if (1..=MAX_HOURS).contains(&hours) => {
-                Some(Some(now + hours as i64 * 3600))
-            }
-            Decision::Hours { .. } => {
-                return Err(ApiError::invalid_params(format!(
-                    "hours must be 1 to {MAX_HOURS}"
-                )))
-            }
-            _ => None,
-        };
-        if let Some(expires_at) = expires_at {
-            let Some(rule_app) = stored_as(&app) else {
-                return Err(ApiError::invalid_params(
-                    "an unidentified program cannot get a stored rule: allow it once, or give it an app key",
-                ));
-            };
-            let session = daemon.session()?;
-            let rule = Rule {
-                id: random_id(),
-                app: rule_app,
-                credential_id,
-                effect: RuleEffect::Allow,
-                scopes: Some(scopes.clone()),
-                expires_at,
-                created_at: now,
-            };
-            store_rule(daemon, &session, &peer, rule).await?;
-        }
-        let (answer, for_session) = match decision {
-            Decision::Deny => (Answer::Denied, false),
-            Decision::Session => (Answer::Allowed(scopes), true),
-            _ => (Answer::Allowed(scopes), false),
-        };
-        daemon.approvals.resolve(params.id, answer, for_session)?;
-        daemon.audit.record(
-            "approval_decided",
-            Some(&credential),
-            Some(&peer),
-            Some(format!("{} for {}", decision.describe(), app.label())),
         );
         Ok(Empty {})
     }

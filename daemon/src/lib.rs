@@ -10,6 +10,7 @@
 //! ARCHITECTURE.md has the whole map.
 
 mod approval;
+mod approve;
 mod apps;
 mod audit;
 mod audit_log;

@@ -16,6 +16,8 @@ const VERBS: &[&str] = &[
     "server",
     "handler",
     "audit_log",
+    "apps",
+    "approve",
 ];
 
 /// Each top-level module's source (a directory module's files joined),

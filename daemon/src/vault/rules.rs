@@ -33,6 +33,28 @@ pub struct Rule {
     pub created_at: i64,
 }
 
+impl Rule {
+    /// A new rule (a fresh id) made at `now`.
+    pub fn new(
+        app: RuleApp,
+        credential_id: &str,
+        effect: RuleEffect,
+        scopes: Option<Vec<String>>,
+        expires_at: Option<i64>,
+        now: i64,
+    ) -> Rule {
+        Rule {
+            id: crypto::random_id(),
+            app,
+            credential_id: credential_id.to_owned(),
+            effect,
+            scopes,
+            expires_at,
+            created_at: now,
+        }
+    }
+}
+
 /// An app key as stored: its name, and HMAC-SHA256 of the key's secret
 /// under a random salt. The key itself is never stored.
 #[derive(Clone, Serialize, Deserialize)]
