@@ -20,7 +20,7 @@ impl Handler for ProviderAdd {
 
     async fn handle(
         daemon: &Arc<Daemon>,
-        _: Peer,
+        peer: Peer,
         params: ProviderAddParams,
     ) -> Result<ProviderInfo, ApiError> {
         check_name("provider", &params.name)?;
@@ -105,7 +105,7 @@ impl Handler for ProviderAdd {
         session.catalog_mut().add_provider(Arc::new(provider));
         daemon
             .audit
-            .record("provider_added", None, None, Some(params.name));
+            .record("provider_added", None, Some(&peer), Some(params.name));
         Ok(info)
     }
 }
@@ -156,7 +156,11 @@ impl Handler for ProviderShow {
 impl Handler for ProviderRemove {
     type Reply = Empty;
 
-    async fn handle(daemon: &Arc<Daemon>, _: Peer, params: NameParams) -> Result<Empty, ApiError> {
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        peer: Peer,
+        params: NameParams,
+    ) -> Result<Empty, ApiError> {
         let name = params.name.as_str();
         let session = daemon.session()?;
         let id = {
@@ -184,7 +188,7 @@ impl Handler for ProviderRemove {
         session.catalog_mut().remove_provider(name);
         daemon
             .audit
-            .record("provider_removed", None, None, Some(name.into()));
+            .record("provider_removed", None, Some(&peer), Some(name.into()));
         Ok(Empty {})
     }
 }
@@ -413,7 +417,11 @@ impl Handler for CredentialSet {
 
 /// Deletes a credential and everything it holds, here only (see
 /// `revoke::credential_remove` for the protocol verb).
-pub(crate) async fn credential_delete(daemon: &Daemon, name: &str) -> Result<Empty, ApiError> {
+pub(crate) async fn credential_delete(
+    daemon: &Daemon,
+    peer: &Peer,
+    name: &str,
+) -> Result<Empty, ApiError> {
     let session = daemon.session()?;
     let id = session
         .catalog()
@@ -436,7 +444,7 @@ pub(crate) async fn credential_delete(daemon: &Daemon, name: &str) -> Result<Emp
     daemon.approvals.forget(Some(&id));
     daemon
         .audit
-        .record("credential_removed", Some(name), None, None);
+        .record("credential_removed", Some(name), Some(peer), None);
     Ok(Empty {})
 }
 

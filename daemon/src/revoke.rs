@@ -83,7 +83,7 @@ impl Handler for CredentialRemove {
                         })?;
             }
         }
-        manage::credential_delete(daemon, &params.name).await
+        manage::credential_delete(daemon, &peer, &params.name).await
     }
 }
 
