@@ -190,21 +190,7 @@ mod tests {
 
     #[test]
     fn callers_get_a_subset_of_the_configured_or_granted_scopes_only() {
-        let credential = Credential {
-            id: "c".into(),
-            config: CredentialConfig {
-                name: "api".into(),
-                provider_id: "p".into(),
-                client_id: "id".into(),
-                grant: GrantType::ClientCredentials,
-                auth: AuthMethod::ClientSecretBasic,
-                scopes: vec!["read".into(), "write".into()],
-                redirect_uri: None,
-                access: latchkey_client::protocol::Access::Open,
-            },
-            has_client_secret: true,
-            corrupt: false,
-        };
+        let credential = ask_credential();
         assert_eq!(
             *allowed_scopes(&credential, || None, None).unwrap(),
             ["read", "write"]

@@ -57,6 +57,20 @@ fn ask(env: &TestEnv, exe: &Path) -> String {
     env.program(exe, &["api"]).run().stdout.trim().to_owned()
 }
 
+/// `latchkey app allow APP --credential api` with the passphrase as proof.
+fn allow(env: &TestEnv, app: &str) {
+    env.latchkey(&[
+        "app",
+        "allow",
+        app,
+        "--credential",
+        "api",
+        "--passphrase-file",
+        &passphrase_file(env),
+    ])
+    .success();
+}
+
 fn passphrase_file(env: &TestEnv) -> String {
     env.passphrase_file().display().to_string()
 }
@@ -135,16 +149,7 @@ fn apps_are_allowed_denied_and_approved_one_by_one() {
     assert_eq!(ask(&env, a), "approval_required");
 
     // App A allowed always: served from then on, B is not.
-    env.latchkey(&[
-        "app",
-        "allow",
-        APP_A,
-        "--credential",
-        "api",
-        "--passphrase-file",
-        &passphrase_file(&env),
-    ])
-    .success();
+    allow(&env, APP_A);
     assert_eq!(ask(&env, a), "ok app-a");
     assert_eq!(ask(&env, a), "ok app-a");
     assert_eq!(ask(&env, b), "approval_required");
@@ -318,16 +323,7 @@ fn a_changed_binary_asks_again_and_says_so() {
     let p = Provider::start(&[svc()]);
     let env = ask_env(&p, "10s");
     let app = copy_of(&env, APP_A, "tool");
-    env.latchkey(&[
-        "app",
-        "allow",
-        app.to_str().unwrap(),
-        "--credential",
-        "api",
-        "--passphrase-file",
-        &passphrase_file(&env),
-    ])
-    .success();
+    allow(&env, app.to_str().unwrap());
     assert_eq!(ask(&env, &app), "ok app-a");
     // Another program at the same path (an update, or a swap).
     std::fs::remove_file(&app).unwrap();
@@ -363,16 +359,7 @@ fn app_keys_name_interpreters_and_a_wrong_key_is_refused() {
     let key = added.out().trim().to_owned();
     assert!(key.starts_with("lkapp_"), "{key}");
     assert!(added.stderr.contains("shown this once"), "{}", added.stderr);
-    env.latchkey(&[
-        "app",
-        "allow",
-        "key:ci",
-        "--credential",
-        "api",
-        "--passphrase-file",
-        &passphrase_file(&env),
-    ])
-    .success();
+    allow(&env, "key:ci");
     // Any program holding the key is the app `ci`; the same program
     // without it is itself, and has no rule.
     let with_key = |key: &str| {
@@ -433,16 +420,7 @@ fn the_cli_is_attributed_to_the_program_that_ran_it() {
         "{}",
         r.stderr
     );
-    env.latchkey(&[
-        "app",
-        "allow",
-        &me,
-        "--credential",
-        "api",
-        "--passphrase-file",
-        &passphrase_file(&env),
-    ])
-    .success();
+    allow(&env, &me);
     env.latchkey(&["token", "api"]).success();
     assert_eq!(ask(&env, Path::new(APP_A)), "approval_required");
 }
