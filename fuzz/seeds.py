@@ -62,6 +62,10 @@ def request():
         "vault.panic": {"provider": "github"},
         "audit.list": {"since": 1700000000, "credential": "gh", "app": "exe:/usr/bin/curl", "after_seq": 10, "limit": 100},
         "audit.verify": {},
+        "totp.enroll": {"proof": {"totp": "123456"}, "account": "alice"},
+        "totp.confirm": {"code": "123456"},
+        "totp.remove": {"proof": {"passphrase": CANARY}},
+        "totp.status": {},
     }
     for method, params in methods.items():
         write("request", line(method, params))

@@ -350,9 +350,9 @@ pub async fn set_up_vault(socket: &Path, endpoint: &TokenEndpoint) -> Result<()>
             scopes: vec!["read".into()],
             redirect_uri: None,
             access: Some(latchkey_client::protocol::Access::Open),
-            proof: Some(latchkey_client::protocol::Proof {
-                passphrase: Some(latchkey_client::secrecy::SecretString::from(PASSPHRASE)),
-            }),
+            proof: Some(latchkey_client::protocol::Proof::passphrase(
+                latchkey_client::secrecy::SecretString::from(PASSPHRASE),
+            )),
         })
         .await
         .context("credential.add failed")?;
@@ -419,11 +419,9 @@ pub async fn fill_vault(
                         scopes: vec!["read".into()],
                         redirect_uri: None,
                         access: Some(latchkey_client::protocol::Access::Open),
-                        proof: Some(latchkey_client::protocol::Proof {
-                            passphrase: Some(latchkey_client::secrecy::SecretString::from(
-                                PASSPHRASE,
-                            )),
-                        }),
+                        proof: Some(latchkey_client::protocol::Proof::passphrase(
+                            latchkey_client::secrecy::SecretString::from(PASSPHRASE),
+                        )),
                     })
                     .await
                     .context("credential.add failed")?;

@@ -268,11 +268,9 @@ async fn add_and_log_in(
             scopes: vec!["read".into()],
             redirect_uri: None,
             access: Some(latchkey_client::protocol::Access::Open),
-            proof: Some(latchkey_client::protocol::Proof {
-                passphrase: Some(latchkey_client::secrecy::SecretString::from(
-                    crate::daemon::PASSPHRASE,
-                )),
-            }),
+            proof: Some(latchkey_client::protocol::Proof::passphrase(
+                latchkey_client::secrecy::SecretString::from(crate::daemon::PASSPHRASE),
+            )),
         })
         .await
         .with_context(|| format!("credential.add {name} failed"))?;

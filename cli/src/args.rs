@@ -39,13 +39,36 @@ impl PassphraseArgs {
 #[derive(clap::Args, Default)]
 pub struct ProofArgs {
     /// Prove a person asks with the vault passphrase in this file (scripted set-ups; else it is asked on the terminal)
-    #[arg(long = "passphrase-file", value_name = "PATH")]
+    #[arg(long = "passphrase-file", value_name = "PATH", conflicts_with_all = ["totp", "totp_file"])]
     pub passphrase_file: Option<PathBuf>,
+    /// Prove it with a code of your authenticator app (or a recovery code), asked on the terminal
+    #[arg(long, conflicts_with = "totp_file")]
+    pub totp: bool,
+    /// Prove it with the authenticator code (or a recovery code) in this file
+    #[arg(long = "totp-file", value_name = "PATH")]
+    pub totp_file: Option<PathBuf>,
 }
 
 impl ProofArgs {
     /// Reads the proof for `doing` ("to allow an app").
     pub fn proof(&self, doing: &str) -> anyhow::Result<latchkey_client::protocol::Proof> {
+        use latchkey_client::protocol::Proof;
+        if let Some(path) = &self.totp_file {
+            let code = Source::File(path.clone()).read("authenticator code")?;
+            return Ok(Proof::totp(code));
+        }
+        if self.totp {
+            if !crate::secret::can_prompt() {
+                return Err(crate::exit::usage(format!(
+                    "--totp asks for the code on the terminal, and there is none: use --totp-file PATH ({doing})"
+                )));
+            }
+            let code = crate::secret::prompt(
+                &format!("Authenticator code or recovery code ({doing}): "),
+                "authenticator code",
+            )?;
+            return Ok(Proof::totp(code));
+        }
         let passphrase = match &self.passphrase_file {
             Some(path) => Source::File(path.clone()).read("passphrase")?,
             None if crate::secret::can_prompt() => {
@@ -53,13 +76,11 @@ impl ProofArgs {
             }
             None => {
                 return Err(crate::exit::usage(format!(
-                    "{doing} needs the vault passphrase as proof that a person asks, and there is no terminal to ask on: use --passphrase-file PATH"
+                    "{doing} needs proof that a person asks (the vault passphrase, or an authenticator code), and there is no terminal to ask on: use --passphrase-file PATH or --totp-file PATH"
                 )))
             }
         };
-        Ok(latchkey_client::protocol::Proof {
-            passphrase: Some(passphrase),
-        })
+        Ok(Proof::passphrase(passphrase))
     }
 }
 

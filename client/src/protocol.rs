@@ -134,10 +134,22 @@ methods! {
     AuditList = "audit.list", AuditListParams => AuditListResult, read_only: true;
     /// Check the audit log's MAC chain against its sealed head.
     AuditVerify = "audit.verify", Empty => AuditVerifyResult, read_only: true;
+
+    // The authenticator (issue 9: a TOTP code proves a person).
+    /// Start enrolling an authenticator (needs a proof): the secret to show.
+    TotpEnroll = "totp.enroll", TotpEnrollParams => TotpEnrollResult, read_only: false;
+    /// Finish enrolling with a valid code: recovery codes, once.
+    TotpConfirm = "totp.confirm", TotpConfirmParams => TotpConfirmResult, read_only: false;
+    /// Remove the authenticator (needs a proof).
+    TotpRemove = "totp.remove", TotpRemoveParams => Empty, read_only: false;
+    /// Whether an authenticator is enrolled.
+    TotpStatus = "totp.status", Empty => TotpStatusResult, read_only: true;
 }
 
 mod apps;
 pub use apps::*;
+mod totp;
+pub use totp::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -212,7 +224,8 @@ pub enum ErrorKind {
     AlreadyInitialized,
     /// The vault is locked: run `latchkey unlock`.
     Locked,
-    /// The passphrase did not open any slot.
+    /// The passphrase did not open any slot, or an authenticator code
+    /// was wrong (or used already).
     WrongPassphrase,
     /// No usable OS keyring, or the keyring entry is gone.
     KeyringUnavailable,
@@ -1216,7 +1229,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 33);
+        assert_eq!(METHODS.len(), 37);
     }
 
     #[test]
@@ -1242,6 +1255,7 @@ mod tests {
                 "provider.list",
                 "provider.show",
                 "status",
+                "totp.status",
             ]
         );
         assert_eq!((Status::READ_ONLY, TokenGet::READ_ONLY), (true, false));

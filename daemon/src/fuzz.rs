@@ -313,6 +313,10 @@ fn params_of(
         ApprovalDecide,
         AuditList,
         AuditVerify,
+        TotpEnroll,
+        TotpConfirm,
+        TotpRemove,
+        TotpStatus,
     )
 }
 

@@ -39,6 +39,7 @@ mod server;
 mod state;
 mod sync;
 mod token;
+mod totp;
 mod vault;
 
 pub use clock::Clock;

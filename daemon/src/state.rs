@@ -100,6 +100,8 @@ pub struct Session {
     /// a lock waits for them (bounded), because a rotated refresh token
     /// that is not committed is lost.
     commits: watch::Sender<Commits>,
+    /// An authenticator being enrolled (`totp.rs`): gone at lock.
+    pub(crate) enrolling: Mutex<Option<crate::totp::Enrolling>>,
 }
 
 /// See [`Session::begin_commit`].
@@ -175,7 +177,7 @@ impl Limiter {
         if wait > 0 {
             return Err(ApiError::new(
                 ErrorKind::RateLimited,
-                format!("too many wrong passphrases: try again in {wait} s (once {FREE_UNLOCK_ATTEMPTS} were wrong in a row, each wrong one doubles the wait, up to {MAX_UNLOCK_DELAY_SECS} s; the right one ends it)"),
+                format!("too many wrong passphrases or codes: try again in {wait} s (once {FREE_UNLOCK_ATTEMPTS} were wrong in a row, each wrong one doubles the wait, up to {MAX_UNLOCK_DELAY_SECS} s; the right one ends it)"),
             )
             .with_retry_after(Some(wait as u64)));
         }
@@ -430,12 +432,15 @@ impl Daemon {
         (self.clock.now() - self.last_activity.load(Ordering::Relaxed)).max(0)
     }
 
-    /// Checks a proof that a person asks (allowing an app, opening a
-    /// credential to every app): the vault passphrase, which a same-user
-    /// program does not have. Wrong passphrases count against the unlock
-    /// limiter, so a proof is no cheaper to guess than an unlock. A
-    /// connection that proved once needs no second proof (a script setting
-    /// up many rules pays one key derivation, not one per rule).
+    /// Checks a proof that a person asks, for what would widen access
+    /// (allowing an app, opening a credential to every app, enrolling an
+    /// authenticator): the vault passphrase, or a code of the enrolled
+    /// authenticator (or one of its recovery codes), which a same-user
+    /// program does not have. Wrong answers of either kind count against
+    /// the unlock limiter, so a proof is no cheaper to guess than an
+    /// unlock. A connection that proved once needs no second proof (a
+    /// script setting up many rules pays one key derivation, not one per
+    /// rule).
     pub(crate) async fn prove(
         &self,
         proof: Option<&Proof>,
@@ -445,33 +450,45 @@ impl Daemon {
         if peer.caller.proven() {
             return Ok(());
         }
-        let Some(passphrase) = proof.and_then(|p| p.passphrase.clone()) else {
+        let proof = proof.cloned().unwrap_or_default();
+        if proof.passphrase.is_none() && proof.totp.is_none() {
             return Err(ApiError::new(
                 ErrorKind::Forbidden,
-                format!("{what} needs proof that a person asks: give the vault passphrase (at the terminal prompt, or with --passphrase-file FILE)"),
+                format!("{what} needs proof that a person asks: give the vault passphrase (at the terminal prompt, or with --passphrase-file FILE) or a code of your authenticator (--totp)"),
             ));
-        };
+        }
         lock(&self.limiter).check(self.clock.now())?;
-        let rows = self.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
-        let opened =
-            tokio::task::spawn_blocking(move || rows.open_with_passphrase(&passphrase).map(drop))
-                .await
-                .map_err(ApiError::internal)?;
-        let error = match opened {
-            Ok(()) => {
-                let counted = {
-                    let mut limiter = lock(&self.limiter);
-                    let counted = limiter.state().failures > 0;
-                    limiter.succeeded();
-                    counted
-                };
-                if counted {
-                    self.save_limiter().await;
-                }
-                peer.caller.set_proven();
-                return Ok(());
+        let failed = if let Some(passphrase) = proof.passphrase {
+            let rows = self.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
+            let opened = tokio::task::spawn_blocking(move || {
+                rows.open_with_passphrase(&passphrase).map(drop)
+            })
+            .await
+            .map_err(ApiError::internal)?;
+            match opened {
+                Ok(()) => None,
+                Err(e) => Some(ApiError::from(e)),
             }
-            Err(e) => ApiError::from(e),
+        } else {
+            let code = proof.totp.expect("one of the two is present");
+            let session = self.session()?;
+            match crate::totp::check_code(self, &session, &code, peer).await? {
+                crate::totp::CodeCheck::Proved => None,
+                crate::totp::CodeCheck::Failed(e) => Some(e),
+            }
+        };
+        let Some(error) = failed else {
+            let counted = {
+                let mut limiter = lock(&self.limiter);
+                let counted = limiter.state().failures > 0;
+                limiter.succeeded();
+                counted
+            };
+            if counted {
+                self.save_limiter().await;
+            }
+            peer.caller.set_proven();
+            return Ok(());
         };
         if error.kind == ErrorKind::WrongPassphrase {
             lock(&self.limiter).failed(self.clock.now());
@@ -524,6 +541,7 @@ impl Session {
             grants: Mutex::new(grants),
             gates: Mutex::new(HashMap::new()),
             commits: watch::Sender::new(Commits::default()),
+            enrolling: Mutex::new(None),
         })
     }
 

@@ -41,9 +41,9 @@ async fn add_browser_credential(d: &TestDaemon, c: &mut Client) {
         scopes: vec!["read".into()],
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
-        proof: Some(latchkey_client::protocol::Proof {
-            passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
-        }),
+        proof: Some(latchkey_client::protocol::Proof::passphrase(
+            secrecy::SecretString::from(PASSPHRASE),
+        )),
     };
     c.request::<CredentialAdd>(&credential)
         .await

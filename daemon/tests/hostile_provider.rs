@@ -25,9 +25,9 @@ async fn add_user(c: &mut Client, scopes: &[&str]) {
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
-        proof: Some(latchkey_client::protocol::Proof {
-            passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
-        }),
+        proof: Some(latchkey_client::protocol::Proof::passphrase(
+            secrecy::SecretString::from(PASSPHRASE),
+        )),
     };
     c.request::<CredentialAdd>(&params)
         .await
@@ -114,9 +114,9 @@ async fn an_echoing_provider_never_gets_a_secret_into_an_error() {
         scopes: vec!["read".into()],
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
-        proof: Some(latchkey_client::protocol::Proof {
-            passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
-        }),
+        proof: Some(latchkey_client::protocol::Proof::passphrase(
+            secrecy::SecretString::from(PASSPHRASE),
+        )),
     };
     c.request::<CredentialAdd>(&params)
         .await

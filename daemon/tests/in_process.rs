@@ -420,6 +420,14 @@ async fn every_method_answers_its_error_kinds() {
                 ("approval.next", json!({"wait_secs": 0}), ok()),
                 ("approval.decide", json!({"id": 1, "decision": {"choice": "deny"}}), fails(NotFound)),
                 ("approval.decide", json!({"id": 1, "decision": {"choice": "maybe"}}), fails(InvalidParams)),
+                // The authenticator (this connection is proven, as above).
+                ("totp.status", json!({}), ok()),
+                ("totp.confirm", json!({}), fails(InvalidParams)),
+                ("totp.confirm", json!({"code": "123456"}), fails(InvalidRequest)), // nothing to confirm
+                ("totp.enroll", json!({"account": "a:b"}), fails(InvalidParams)),
+                ("totp.enroll", json!({}), ok()),
+                ("totp.confirm", json!({"code": "abc"}), fails(WrongPassphrase)),
+                ("totp.remove", json!({}), fails(NotFound)), // never confirmed
                 ("vault.lock", json!({}), ok()),
             ],
         ),
@@ -456,6 +464,10 @@ async fn every_method_answers_its_error_kinds() {
                 ("approval.decide", json!({"id": 1, "decision": {"choice": "deny"}}), fails(NotFound)),
                 ("audit.list", json!({}), fails(Locked)),
                 ("audit.verify", json!({}), fails(Locked)),
+                ("totp.status", json!({}), ok()),
+                ("totp.enroll", json!({}), fails(Locked)),
+                ("totp.confirm", json!({"code": "123456"}), fails(Locked)),
+                ("totp.remove", json!({}), fails(Locked)),
                 // The third wrong passphrase (two above): the limiter starts.
                 ("vault.unlock", json!({"passphrase": "wrong"}), fails(WrongPassphrase)),
                 ("vault.unlock", json!({"passphrase": PASSPHRASE}), fails(RateLimited)),

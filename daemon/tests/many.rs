@@ -51,9 +51,9 @@ async fn add_credential(c: &mut Client, name: &str, provider: &str, device: bool
         scopes: vec!["read".into()],
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
-        proof: Some(latchkey_client::protocol::Proof {
-            passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
-        }),
+        proof: Some(latchkey_client::protocol::Proof::passphrase(
+            secrecy::SecretString::from(PASSPHRASE),
+        )),
     })
     .await
     .expect("credential.add");

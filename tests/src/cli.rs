@@ -98,16 +98,19 @@ impl Cli<'_> {
         self
     }
 
-    /// Runs it (bounded by [`CLI_TIMEOUT`]) and records it in the transcript.
-    pub fn run(self) -> CliResult {
+    /// The command as it would run, with stdin piped when input was given.
+    fn command(&mut self) -> (std::path::PathBuf, Command) {
         let mut vars = self.env.vars.lock().unwrap().clone();
-        for (key, value) in self.vars {
+        for (key, value) in std::mem::take(&mut self.vars) {
             match value {
                 Some(v) => vars.insert(key, v),
                 None => vars.remove(&key),
             };
         }
-        let program = self.program.unwrap_or_else(|| self.env.bin("latchkey"));
+        let program = self
+            .program
+            .clone()
+            .unwrap_or_else(|| self.env.bin("latchkey"));
         let mut cmd = Command::new(&program);
         cmd.args(&self.args)
             .env_clear()
@@ -120,6 +123,22 @@ impl Cli<'_> {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        (program, cmd)
+    }
+
+    /// Starts it with stdin, stdout and stderr piped, for a conversation
+    /// (answer what it prints); the caller bounds it (not recorded in the
+    /// transcript).
+    pub fn spawn(mut self) -> std::process::Child {
+        let (program, mut cmd) = self.command();
+        cmd.stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}; {BUILD_HINT}", program.display()))
+    }
+
+    /// Runs it (bounded by [`CLI_TIMEOUT`]) and records it in the transcript.
+    pub fn run(mut self) -> CliResult {
+        let (program, cmd) = self.command();
         let (code, stdout, stderr) = run_bounded(cmd, self.stdin, CLI_TIMEOUT, || {
             format!("`{} {}`", program.display(), self.args.join(" "))
         });

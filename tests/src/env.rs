@@ -26,9 +26,7 @@ use crate::cli::CliResult;
 /// The proof of a human that opening a credential to every app needs: the
 /// test vault's passphrase.
 pub fn proof() -> latchkey_client::protocol::Proof {
-    latchkey_client::protocol::Proof {
-        passphrase: Some(secrecy::SecretString::from(PASSPHRASE.to_string())),
-    }
+    latchkey_client::protocol::Proof::passphrase(secrecy::SecretString::from(PASSPHRASE))
 }
 
 /// The passphrase [`TestEnv::init`] creates the vault with.

@@ -26,7 +26,7 @@ pub enum Command {
     Add(AddArgs),
     /// List rules and app keys
     List(ListArgs),
-    /// Let an app use a credential (needs the vault passphrase)
+    /// Let an app use a credential (needs the vault passphrase or an authenticator code)
     Allow(AllowArgs),
     /// Refuse an app a credential without asking
     Deny(DenyArgs),

@@ -22,8 +22,8 @@ use std::time::Duration;
 pub struct Args {
     #[command(flatten)]
     proof: ProofArgs,
-    /// Attach without the passphrase: apps can then only be denied
-    #[arg(long, conflicts_with = "passphrase_file")]
+    /// Attach without a proof: apps can then only be denied
+    #[arg(long, conflicts_with_all = ["passphrase_file", "totp", "totp_file"])]
     deny_only: bool,
     /// Stop after answering this many prompts
     #[arg(long, value_name = "N")]
@@ -47,7 +47,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
     ctx.info(if attached.can_allow {
         "waiting for apps that ask for a credential (Ctrl-C to stop)"
     } else {
-        "waiting for apps that ask for a credential; without the passphrase they can only be denied (Ctrl-C to stop)"
+        "waiting for apps that ask for a credential; without a proof they can only be denied (Ctrl-C to stop)"
     });
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();

@@ -21,6 +21,7 @@ mod rekey;
 mod revoke;
 mod status;
 pub(crate) mod token;
+mod totp;
 mod unlock;
 
 /// Everything `latchkey` can do.
@@ -61,7 +62,7 @@ pub enum Command {
     /// Which apps may use which credential: rules and app keys
     #[command(subcommand)]
     App(app::Command),
-    /// Answer apps that ask for a credential (needs the vault passphrase)
+    /// Answer apps that ask for a credential (needs the vault passphrase or an authenticator code)
     ///
     /// Asks for the passphrase once (or reads --passphrase-file), then shows
     /// each app that waits for a credential with access `ask` — its path,
@@ -119,6 +120,15 @@ pub enum Command {
     /// row was edited, deleted, reordered or cut off. Both need the vault
     /// unlocked.
     Audit(audit::Args),
+    /// Enroll an authenticator app whose codes prove it is you (--totp)
+    ///
+    /// Wherever a proof that a person asks is needed (allowing an app,
+    /// `latchkey approve`, opening a credential to every app), a code of
+    /// the enrolled authenticator (RFC 6238 TOTP) or one of its recovery
+    /// codes can stand in for the vault passphrase: `--totp` asks for it,
+    /// `--totp-file PATH` reads it.
+    #[command(subcommand)]
+    Totp(totp::Command),
 }
 
 /// Runs one parsed command.
@@ -142,5 +152,6 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Exec(args) => exec::run(ctx, args),
         Command::Daemon(command) => daemon::run(ctx, command),
         Command::Audit(args) => audit::run(ctx, args),
+        Command::Totp(command) => totp::run(ctx, command),
     }
 }

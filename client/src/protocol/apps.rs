@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 /// opening a credential to every app, must carry. (Any program of the
 /// user can send the request; only a person knows the passphrase.)
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Proof {
     /// The vault passphrase (any passphrase slot's).
     #[serde(
@@ -18,6 +19,32 @@ pub struct Proof {
         skip_serializing_if = "Option::is_none"
     )]
     pub passphrase: Option<SecretString>,
+    /// A code of the enrolled authenticator (RFC 6238), or one of its
+    /// unused recovery codes.
+    #[serde(
+        default,
+        serialize_with = "expose_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub totp: Option<SecretString>,
+}
+
+impl Proof {
+    /// A proof by the vault passphrase.
+    pub fn passphrase(passphrase: SecretString) -> Proof {
+        Proof {
+            passphrase: Some(passphrase),
+            ..Proof::default()
+        }
+    }
+
+    /// A proof by an authenticator code (or a recovery code).
+    pub fn totp(code: SecretString) -> Proof {
+        Proof {
+            totp: Some(code),
+            ..Proof::default()
+        }
+    }
 }
 
 /// Parameters of `credential.set`.

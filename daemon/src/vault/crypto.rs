@@ -75,6 +75,13 @@ fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     getrandom::fill(buf).map_err(|e| CryptoError::Random(e.to_string()))
 }
 
+/// `N` random bytes, zeroized when dropped (an authenticator's secret).
+pub fn random_bytes<const N: usize>() -> Zeroizing<[u8; N]> {
+    let mut bytes = Zeroizing::new([0u8; N]);
+    fill_random(&mut bytes[..]).expect("the OS random number generator is available");
+    bytes
+}
+
 /// A new secret of 256 random bits in hex (an app key's secret part).
 pub fn random_secret() -> SecretString {
     let mut bytes = Zeroizing::new([0u8; KEY_LEN]);

@@ -8,6 +8,7 @@ pub mod keyring;
 pub mod rules;
 mod slots;
 pub mod store;
+pub mod totp;
 
 pub use chain::{AuditEvent, Retention, VerifyStep, VerifyWalk, TRUNCATED_EVENT, VERIFY_STEP};
 

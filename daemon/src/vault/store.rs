@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0003_callers.sql"),
     include_str!("../../migrations/0004_audit_chain.sql"),
     include_str!("../../migrations/0005_policy.sql"),
+    include_str!("../../migrations/0006_totp.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -717,6 +718,46 @@ impl Store {
         Ok(())
     }
 
+    /// The authenticator's row, if one is enrolled.
+    pub fn authenticator(&self) -> Result<Option<SealedRow>> {
+        Ok(self
+            .all("SELECT id, sealed FROM authenticator", |r| {
+                Ok(SealedRow {
+                    id: r.get(0)?,
+                    sealed: r.get(1)?,
+                })
+            })?
+            .into_iter()
+            .next())
+    }
+
+    /// Whether an authenticator is enrolled (readable while locked).
+    pub fn has_authenticator(&self) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM authenticator)", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Puts `row` as the only authenticator, in one transaction.
+    pub fn put_authenticator(&mut self, row: &SealedRow, now: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM authenticator WHERE id <> ?1", [&row.id])?;
+        tx.execute(
+            "INSERT INTO authenticator (id, sealed, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET sealed = excluded.sealed",
+            params![row.id, row.sealed, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes the authenticator; true if one was enrolled.
+    pub fn delete_authenticator(&mut self) -> Result<bool> {
+        Ok(self.conn.execute("DELETE FROM authenticator", [])? > 0)
+    }
+
     /// Deletes an app key and the rules naming it, in one transaction.
     pub fn delete_app_key(&mut self, id: &str, rules: &[&str]) -> Result<()> {
         let tx = self.conn.transaction()?;
@@ -786,6 +827,14 @@ impl Store {
                 row_id: k.id,
                 field: "sealed",
                 blob: k.sealed,
+            });
+        }
+        if let Some(a) = self.authenticator()? {
+            fields.push(SealedField {
+                table: "authenticator",
+                row_id: a.id,
+                field: "sealed",
+                blob: a.sealed,
             });
         }
         for g in self.grants()? {

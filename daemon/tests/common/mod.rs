@@ -204,9 +204,9 @@ pub async fn add_cc_credential(client: &mut Client, name: &str) {
         scopes: vec!["read".into(), "write".into()],
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
-        proof: Some(latchkey_client::protocol::Proof {
-            passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
-        }),
+        proof: Some(latchkey_client::protocol::Proof::passphrase(
+            secrecy::SecretString::from(PASSPHRASE),
+        )),
     };
     client
         .request::<CredentialAdd>(&params)
@@ -226,9 +226,9 @@ pub async fn add_device_credential(client: &mut Client, name: &str, client_id: &
         scopes: vec!["read".into()],
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
-        proof: Some(latchkey_client::protocol::Proof {
-            passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
-        }),
+        proof: Some(latchkey_client::protocol::Proof::passphrase(
+            secrecy::SecretString::from(PASSPHRASE),
+        )),
     };
     client
         .request::<CredentialAdd>(&params)
