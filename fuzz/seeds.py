@@ -62,10 +62,12 @@ def request():
         "vault.panic": {"provider": "github"},
         "audit.list": {"since": 1700000000, "credential": "gh", "app": "exe:/usr/bin/curl", "after_seq": 10, "limit": 100},
         "audit.verify": {},
+        "credential.set": {"name": "gh", "access": "ask", "step_up": {"method": "totp", "window_secs": 600}},
         "totp.enroll": {"proof": {"totp": "123456"}, "account": "alice"},
         "totp.confirm": {"code": "123456"},
         "totp.remove": {"proof": {"passphrase": CANARY}},
         "totp.status": {},
+        "credential.confirm": {"name": "gh", "proof": {"totp": "123456"}},
     }
     for method, params in methods.items():
         write("request", line(method, params))

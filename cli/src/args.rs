@@ -3,6 +3,7 @@
 //! by `latchkey_client::duration`, the grammar `latchkeyd` shares.
 
 use crate::secret::Source;
+use secrecy::SecretString;
 use std::path::PathBuf;
 
 /// Where a passphrase comes from; at most one of these.
@@ -36,11 +37,18 @@ impl PassphraseArgs {
 /// terminal, or from a file named here for scripted set-ups. Never from
 /// `$LATCHKEY_PASSPHRASE_FILE`, which unattended unlocks use: a program
 /// that can read that file could otherwise approve itself.
-#[derive(clap::Args, Default)]
+#[derive(clap::Args)]
 pub struct ProofArgs {
     /// Prove a person asks with the vault passphrase in this file (scripted set-ups; else it is asked on the terminal)
     #[arg(long = "passphrase-file", value_name = "PATH", conflicts_with_all = ["totp", "totp_file"])]
     pub passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub totp: TotpArgs,
+}
+
+/// An authenticator code, for proofs and step-up.
+#[derive(clap::Args)]
+pub struct TotpArgs {
     /// Prove it with a code of your authenticator app (or a recovery code), asked on the terminal
     #[arg(long, conflicts_with = "totp_file")]
     pub totp: bool,
@@ -49,24 +57,35 @@ pub struct ProofArgs {
     pub totp_file: Option<PathBuf>,
 }
 
+impl TotpArgs {
+    /// The code, when one of the flags asks for it.
+    pub fn code(&self, doing: &str) -> anyhow::Result<Option<SecretString>> {
+        if let Some(path) = &self.totp_file {
+            return Source::File(path.clone())
+                .read("authenticator code")
+                .map(Some);
+        }
+        if !self.totp {
+            return Ok(None);
+        }
+        if !crate::secret::can_prompt() {
+            return Err(crate::exit::usage(format!(
+                "--totp asks for the code on the terminal, and there is none: use --totp-file PATH ({doing})"
+            )));
+        }
+        crate::secret::prompt(
+            &format!("Authenticator code or recovery code ({doing}): "),
+            "authenticator code",
+        )
+        .map(Some)
+    }
+}
+
 impl ProofArgs {
     /// Reads the proof for `doing` ("to allow an app").
     pub fn proof(&self, doing: &str) -> anyhow::Result<latchkey_client::protocol::Proof> {
         use latchkey_client::protocol::Proof;
-        if let Some(path) = &self.totp_file {
-            let code = Source::File(path.clone()).read("authenticator code")?;
-            return Ok(Proof::totp(code));
-        }
-        if self.totp {
-            if !crate::secret::can_prompt() {
-                return Err(crate::exit::usage(format!(
-                    "--totp asks for the code on the terminal, and there is none: use --totp-file PATH ({doing})"
-                )));
-            }
-            let code = crate::secret::prompt(
-                &format!("Authenticator code or recovery code ({doing}): "),
-                "authenticator code",
-            )?;
+        if let Some(code) = self.totp.code(doing)? {
             return Ok(Proof::totp(code));
         }
         let passphrase = match &self.passphrase_file {

@@ -34,6 +34,8 @@ pub const UNLOCK_FAILED: u8 = 10;
 pub const APPROVAL_REQUIRED: u8 = 11;
 /// The user (or a stored rule) denied this app the credential.
 pub const APPROVAL_DENIED: u8 = 12;
+/// The credential needs a fresh step-up confirmation: `latchkey confirm NAME`.
+pub const STEP_UP_REQUIRED: u8 = 13;
 
 /// Every exit code and what it means, in order: the one list `latchkey
 /// --help` prints ([`help_table`]) and the tests hold the mapping to.
@@ -75,6 +77,10 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
         "approval required: no approver was reachable (add a rule with `latchkey app allow`)",
     ),
     (APPROVAL_DENIED, "approval denied for this app"),
+    (
+        STEP_UP_REQUIRED,
+        "confirmation required (step-up): run `latchkey confirm NAME`",
+    ),
 ];
 
 /// The table shown after `latchkey --help`, made from [`EXIT_CODES`].
@@ -157,6 +163,7 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::Forbidden => FORBIDDEN,
         ErrorKind::ApprovalRequired => APPROVAL_REQUIRED,
         ErrorKind::ApprovalDenied => APPROVAL_DENIED,
+        ErrorKind::StepUpRequired => STEP_UP_REQUIRED,
         ErrorKind::WrongPassphrase | ErrorKind::KeyringUnavailable => UNLOCK_FAILED,
         // A daemon that is going away is, to the caller, one it cannot reach.
         ErrorKind::ShuttingDown => DAEMON_UNREACHABLE,
@@ -223,7 +230,8 @@ mod tests {
         let codes: Vec<u8> = EXIT_CODES.iter().map(|(code, _)| *code).collect();
         assert_eq!(codes, (0..=12).collect::<Vec<u8>>());
         assert!(help_table().starts_with("Exit codes:\n   0  ok\n   1  other error"));
-        assert!(help_table().ends_with("\n  12  approval denied for this app"));
+        assert!(help_table()
+            .ends_with("\n  13  confirmation required (step-up): run `latchkey confirm NAME`"));
     }
 
     #[test]
@@ -240,6 +248,7 @@ mod tests {
             (ErrorKind::Forbidden, "forbidden"),
             (ErrorKind::ApprovalRequired, "approval required"),
             (ErrorKind::ApprovalDenied, "approval denied"),
+            (ErrorKind::StepUpRequired, "confirmation required"),
             (ErrorKind::WrongPassphrase, "wrong passphrase"),
             (ErrorKind::KeyringUnavailable, "keyring unavailable"),
             (ErrorKind::ShuttingDown, "daemon unreachable"),

@@ -126,6 +126,8 @@ methods! {
     ApprovalAttach = "approval.attach", AttachParams => AttachResult, read_only: true;
     /// Wait for the next app waiting for a decision (approvers only).
     ApprovalNext = "approval.next", ApprovalNextParams => ApprovalNextResult, read_only: true;
+    /// Confirm a step-up credential for its window (needs a fresh proof).
+    CredentialConfirm = "credential.confirm", ConfirmParams => ConfirmResult, read_only: false;
     /// Answer a prompt (approvers only; allowing needs the attach proof).
     ApprovalDecide = "approval.decide", DecideParams => Empty, read_only: false;
 
@@ -150,6 +152,8 @@ mod apps;
 pub use apps::*;
 mod totp;
 pub use totp::*;
+mod stepup;
+pub use stepup::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -252,6 +256,10 @@ pub enum ErrorKind {
     ApprovalRequired,
     /// The user, or a stored rule, denied this app the credential.
     ApprovalDenied,
+    /// The credential (or a vault-wide change) needs a fresh confirmation
+    /// by the user: the message names the command (`latchkey confirm NAME`,
+    /// or `--totp`).
+    StepUpRequired,
     /// A bug in the daemon.
     Internal,
     /// A kind this client version does not know.
@@ -286,6 +294,7 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => -32016,
             ErrorKind::ApprovalRequired => -32017,
             ErrorKind::ApprovalDenied => -32018,
+            ErrorKind::StepUpRequired => -32019,
         }
     }
 
@@ -314,6 +323,7 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::ApprovalRequired => "approval_required",
             ErrorKind::ApprovalDenied => "approval_denied",
+            ErrorKind::StepUpRequired => "step_up_required",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
         }
@@ -581,6 +591,13 @@ pub struct ChangePassphraseParams {
     /// The new passphrase.
     #[serde(serialize_with = "expose")]
     pub new: SecretString,
+    /// A code of the enrolled authenticator: needed once one is (step-up).
+    #[serde(
+        default,
+        serialize_with = "expose_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub totp: Option<SecretString>,
 }
 
 /// Parameters of `vault.rekey`. Every key slot is rewrapped under the new
@@ -594,6 +611,13 @@ pub struct RekeyParams {
         skip_serializing_if = "Option::is_none"
     )]
     pub passphrase: Option<SecretString>,
+    /// A code of the enrolled authenticator: needed once one is (step-up).
+    #[serde(
+        default,
+        serialize_with = "expose_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub totp: Option<SecretString>,
 }
 
 /// Result of `vault.rekey`.
@@ -777,6 +801,12 @@ pub struct CredentialInfo {
     /// Who may use it (vaults from before access rules: `open`).
     #[serde(default = "Access::legacy")]
     pub access: Access,
+    /// Whether a token needs a recent confirmation by the user.
+    #[serde(default, skip_serializing_if = "StepUp::is_off")]
+    pub step_up: StepUp,
+    /// Unix seconds until which the last confirmation holds (step-up only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_until: Option<i64>,
     /// Life-cycle state.
     pub state: CredentialState,
     /// Cached access tokens (metadata only).
@@ -1229,7 +1259,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 37);
+        assert_eq!(METHODS.len(), 38);
     }
 
     #[test]

@@ -37,6 +37,7 @@ mod ratelimit;
 mod revoke;
 mod server;
 mod state;
+mod stepup;
 mod sync;
 mod token;
 mod totp;

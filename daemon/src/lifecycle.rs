@@ -400,6 +400,9 @@ impl Handler for VaultChangePassphrase {
             ));
         }
         check_limit(daemon, &peer, VaultChangePassphrase::NAME)?;
+        daemon
+            .step_up_if_enrolled(params.totp.as_ref(), &peer, "changing the passphrase")
+            .await?;
         let rows = daemon.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
         // Two Argon2id runs, outside the vault mutex; the life-cycle mutex
         // keeps the slots as read until the change is written.
@@ -445,6 +448,9 @@ impl Handler for VaultRekey {
         let _guard = daemon.lifecycle.lock().await;
         let session = daemon.session()?;
         check_limit(daemon, &peer, VaultRekey::NAME)?;
+        daemon
+            .step_up_if_enrolled(params.totp.as_ref(), &peer, "rekeying the vault")
+            .await?;
         let rows = daemon.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
         // Every slot's KEK (Argon2id, keyring) first, under no lock but
         // ours; then the transaction and the key swap, excluding writers.

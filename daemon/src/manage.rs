@@ -276,6 +276,7 @@ impl Handler for CredentialAdd {
             scopes,
             redirect_uri: params.redirect_uri,
             access,
+            step_up: StepUp::Off,
         };
         // A credential of the same name added meanwhile is stopped by the
         // file's unique name.
@@ -356,11 +357,14 @@ impl Handler for CredentialSet {
         peer: Peer,
         params: CredentialSetParams,
     ) -> Result<CredentialInfo, ApiError> {
-        let Some(access) = params.access else {
+        if params.access.is_none() && params.step_up.is_none() {
             return Err(ApiError::invalid_params(
-                "nothing to change: give --access open|ask",
+                "nothing to change: give --access open|ask or --step-up totp|passphrase|off",
             ));
-        };
+        }
+        if let Some(step_up) = params.step_up {
+            crate::stepup::validate(step_up)?;
+        }
         let name = params.name.as_str();
         let session = daemon.session()?;
         let current = session
@@ -377,6 +381,7 @@ impl Handler for CredentialSet {
                 ),
             ));
         }
+        let access = params.access.unwrap_or(current.config.access);
         if access == Access::Open && current.config.access != Access::Open {
             daemon
                 .prove(
@@ -386,8 +391,19 @@ impl Handler for CredentialSet {
                 )
                 .await?;
         }
+        let step_up = params.step_up.unwrap_or(current.config.step_up);
+        if crate::stepup::loosens(current.config.step_up, step_up) {
+            daemon
+                .prove(
+                    params.proof.as_ref(),
+                    &peer,
+                    "loosening a credential's step-up",
+                )
+                .await?;
+        }
         let mut config = current.config.clone();
         config.access = access;
+        config.step_up = step_up;
         let id = current.id.clone();
         let sealed = config.clone();
         session
@@ -409,7 +425,12 @@ impl Handler for CredentialSet {
             "credential_changed",
             Some(name),
             Some(&peer),
-            Some(format!("access={}", access.as_str())),
+            Some(format!(
+                "access={} step_up={} window={}s",
+                access.as_str(),
+                step_up.as_str(),
+                step_up.window_secs()
+            )),
         );
         Ok(info)
     }
@@ -504,6 +525,8 @@ fn credential_info(
         }),
         has_client_secret: credential.has_client_secret,
         access: credential.config.access,
+        step_up: credential.config.step_up,
+        confirmed_until: crate::stepup::confirmed_until(session, credential, now),
         state,
         tokens: entries
             .into_iter()

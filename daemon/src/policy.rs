@@ -224,6 +224,7 @@ mod tests {
                 scopes: vec!["read".into(), "write".into()],
                 redirect_uri: None,
                 access: Access::Ask,
+                step_up: Default::default(),
             },
             has_client_secret: true,
             corrupt: false,

@@ -102,6 +102,9 @@ pub struct Session {
     commits: watch::Sender<Commits>,
     /// An authenticator being enrolled (`totp.rs`): gone at lock.
     pub(crate) enrolling: Mutex<Option<crate::totp::Enrolling>>,
+    /// Step-up credentials confirmed, by credential id: until when
+    /// (`stepup.rs`). Memory only: a lock ends every confirmation.
+    pub(crate) confirmed: Mutex<HashMap<String, i64>>,
 }
 
 /// See [`Session::begin_commit`].
@@ -137,6 +140,15 @@ pub(crate) const COMMIT_WAIT: Duration =
 
 /// Wrong passphrases allowed before unlock attempts are slowed down.
 const FREE_UNLOCK_ATTEMPTS: u32 = 3;
+/// What a proof must hold ([`Daemon::check_proof`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// The passphrase or an authenticator code (a code once one is enrolled).
+    Person,
+    /// An authenticator code.
+    Code,
+}
+
 /// The slow-down doubles per failure up to this.
 const MAX_UNLOCK_DELAY_SECS: i64 = 60;
 
@@ -434,13 +446,9 @@ impl Daemon {
 
     /// Checks a proof that a person asks, for what would widen access
     /// (allowing an app, opening a credential to every app, enrolling an
-    /// authenticator): the vault passphrase, or a code of the enrolled
-    /// authenticator (or one of its recovery codes), which a same-user
-    /// program does not have. Wrong answers of either kind count against
-    /// the unlock limiter, so a proof is no cheaper to guess than an
-    /// unlock. A connection that proved once needs no second proof (a
-    /// script setting up many rules pays one key derivation, not one per
-    /// rule).
+    /// authenticator): see [`Daemon::check_proof`]. A connection that
+    /// proved once needs no second proof (a script setting up many rules
+    /// pays one key derivation, not one per rule).
     pub(crate) async fn prove(
         &self,
         proof: Option<&Proof>,
@@ -450,7 +458,56 @@ impl Daemon {
         if peer.caller.proven() {
             return Ok(());
         }
+        self.check_proof(proof, peer, what, Need::Person).await?;
+        peer.caller.set_proven();
+        Ok(())
+    }
+
+    /// The step-up of a vault-wide change (rekey, passphrase change): once
+    /// an authenticator is enrolled, a fresh code of it; nothing before.
+    pub(crate) async fn step_up_if_enrolled(
+        &self,
+        code: Option<&secrecy::SecretString>,
+        peer: &Peer,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        if !self.with_vault_file(|v| Ok(v.has_authenticator()?)).await? {
+            return Ok(());
+        }
+        let proof = code.map(|c| Proof::totp(c.clone()));
+        self.check_proof(proof.as_ref(), peer, what, Need::Code)
+            .await
+    }
+
+    /// Checks a proof, every time (no connection is trusted for having
+    /// proved before): the vault passphrase, or a code of the enrolled
+    /// authenticator that was not used before (or one of its recovery
+    /// codes) — things a same-user program does not have. Once an
+    /// authenticator is enrolled, a code is required (the step-up of
+    /// sensitive changes); `Need::Code` requires one in any case. Wrong
+    /// answers of either kind count against the unlock limiter, so a proof
+    /// is no cheaper to guess than an unlock, and are audited.
+    pub(crate) async fn check_proof(
+        &self,
+        proof: Option<&Proof>,
+        peer: &Peer,
+        what: &str,
+        need: Need,
+    ) -> Result<(), ApiError> {
         let proof = proof.cloned().unwrap_or_default();
+        let enrolled = self.with_vault_file(|v| Ok(v.has_authenticator()?)).await?;
+        if proof.totp.is_none() && (enrolled || need == Need::Code) {
+            if !enrolled {
+                return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("{what} needs a code of your authenticator, and none is enrolled: enroll one with `latchkey totp enroll`"),
+                ));
+            }
+            return Err(ApiError::new(
+                ErrorKind::StepUpRequired,
+                format!("{what} needs a code of your authenticator (one is enrolled): add --totp, or --totp-file PATH"),
+            ));
+        }
         if proof.passphrase.is_none() && proof.totp.is_none() {
             return Err(ApiError::new(
                 ErrorKind::Forbidden,
@@ -458,25 +515,33 @@ impl Daemon {
             ));
         }
         lock(&self.limiter).check(self.clock.now())?;
-        let failed = if let Some(passphrase) = proof.passphrase {
+        let mut failed = None;
+        if let Some(passphrase) = proof.passphrase {
             let rows = self.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
             let opened = tokio::task::spawn_blocking(move || {
                 rows.open_with_passphrase(&passphrase).map(drop)
             })
             .await
             .map_err(ApiError::internal)?;
-            match opened {
-                Ok(()) => None,
-                Err(e) => Some(ApiError::from(e)),
+            failed = opened.err().map(ApiError::from);
+        }
+        if let (None, Some(code)) = (&failed, proof.totp) {
+            let session = self.session().map_err(|e| {
+                if e.kind == ErrorKind::Locked {
+                    ApiError::new(
+                        ErrorKind::Locked,
+                        "the vault is locked, and an authenticator code is checked against the unlocked vault: run `latchkey unlock` first",
+                    )
+                } else {
+                    e
+                }
+            })?;
+            if let crate::totp::CodeCheck::Failed(e) =
+                crate::totp::check_code(self, &session, &code, peer).await?
+            {
+                failed = Some(e);
             }
-        } else {
-            let code = proof.totp.expect("one of the two is present");
-            let session = self.session()?;
-            match crate::totp::check_code(self, &session, &code, peer).await? {
-                crate::totp::CodeCheck::Proved => None,
-                crate::totp::CodeCheck::Failed(e) => Some(e),
-            }
-        };
+        }
         let Some(error) = failed else {
             let counted = {
                 let mut limiter = lock(&self.limiter);
@@ -487,7 +552,6 @@ impl Daemon {
             if counted {
                 self.save_limiter().await;
             }
-            peer.caller.set_proven();
             return Ok(());
         };
         if error.kind == ErrorKind::WrongPassphrase {
@@ -542,6 +606,7 @@ impl Session {
             gates: Mutex::new(HashMap::new()),
             commits: watch::Sender::new(Commits::default()),
             enrolling: Mutex::new(None),
+            confirmed: Mutex::new(HashMap::new()),
         })
     }
 

@@ -46,6 +46,9 @@ impl Handler for TokenGet {
             crate::apps::authorize(daemon, &session, &peer, &credential, &scopes).await?;
         }
         let now = daemon.clock.now();
+        if !credential.config.step_up.is_off() {
+            crate::stepup::check(&session, &credential, now)?;
+        }
         // Called only on a miss: a hit clones and allocates nothing here.
         let fetcher = || {
             fetch(

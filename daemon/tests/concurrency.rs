@@ -113,6 +113,7 @@ async fn a_slow_key_derivation_does_not_delay_other_callers() {
         let params = ChangePassphraseParams {
             old: secret_of(PASSPHRASE),
             new: secret_of("another passphrase"),
+            totp: None,
         };
         other.request::<VaultChangePassphrase>(&params).await
     });
@@ -158,6 +159,7 @@ async fn a_credential_added_during_a_rekey_is_readable_after_the_next_unlock() {
     let rekey = tokio::spawn(async move {
         let params = RekeyParams {
             passphrase: Some(secret_of(PASSPHRASE)),
+            totp: None,
         };
         other.request::<VaultRekey>(&params).await
     });

@@ -347,6 +347,15 @@ async fn every_method_answers_its_error_kinds() {
                 ("hello", json!({}), fails(InvalidParams)), // no protocol field
                 ("hello", json!({"protocol": PROTOCOL_VERSION}), ok()),
                 ("status", json!({}), ok()),
+                // Step-up (first: a good proof resets the unlock limiter,
+                // which the wrong passphrases below count toward).
+                ("credential.set", json!({"name": "api", "step_up": {"method": "totp", "window_secs": 0}}), fails(InvalidParams)),
+                ("credential.set", json!({"name": "api", "access": "open", "step_up": {"method": "passphrase", "window_secs": 60}}), ok()),
+                ("token.get", json!({"credential": "api"}), fails(StepUpRequired)),
+                ("credential.confirm", json!({"name": "api"}), fails(Forbidden)), // no proof
+                ("credential.confirm", json!({"name": "api", "proof": {"passphrase": PASSPHRASE}}), ok()),
+                ("token.get", json!({"credential": "api"}), ok()),
+                ("credential.set", json!({"name": "api", "step_up": {"method": "off"}}), ok()), // proven connection
                 ("vault.init", json!({"passphrase": "p"}), fails(AlreadyInitialized)),
                 ("vault.unlock", json!({"passphrase": 5}), fails(InvalidParams)),
                 ("vault.change_passphrase", json!({"old": "p"}), fails(InvalidParams)),
@@ -428,6 +437,8 @@ async fn every_method_answers_its_error_kinds() {
                 ("totp.enroll", json!({}), ok()),
                 ("totp.confirm", json!({"code": "abc"}), fails(WrongPassphrase)),
                 ("totp.remove", json!({}), fails(NotFound)), // never confirmed
+                ("credential.confirm", json!({"name": "nope"}), fails(NotFound)),
+                ("credential.confirm", json!({"name": "api"}), fails(InvalidRequest)), // no step-up
                 ("vault.lock", json!({}), ok()),
             ],
         ),
@@ -468,6 +479,7 @@ async fn every_method_answers_its_error_kinds() {
                 ("totp.enroll", json!({}), fails(Locked)),
                 ("totp.confirm", json!({"code": "123456"}), fails(Locked)),
                 ("totp.remove", json!({}), fails(Locked)),
+                ("credential.confirm", json!({"name": "api"}), fails(Locked)),
                 // The third wrong passphrase (two above): the limiter starts.
                 ("vault.unlock", json!({"passphrase": "wrong"}), fails(WrongPassphrase)),
                 ("vault.unlock", json!({"passphrase": PASSPHRASE}), fails(RateLimited)),

@@ -306,3 +306,109 @@ fn an_approver_proved_by_a_code_can_let_an_app_in() {
     assert!(wait(&mut approver).success());
     assert_eq!(app.stdout.trim(), "ok app-a", "{}", app.stderr);
 }
+
+#[test]
+fn a_step_up_credential_needs_a_fresh_confirmation() {
+    let p = Provider::start(&[svc()]);
+    let env = TestEnv::new();
+    env.init();
+    env.add_provider(TEST_PROVIDER, p.issuer());
+    latchkey_tests::fixture::client_credentials(&env, TEST_PROVIDER, "vip", &svc());
+    let passphrase = env.passphrase_file().display().to_string();
+    let (phone, recovery) = enroll(&env, &["--passphrase-file", &passphrase]);
+    let recovery_file = |i: usize| {
+        env.write_secret_file(&format!("rc{i}"), &recovery[i])
+            .display()
+            .to_string()
+    };
+
+    // Tightening needs no proof.
+    env.latchkey(&[
+        "credential",
+        "set",
+        "vip",
+        "--step-up",
+        "totp",
+        "--window",
+        "10m",
+    ])
+    .success();
+    let r = env.latchkey(&["token", "vip"]);
+    assert_eq!(r.code, 13, "step_up_required: {}", r.stderr);
+    assert!(r.stderr.contains("latchkey confirm vip"), "{}", r.stderr);
+    assert!(r.stdout.is_empty());
+    let show = env.latchkey(&["credential", "show", "vip"]);
+    assert!(show.stdout.contains("not confirmed now"), "{}", show.stdout);
+
+    // The passphrase is not a code.
+    let r = env.latchkey(&["confirm", "vip", "--passphrase-file", &passphrase]);
+    assert_eq!(r.code, 13, "{}", r.stderr);
+    let code = env.write_secret_file("code", &phone.code(1));
+    env.latchkey(&["confirm", "vip", "--totp-file", code.to_str().unwrap()])
+        .success();
+    assert!(!env.token("vip").is_empty());
+    let info = env
+        .latchkey(&["credential", "show", "vip", "--json"])
+        .json();
+    assert_eq!(info["step_up"]["method"], "totp");
+    assert!(info["confirmed_until"].as_i64().is_some());
+
+    // A lock ends every confirmation.
+    env.latchkey(&["lock"]).success();
+    env.latchkey(&["unlock", "--passphrase-file", &passphrase])
+        .success();
+    assert_eq!(env.latchkey(&["token", "vip"]).code, 13);
+
+    // Loosening needs a proof, and with an authenticator enrolled, a code:
+    // the passphrase alone is not enough (the step-up of sensitive changes).
+    let r = env.latchkey(&["credential", "set", "vip", "--step-up", "off"]);
+    assert_ne!(r.code, 0);
+    let r = env.latchkey(&[
+        "credential",
+        "set",
+        "vip",
+        "--step-up",
+        "off",
+        "--passphrase-file",
+        &passphrase,
+    ]);
+    assert_eq!(r.code, 13, "{}", r.stderr);
+    assert!(r.stderr.contains("--totp"), "{}", r.stderr);
+    env.latchkey(&[
+        "credential",
+        "set",
+        "vip",
+        "--step-up",
+        "off",
+        "--totp-file",
+        &recovery_file(0),
+    ])
+    .success();
+    assert!(!env.token("vip").is_empty());
+
+    // Vault-wide changes need a code too once one is enrolled; panic never.
+    let r = env.latchkey(&["rekey", "--passphrase-file", &passphrase]);
+    assert_eq!(r.code, 13, "{}", r.stderr);
+    env.latchkey(&[
+        "rekey",
+        "--passphrase-file",
+        &passphrase,
+        "--totp-file",
+        &recovery_file(1),
+    ])
+    .success();
+    let new = env.write_secret_file("new", "a different passphrase for the test");
+    let r = env.latchkey(&[
+        "passphrase",
+        "change",
+        "--old-file",
+        &passphrase,
+        "--new-file",
+        new.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 13, "{}", r.stderr);
+    let audit = env.latchkey(&["audit", "--json"]).stdout;
+    assert!(audit.contains("step_up_confirmed"), "{audit}");
+    let r = env.latchkey(&["panic"]);
+    assert_eq!(r.code, 0, "panic needs no step-up: {}", r.stderr);
+}

@@ -9,6 +9,8 @@ use crate::exit;
 use crate::output::{self, Fields};
 use crate::secret::{self, Source};
 use anyhow::{Context, Result};
+use latchkey_client::duration;
+use latchkey_client::protocol::StepUp;
 use latchkey_client::protocol::{
     unix_now, Access, AuthMethod, CredentialAdd, CredentialAddParams, CredentialInfo,
     CredentialList, CredentialRemove, CredentialSet, CredentialSetParams, CredentialShow,
@@ -16,6 +18,7 @@ use latchkey_client::protocol::{
 };
 use secrecy::SecretString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -31,6 +34,9 @@ pub enum Command {
     /// (`latchkey app allow`) or the user's approval (`latchkey approve`).
     /// `--access open`: any program of yours gets tokens; switching to it
     /// needs the vault passphrase.
+    /// `--step-up totp|passphrase [--window 10m]`: tokens only within the
+    /// window after `latchkey confirm NAME`; `--step-up off`, a longer window
+    /// or the passphrase where a code was needed loosen it and need a proof.
     Set(SetArgs),
     /// Remove a credential and its tokens, revoking them at the provider first
     Remove(RemoveArgs),
@@ -55,14 +61,54 @@ impl From<AccessArg> for Access {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["access", "step_up"])))]
 pub struct SetArgs {
     /// The credential's name
     name: String,
     /// Who may use it
     #[arg(long, value_enum)]
-    access: AccessArg,
+    access: Option<AccessArg>,
+    /// Hand out tokens only after a recent confirmation (`latchkey confirm NAME`) with an authenticator code or the passphrase; off turns it off (needs a proof)
+    #[arg(long = "step-up", value_enum)]
+    step_up: Option<StepUpArg>,
+    /// How long a confirmation holds (e.g. 10m, 1h; at most 24h)
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration::parse_whole_secs, requires = "step_up")]
+    window: Duration,
     #[command(flatten)]
     proof: ProofArgs,
+}
+
+/// What confirms a step-up credential.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StepUpArg {
+    /// A code of the enrolled authenticator (`latchkey totp enroll`)
+    Totp,
+    /// The vault passphrase (or an authenticator code)
+    Passphrase,
+    /// No confirmation
+    Off,
+}
+
+impl StepUpArg {
+    fn with_window(self, window: Duration) -> StepUp {
+        let window_secs = window.as_secs();
+        match self {
+            StepUpArg::Totp => StepUp::Totp { window_secs },
+            StepUpArg::Passphrase => StepUp::Passphrase { window_secs },
+            StepUpArg::Off => StepUp::Off,
+        }
+    }
+}
+
+/// Whether going from `old` to `new` loosens a step-up (the daemon's rule,
+/// so that the CLI asks for a proof exactly when one is needed).
+fn loosens(old: StepUp, new: StepUp) -> bool {
+    let rank = |s: StepUp| match s {
+        StepUp::Off => 0,
+        StepUp::Passphrase { .. } => 1,
+        StepUp::Totp { .. } => 2,
+    };
+    rank(new) < rank(old) || (rank(new) == rank(old) && new.window_secs() > old.window_secs())
 }
 
 /// The grant, spelled as on the wire.
@@ -243,24 +289,45 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
 }
 
 fn set(ctx: &Ctx, args: SetArgs) -> Result<()> {
-    let access = Access::from(args.access);
+    let access = args.access.map(Access::from);
+    let step_up = args.step_up.map(|s| s.with_window(args.window));
     let mut conn = ctx.connect()?;
-    let proof = match access {
-        Access::Open => Some(args.proof.proof("to let every app use this credential")?),
-        Access::Ask => None,
+    let current = conn
+        .call::<CredentialShow>(&NameParams {
+            name: args.name.clone(),
+        })
+        .with_context(|| format!("failed to change credential '{}'", args.name))?;
+    let opens = access == Some(Access::Open) && current.access != Access::Open;
+    let loosens = step_up.is_some_and(|s| loosens(current.step_up, s));
+    let proof = if opens {
+        Some(args.proof.proof("to let every app use this credential")?)
+    } else if loosens {
+        Some(args.proof.proof("to loosen this credential's step-up")?)
+    } else {
+        None
     };
     let info = conn
         .call::<CredentialSet>(&CredentialSetParams {
             name: args.name.clone(),
-            access: Some(access),
+            access,
+            step_up,
             proof,
         })
         .with_context(|| format!("failed to change credential '{}'", args.name))?;
     ctx.done(format_args!(
-        "credential '{}': access {}",
+        "credential '{}': access {}, step-up {}",
         info.name,
-        info.access.as_str()
+        info.access.as_str(),
+        step_up_text(info.step_up)
     ))
+}
+
+/// `totp, 10m window`, `off`.
+fn step_up_text(step_up: StepUp) -> String {
+    match step_up {
+        StepUp::Off => "off".to_owned(),
+        s => format!("{} ({} window)", s.as_str(), output::span(s.window_secs())),
+    }
 }
 
 fn prompt_secret(name: &str, auth: AuthMethod) -> Result<SecretString> {
@@ -397,6 +464,16 @@ fn render(info: &CredentialInfo, now: i64) -> String {
             Access::Ask => "ask (apps need a rule or your approval: `latchkey app list`)",
         },
     );
+    if !info.step_up.is_off() {
+        let confirmed = match info.confirmed_until {
+            Some(until) => format!("; confirmed until {}", output::utc(until)),
+            None => format!("; not confirmed now: `latchkey confirm {}`", info.name),
+        };
+        f.add(
+            "step-up",
+            format!("{}{confirmed}", step_up_text(info.step_up)),
+        );
+    }
     f.add("state", state(info));
     if let Some(subject) = &info.subject {
         f.add("account", subject);
@@ -482,6 +559,8 @@ mod tests {
             granted_scopes: None,
             has_client_secret: true,
             access: Access::Ask,
+            step_up: StepUp::Off,
+            confirmed_until: None,
             state: CredentialState::Ready,
             tokens: vec![TokenSummary {
                 scope: "repo read:org".into(),
@@ -536,6 +615,8 @@ mod tests {
             granted_scopes: None,
             has_client_secret: false,
             access: Access::Open,
+            step_up: StepUp::Off,
+            confirmed_until: None,
             state,
             tokens: Vec::new(),
             subject: None,

@@ -7,6 +7,7 @@ use clap::Subcommand;
 mod app;
 mod approve;
 mod audit;
+mod confirm;
 mod credential;
 mod daemon;
 pub(crate) mod exec;
@@ -120,6 +121,14 @@ pub enum Command {
     /// row was edited, deleted, reordered or cut off. Both need the vault
     /// unlocked.
     Audit(audit::Args),
+    /// Confirm a step-up credential, so its tokens are handed out for a while
+    ///
+    /// For credentials set with `latchkey credential set NAME --step-up
+    /// totp|passphrase [--window 10m]`: asks for a code of your
+    /// authenticator (or reads --totp-file; the passphrase for `passphrase`
+    /// step-up), then tokens of NAME are handed out until the window ends.
+    /// Until then, callers get `step_up_required` (exit code 13).
+    Confirm(confirm::Args),
     /// Enroll an authenticator app whose codes prove it is you (--totp)
     ///
     /// Wherever a proof that a person asks is needed (allowing an app,
@@ -153,5 +162,6 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Daemon(command) => daemon::run(ctx, command),
         Command::Audit(args) => audit::run(ctx, args),
         Command::Totp(command) => totp::run(ctx, command),
+        Command::Confirm(args) => confirm::run(ctx, args),
     }
 }

@@ -23,6 +23,9 @@ pub struct ChangeArgs {
     /// Read the new passphrase from a file (one trailing newline is dropped)
     #[arg(long, value_name = "PATH")]
     new_file: Option<PathBuf>,
+    /// Once an authenticator is enrolled, a code of it is needed too (step-up)
+    #[command(flatten)]
+    totp: crate::args::TotpArgs,
 }
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
@@ -30,7 +33,8 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
     let mut conn = ctx.connect()?;
     let old = read(args.old_file, "current passphrase", false)?;
     let new = read(args.new_file, "new passphrase", true)?;
-    conn.call::<VaultChangePassphrase>(&ChangePassphraseParams { old, new })
+    let totp = args.totp.code("to change the passphrase")?;
+    conn.call::<VaultChangePassphrase>(&ChangePassphraseParams { old, new, totp })
         .context("failed to change the passphrase")?;
     ctx.done("passphrase changed")
 }

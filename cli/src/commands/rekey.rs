@@ -15,6 +15,9 @@ use latchkey_client::protocol::{RekeyParams, VaultRekey};
 pub struct Args {
     #[command(flatten)]
     passphrase: PassphraseArgs,
+    /// Once an authenticator is enrolled, a code of it is needed too (step-up)
+    #[command(flatten)]
+    totp: crate::args::TotpArgs,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
@@ -38,8 +41,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
             }
         }
     };
+    let totp = args.totp.code("to rekey the vault")?;
     let result = conn
-        .call::<VaultRekey>(&RekeyParams { passphrase })
+        .call::<VaultRekey>(&RekeyParams { passphrase, totp })
         .context("failed to rekey the vault")?;
     ctx.done(format_args!(
         "re-encrypted {} field{} under a new data key and rewrapped {} key slot{}",

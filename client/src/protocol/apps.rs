@@ -47,6 +47,51 @@ impl Proof {
     }
 }
 
+/// Whether a credential's tokens need a recent confirmation by the user
+/// (`latchkey confirm NAME`), and by what.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum StepUp {
+    /// No confirmation (the default).
+    #[default]
+    Off,
+    /// A code of the enrolled authenticator, at most `window_secs` ago.
+    Totp {
+        /// How long a confirmation holds.
+        window_secs: u64,
+    },
+    /// The vault passphrase (or an authenticator code), at most
+    /// `window_secs` ago.
+    Passphrase {
+        /// How long a confirmation holds.
+        window_secs: u64,
+    },
+}
+
+impl StepUp {
+    /// Whether no confirmation is needed.
+    pub fn is_off(&self) -> bool {
+        matches!(self, StepUp::Off)
+    }
+
+    /// How long a confirmation holds (0 when off).
+    pub fn window_secs(&self) -> u64 {
+        match self {
+            StepUp::Off => 0,
+            StepUp::Totp { window_secs } | StepUp::Passphrase { window_secs } => *window_secs,
+        }
+    }
+
+    /// `off`, `totp` or `passphrase`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepUp::Off => "off",
+            StepUp::Totp { .. } => "totp",
+            StepUp::Passphrase { .. } => "passphrase",
+        }
+    }
+}
+
 /// Parameters of `credential.set`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CredentialSetParams {
@@ -55,6 +100,10 @@ pub struct CredentialSetParams {
     /// Who may use it; switching to `open` needs `proof`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<super::Access>,
+    /// Step-up confirmation; turning it off or widening its window needs
+    /// `proof`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_up: Option<StepUp>,
     /// Proof of a human, for changes that widen access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<Proof>,

@@ -162,6 +162,12 @@ pub struct CredentialConfig {
     /// Who may use it; documents from before access rules are `open`.
     #[serde(default = "Access::legacy")]
     pub access: Access,
+    /// Whether tokens need a recent confirmation (`stepup.rs`).
+    #[serde(
+        default,
+        skip_serializing_if = "latchkey_client::protocol::StepUp::is_off"
+    )]
+    pub step_up: latchkey_client::protocol::StepUp,
 }
 
 #[derive(Debug, Clone)]
@@ -382,6 +388,7 @@ impl Vault {
                             scopes: Vec::new(),
                             redirect_uri: None,
                             access: Access::Ask,
+                            step_up: Default::default(),
                         },
                         id: row.id,
                         has_client_secret: row.client_secret.is_some(),
@@ -682,6 +689,7 @@ mod tests {
             scopes: vec!["read".into()],
             redirect_uri: None,
             access: Access::Open,
+            step_up: Default::default(),
         }
     }
 
