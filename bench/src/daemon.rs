@@ -352,6 +352,7 @@ pub async fn set_up_vault(socket: &Path, endpoint: &TokenEndpoint) -> Result<()>
             access: Some(latchkey_client::protocol::Access::Open),
             proof: Some(latchkey_client::protocol::Proof {
                 passphrase: Some(latchkey_client::secrecy::SecretString::from(PASSPHRASE)),
+                ..Default::default()
             }),
         })
         .await
@@ -423,6 +424,7 @@ pub async fn fill_vault(
                             passphrase: Some(latchkey_client::secrecy::SecretString::from(
                                 PASSPHRASE,
                             )),
+                            ..Default::default()
                         }),
                     })
                     .await

@@ -272,6 +272,7 @@ async fn add_and_log_in(
                 passphrase: Some(latchkey_client::secrecy::SecretString::from(
                     crate::daemon::PASSPHRASE,
                 )),
+                ..Default::default()
             }),
         })
         .await

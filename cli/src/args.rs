@@ -33,19 +33,30 @@ impl PassphraseArgs {
 
 /// A proof that a person asks, for what only a person should do (allow
 /// an app, open a credential to every app): the vault passphrase from the
-/// terminal, or from a file named here for scripted set-ups. Never from
-/// `$LATCHKEY_PASSPHRASE_FILE`, which unattended unlocks use: a program
-/// that can read that file could otherwise approve itself.
+/// terminal, or from a file named here for scripted set-ups, or polkit's
+/// authentication dialog (`--polkit`, where polkit runs and Latchkey's
+/// action is installed: the daemon asks polkit about this process). Never
+/// from `$LATCHKEY_PASSPHRASE_FILE`, which unattended unlocks use: a
+/// program that can read that file could otherwise approve itself.
 #[derive(clap::Args, Default)]
 pub struct ProofArgs {
     /// Prove a person asks with the vault passphrase in this file (scripted set-ups; else it is asked on the terminal)
     #[arg(long = "passphrase-file", value_name = "PATH")]
     pub passphrase_file: Option<PathBuf>,
+    /// Prove a person asks with the system's authentication dialog (polkit action dev.latchkey.approve) instead of the passphrase
+    #[arg(long, conflicts_with = "passphrase_file")]
+    pub polkit: bool,
 }
 
 impl ProofArgs {
     /// Reads the proof for `doing` ("to allow an app").
     pub fn proof(&self, doing: &str) -> anyhow::Result<latchkey_client::protocol::Proof> {
+        if self.polkit {
+            return Ok(latchkey_client::protocol::Proof {
+                polkit: true,
+                ..Default::default()
+            });
+        }
         let passphrase = match &self.passphrase_file {
             Some(path) => Source::File(path.clone()).read("passphrase")?,
             None if crate::secret::can_prompt() => {
@@ -53,12 +64,13 @@ impl ProofArgs {
             }
             None => {
                 return Err(crate::exit::usage(format!(
-                    "{doing} needs the vault passphrase as proof that a person asks, and there is no terminal to ask on: use --passphrase-file PATH"
+                    "{doing} needs the vault passphrase as proof that a person asks, and there is no terminal to ask on: use --passphrase-file PATH (or --polkit where polkit runs)"
                 )))
             }
         };
         Ok(latchkey_client::protocol::Proof {
             passphrase: Some(passphrase),
+            ..Default::default()
         })
     }
 }

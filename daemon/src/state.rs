@@ -432,7 +432,9 @@ impl Daemon {
 
     /// Checks a proof that a person asks (allowing an app, opening a
     /// credential to every app): the vault passphrase, which a same-user
-    /// program does not have. Wrong passphrases count against the unlock
+    /// program does not have, or polkit's word about the calling process
+    /// (`polkit.rs`: the system's authentication dialog, asked by the
+    /// daemon itself). Wrong passphrases count against the unlock
     /// limiter, so a proof is no cheaper to guess than an unlock. A
     /// connection that proved once needs no second proof (a script setting
     /// up many rules pays one key derivation, not one per rule).
@@ -446,9 +448,22 @@ impl Daemon {
             return Ok(());
         }
         let Some(passphrase) = proof.and_then(|p| p.passphrase.clone()) else {
+            if proof.is_some_and(|p| p.polkit) {
+                let proved = crate::polkit::prove(peer.pid, what).await;
+                match &proved {
+                    Ok(()) => peer.caller.set_proven(),
+                    Err(_) => self.audit.record(
+                        "proof_failed",
+                        None,
+                        Some(peer),
+                        Some(format!("{what} (polkit)")),
+                    ),
+                }
+                return proved;
+            }
             return Err(ApiError::new(
                 ErrorKind::Forbidden,
-                format!("{what} needs proof that a person asks: give the vault passphrase (at the terminal prompt, or with --passphrase-file FILE)"),
+                format!("{what} needs proof that a person asks: give the vault passphrase (at the terminal prompt, or with --passphrase-file FILE), or use --polkit where polkit runs"),
             ));
         };
         lock(&self.limiter).check(self.clock.now())?;
@@ -725,6 +740,7 @@ mod tests {
             keyring: crate::vault::keyring::BackendChoice::Auto,
             cli_path: None,
             approval_timeout: Duration::from_secs(60),
+            notify: false,
             audit_retention: crate::vault::Retention::DEFAULT,
             rate_limits: crate::ratelimit::RateLimits::OFF,
             clock: Clock::following_tokio(),

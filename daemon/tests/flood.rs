@@ -43,6 +43,7 @@ async fn add_browser_credential(d: &TestDaemon, c: &mut Client) {
         access: Some(latchkey_client::protocol::Access::Open),
         proof: Some(latchkey_client::protocol::Proof {
             passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
+            ..Default::default()
         }),
     };
     c.request::<CredentialAdd>(&credential)

@@ -27,6 +27,7 @@ async fn add_user(c: &mut Client, scopes: &[&str]) {
         access: Some(latchkey_client::protocol::Access::Open),
         proof: Some(latchkey_client::protocol::Proof {
             passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
+            ..Default::default()
         }),
     };
     c.request::<CredentialAdd>(&params)
@@ -116,6 +117,7 @@ async fn an_echoing_provider_never_gets_a_secret_into_an_error() {
         access: Some(latchkey_client::protocol::Access::Open),
         proof: Some(latchkey_client::protocol::Proof {
             passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
+            ..Default::default()
         }),
     };
     c.request::<CredentialAdd>(&params)

@@ -53,6 +53,7 @@ async fn add_credential(c: &mut Client, name: &str, provider: &str, device: bool
         access: Some(latchkey_client::protocol::Access::Open),
         proof: Some(latchkey_client::protocol::Proof {
             passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
+            ..Default::default()
         }),
     })
     .await

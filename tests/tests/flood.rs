@@ -109,6 +109,7 @@ fn a_flood_of_idle_connections_leaves_other_clients_served() {
         access: Some(latchkey_client::protocol::Access::Open),
         proof: Some(latchkey_client::protocol::Proof {
             passphrase: Some(secrecy::SecretString::from(latchkey_tests::env::PASSPHRASE)),
+            ..Default::default()
         }),
     })
     .expect("credential.add svc");

@@ -95,6 +95,7 @@ impl TestDaemon {
             keyring: keyring::BackendChoice::Auto,
             cli_path: None,
             approval_timeout: Duration::from_secs(60),
+            notify: false,
             audit_retention: latchkey_daemon::AuditRetention::DEFAULT,
             rate_limits: opts.rate_limits.unwrap_or(RateLimits::OFF),
             clock: Clock::following_tokio(),
@@ -206,6 +207,7 @@ pub async fn add_cc_credential(client: &mut Client, name: &str) {
         access: Some(latchkey_client::protocol::Access::Open),
         proof: Some(latchkey_client::protocol::Proof {
             passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
+            ..Default::default()
         }),
     };
     client
@@ -228,6 +230,7 @@ pub async fn add_device_credential(client: &mut Client, name: &str, client_id: &
         access: Some(latchkey_client::protocol::Access::Open),
         proof: Some(latchkey_client::protocol::Proof {
             passphrase: Some(secrecy::SecretString::from(PASSPHRASE)),
+            ..Default::default()
         }),
     };
     client
