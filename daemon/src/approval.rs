@@ -478,4 +478,61 @@ mod tests {
             Answer::Unanswered("the approver detached")
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_kept_only_for_a_notifier_once_a_minute_per_app() {
+        let a = Approvals::new(Duration::from_secs(60));
+        let refusal = |app: &str| Refusal {
+            app: app.into(),
+            credential: "gh".into(),
+            fix: "allow it".into(),
+        };
+        let x = ask("x").app;
+        a.refused(&x, "c1", refusal("x"));
+        a.want_refusals(true);
+        assert!(lock(&a.inner).refusals.is_empty(), "nobody wanted that one");
+        for _ in 0..5 {
+            a.refused(&x, "c1", refusal("x"));
+        }
+        a.refused(&ask("y").app, "c1", refusal("y"));
+        assert_eq!(a.next_refusal().await, refusal("x"));
+        assert_eq!(a.next_refusal().await, refusal("y"));
+        assert!(
+            lock(&a.inner).refusals.is_empty(),
+            "one notice for five calls"
+        );
+        tokio::time::advance(REFUSAL_EVERY).await;
+        a.refused(&x, "c1", refusal("x"));
+        assert_eq!(
+            a.next_refusal().await,
+            refusal("x"),
+            "a minute later, again"
+        );
+        // A flood of apps is bounded.
+        for n in 0..100 {
+            a.refused(&ask(&format!("app{n}")).app, "c1", refusal("z"));
+        }
+        assert_eq!(lock(&a.inner).refusals.len(), MAX_REFUSALS);
+        a.want_refusals(false);
+        assert!(lock(&a.inner).refusals.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_can_be_watched_until_it_ends() {
+        let a = Approvals::new(Duration::from_secs(60));
+        let _approver = a.attach(true);
+        let call = {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move { a.ask(ask("x"), none()).await })
+        };
+        let p = a.next(0, Duration::from_secs(5)).await.expect("a prompt");
+        let mut outcome = a.outcome(p.id).expect("open");
+        a.resolve(p.id, Answer::Denied, false).unwrap();
+        assert_eq!(
+            outcome.wait_for(Option::is_some).await.unwrap().clone(),
+            Some(Answer::Denied)
+        );
+        assert!(a.outcome(p.id).is_none(), "it ended");
+        assert_eq!(call.await.unwrap().unwrap(), Answer::Denied);
+    }
 }

@@ -34,6 +34,10 @@ const QUICK_TIMEOUT: Duration = Duration::from_secs(5);
 /// `AllowUserInteraction`: polkit may show its authentication dialog.
 const ALLOW_USER_INTERACTION: u32 = 1;
 
+/// One authentication dialog at a time: any same-user program may ask for
+/// a polkit proof, and must not be able to pile dialogs onto the screen.
+static DIALOG: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 #[zbus::proxy(
     interface = "org.freedesktop.PolicyKit1.Authority",
     default_service = "org.freedesktop.PolicyKit1",
@@ -135,6 +139,8 @@ pub enum Unavailable {
     Timeout(Duration),
     #[error("the process to ask about has exited")]
     NoProcess,
+    #[error("another polkit authentication for Latchkey waits for an answer: answer or dismiss it first")]
+    Busy,
 }
 
 /// Asks polkit whether `subject` may act [`ACTION_ID`]; with
@@ -152,10 +158,11 @@ pub async fn check(subject: Option<Subject>, interactive: bool) -> Result<Answer
         Ok(Err(e)) => return Err(Unavailable::NoPolkit(e.to_string())),
         Err(_) => return Err(Unavailable::Timeout(QUICK_TIMEOUT)),
     };
-    let (flags, wait) = if interactive {
-        (ALLOW_USER_INTERACTION, CHECK_TIMEOUT)
+    let (flags, wait, _dialog) = if interactive {
+        let dialog = DIALOG.try_acquire().map_err(|_| Unavailable::Busy)?;
+        (ALLOW_USER_INTERACTION, CHECK_TIMEOUT, Some(dialog))
     } else {
-        (0, QUICK_TIMEOUT)
+        (0, QUICK_TIMEOUT, None)
     };
     let cancellation_id = format!("latchkey-{:016x}", rand::random::<u64>());
     let wire = subject.wire();
@@ -253,6 +260,32 @@ mod tests {
         let me = Subject::this_process().expect("this process runs");
         assert_eq!(me.pid, std::process::id());
         assert!(me.start_time > 0);
+    }
+
+    #[test]
+    fn polkits_error_for_an_unknown_action_says_to_install_it() {
+        let reply = zbus::Message::method_call("/", "CheckAuthorization")
+            .unwrap()
+            .build(&())
+            .unwrap();
+        let error = |name: &str, detail: &str| {
+            zbus::Error::MethodError(
+                zbus::names::OwnedErrorName::try_from(name.to_owned()).unwrap(),
+                Some(detail.into()),
+                reply.clone(),
+            )
+        };
+        let unknown = refusal(&error(
+            "org.freedesktop.PolicyKit1.Error.Failed",
+            "Action dev.latchkey.approve is not registered",
+        ));
+        assert!(matches!(unknown, Unavailable::NotInstalled), "{unknown}");
+        assert!(unknown.to_string().contains(INSTALL_HINT));
+        let gone = refusal(&error(
+            "org.freedesktop.DBus.Error.ServiceUnknown",
+            "The name org.freedesktop.PolicyKit1 was not provided by any .service files",
+        ));
+        assert!(matches!(gone, Unavailable::NoPolkit(_)), "{gone}");
     }
 
     #[test]
