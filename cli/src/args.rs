@@ -34,20 +34,25 @@ impl PassphraseArgs {
 
 /// A proof that a person asks, for what only a person should do (allow
 /// an app, open a credential to every app): the vault passphrase from the
-/// terminal, or from a file named here for scripted set-ups. Never from
-/// `$LATCHKEY_PASSPHRASE_FILE`, which unattended unlocks use: a program
-/// that can read that file could otherwise approve itself.
-#[derive(clap::Args)]
+/// terminal, or from a file named here for scripted set-ups, or polkit's
+/// authentication dialog (`--polkit`, where polkit runs and Latchkey's
+/// action is installed: the daemon asks polkit about this process). Never
+/// from `$LATCHKEY_PASSPHRASE_FILE`, which unattended unlocks use: a
+/// program that can read that file could otherwise approve itself.
+#[derive(clap::Args, Default)]
 pub struct ProofArgs {
     /// Prove a person asks with the vault passphrase in this file (scripted set-ups; else it is asked on the terminal)
     #[arg(long = "passphrase-file", value_name = "PATH", conflicts_with_all = ["totp", "totp_file"])]
     pub passphrase_file: Option<PathBuf>,
+    /// Prove a person asks with the system's authentication dialog (polkit action dev.latchkey.approve) instead of the passphrase
+    #[arg(long, conflicts_with_all = ["passphrase_file", "totp", "totp_file"])]
+    pub polkit: bool,
     #[command(flatten)]
     pub totp: TotpArgs,
 }
 
 /// An authenticator code, for proofs and step-up.
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct TotpArgs {
     /// Prove it with a code of your authenticator app (or a recovery code), asked on the terminal
     #[arg(long, conflicts_with = "totp_file")]
@@ -85,6 +90,9 @@ impl ProofArgs {
     /// Reads the proof for `doing` ("to allow an app").
     pub fn proof(&self, doing: &str) -> anyhow::Result<latchkey_client::protocol::Proof> {
         use latchkey_client::protocol::Proof;
+        if self.polkit {
+            return Ok(Proof::polkit());
+        }
         if let Some(code) = self.totp.code(doing)? {
             return Ok(Proof::totp(code));
         }
@@ -95,7 +103,7 @@ impl ProofArgs {
             }
             None => {
                 return Err(crate::exit::usage(format!(
-                    "{doing} needs proof that a person asks (the vault passphrase, or an authenticator code), and there is no terminal to ask on: use --passphrase-file PATH or --totp-file PATH"
+                    "{doing} needs proof that a person asks (the vault passphrase, or an authenticator code), and there is no terminal to ask on: use --passphrase-file PATH or --totp-file PATH (or --polkit where polkit runs)"
                 )))
             }
         };

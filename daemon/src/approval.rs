@@ -7,11 +7,16 @@
 //! attached, a call fails at once. Decisions that are not stored rules —
 //! once, this terminal session — live here too; stored rules are the
 //! caller's (`apps.rs`) to write before it resolves the prompt.
+//!
+//! Calls refused because nobody could be asked are kept as [`Refusal`]s
+//! (bounded, one per app and credential a minute) while a desktop notifier
+//! (`notify.rs`) wants them, so it can say which command allows the app.
 
 use crate::error::ApiError;
 use crate::identity::{AppId, TermSession};
 use crate::sync::lock;
 use latchkey_client::protocol::{AppInfo, ErrorKind, PendingApproval};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -22,6 +27,14 @@ use tokio::time::Instant;
 const MAX_PENDING: usize = 256;
 /// Session grants kept at most (oldest dropped first).
 const MAX_GRANTS: usize = 1024;
+/// Refusals waiting for the notifier at most: it shows them one by one; a
+/// flood beyond this is dropped, not queued.
+const MAX_REFUSALS: usize = 16;
+/// One refusal notice per app and credential this often at most: an app
+/// retrying in a loop must not flood the desktop.
+const REFUSAL_EVERY: Duration = Duration::from_secs(60);
+/// (app, credential) pairs remembered for [`REFUSAL_EVERY`] at most.
+const MAX_REFUSALS_REMEMBERED: usize = 256;
 
 /// How a prompt ended, as its waiters see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,18 +76,36 @@ struct Grant {
     scopes: Vec<String>,
 }
 
+/// A call refused at once because nobody could be asked, as a notice for
+/// the user: who, which credential, and the command that allows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The app as people read it (`AppId::label`).
+    pub app: String,
+    pub credential: String,
+    /// What allows it (`apps.rs`'s `how_to_allow`).
+    pub fix: String,
+}
+
 #[derive(Default)]
 struct Inner {
     approvers: usize,
     next_id: u64,
     pending: Vec<Pending>,
     grants: Vec<Grant>,
+    /// Whether a notifier takes refusals; none are kept otherwise.
+    refusals_wanted: bool,
+    refusals: VecDeque<Refusal>,
+    /// When each (app key, credential id) was last noticed.
+    noticed: HashMap<(String, String), Instant>,
 }
 
 pub struct Approvals {
     inner: Mutex<Inner>,
     /// Woken when a prompt opens, for approvers waiting in `next`.
     opened: Notify,
+    /// Woken when a refusal is kept, for the notifier.
+    refused: Notify,
     /// How long a call waits for a decision.
     timeout: Duration,
 }
@@ -105,6 +136,7 @@ impl Approvals {
         Arc::new(Approvals {
             inner: Mutex::new(Inner::default()),
             opened: Notify::new(),
+            refused: Notify::new(),
             timeout,
         })
     }
@@ -279,6 +311,66 @@ impl Approvals {
         Ok(())
     }
 
+    /// How prompt `id` ends, to watch while it is open; `None` once it ended.
+    pub fn outcome(&self, id: u64) -> Option<watch::Receiver<Option<Answer>>> {
+        let inner = lock(&self.inner);
+        let p = inner.pending.iter().find(|p| p.id == id)?;
+        Some(p.outcome.subscribe())
+    }
+
+    /// Starts or stops keeping refusals (a notifier attached or left).
+    pub fn want_refusals(&self, wanted: bool) {
+        let mut inner = lock(&self.inner);
+        inner.refusals_wanted = wanted;
+        if !wanted {
+            inner.refusals.clear();
+        }
+    }
+
+    /// Keeps a refusal of `app` (by its key) using `credential_id` for the
+    /// notifier, unless nobody wants it, the same pair was noticed within
+    /// [`REFUSAL_EVERY`], or [`MAX_REFUSALS`] wait already.
+    pub fn refused(&self, app: &AppId, credential_id: &str, refusal: Refusal) {
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        if !inner.refusals_wanted || inner.refusals.len() >= MAX_REFUSALS {
+            return;
+        }
+        let key = (app.key(), credential_id.to_owned());
+        if inner
+            .noticed
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < REFUSAL_EVERY)
+        {
+            return;
+        }
+        if inner.noticed.len() >= MAX_REFUSALS_REMEMBERED {
+            inner
+                .noticed
+                .retain(|_, at| now.duration_since(*at) < REFUSAL_EVERY);
+            if inner.noticed.len() >= MAX_REFUSALS_REMEMBERED {
+                return;
+            }
+        }
+        inner.noticed.insert(key, now);
+        inner.refusals.push_back(refusal);
+        drop(inner);
+        self.refused.notify_one();
+    }
+
+    /// The next refusal kept, waiting for one.
+    pub async fn next_refusal(&self) -> Refusal {
+        loop {
+            let kept = self.refused.notified();
+            tokio::pin!(kept);
+            kept.as_mut().enable();
+            if let Some(r) = lock(&self.inner).refusals.pop_front() {
+                return r;
+            }
+            kept.await;
+        }
+    }
+
     /// Forgets session grants for a credential (removed) or for everything
     /// (the vault locked).
     pub fn forget(&self, credential_id: Option<&str>) {
@@ -385,5 +477,62 @@ mod tests {
             waiting.await.unwrap().unwrap(),
             Answer::Unanswered("the approver detached")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_kept_only_for_a_notifier_once_a_minute_per_app() {
+        let a = Approvals::new(Duration::from_secs(60));
+        let refusal = |app: &str| Refusal {
+            app: app.into(),
+            credential: "gh".into(),
+            fix: "allow it".into(),
+        };
+        let x = ask("x").app;
+        a.refused(&x, "c1", refusal("x"));
+        a.want_refusals(true);
+        assert!(lock(&a.inner).refusals.is_empty(), "nobody wanted that one");
+        for _ in 0..5 {
+            a.refused(&x, "c1", refusal("x"));
+        }
+        a.refused(&ask("y").app, "c1", refusal("y"));
+        assert_eq!(a.next_refusal().await, refusal("x"));
+        assert_eq!(a.next_refusal().await, refusal("y"));
+        assert!(
+            lock(&a.inner).refusals.is_empty(),
+            "one notice for five calls"
+        );
+        tokio::time::advance(REFUSAL_EVERY).await;
+        a.refused(&x, "c1", refusal("x"));
+        assert_eq!(
+            a.next_refusal().await,
+            refusal("x"),
+            "a minute later, again"
+        );
+        // A flood of apps is bounded.
+        for n in 0..100 {
+            a.refused(&ask(&format!("app{n}")).app, "c1", refusal("z"));
+        }
+        assert_eq!(lock(&a.inner).refusals.len(), MAX_REFUSALS);
+        a.want_refusals(false);
+        assert!(lock(&a.inner).refusals.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_can_be_watched_until_it_ends() {
+        let a = Approvals::new(Duration::from_secs(60));
+        let _approver = a.attach(true);
+        let call = {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move { a.ask(ask("x"), none()).await })
+        };
+        let p = a.next(0, Duration::from_secs(5)).await.expect("a prompt");
+        let mut outcome = a.outcome(p.id).expect("open");
+        a.resolve(p.id, Answer::Denied, false).unwrap();
+        assert_eq!(
+            outcome.wait_for(Option::is_some).await.unwrap().clone(),
+            Some(Answer::Denied)
+        );
+        assert!(a.outcome(p.id).is_none(), "it ended");
+        assert_eq!(call.await.unwrap().unwrap(), Answer::Denied);
     }
 }

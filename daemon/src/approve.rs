@@ -91,64 +91,80 @@ impl Handler for ApprovalDecide {
         params: DecideParams,
     ) -> Result<Empty, ApiError> {
         let can_allow = approver(&peer)?.can_allow;
-        let (app, credential_id, credential, scopes) = daemon.approvals.asked(params.id)?;
-        let decision = params.decision;
-        if decision != Decision::Deny && !can_allow {
+        if params.decision != Decision::Deny && !can_allow {
             return Err(ApiError::new(
                 ErrorKind::Forbidden,
-                "allowing needs proof that a person decides: attach with the vault passphrase (`latchkey approve` asks for it)",
+                "allowing needs proof that a person decides: attach with the vault passphrase (`latchkey approve` asks for it) or with polkit (`latchkey approve --polkit`)",
             ));
         }
-        let stored_as = |app: &AppId| match app {
-            AppId::Exe { path, sha256 } => Some(RuleApp::Exe {
-                path: path.clone(),
-                sha256: hex::encode(sha256),
-            }),
-            AppId::Key { name } => Some(RuleApp::Key { name: name.clone() }),
-            AppId::Unknown { .. } => None,
-        };
-        let now = daemon.clock.now();
-        let expires_at = match decision {
-            Decision::Always => Some(None),
-            Decision::Hours { hours } if (1..=MAX_HOURS).contains(&hours) => {
-                Some(Some(now + hours as i64 * 3600))
-            }
-            Decision::Hours { .. } => {
-                return Err(ApiError::invalid_params(format!(
-                    "hours must be 1 to {MAX_HOURS}"
-                )))
-            }
-            _ => None,
-        };
-        if let Some(expires_at) = expires_at {
-            let Some(rule_app) = stored_as(&app) else {
-                return Err(ApiError::invalid_params(
-                    "an unidentified program cannot get a stored rule: allow it once, or give it an app key",
-                ));
-            };
-            let session = daemon.session()?;
-            let rule = Rule::new(
-                rule_app,
-                &credential_id,
-                RuleEffect::Allow,
-                Some(scopes.clone()),
-                expires_at,
-                now,
-            );
-            store_rule(daemon, &session, &peer, rule).await?;
-        }
-        let (answer, for_session) = match decision {
-            Decision::Deny => (Answer::Denied, false),
-            Decision::Session => (Answer::Allowed(scopes), true),
-            _ => (Answer::Allowed(scopes), false),
-        };
-        daemon.approvals.resolve(params.id, answer, for_session)?;
-        daemon.audit.record(
-            "approval_decided",
-            Some(&credential),
-            Some(&peer),
-            Some(format!("{} for {}", decision.describe(), app.label())),
-        );
+        decide(daemon, Some(&peer), params.id, params.decision, None).await?;
         Ok(Empty {})
     }
+}
+
+/// Carries out `decision` on prompt `id`; whoever decides was checked
+/// already (allowing needs a proof, denying none). An hours or always
+/// decision is stored as a rule first, then the prompt is resolved and the
+/// decision recorded. `peer` decided; `None` with `via` naming how (a
+/// desktop notification).
+pub(crate) async fn decide(
+    daemon: &Arc<Daemon>,
+    peer: Option<&Peer>,
+    id: u64,
+    decision: Decision,
+    via: Option<&str>,
+) -> Result<(), ApiError> {
+    let (app, credential_id, credential, scopes) = daemon.approvals.asked(id)?;
+    let stored_as = |app: &AppId| match app {
+        AppId::Exe { path, sha256 } => Some(RuleApp::Exe {
+            path: path.clone(),
+            sha256: hex::encode(sha256),
+        }),
+        AppId::Key { name } => Some(RuleApp::Key { name: name.clone() }),
+        AppId::Unknown { .. } => None,
+    };
+    let now = daemon.clock.now();
+    let expires_at = match decision {
+        Decision::Always => Some(None),
+        Decision::Hours { hours } if (1..=MAX_HOURS).contains(&hours) => {
+            Some(Some(now + hours as i64 * 3600))
+        }
+        Decision::Hours { .. } => {
+            return Err(ApiError::invalid_params(format!(
+                "hours must be 1 to {MAX_HOURS}"
+            )))
+        }
+        _ => None,
+    };
+    if let Some(expires_at) = expires_at {
+        let Some(rule_app) = stored_as(&app) else {
+            return Err(ApiError::invalid_params(
+                "an unidentified program cannot get a stored rule: allow it once, or give it an app key",
+            ));
+        };
+        let session = daemon.session()?;
+        let rule = Rule::new(
+            rule_app,
+            &credential_id,
+            RuleEffect::Allow,
+            Some(scopes.clone()),
+            expires_at,
+            now,
+        );
+        store_rule(daemon, &session, peer, rule).await?;
+    }
+    let (answer, for_session) = match decision {
+        Decision::Deny => (Answer::Denied, false),
+        Decision::Session => (Answer::Allowed(scopes), true),
+        _ => (Answer::Allowed(scopes), false),
+    };
+    daemon.approvals.resolve(id, answer, for_session)?;
+    let via = via.map(|v| format!(" ({v})")).unwrap_or_default();
+    daemon.audit.record(
+        "approval_decided",
+        Some(&credential),
+        peer,
+        Some(format!("{} for {}{via}", decision.describe(), app.label())),
+    );
+    Ok(())
 }

@@ -8,7 +8,7 @@
 //! counts only from an approver that attached with a proof. Denying and
 //! removing need none.
 
-use crate::approval::{Answer, Ask};
+use crate::approval::{Answer, Ask, Refusal};
 use crate::error::ApiError;
 use crate::handler::Handler;
 use crate::identity::{AppId, KeyState, Peer};
@@ -92,7 +92,18 @@ pub async fn authorize(
         Err(e)
     };
     match daemon.approvals.ask(ask, no_approver).await {
-        Err(e) => refused(e, "no approver"),
+        Err(e) => {
+            daemon.approvals.refused(
+                app,
+                &credential.id,
+                Refusal {
+                    app: app.label(),
+                    credential: name.clone(),
+                    fix: how_to_allow(app, name),
+                },
+            );
+            refused(e, "no approver")
+        }
         Ok(Answer::Allowed(allowed)) if scopes.iter().all(|s| allowed.contains(s)) => Ok(()),
         Ok(Answer::Allowed(allowed)) => refused(
             ApiError::new(
@@ -367,11 +378,12 @@ async fn named_app(
     .map_err(ApiError::internal)?
 }
 
-/// Stores a rule for (app, credential), replacing the one it had.
+/// Stores a rule for (app, credential), replacing the one it had; `peer`
+/// asked for it (`None`: a desktop notification's click).
 pub(crate) async fn store_rule(
     daemon: &Arc<Daemon>,
     session: &Session,
-    peer: &Peer,
+    peer: Option<&Peer>,
     rule: Rule,
 ) -> Result<RuleInfo, ApiError> {
     let same = |r: &Rule| r.credential_id == rule.credential_id && same_app(&r.app, &rule.app);
@@ -399,7 +411,7 @@ pub(crate) async fn store_rule(
     daemon.audit.record(
         "rule_added",
         Some(&info.credential),
-        Some(peer),
+        peer,
         Some(format!(
             "{} {} scopes={} expires_at={}",
             match info.effect {
@@ -472,7 +484,7 @@ impl Handler for AppAllow {
             expires_at,
             now,
         );
-        store_rule(daemon, &session, &peer, rule).await
+        store_rule(daemon, &session, Some(&peer), rule).await
     }
 }
 
@@ -489,7 +501,7 @@ impl Handler for AppDeny {
         let app = named_app(daemon, &session, &params.app).await?;
         let now = daemon.clock.now();
         let rule = Rule::new(app, &credential.id, RuleEffect::Deny, None, None, now);
-        store_rule(daemon, &session, &peer, rule).await
+        store_rule(daemon, &session, Some(&peer), rule).await
     }
 }
 

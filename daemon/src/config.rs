@@ -32,6 +32,10 @@ pub struct Config {
     pub cli_path: Option<PathBuf>,
     /// How long a call for an `ask` credential waits for the user's decision.
     pub approval_timeout: Duration,
+    /// Show prompts (and refusals) as desktop notifications where the
+    /// session bus has a notification service (`notify.rs`); `false`
+    /// (`--notify never`) never touches the session bus.
+    pub notify: bool,
     /// How long the audit log keeps rows (by age and count).
     pub audit_retention: Retention,
     /// Calls per app, provider requests per app, login starts per

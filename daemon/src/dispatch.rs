@@ -366,6 +366,7 @@ mod tests {
             keyring: BackendChoice::Auto,
             cli_path: None,
             approval_timeout: std::time::Duration::from_secs(60),
+            notify: false,
             audit_retention: crate::vault::Retention::DEFAULT,
             rate_limits: crate::ratelimit::RateLimits::DEFAULT,
             clock: Clock::Wall,

@@ -31,8 +31,10 @@ mod lifecycle;
 pub mod lockfile;
 mod login;
 mod manage;
+mod notify;
 mod oauth;
 mod policy;
+mod polkit;
 mod ratelimit;
 mod revoke;
 mod server;
@@ -70,8 +72,15 @@ pub async fn run(
     let daemon = Daemon::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     lifecycle::unlock_unattended(&daemon).await;
     let ticker = tokio::spawn(tick(Arc::clone(&daemon)));
+    let notifier = daemon
+        .config
+        .notify
+        .then(|| tokio::spawn(notify::run(Arc::clone(&daemon))));
     server::serve(Arc::clone(&daemon), listener, shutdown, frame_timeout).await;
     ticker.abort();
+    if let Some(notifier) = notifier {
+        notifier.abort();
+    }
     lifecycle::lock(&daemon, "shutdown").await;
     // Give the audit writer a moment to flush the last rows.
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -44,6 +44,9 @@ struct Args {
     /// How long a call for an `ask` credential waits for the user's decision
     #[arg(long, env = "LATCHKEY_APPROVAL_TIMEOUT", value_parser = duration::parse_whole_secs, default_value = "60s")]
     approval_timeout: Duration,
+    /// Desktop notifications for apps waiting for a decision: auto (where the session bus has a notification service) or never
+    #[arg(long, env = "LATCHKEY_NOTIFY", value_enum, default_value = "auto")]
+    notify: Notify,
     /// Delete audit rows older than this (whole seconds or 30d, 400d, ...; at least 1d)
     #[arg(long, env = "LATCHKEY_AUDIT_MAX_AGE", value_parser = audit_max_age, default_value = "400d")]
     audit_max_age: Duration,
@@ -59,6 +62,15 @@ struct Args {
     /// Login starts each credential may have, whoever asks, or off
     #[arg(long, env = "LATCHKEY_LOGIN_RATE_LIMIT", value_parser = limit, default_value = "5/m")]
     login_rate_limit: Limit,
+}
+
+/// `--notify`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Notify {
+    /// Where the session bus has a notification service with actions.
+    Auto,
+    /// Never; the session bus is not touched.
+    Never,
 }
 
 /// One day: a shorter log could not hold what happened since yesterday.
@@ -140,6 +152,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         keyring: keyring::BackendChoice::from_env()?,
         cli_path: cli_beside_us(),
         approval_timeout: args.approval_timeout,
+        notify: args.notify == Notify::Auto,
         audit_retention: AuditRetention {
             max_age_secs: args.audit_max_age.as_secs(),
             max_rows: args.audit_max_rows,

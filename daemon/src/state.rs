@@ -484,7 +484,8 @@ impl Daemon {
     /// authenticator that was not used before (or one of its recovery
     /// codes) — things a same-user program does not have. Once an
     /// authenticator is enrolled, a code is required (the step-up of
-    /// sensitive changes); `Need::Code` requires one in any case. Wrong
+    /// sensitive changes); `Need::Code` requires one in any case. Without
+    /// either, polkit's yes proves a person (`Need::Person` only). Wrong
     /// answers of either kind count against the unlock limiter, so a proof
     /// is no cheaper to guess than an unlock, and are audited.
     pub(crate) async fn check_proof(
@@ -509,9 +510,23 @@ impl Daemon {
             ));
         }
         if proof.passphrase.is_none() && proof.totp.is_none() {
+            // polkit's word about the calling process (`polkit.rs`: the
+            // system's authentication dialog, asked by the daemon itself).
+            if proof.polkit && need == Need::Person {
+                let proved = crate::polkit::prove(peer.pid, what).await;
+                if proved.is_err() {
+                    self.audit.record(
+                        "proof_failed",
+                        None,
+                        Some(peer),
+                        Some(format!("{what} (polkit)")),
+                    );
+                }
+                return proved;
+            }
             return Err(ApiError::new(
                 ErrorKind::Forbidden,
-                format!("{what} needs proof that a person asks: give the vault passphrase (at the terminal prompt, or with --passphrase-file FILE) or a code of your authenticator (--totp)"),
+                format!("{what} needs proof that a person asks: give the vault passphrase (at the terminal prompt, or with --passphrase-file FILE), a code of your authenticator (--totp), or use --polkit where polkit runs"),
             ));
         }
         lock(&self.limiter).check(self.clock.now())?;
@@ -808,6 +823,7 @@ mod tests {
             keyring: crate::vault::keyring::BackendChoice::Auto,
             cli_path: None,
             approval_timeout: Duration::from_secs(60),
+            notify: false,
             audit_retention: crate::vault::Retention::DEFAULT,
             rate_limits: crate::ratelimit::RateLimits::OFF,
             clock: Clock::following_tokio(),

@@ -18,6 +18,7 @@ const VERBS: &[&str] = &[
     "audit_log",
     "apps",
     "approve",
+    "notify",
 ];
 
 /// Each top-level module's source (a directory module's files joined),

@@ -112,6 +112,10 @@ impl Cli<'_> {
             .clone()
             .unwrap_or_else(|| self.env.bin("latchkey"));
         let mut cmd = Command::new(&program);
+        if let Some((uid, gid)) = self.env.user() {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
         cmd.args(&self.args)
             .env_clear()
             .envs(&vars)

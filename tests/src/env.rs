@@ -52,6 +52,9 @@ pub struct TestEnv {
     pub(crate) started: Mutex<u32>,
     /// Every CLI run, in order.
     pub(crate) transcript: Mutex<Vec<CliResult>>,
+    /// The uid and gid every daemon and CLI run gets ([`TestEnv::run_as`]);
+    /// `None`: the test's own.
+    user: Mutex<Option<(u32, u32)>>,
 }
 
 impl TestEnv {
@@ -101,6 +104,7 @@ impl TestEnv {
             daemons: Mutex::new(Vec::new()),
             started: Mutex::new(0),
             transcript: Mutex::new(Vec::new()),
+            user: Mutex::new(None),
         };
         env.write_secret_file("passphrase", PASSPHRASE);
         env
@@ -137,7 +141,46 @@ impl TestEnv {
         let path = self.root.join(name);
         std::fs::write(&path, content).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = self.user() {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        }
         path
+    }
+
+    /// Runs every later daemon, CLI run and program of this env as `uid`
+    /// and `gid` (a test running as root that needs an ordinary user: polkit
+    /// authorizes root for everything), and gives them the env's files.
+    pub fn run_as(&self, uid: u32, gid: u32) {
+        fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+                .unwrap_or_else(|e| panic!("cannot chown {}: {e}", path.display()));
+            if path.is_dir() && !path.is_symlink() {
+                for entry in std::fs::read_dir(path).unwrap() {
+                    chown_tree(&entry.unwrap().path(), uid, gid);
+                }
+            }
+        }
+        chown_tree(&self.root, uid, gid);
+        *self.user.lock().unwrap() = Some((uid, gid));
+    }
+
+    /// The uid and gid set by [`TestEnv::run_as`].
+    pub fn user(&self) -> Option<(u32, u32)> {
+        *self.user.lock().unwrap()
+    }
+
+    /// A command for `program` in the env's clean environment, in its
+    /// root, as its user.
+    pub fn command(&self, program: &std::path::Path) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(program);
+        cmd.env_clear()
+            .envs(&*self.vars.lock().unwrap())
+            .current_dir(&self.root);
+        if let Some((uid, gid)) = self.user() {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
     }
 
     /// The file holding [`PASSPHRASE`].

@@ -1,7 +1,8 @@
 //! `latchkey approve`: answer apps that ask for a credential with access
 //! `ask`. It asks for the vault passphrase once, when it attaches (any
 //! program of the user can run this command; only a person knows the
-//! passphrase), then shows each waiting app — path, hash prefix, the
+//! passphrase), or with `--polkit` the daemon asks polkit (the system's
+//! authentication dialog) about this process instead; then it shows each waiting app — path, hash prefix, the
 //! programs that started it, unit, session, the credential and scopes —
 //! and reads the answer from standard input, so it can be driven by a
 //! script as well as typed.
@@ -23,7 +24,7 @@ pub struct Args {
     #[command(flatten)]
     proof: ProofArgs,
     /// Attach without a proof: apps can then only be denied
-    #[arg(long, conflicts_with_all = ["passphrase_file", "totp", "totp_file"])]
+    #[arg(long, conflicts_with_all = ["passphrase_file", "totp", "totp_file", "polkit"])]
     deny_only: bool,
     /// Stop after answering this many prompts
     #[arg(long, value_name = "N")]
@@ -35,15 +36,16 @@ const NEXT_WAIT_SECS: u64 = 25;
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
     let mut conn = ctx.connect()?;
-    conn.set_timeout(Duration::from_secs(NEXT_WAIT_SECS + 30))?;
     let proof = if args.deny_only {
         None
     } else {
         Some(args.proof.proof("to approve apps")?)
     };
+    // With the default timeout: polkit's dialog waits for a person.
     let attached = conn
         .call::<ApprovalAttach>(&AttachParams { proof })
         .context("failed to attach as an approver")?;
+    conn.set_timeout(Duration::from_secs(NEXT_WAIT_SECS + 30))?;
     ctx.info(if attached.can_allow {
         "waiting for apps that ask for a credential (Ctrl-C to stop)"
     } else {

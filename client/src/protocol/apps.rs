@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 /// Something a same-user program does not have: what allowing an app, or
 /// opening a credential to every app, must carry. (Any program of the
-/// user can send the request; only a person knows the passphrase.)
+/// user can send the request; only a person knows the passphrase, or can
+/// answer the system's authentication dialog.) The daemon checks the
+/// first one given, in this order.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Proof {
@@ -27,6 +29,12 @@ pub struct Proof {
         skip_serializing_if = "Option::is_none"
     )]
     pub totp: Option<SecretString>,
+    /// Ask polkit instead: the daemon itself asks the system's
+    /// authorization service whether the calling process may act
+    /// `dev.latchkey.approve` (the authentication dialog, where one
+    /// runs); the client's word is never taken for its answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub polkit: bool,
 }
 
 impl Proof {
@@ -34,6 +42,15 @@ impl Proof {
     pub fn passphrase(passphrase: SecretString) -> Proof {
         Proof {
             passphrase: Some(passphrase),
+            ..Proof::default()
+        }
+    }
+
+    /// A proof by polkit: the daemon asks the system's authorization
+    /// service about the calling process.
+    pub fn polkit() -> Proof {
+        Proof {
+            polkit: true,
             ..Proof::default()
         }
     }

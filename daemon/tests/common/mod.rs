@@ -95,6 +95,7 @@ impl TestDaemon {
             keyring: keyring::BackendChoice::Auto,
             cli_path: None,
             approval_timeout: Duration::from_secs(60),
+            notify: false,
             audit_retention: latchkey_daemon::AuditRetention::DEFAULT,
             rate_limits: opts.rate_limits.unwrap_or(RateLimits::OFF),
             clock: Clock::following_tokio(),
