@@ -16,12 +16,13 @@ use crate::identity::Resolver;
 use crate::oauth::http::Http;
 use crate::ratelimit::Limits;
 use crate::sync::{lock, read, write};
+use crate::vault::totp::Checked;
 use crate::vault::{
     AuditEvent, Catalog, Credential, Grant, Keys, LimiterState, Provider, SlotKeks, Vault,
     VaultError,
 };
 use latchkey_client::protocol::{CredentialState, ErrorKind, GrantType, LoginResult, Proof};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -101,7 +102,7 @@ pub struct Session {
     /// that is not committed is lost.
     commits: watch::Sender<Commits>,
     /// An authenticator being enrolled (`totp.rs`): gone at lock.
-    pub(crate) enrolling: Mutex<Option<crate::totp::Enrolling>>,
+    pub(crate) enrolling: Mutex<Option<Enrolling>>,
     /// Step-up credentials confirmed, by credential id: until when
     /// (`stepup.rs`). Memory only: a lock ends every confirmation.
     pub(crate) confirmed: Mutex<HashMap<String, i64>>,
@@ -551,9 +552,7 @@ impl Daemon {
                     e
                 }
             })?;
-            if let crate::totp::CodeCheck::Failed(e) =
-                crate::totp::check_code(self, &session, &code, peer).await?
-            {
+            if let CodeCheck::Failed(e) = self.check_code(&session, &code, peer).await? {
                 failed = Some(e);
             }
         }
@@ -580,6 +579,81 @@ impl Daemon {
 
     pub(crate) fn logins(&self) -> MutexGuard<'_, HashMap<String, LoginEntry>> {
         lock(&self.logins)
+    }
+}
+
+/// An enrollment between `totp.enroll` and `totp.confirm`: one at a time,
+/// bound to the connection that started it, gone at lock.
+pub struct Enrolling {
+    pub caller: std::sync::Weak<crate::identity::Caller>,
+    pub auth: crate::vault::totp::Authenticator,
+    pub deadline: i64,
+}
+
+/// What a presented code proved.
+enum CodeCheck {
+    Proved,
+    /// Wrong, or replayed: counts against the unlock limiter.
+    Failed(ApiError),
+}
+
+/// Checks `code` against the enrolled authenticator, recording its use (a
+/// code's step, a recovery code) in the same vault write. Errors that are
+/// not the person's (locked, nothing enrolled) are returned as `Err`.
+impl Daemon {
+    async fn check_code(
+        &self,
+        session: &Session,
+        code: &SecretString,
+        peer: &Peer,
+    ) -> Result<CodeCheck, ApiError> {
+        let daemon = self;
+        let code = code.clone();
+        let now = daemon.clock.now();
+        let checked = session
+            .with_vault(move |keys, vault| {
+                let Some(mut auth) = vault.load_authenticator(keys)? else {
+                    return Ok(None);
+                };
+                let checked = auth.check(code.expose_secret(), now);
+                if matches!(checked, Checked::Code | Checked::Recovery { .. }) {
+                    vault.put_authenticator(keys, &auth)?;
+                }
+                Ok(Some(checked))
+            })
+            .await?;
+        Ok(match checked {
+        None => {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                "no authenticator is enrolled: give the vault passphrase instead, or enroll one with `latchkey totp enroll`",
+            ))
+        }
+        Some(Checked::Code) => CodeCheck::Proved,
+        Some(Checked::Recovery { left }) => {
+            daemon.audit.record(
+                "recovery_code_used",
+                None,
+                Some(peer),
+                Some(format!("{left} left")),
+            );
+            if left <= 2 {
+                tracing::warn!(
+                    left,
+                    "few recovery codes are left: `latchkey totp enroll` makes new ones"
+                );
+            }
+            CodeCheck::Proved
+        }
+        Some(Checked::Reused) => CodeCheck::Failed(ApiError::new(
+            ErrorKind::WrongPassphrase,
+            "that authenticator code was used already: wait for the next one",
+        )),
+        Some(Checked::Wrong) => CodeCheck::Failed(ApiError::new(
+            ErrorKind::WrongPassphrase,
+            "wrong authenticator code: type the code your authenticator app shows now, or a recovery code",
+        )),
+    })
     }
 }
 

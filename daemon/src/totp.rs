@@ -1,31 +1,23 @@
 //! The authenticator's verbs: enrolling (`totp.enroll`, then
 //! `totp.confirm` with a valid code on the same connection), removing and
-//! status, and checking a code presented as a proof of a human
-//! ([`check_code`], for `Daemon::prove`).
+//! status. Checking a code presented as a proof of a human is the core's
+//! (`Daemon::check_code` in `state.rs`).
 //!
 //! Enrolling needs a proof itself: an authenticator of malware's own
 //! would let it approve itself with codes.
 
 use crate::error::ApiError;
 use crate::handler::Handler;
-use crate::identity::{Caller, Peer};
-use crate::state::{Daemon, Session};
+use crate::identity::Peer;
+use crate::state::{Daemon, Enrolling};
 use crate::sync::lock;
 use crate::vault::totp::{Authenticator, Checked, DIGITS, PERIOD};
 use latchkey_client::protocol::*;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use std::sync::{Arc, Weak};
 
 /// Seconds an enrollment waits for its code: time to scan a QR code.
 const ENROLL_SECS: i64 = 600;
-
-/// An enrollment between `totp.enroll` and `totp.confirm`: one at a time,
-/// bound to the connection that started it, gone at lock.
-pub struct Enrolling {
-    caller: Weak<Caller>,
-    auth: Authenticator,
-    deadline: i64,
-}
 
 impl Handler for TotpEnroll {
     type Reply = TotpEnrollResult;
@@ -173,70 +165,6 @@ impl Handler for TotpStatus {
             },
         })
     }
-}
-
-/// What a presented code proved.
-pub enum CodeCheck {
-    Proved,
-    /// Wrong, or replayed: counts against the unlock limiter.
-    Failed(ApiError),
-}
-
-/// Checks `code` against the enrolled authenticator, recording its use (a
-/// code's step, a recovery code) in the same vault write. Errors that are
-/// not the person's (locked, nothing enrolled) are returned as `Err`.
-pub async fn check_code(
-    daemon: &Daemon,
-    session: &Session,
-    code: &SecretString,
-    peer: &Peer,
-) -> Result<CodeCheck, ApiError> {
-    let code = code.clone();
-    let now = daemon.clock.now();
-    let checked = session
-        .with_vault(move |keys, vault| {
-            let Some(mut auth) = vault.load_authenticator(keys)? else {
-                return Ok(None);
-            };
-            let checked = auth.check(code.expose_secret(), now);
-            if matches!(checked, Checked::Code | Checked::Recovery { .. }) {
-                vault.put_authenticator(keys, &auth)?;
-            }
-            Ok(Some(checked))
-        })
-        .await?;
-    Ok(match checked {
-        None => {
-            return Err(ApiError::new(
-                ErrorKind::NotFound,
-                "no authenticator is enrolled: give the vault passphrase instead, or enroll one with `latchkey totp enroll`",
-            ))
-        }
-        Some(Checked::Code) => CodeCheck::Proved,
-        Some(Checked::Recovery { left }) => {
-            daemon.audit.record(
-                "recovery_code_used",
-                None,
-                Some(peer),
-                Some(format!("{left} left")),
-            );
-            if left <= 2 {
-                tracing::warn!(
-                    left,
-                    "few recovery codes are left: `latchkey totp enroll` makes new ones"
-                );
-            }
-            CodeCheck::Proved
-        }
-        Some(Checked::Reused) => CodeCheck::Failed(ApiError::new(
-            ErrorKind::WrongPassphrase,
-            "that authenticator code was used already: wait for the next one",
-        )),
-        Some(Checked::Wrong) => CodeCheck::Failed(ApiError::new(
-            ErrorKind::WrongPassphrase,
-            "wrong authenticator code: type the code your authenticator app shows now, or a recovery code",
-        )),
-    })
 }
 
 /// The account name an authenticator app shows by default.

@@ -19,6 +19,8 @@ const VERBS: &[&str] = &[
     "apps",
     "approve",
     "notify",
+    "totp",
+    "stepup",
 ];
 
 /// Each top-level module's source (a directory module's files joined),
