@@ -226,9 +226,9 @@ mod tests {
 
     #[test]
     fn the_table_lists_each_code_once_in_order() {
-        // The numbers are a stable interface: 0 to 12, none skipped.
+        // The numbers are a stable interface: 0 to 13, none skipped.
         let codes: Vec<u8> = EXIT_CODES.iter().map(|(code, _)| *code).collect();
-        assert_eq!(codes, (0..=12).collect::<Vec<u8>>());
+        assert_eq!(codes, (0..=13).collect::<Vec<u8>>());
         assert!(help_table().starts_with("Exit codes:\n   0  ok\n   1  other error"));
         assert!(help_table()
             .ends_with("\n  13  confirmation required (step-up): run `latchkey confirm NAME`"));
