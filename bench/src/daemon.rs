@@ -309,6 +309,7 @@ impl Drop for DaemonGuard {
 async fn init_vault(c: &mut Client, passphrase: &str) -> Result<()> {
     let _: InitResult = c
         .request::<VaultInit>(&InitParams {
+            breached_list: None,
             passphrase: Some(SecretString::from(passphrase)),
             keyring: false,
         })

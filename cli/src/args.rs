@@ -32,6 +32,29 @@ impl PassphraseArgs {
     }
 }
 
+/// A breached-password list a new passphrase must not be on.
+#[derive(clap::Args)]
+pub struct BreachedListArgs {
+    /// Refuse a new passphrase found in this list: one password per line, or the
+    /// Pwned Passwords download (`SHA1:count` lines)
+    #[arg(long, value_name = "PATH", env = "LATCHKEY_BREACHED_PASSWORDS")]
+    pub breached_list: Option<PathBuf>,
+}
+
+impl BreachedListArgs {
+    /// The list as an absolute path: the daemon reads it, from its own
+    /// working directory.
+    pub fn path(&self) -> anyhow::Result<Option<PathBuf>> {
+        match self.breached_list.as_deref() {
+            None => Ok(None),
+            Some(p) if p.as_os_str().is_empty() => Ok(None),
+            Some(p) => std::path::absolute(p).map(Some).map_err(|e| {
+                anyhow::anyhow!("cannot resolve --breached-list {}: {e}", p.display())
+            }),
+        }
+    }
+}
+
 /// A proof that a person asks, for what only a person should do (allow
 /// an app, open a credential to every app): the vault passphrase from the
 /// terminal, or from a file named here for scripted set-ups, or polkit's

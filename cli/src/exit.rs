@@ -10,7 +10,8 @@ pub const OK: u8 = 0;
 /// Any error without a more specific code.
 pub const OTHER: u8 = 1;
 /// Bad flags (clap's own exit code) or an input the CLI cannot obtain, such
-/// as a passphrase with no source and no terminal to prompt on.
+/// as a passphrase with no source and no terminal to prompt on; or a new
+/// passphrase the daemon refused as too weak.
 pub const USAGE: u8 = 2;
 /// The daemon cannot be reached, failed to start, or went away mid-call; or
 /// what listens on the socket is not provably ours, so nothing was sent.
@@ -47,7 +48,7 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
     ),
     (
         USAGE,
-        "usage error (bad flags, or a secret with no source and no terminal)",
+        "usage error (bad flags, a secret with no source and no terminal, or a new passphrase too weak)",
     ),
     (
         DAEMON_UNREACHABLE,
@@ -164,6 +165,7 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::ApprovalRequired => APPROVAL_REQUIRED,
         ErrorKind::ApprovalDenied => APPROVAL_DENIED,
         ErrorKind::StepUpRequired => STEP_UP_REQUIRED,
+        ErrorKind::WeakPassphrase => USAGE,
         ErrorKind::WrongPassphrase | ErrorKind::KeyringUnavailable => UNLOCK_FAILED,
         // A daemon that is going away is, to the caller, one it cannot reach.
         ErrorKind::ShuttingDown => DAEMON_UNREACHABLE,
@@ -249,6 +251,7 @@ mod tests {
             (ErrorKind::ApprovalRequired, "approval required"),
             (ErrorKind::ApprovalDenied, "approval denied"),
             (ErrorKind::StepUpRequired, "confirmation required"),
+            (ErrorKind::WeakPassphrase, "new passphrase too weak"),
             (ErrorKind::WrongPassphrase, "wrong passphrase"),
             (ErrorKind::KeyringUnavailable, "keyring unavailable"),
             (ErrorKind::ShuttingDown, "daemon unreachable"),

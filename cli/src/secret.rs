@@ -139,6 +139,35 @@ pub fn prompt_new(label: &str, what: &str) -> Result<SecretString> {
     Ok(first)
 }
 
+/// How many times a prompted new passphrase may be refused as weak
+/// before the command gives up.
+const WEAK_TRIES: usize = 3;
+
+/// Prompts for a new secret (twice) and hands it to `send`; while the
+/// daemon refuses it as weak (`weak_passphrase`), says why on stderr and
+/// asks again, at most [`WEAK_TRIES`] times. Any other outcome is returned.
+pub fn retry_weak<T>(
+    label: &str,
+    what: &str,
+    mut send: impl FnMut(SecretString) -> Result<T>,
+) -> Result<T> {
+    for attempt in 1..=WEAK_TRIES {
+        let secret = prompt_new(label, what)?;
+        match send(secret) {
+            Err(err) if attempt < WEAK_TRIES => match err.downcast_ref() {
+                Some(latchkey_client::Error::Daemon {
+                    kind: latchkey_client::ErrorKind::WeakPassphrase,
+                    message,
+                    ..
+                }) => eprintln!("latchkey: {message}. Try another."),
+                _ => return Err(err),
+            },
+            other => return other,
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
 /// Drops exactly one trailing `\n` or `\r\n`: what an editor or `echo` adds
 /// to a file. Any other whitespace is part of the secret.
 fn strip_newline(bytes: &[u8]) -> &[u8] {

@@ -260,6 +260,9 @@ pub enum ErrorKind {
     /// by the user: the message names the command (`latchkey confirm NAME`,
     /// or `--totp`).
     StepUpRequired,
+    /// A new passphrase is too short, too guessable, or on a breached-
+    /// password list: the message says why and how to choose a better one.
+    WeakPassphrase,
     /// A bug in the daemon.
     Internal,
     /// A kind this client version does not know.
@@ -295,6 +298,7 @@ impl ErrorKind {
             ErrorKind::ApprovalRequired => -32017,
             ErrorKind::ApprovalDenied => -32018,
             ErrorKind::StepUpRequired => -32019,
+            ErrorKind::WeakPassphrase => -32020,
         }
     }
 
@@ -324,6 +328,7 @@ impl ErrorKind {
             ErrorKind::ApprovalRequired => "approval_required",
             ErrorKind::ApprovalDenied => "approval_denied",
             ErrorKind::StepUpRequired => "step_up_required",
+            ErrorKind::WeakPassphrase => "weak_passphrase",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
         }
@@ -544,6 +549,10 @@ pub struct InitParams {
     /// Create a keyring slot (a random key kept in the OS keyring).
     #[serde(default)]
     pub keyring: bool,
+    /// A breached-password list (absolute path) the passphrase must not
+    /// be on: one password per line, or Pwned Passwords' `SHA1:count`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breached_list: Option<std::path::PathBuf>,
 }
 
 /// Result of `vault.init`.
@@ -591,6 +600,10 @@ pub struct ChangePassphraseParams {
     /// The new passphrase.
     #[serde(serialize_with = "expose")]
     pub new: SecretString,
+    /// A breached-password list (absolute path) the new passphrase must
+    /// not be on, as in [`InitParams::breached_list`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breached_list: Option<std::path::PathBuf>,
     /// A code of the enrolled authenticator: needed once one is (step-up).
     #[serde(
         default,

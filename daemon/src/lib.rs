@@ -40,6 +40,7 @@ mod revoke;
 mod server;
 mod state;
 mod stepup;
+mod strength;
 mod sync;
 mod token;
 mod totp;

@@ -17,11 +17,12 @@
 use crate::error::ApiError;
 use crate::handler::Handler;
 use crate::state::{Daemon, Peer, COMMIT_WAIT};
+use crate::strength;
 use crate::sync::lock as locked;
 use crate::vault::{keyring, LockHold, NewSlots, Vault};
 use latchkey_client::protocol::*;
-use secrecy::{ExposeSecret, SecretString};
-use std::path::Path;
+use secrecy::SecretString;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -126,15 +127,17 @@ impl Handler for VaultInit {
                 "vault.init needs a passphrase, a keyring slot, or both",
             ));
         }
-        if params
-            .passphrase
-            .as_ref()
-            .is_some_and(|p| p.expose_secret().is_empty())
-        {
-            return Err(ApiError::invalid_params(
-                "the passphrase is empty; choose a non-empty one",
-            ));
-        }
+        let params = match params.passphrase {
+            Some(passphrase) => {
+                let list = params.breached_list.clone();
+                let passphrase = strong(passphrase, list).await?;
+                InitParams {
+                    passphrase: Some(passphrase),
+                    ..params
+                }
+            }
+            None => params,
+        };
         let path = daemon.config.vault_path.clone();
         let choice = daemon.config.keyring;
         let (vault, keys) = tokio::task::spawn_blocking(move || {
@@ -394,12 +397,9 @@ impl Handler for VaultChangePassphrase {
         params: ChangePassphraseParams,
     ) -> Result<Empty, ApiError> {
         let _guard = daemon.lifecycle.lock().await;
-        if params.new.expose_secret().is_empty() {
-            return Err(ApiError::invalid_params(
-                "the new passphrase is empty; choose a non-empty one",
-            ));
-        }
         check_limit(daemon, &peer, VaultChangePassphrase::NAME)?;
+        let new = strong(params.new, params.breached_list.clone()).await?;
+        let params = ChangePassphraseParams { new, ..params };
         daemon
             .step_up_if_enrolled(params.totp.as_ref(), &peer, "changing the passphrase")
             .await?;
@@ -541,4 +541,17 @@ fn read_passphrase_file(path: &Path) -> Result<SecretString, String> {
     let trimmed = text.strip_suffix('\n').unwrap_or(&text);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     Ok(SecretString::from(trimmed))
+}
+
+/// The passphrase back if it is strong enough ([`strength::check`], on a
+/// blocking thread: zxcvbn and a list scan take time).
+async fn strong(
+    passphrase: SecretString,
+    breached_list: Option<PathBuf>,
+) -> Result<SecretString, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        strength::check(&passphrase, breached_list.as_deref()).map(|()| passphrase)
+    })
+    .await
+    .map_err(ApiError::internal)?
 }

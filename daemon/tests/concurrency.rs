@@ -111,8 +111,9 @@ async fn a_slow_key_derivation_does_not_delay_other_callers() {
     let mut other = d.client().await;
     let change = tokio::spawn(async move {
         let params = ChangePassphraseParams {
+            breached_list: None,
             old: secret_of(PASSPHRASE),
-            new: secret_of("another passphrase"),
+            new: secret_of("another passphrase, longer"),
             totp: None,
         };
         other.request::<VaultChangePassphrase>(&params).await
@@ -136,7 +137,7 @@ async fn a_slow_key_derivation_does_not_delay_other_callers() {
         .expect("the change task")
         .expect("the passphrase change completes");
     c.request::<VaultLock>(&Empty {}).await.expect("vault.lock");
-    unlock(&mut c, "another passphrase")
+    unlock(&mut c, "another passphrase, longer")
         .await
         .expect("the new passphrase opens the vault");
     d.stop().await;

@@ -1,12 +1,13 @@
 //! `latchkey init`: create the vault with a passphrase slot, a keyring slot, or both.
 
-use crate::args::{PassphraseArgs, PASSPHRASE_FLAGS};
+use crate::args::{BreachedListArgs, PassphraseArgs, PASSPHRASE_FLAGS};
 use crate::context::Ctx;
 use crate::exit;
 use crate::secret::{self, Source};
 use anyhow::{Context, Result};
 use latchkey_client::protocol::{InitParams, VaultInit, VaultState};
 use latchkey_client::ErrorKind;
+use secrecy::SecretString;
 
 /// Passphrase sources, in order: the flags, `$LATCHKEY_PASSPHRASE_FILE`, a
 /// prompt on the terminal (asked twice). `--keyring` with no passphrase
@@ -18,6 +19,8 @@ pub struct Args {
     keyring: bool,
     #[command(flatten)]
     passphrase: PassphraseArgs,
+    #[command(flatten)]
+    breached: BreachedListArgs,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
@@ -36,24 +39,35 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
         .into());
     }
 
-    let passphrase = match args.passphrase.source().or_else(Source::passphrase_file_env) {
+    let breached_list = args.breached.path()?;
+    let source = args
+        .passphrase
+        .source()
+        .or_else(Source::passphrase_file_env);
+    let prompting = source.is_none() && !args.keyring;
+    if prompting && !secret::can_prompt() {
+        return Err(exit::usage(format!(
+            "no passphrase given and no terminal to prompt on: use {PASSPHRASE_FLAGS} (add --keyring to also use the OS keyring)"
+        )));
+    }
+    let passphrase = match source {
         Some(source) => Some(source.read("passphrase")?),
-        None if args.keyring => None,
-        None if secret::can_prompt() => Some(secret::prompt_new("New vault passphrase: ", "passphrase")?),
-        None => {
-            return Err(exit::usage(format!(
-                "no passphrase given and no terminal to prompt on: use {PASSPHRASE_FLAGS} (add --keyring to also use the OS keyring)"
-            )))
-        }
+        None => None,
     };
-    let keyring_only = passphrase.is_none();
-    let params = InitParams {
+    let keyring_only = passphrase.is_none() && !prompting;
+    let create = |passphrase: Option<SecretString>| InitParams {
         passphrase,
         keyring: args.keyring,
+        breached_list: breached_list.clone(),
     };
-    let result = conn
-        .raw::<VaultInit>(&params)
-        .context("failed to create the vault")?;
+    let sent = if prompting {
+        secret::retry_weak("New vault passphrase: ", "passphrase", |passphrase| {
+            Ok(conn.raw::<VaultInit>(&create(Some(passphrase)))?)
+        })
+    } else {
+        Ok(conn.raw::<VaultInit>(&create(passphrase))?)
+    };
+    let result = sent.context("failed to create the vault")?;
 
     let slots: Vec<String> = result.slots.iter().map(slot_label).collect();
     ctx.done(format_args!(

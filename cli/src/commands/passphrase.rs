@@ -26,16 +26,31 @@ pub struct ChangeArgs {
     /// Once an authenticator is enrolled, a code of it is needed too (step-up)
     #[command(flatten)]
     totp: crate::args::TotpArgs,
+    #[command(flatten)]
+    breached: crate::args::BreachedListArgs,
 }
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
     let Command::Change(args) = command;
     let mut conn = ctx.connect()?;
+    let breached_list = args.breached.path()?;
+    let prompting = args.new_file.is_none();
     let old = read(args.old_file, "current passphrase", false)?;
-    let new = read(args.new_file, "new passphrase", true)?;
     let totp = args.totp.code("to change the passphrase")?;
-    conn.call::<VaultChangePassphrase>(&ChangePassphraseParams { old, new, totp })
-        .context("failed to change the passphrase")?;
+    let mut change = |new: SecretString| {
+        conn.call::<VaultChangePassphrase>(&ChangePassphraseParams {
+            old: old.clone(),
+            new,
+            totp: totp.clone(),
+            breached_list: breached_list.clone(),
+        })
+    };
+    let sent = if prompting {
+        secret::retry_weak("New passphrase: ", "new passphrase", change)
+    } else {
+        change(read(args.new_file, "new passphrase", true)?)
+    };
+    sent.context("failed to change the passphrase")?;
     ctx.done("passphrase changed")
 }
 

@@ -170,6 +170,7 @@ impl TestDaemon {
     /// (token and device endpoints, no revocation endpoint).
     pub async fn init(&self, client: &mut Client) {
         let init = InitParams {
+            breached_list: None,
             passphrase: Some(SecretString::from(PASSPHRASE)),
             keyring: false,
         };
