@@ -68,6 +68,7 @@ def request():
         "totp.remove": {"proof": {"passphrase": CANARY}},
         "totp.status": {},
         "credential.confirm": {"name": "gh", "proof": {"totp": "123456"}},
+        "credential.set_secret": {"name": "gh", "client_secret": CANARY, "drop_old": True},
     }
     for method, params in methods.items():
         write("request", line(method, params))

@@ -112,6 +112,8 @@ methods! {
     VaultPanic = "vault.panic", PanicParams => PanicResult, read_only: false;
     /// Change a credential's settings (who may use it).
     CredentialSet = "credential.set", CredentialSetParams => CredentialInfo, read_only: false;
+    /// Replace a credential's client secret, keeping the previous one until the new one works.
+    CredentialSetSecret = "credential.set_secret", SetSecretParams => CredentialInfo, read_only: false;
     /// Create an app key; the key is in the result, once.
     AppAdd = "app.add", AppAddParams => AppKeyCreated, read_only: false;
     /// Rules and app keys.
@@ -154,6 +156,8 @@ mod totp;
 pub use totp::*;
 mod stepup;
 pub use stepup::*;
+mod secrets;
+pub use secrets::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -811,6 +815,9 @@ pub struct CredentialInfo {
     pub granted_scopes: Option<Vec<String>>,
     /// Whether a client secret is stored.
     pub has_client_secret: bool,
+    /// When the client secret (and a previous one still kept) was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<ClientSecretInfo>,
     /// Who may use it (vaults from before access rules: `open`).
     #[serde(default = "Access::legacy")]
     pub access: Access,
@@ -1272,7 +1279,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 38);
+        assert_eq!(METHODS.len(), 39);
     }
 
     #[test]

@@ -434,6 +434,16 @@ impl TokenCache {
         self.entries().remove(credential_id);
     }
 
+    /// Ends the backoff of one credential's entries, so that the next
+    /// request goes out at once (its client secret was replaced).
+    pub fn clear_backoff(&self, credential_id: &str) {
+        if let Some(sets) = self.entries().get_mut(credential_id) {
+            for entry in sets.values_mut() {
+                entry.backoff = None;
+            }
+        }
+    }
+
     /// Drops every token (vault locked); their memory is zeroized as the
     /// last reference goes.
     pub fn clear(&self) {

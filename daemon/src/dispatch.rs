@@ -74,6 +74,7 @@ pub async fn route(
         VaultRekey::NAME => run.method::<VaultRekey>(out).await,
         VaultPanic::NAME => run.method::<VaultPanic>(out).await,
         CredentialSet::NAME => run.method::<CredentialSet>(out).await,
+        CredentialSetSecret::NAME => run.method::<CredentialSetSecret>(out).await,
         CredentialConfirm::NAME => run.method::<CredentialConfirm>(out).await,
         TotpEnroll::NAME => run.method::<TotpEnroll>(out).await,
         TotpConfirm::NAME => run.method::<TotpConfirm>(out).await,

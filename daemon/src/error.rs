@@ -12,6 +12,10 @@ pub struct ApiError {
     pub message: String,
     /// Seconds after which a retry makes sense.
     pub retry_after: Option<u64>,
+    /// The provider refused the client's authentication (`invalid_client`,
+    /// or a bare HTTP 401 from the token endpoint): a previous client
+    /// secret may still work (`rotation.rs`). Not on the wire.
+    pub client_rejected: bool,
 }
 
 impl ApiError {
@@ -20,11 +24,18 @@ impl ApiError {
             kind,
             message: message.into(),
             retry_after: None,
+            client_rejected: false,
         }
     }
 
     pub fn with_retry_after(mut self, secs: Option<u64>) -> ApiError {
         self.retry_after = secs;
+        self
+    }
+
+    /// Marks the provider's refusal of the client's authentication.
+    pub fn client_rejected(mut self) -> ApiError {
+        self.client_rejected = true;
         self
     }
 

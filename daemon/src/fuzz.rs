@@ -303,6 +303,7 @@ fn params_of(
         TokenRevoke,
         VaultPanic,
         CredentialSet,
+        CredentialSetSecret,
         AppAdd,
         AppList,
         AppAllow,
@@ -594,6 +595,7 @@ fn credential(grant: GrantType, auth: AuthMethod) -> Credential {
             step_up: Default::default(),
         },
         has_client_secret: true,
+        secret_ages: Default::default(),
         corrupt: false,
     }
 }

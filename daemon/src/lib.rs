@@ -37,6 +37,7 @@ mod policy;
 mod polkit;
 mod ratelimit;
 mod revoke;
+mod rotation;
 mod server;
 mod state;
 mod stepup;

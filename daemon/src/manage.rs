@@ -413,6 +413,7 @@ impl Handler for CredentialSet {
             id: current.id.clone(),
             config,
             has_client_secret: current.has_client_secret,
+            secret_ages: current.secret_ages,
             corrupt: false,
         };
         let mut catalog = session.catalog_mut();
@@ -495,7 +496,7 @@ fn provider_info(provider: &Provider, credentials: &[String]) -> ProviderInfo {
 ///
 /// [`TokenCache::describe`]: crate::cache::TokenCache::describe
 /// [`TokenCache::describe_all`]: crate::cache::TokenCache::describe_all
-fn credential_info(
+pub(crate) fn credential_info(
     daemon: &Daemon,
     catalog: &Catalog,
     credential: &Credential,
@@ -524,6 +525,7 @@ fn credential_info(
             granted
         }),
         has_client_secret: credential.has_client_secret,
+        client_secret: credential.secret_ages.info(),
         access: credential.config.access,
         step_up: credential.config.step_up,
         confirmed_until: crate::stepup::confirmed_until(session, credential, now),

@@ -227,6 +227,7 @@ mod tests {
                 step_up: Default::default(),
             },
             has_client_secret: true,
+            secret_ages: Default::default(),
             corrupt: false,
         }
     }

@@ -811,6 +811,17 @@ impl Session {
             .await
     }
 
+    /// A credential's client secrets, the newest and a previous one kept
+    /// since a rotation, opened just for the request that needs them.
+    pub(crate) async fn client_secrets(
+        &self,
+        credential: &Credential,
+    ) -> Result<crate::vault::ClientSecrets, ApiError> {
+        let credential = credential.clone();
+        self.with_vault(move |keys, vault| vault.client_secrets(keys, &credential))
+            .await
+    }
+
     /// The gate that keeps refreshes (and logins, revocations) of one
     /// credential from overlapping.
     pub(crate) fn gate(&self, credential_id: &str) -> Arc<tokio::sync::Mutex<()>> {

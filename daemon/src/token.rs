@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::handler::Handler;
 use crate::oauth::{grant, user, Access};
 use crate::policy;
+use crate::rotation;
 use crate::state::{Daemon, Peer, Session};
 use crate::vault::{Credential, Grant, Provider, Token};
 use futures::future::{BoxFuture, FutureExt};
@@ -204,9 +205,10 @@ async fn client_credentials(
     provider: &Provider,
     scopes: &[String],
 ) -> Result<Token, ApiError> {
-    let secret = session.client_secret(credential).await?;
-    let granted =
-        grant::client_credentials(&daemon.http, provider, credential, secret, scopes).await?;
+    let granted = rotation::with_client_secret(daemon, session, credential, |secret| {
+        grant::client_credentials(&daemon.http, provider, credential, secret, scopes)
+    })
+    .await?;
     warn_clamped(&credential.config.name, granted.access.expires_in);
     let token = received(granted.access, scopes, daemon.clock.now());
     // Persist only into the session that asked: after a lock (or a lock
@@ -247,19 +249,24 @@ async fn refresh(
     else {
         return Err(ApiError::reauth(name));
     };
-    let secret = session.client_secret(credential).await?;
-    let client = user::client(provider, credential, secret.as_ref())?;
     // Ask for a down-scoped token only when the caller wants less than
     // the grant; otherwise omit `scope` (RFC 6749 §6: same as granted).
     let down_scope = !scopes.is_empty() && scopes.len() < grant.scope.split_whitespace().count();
-    let result = user::refresh(
-        &daemon.http,
-        provider,
-        credential,
-        &client,
-        &refresh_token,
-        down_scope.then_some(scopes),
-    )
+    let result = rotation::with_client_secret(daemon, session, credential, |secret| {
+        let refresh_token = &refresh_token;
+        async move {
+            let client = user::client(provider, credential, secret.as_ref())?;
+            user::refresh(
+                &daemon.http,
+                provider,
+                credential,
+                &client,
+                refresh_token,
+                down_scope.then_some(scopes),
+            )
+            .await
+        }
+    })
     .await;
     let granted = match result {
         Ok(g) => g,

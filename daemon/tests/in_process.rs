@@ -412,6 +412,11 @@ async fn every_method_answers_its_error_kinds() {
                 ("credential.set", json!({"name": "api", "access": "ask"}), ok()),
                 ("token.get", json!({"credential": "api"}), fails(ApprovalRequired)), // nobody to ask
                 ("credential.set", json!({"name": "api", "access": "ask"}), ok()),
+                // Client-secret rotation (the secret is the one it had).
+                ("credential.set_secret", json!({"name": "nope", "client_secret": "s"}), fails(NotFound)),
+                ("credential.set_secret", json!({"name": "api"}), fails(InvalidParams)),
+                ("credential.set_secret", json!({"name": "api", "client_secret": ""}), fails(InvalidParams)),
+                ("credential.set_secret", json!({"name": "api", "client_secret": "s"}), ok()),
                 ("app.add", json!({"name": "bad name"}), fails(InvalidParams)),
                 ("app.add", json!({"name": "ci"}), ok()),
                 ("app.add", json!({"name": "ci"}), fails(AlreadyExists)),
@@ -466,6 +471,7 @@ async fn every_method_answers_its_error_kinds() {
                 ("daemon.stats", json!({}), fails(Locked)),
                 ("vault.panic", json!({}), fails(Locked)),
                 ("credential.set", json!({"name": "api", "access": "ask"}), fails(Locked)),
+                ("credential.set_secret", json!({"name": "api", "client_secret": "s"}), fails(Locked)),
                 ("app.add", json!({"name": "x"}), fails(Locked)),
                 ("app.list", json!({}), fails(Locked)),
                 ("app.allow", json!({"app": "key:ci", "credential": "api"}), fails(Locked)),

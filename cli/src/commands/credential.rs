@@ -10,12 +10,12 @@ use crate::output::{self, Fields};
 use crate::secret::{self, Source};
 use anyhow::{Context, Result};
 use latchkey_client::duration;
-use latchkey_client::protocol::StepUp;
 use latchkey_client::protocol::{
     unix_now, Access, AuthMethod, CredentialAdd, CredentialAddParams, CredentialInfo,
     CredentialList, CredentialRemove, CredentialSet, CredentialSetParams, CredentialShow,
     CredentialState, Empty, GrantType, NameParams, RemoveParams,
 };
+use latchkey_client::protocol::{CredentialSetSecret, SetSecretParams, StepUp, ROTATION_AGE_SECS};
 use secrecy::SecretString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +38,13 @@ pub enum Command {
     /// window after `latchkey confirm NAME`; `--step-up off`, a longer window
     /// or the passphrase where a code was needed loosen it and need a proof.
     Set(SetArgs),
+    /// Replace a credential's client secret (rotation)
+    ///
+    /// The previous secret is kept until the new one has worked once: token
+    /// requests use the new one first and fall back on the previous one when
+    /// the provider answers invalid_client (warned and audited). `--drop-old`
+    /// keeps nothing to fall back on (the old secret leaked, or is revoked).
+    SetSecret(SetSecretArgs),
     /// Remove a credential and its tokens, revoking them at the provider first
     Remove(RemoveArgs),
 }
@@ -76,6 +83,17 @@ pub struct SetArgs {
     window: Duration,
     #[command(flatten)]
     proof: ProofArgs,
+}
+
+#[derive(clap::Args)]
+pub struct SetSecretArgs {
+    /// The credential's name
+    name: String,
+    #[command(flatten)]
+    secret: SecretArgs,
+    /// Keep no previous secret to fall back on
+    #[arg(long)]
+    drop_old: bool,
 }
 
 /// What confirms a step-up credential.
@@ -228,6 +246,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::List(args) => list(ctx, args),
         Command::Show(args) => show(ctx, args),
         Command::Set(args) => set(ctx, args),
+        Command::SetSecret(args) => set_secret(ctx, args),
         Command::Remove(args) => remove(ctx, args),
     }
 }
@@ -342,6 +361,46 @@ fn prompt_secret(name: &str, auth: AuthMethod) -> Result<SecretString> {
     secret::prompt(&format!("Client secret for '{name}': "), "client secret")
 }
 
+fn set_secret(ctx: &Ctx, args: SetSecretArgs) -> Result<()> {
+    let source = Source::from_flags(
+        args.secret.client_secret_file.as_deref(),
+        args.secret.client_secret_stdin,
+        args.secret.client_secret_env.as_deref(),
+    );
+    let mut conn = ctx.connect()?;
+    let client_secret = match source {
+        Some(source) => source.read("client secret")?,
+        None if secret::can_prompt() => secret::prompt(
+            &format!("New client secret for '{}': ", args.name),
+            "client secret",
+        )?,
+        None => {
+            return Err(exit::usage(format!(
+                "no new client secret for '{}' and no terminal to prompt on: \
+                 use --client-secret-stdin, --client-secret-file PATH or --client-secret-env VAR",
+                args.name
+            )))
+        }
+    };
+    let info = conn
+        .call::<CredentialSetSecret>(&SetSecretParams {
+            name: args.name.clone(),
+            client_secret,
+            drop_old: args.drop_old,
+        })
+        .with_context(|| format!("failed to set the client secret of '{}'", args.name))?;
+    let kept = match info.client_secret.as_ref() {
+        Some(s) if s.previous_kept => {
+            "; the previous one is kept until the new one has worked once (`--drop-old` keeps none)"
+        }
+        _ => "; no previous secret is kept",
+    };
+    ctx.done(format_args!(
+        "replaced the client secret of '{}'{kept}",
+        args.name
+    ))
+}
+
 fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
     let credentials = ctx
         .connect()?
@@ -412,6 +471,40 @@ fn show(ctx: &Ctx, args: ShowArgs) -> Result<()> {
     output::print(&render(&info, unix_now()))
 }
 
+/// `stored, set 12d ago`, with what rotation needs to say: a previous
+/// secret kept, a new one not yet accepted, an age past rotation.
+fn secret_text(info: &CredentialInfo, now: i64) -> String {
+    let Some(secret) = info.client_secret.as_ref() else {
+        return if info.has_client_secret {
+            "stored"
+        } else {
+            "none"
+        }
+        .into();
+    };
+    let mut text = match secret.age(now) {
+        Some(age) => format!("stored, set {} ago", output::span(age as u64)),
+        None => "stored".into(),
+    };
+    if !secret.worked {
+        text.push_str(", not yet accepted by the provider");
+    }
+    if secret.previous_kept {
+        text.push_str("; the previous one is kept until it is");
+        if let Some(age) = secret.previous_set_at.map(|at| (now - at).max(0)) {
+            text.push_str(&format!(" (set {} ago)", output::span(age as u64)));
+        }
+    }
+    if secret.due_for_rotation(now, ROTATION_AGE_SECS) {
+        text.push_str(&format!(
+            "; older than {} days: rotate it with `latchkey credential set-secret {}`",
+            ROTATION_AGE_SECS / 86_400,
+            info.name
+        ));
+    }
+    text
+}
+
 fn render(info: &CredentialInfo, now: i64) -> String {
     let mut f = Fields::default();
     f.add("name", &info.name)
@@ -419,14 +512,7 @@ fn render(info: &CredentialInfo, now: i64) -> String {
         .add("client id", &info.client_id)
         .add("grant", info.grant.as_str())
         .add("auth", info.auth.as_str())
-        .add(
-            "client secret",
-            if info.has_client_secret {
-                "stored"
-            } else {
-                "none"
-            },
-        );
+        .add("client secret", secret_text(info, now));
     // What the provider granted now comes first when it is not what is
     // configured (it narrowed the grant at login or on a refresh).
     let narrowed = info
@@ -558,6 +644,7 @@ mod tests {
             scopes: vec!["repo".into(), "read:org".into()],
             granted_scopes: None,
             has_client_secret: true,
+            client_secret: None,
             access: Access::Ask,
             step_up: StepUp::Off,
             confirmed_until: None,
@@ -582,6 +669,33 @@ mod tests {
         assert!(text.contains("state:         ready\n"), "{text}");
         assert!(!text.contains("account"), "{text}");
         assert!(!text.contains("refresh token"), "{text}");
+    }
+
+    #[test]
+    fn secret_ages_say_what_rotation_needs() {
+        let mut info = user_login(CredentialState::Ready);
+        info.has_client_secret = true;
+        let now = 100 * 86_400;
+        info.client_secret = Some(latchkey_client::protocol::ClientSecretInfo {
+            set_at: Some(now - 3 * 86_400),
+            worked: false,
+            previous_kept: true,
+            previous_set_at: Some(now - 40 * 86_400),
+        });
+        assert_eq!(
+            secret_text(&info, now),
+            "stored, set 3d ago, not yet accepted by the provider; the previous one is kept until it is (set 40d ago)"
+        );
+        info.client_secret = Some(latchkey_client::protocol::ClientSecretInfo {
+            set_at: Some(0),
+            worked: true,
+            previous_kept: false,
+            previous_set_at: None,
+        });
+        assert_eq!(
+            secret_text(&info, now),
+            "stored, set 100d ago; older than 90 days: rotate it with `latchkey credential set-secret me`"
+        );
     }
 
     #[test]
@@ -614,6 +728,7 @@ mod tests {
             scopes: vec!["openid".into()],
             granted_scopes: None,
             has_client_secret: false,
+            client_secret: None,
             access: Access::Open,
             step_up: StepUp::Off,
             confirmed_until: None,

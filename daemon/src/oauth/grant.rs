@@ -81,10 +81,11 @@ pub(crate) fn classify(
                 .error_description()
                 .map(|d| format!(": {}", provider_text(d, sent)))
                 .unwrap_or_default();
+            let client_rejected = *response.error() == BasicErrorResponseType::InvalidClient;
             let (kind, fix) = match response.error() {
                 BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => (
                     ErrorKind::ProviderError,
-                    format!("check the client id and secret; to replace them run `latchkey credential remove {credential}` and add it again"),
+                    format!("check the client id and secret; to replace the secret run `latchkey credential set-secret {credential}`"),
                 ),
                 BasicErrorResponseType::InvalidGrant => (
                     ErrorKind::ReauthRequired,
@@ -103,7 +104,12 @@ pub(crate) fn classify(
                     "check the credential's configuration at the provider".to_owned(),
                 ),
             };
-            ApiError::new(kind, format!("{at} refused the token request ({code}{description}); {fix}"))
+            let error = ApiError::new(kind, format!("{at} refused the token request ({code}{description}); {fix}"));
+            if client_rejected {
+                error.client_rejected()
+            } else {
+                error
+            }
         }
         RequestTokenError::Request(http) => {
             let (kind, retry_after) = match &http {
@@ -117,8 +123,14 @@ pub(crate) fn classify(
             } else {
                 "check the provider's endpoints with `latchkey provider show`"
             };
-            ApiError::new(kind, format!("token request to {at} failed: {http}; {advice}"))
-                .with_retry_after(retry_after)
+            let unauthorized = matches!(http, HttpError::Status { status: 401, .. });
+            let error = ApiError::new(kind, format!("token request to {at} failed: {http}; {advice}"))
+                .with_retry_after(retry_after);
+            if unauthorized {
+                error.client_rejected()
+            } else {
+                error
+            }
         }
         // Never quote the body: a half-valid token response may hold a token.
         RequestTokenError::Parse(e, _body) => ApiError::new(

@@ -175,9 +175,55 @@ pub struct Credential {
     pub id: String,
     pub config: CredentialConfig,
     pub has_client_secret: bool,
+    /// When its client secrets were set (not secret; `credential set-secret`).
+    pub secret_ages: SecretAges,
     /// Set when the row failed its integrity check; such a credential is
     /// listed but never used.
     pub corrupt: bool,
+}
+
+/// When a credential's client secrets were set, and whether the newest
+/// has worked yet: what rotation (`credential set-secret`) decides by, and
+/// what `credential show` and `doctor` report. Never the secrets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecretAges {
+    /// Unix seconds the newest secret was set; `None`: no secret.
+    pub set_at: Option<i64>,
+    /// The provider has accepted the newest secret once.
+    pub worked: bool,
+    /// A previous secret is kept (until the newest works): when it was set.
+    pub previous: Option<Option<i64>>,
+}
+
+impl SecretAges {
+    /// What `credential show` gives; `None` for a public client.
+    pub fn info(&self) -> Option<latchkey_client::protocol::ClientSecretInfo> {
+        self.set_at
+            .map(|set_at| latchkey_client::protocol::ClientSecretInfo {
+                set_at: Some(set_at),
+                worked: self.worked,
+                previous_kept: self.previous.is_some(),
+                previous_set_at: self.previous.flatten(),
+            })
+    }
+
+    fn of(row: &CredentialRow) -> SecretAges {
+        SecretAges {
+            set_at: row.client_secret.as_ref().and(row.secret_set_at),
+            worked: row.secret_worked,
+            previous: row
+                .previous_secret
+                .as_ref()
+                .map(|_| row.previous_secret_set_at),
+        }
+    }
+}
+
+/// A credential's client secrets, opened for one token request: the
+/// newest, and the previous one while it is kept.
+pub struct ClientSecrets {
+    pub current: Option<SecretString>,
+    pub previous: Option<SecretString>,
 }
 
 /// Which token: a credential id and the requested scope set (sorted,
@@ -366,8 +412,10 @@ impl Vault {
                 .open_json::<CredentialConfig>("credentials", &row.id, "config", &row.config)
                 .ok()
                 .filter(|c| c.name == row.name && c.provider_id == row.provider_id);
+            let secret_ages = SecretAges::of(&row);
             let credential = match config {
                 Some(config) => Credential {
+                    secret_ages,
                     id: row.id,
                     config,
                     has_client_secret: row.client_secret.is_some(),
@@ -390,6 +438,7 @@ impl Vault {
                             access: Access::Ask,
                             step_up: Default::default(),
                         },
+                        secret_ages,
                         id: row.id,
                         has_client_secret: row.client_secret.is_some(),
                         corrupt: true,
@@ -454,6 +503,7 @@ impl Vault {
     ) -> Result<Credential> {
         let id = crypto::random_id();
         let config_grant = config.grant;
+        let now = unix_now();
         let row = CredentialRow {
             config: keys.seal_json("credentials", &id, "config", &config),
             client_secret: client_secret.map(|s| {
@@ -468,9 +518,16 @@ impl Vault {
             provider_id: config.provider_id.clone(),
             state: CredentialState::initial(config_grant).as_str().into(),
             id: id.clone(),
+            secret_set_at: client_secret.map(|_| now),
+            // Nothing to fall back on: the first secret counts as working
+            // until it is replaced.
+            secret_worked: true,
+            previous_secret: None,
+            previous_secret_set_at: None,
         };
-        self.store.insert_credential(&row, unix_now())?;
+        self.store.insert_credential(&row, now)?;
         Ok(Credential {
+            secret_ages: SecretAges::of(&row),
             id,
             config,
             has_client_secret: client_secret.is_some(),
@@ -493,23 +550,87 @@ impl Vault {
         Ok(self.store.delete_credential(id)?)
     }
 
-    /// The client secret, opened just for the token request that needs it.
+    /// The client secret, opened just for the request that needs it.
     pub fn client_secret(
         &self,
         keys: &Keys,
         credential: &Credential,
     ) -> Result<Option<SecretString>> {
-        let Some(blob) = self.store.client_secret(&credential.id)? else {
-            return Ok(None);
+        let blob = self.store.client_secret(&credential.id)?;
+        open_secret(keys, credential, "client_secret", blob)
+    }
+
+    /// The newest client secret and the previous one, while it is kept.
+    pub fn client_secrets(&self, keys: &Keys, credential: &Credential) -> Result<ClientSecrets> {
+        let previous = match credential.secret_ages.previous {
+            Some(_) => {
+                let blob = self.store.previous_secret(&credential.id)?;
+                open_secret(keys, credential, "previous_secret", blob)?
+            }
+            None => None,
         };
-        let plain = keys.open("credentials", &credential.id, "client_secret", &blob)?;
-        let text = std::str::from_utf8(&plain).map_err(|_| VaultError::Corrupt {
-            what: format!(
-                "the client secret of credential '{}'",
-                credential.config.name
+        Ok(ClientSecrets {
+            current: self.client_secret(keys, credential)?,
+            previous,
+        })
+    }
+
+    /// Replaces a credential's client secret. The one it replaces is kept
+    /// as the previous secret, unless `drop_old`, or unless it never
+    /// worked while an older one is kept (then that one stays: it is the
+    /// last known to work). Returns the new ages.
+    pub fn rotate_client_secret(
+        &mut self,
+        keys: &Keys,
+        credential: &Credential,
+        secret: &SecretString,
+        drop_old: bool,
+    ) -> Result<SecretAges> {
+        let id = &credential.id;
+        let ages = credential.secret_ages;
+        let now = unix_now();
+        let previous = if drop_old {
+            None
+        } else if ages.worked || ages.previous.is_none() {
+            self.client_secret(keys, credential)?
+                .map(|old| (old, ages.set_at))
+        } else {
+            let blob = self.store.previous_secret(id)?;
+            open_secret(keys, credential, "previous_secret", blob)?
+                .map(|old| (old, ages.previous.flatten()))
+        };
+        let previous = previous.map(|(old, set_at)| {
+            let sealed = keys.seal(
+                "credentials",
+                id,
+                "previous_secret",
+                old.expose_secret().as_bytes(),
+            );
+            (sealed, set_at)
+        });
+        let kept = previous.as_ref().map(|(_, at)| *at);
+        self.store.rotate_secret(&store::SecretRotation {
+            credential_id: id,
+            secret: keys.seal(
+                "credentials",
+                id,
+                "client_secret",
+                secret.expose_secret().as_bytes(),
             ),
+            set_at: now,
+            previous,
         })?;
-        Ok(Some(SecretString::from(text)))
+        Ok(SecretAges {
+            set_at: Some(now),
+            worked: false,
+            previous: kept,
+        })
+    }
+
+    /// The client secret set at `set_at` worked: if it is still the
+    /// newest (no rotation came in between), the previous one is dropped.
+    pub fn client_secret_worked(&mut self, credential_id: &str, set_at: Option<i64>) -> Result<()> {
+        Ok(self.store.secret_worked(credential_id, set_at)?)
     }
 
     /// Stores a token sealed, under a fresh row id (see the `tokens` table).
@@ -657,6 +778,26 @@ fn token_row(keys: &Keys, key: &TokenKey, token: &Token) -> TokenRow {
         credential_id: key.0.clone(),
         scope_key: key.1.clone(),
     }
+}
+
+/// Opens a sealed client secret (`field`: `client_secret` or `previous_secret`).
+fn open_secret(
+    keys: &Keys,
+    credential: &Credential,
+    field: &str,
+    blob: Option<Vec<u8>>,
+) -> Result<Option<SecretString>> {
+    let Some(blob) = blob else {
+        return Ok(None);
+    };
+    let plain = keys.open("credentials", &credential.id, field, &blob)?;
+    let text = std::str::from_utf8(&plain).map_err(|_| VaultError::Corrupt {
+        what: format!(
+            "the client secret of credential '{}'",
+            credential.config.name
+        ),
+    })?;
+    Ok(Some(SecretString::from(text)))
 }
 
 #[cfg(test)]
@@ -812,6 +953,80 @@ mod tests {
         let secret = vault.client_secret(&reopened, &c).unwrap().unwrap();
         assert_eq!(secret.expose_secret(), "s3cret");
         assert!(vault.client_secret(&new_keys, &c).is_ok());
+    }
+
+    /// A rotation keeps the secret it replaces (sealed under its own field)
+    /// until the new one works; a new secret that never worked is not
+    /// kept over the older, working one; rekey re-encrypts the previous
+    /// secret too; a stale "worked" (a rotation came in between) changes
+    /// nothing.
+    #[test]
+    fn rotation_keeps_the_last_working_secret_and_survives_rekey() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut vault, keys) = new_vault(dir.path(), "a pass");
+        let p = vault.add_provider(&keys, provider()).unwrap();
+        let mut c = vault
+            .add_credential(
+                &keys,
+                config("api", &p.id),
+                Some(&SecretString::from("one")),
+            )
+            .unwrap();
+        assert!(c.secret_ages.worked && c.secret_ages.previous.is_none());
+        let secrets = |vault: &Vault, keys: &Keys, c: &Credential| {
+            let s = vault.client_secrets(keys, c).unwrap();
+            let text = |s: Option<SecretString>| s.map(|s| s.expose_secret().to_owned());
+            (text(s.current), text(s.previous))
+        };
+        c.secret_ages = vault
+            .rotate_client_secret(&keys, &c, &SecretString::from("two"), false)
+            .unwrap();
+        assert_eq!(
+            secrets(&vault, &keys, &c),
+            (Some("two".into()), Some("one".into()))
+        );
+        // "two" never worked: "three" replaces it, "one" stays the fallback.
+        c.secret_ages = vault
+            .rotate_client_secret(&keys, &c, &SecretString::from("three"), false)
+            .unwrap();
+        assert_eq!(
+            secrets(&vault, &keys, &c),
+            (Some("three".into()), Some("one".into()))
+        );
+        // The previous blob is bound to its field: swapped in as the
+        // current one it fails its integrity check.
+        let previous = vault.store.previous_secret(&c.id).unwrap().unwrap();
+        let (reopened, _) = vault
+            .unlock_with_passphrase(&SecretString::from("a pass"))
+            .unwrap();
+        assert!(reopened
+            .open("credentials", &c.id, "client_secret", &previous)
+            .is_err());
+
+        let (new_keys, fields, _) = vault
+            .rekey(&keys, Some(&SecretString::from("a pass")))
+            .unwrap();
+        assert_eq!(fields, 4, "provider, config, secret, previous secret");
+        assert_eq!(
+            secrets(&vault, &new_keys, &c),
+            (Some("three".into()), Some("one".into()))
+        );
+        // Worked, but for a secret set at another time: nothing is dropped.
+        vault.client_secret_worked(&c.id, Some(0)).unwrap();
+        assert_eq!(secrets(&vault, &new_keys, &c).1, Some("one".into()));
+        vault
+            .client_secret_worked(&c.id, c.secret_ages.set_at)
+            .unwrap();
+        c.secret_ages.previous = None;
+        assert_eq!(secrets(&vault, &new_keys, &c), (Some("three".into()), None));
+        let (catalog, _) = vault.load_catalog(&new_keys).unwrap();
+        let loaded = catalog.credentials["api"].secret_ages;
+        assert!(loaded.worked && loaded.previous.is_none() && loaded.set_at.is_some());
+        // --drop-old keeps nothing.
+        let ages = vault
+            .rotate_client_secret(&new_keys, &c, &SecretString::from("four"), true)
+            .unwrap();
+        assert!(ages.previous.is_none() && !ages.worked);
     }
 
     /// A crafted file with many slots, or slots that together ask for more

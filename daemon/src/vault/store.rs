@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_audit_chain.sql"),
     include_str!("../../migrations/0005_policy.sql"),
     include_str!("../../migrations/0006_totp.sql"),
+    include_str!("../../migrations/0007_client_secret_rotation.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,22 @@ pub struct CredentialRow {
     pub config: Vec<u8>,
     pub client_secret: Option<Vec<u8>>,
     pub state: String,
+    /// Unix seconds the client secret was set (`None`: no secret).
+    pub secret_set_at: Option<i64>,
+    /// Whether the newest secret has been accepted by the provider once.
+    pub secret_worked: bool,
+    /// The previous client secret, sealed, kept until the newest works.
+    pub previous_secret: Option<Vec<u8>>,
+    pub previous_secret_set_at: Option<i64>,
+}
+
+/// A credential's client secrets after `credential set-secret`.
+pub struct SecretRotation<'a> {
+    pub credential_id: &'a str,
+    pub secret: Vec<u8>,
+    pub set_at: i64,
+    /// The previous secret (sealed under `previous_secret`), or none.
+    pub previous: Option<(Vec<u8>, Option<i64>)>,
 }
 
 pub struct TokenRow {
@@ -504,16 +521,25 @@ impl Store {
     }
 
     pub fn credentials(&self) -> Result<Vec<CredentialRow>> {
-        self.all("SELECT id, name, provider_id, config, client_secret, state FROM credentials ORDER BY name", |r| {
-            Ok(CredentialRow {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                provider_id: r.get(2)?,
-                config: r.get(3)?,
-                client_secret: r.get(4)?,
-                state: r.get(5)?,
-            })
-        })
+        self.all(
+            "SELECT id, name, provider_id, config, client_secret, state, secret_set_at,
+                    secret_worked, previous_secret, previous_secret_set_at
+             FROM credentials ORDER BY name",
+            |r| {
+                Ok(CredentialRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    provider_id: r.get(2)?,
+                    config: r.get(3)?,
+                    client_secret: r.get(4)?,
+                    state: r.get(5)?,
+                    secret_set_at: r.get(6)?,
+                    secret_worked: r.get(7)?,
+                    previous_secret: r.get(8)?,
+                    previous_secret_set_at: r.get(9)?,
+                })
+            },
+        )
     }
 
     /// The sealed client secret of one credential, read when a token request needs it.
@@ -529,10 +555,57 @@ impl Store {
             .flatten())
     }
 
+    /// The sealed previous client secret of one credential, if one is kept.
+    pub fn previous_secret(&self, credential_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT previous_secret FROM credentials WHERE id = ?1",
+                [credential_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Stores a new client secret and what is kept of the previous one.
+    pub fn rotate_secret(&mut self, rotation: &SecretRotation<'_>) -> Result<()> {
+        let (previous, previous_set_at) = match &rotation.previous {
+            Some((blob, at)) => (Some(blob.as_slice()), *at),
+            None => (None, None),
+        };
+        self.conn.execute(
+            "UPDATE credentials SET client_secret = ?2, secret_set_at = ?3, secret_worked = 0,
+                    previous_secret = ?4, previous_secret_set_at = ?5
+             WHERE id = ?1",
+            params![
+                rotation.credential_id,
+                rotation.secret,
+                rotation.set_at,
+                previous,
+                previous_set_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The client secret set at `set_at` worked: if it is still the
+    /// newest, it is the only one kept.
+    pub fn secret_worked(&mut self, credential_id: &str, set_at: Option<i64>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE credentials SET secret_worked = 1, previous_secret = NULL,
+                    previous_secret_set_at = NULL
+             WHERE id = ?1 AND secret_set_at IS ?2",
+            params![credential_id, set_at],
+        )?;
+        Ok(())
+    }
+
     pub fn insert_credential(&mut self, row: &CredentialRow, now: i64) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO credentials (id, name, provider_id, config, client_secret, state, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO credentials (id, name, provider_id, config, client_secret, state, created_at,
+                                      secret_set_at, secret_worked, previous_secret, previous_secret_set_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 row.id,
                 row.name,
@@ -540,7 +613,11 @@ impl Store {
                 row.config,
                 row.client_secret,
                 row.state,
-                now
+                now,
+                row.secret_set_at,
+                row.secret_worked,
+                row.previous_secret,
+                row.previous_secret_set_at
             ],
         )?;
         Ok(())
@@ -799,9 +876,17 @@ impl Store {
             if let Some(secret) = c.client_secret {
                 fields.push(SealedField {
                     table: "credentials",
-                    row_id: c.id,
+                    row_id: c.id.clone(),
                     field: "client_secret",
                     blob: secret,
+                });
+            }
+            if let Some(previous) = c.previous_secret {
+                fields.push(SealedField {
+                    table: "credentials",
+                    row_id: c.id,
+                    field: "previous_secret",
+                    blob: previous,
                 });
             }
         }
@@ -1075,6 +1160,10 @@ mod tests {
                     config: vec![2],
                     client_secret: Some(vec![3]),
                     state: "ready".into(),
+                    secret_set_at: Some(0),
+                    secret_worked: false,
+                    previous_secret: None,
+                    previous_secret_set_at: None,
                 },
                 0,
             )
