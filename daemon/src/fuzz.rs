@@ -318,6 +318,11 @@ fn params_of(
         TotpConfirm,
         TotpRemove,
         TotpStatus,
+        GitRouteAdd,
+        GitRouteList,
+        GitRouteRemove,
+        GitGet,
+        GitErase,
     )
 }
 
