@@ -216,8 +216,9 @@ fn git_gets_the_routed_token_by_path_and_by_username() {
     assert!(r.out().contains("refs/heads/main"), "{r:?}");
     let seen = server.take();
     assert!(
-        seen.iter()
-            .any(|s| s.password == work && s.user == "oauth2"),
+        seen.iter().any(|s| s.path.starts_with("/acme/widgets.git/")
+            && s.password == work
+            && s.user == "oauth2"),
         "{seen:?}"
     );
     git(&env, &["ls-remote", &server.url("other/thing.git")]).success();
