@@ -1273,7 +1273,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 38);
+        assert_eq!(METHODS.len(), 43);
     }
 
     #[test]
@@ -1295,6 +1295,7 @@ mod tests {
                 "credential.list",
                 "credential.show",
                 "daemon.stats",
+                "git.route_list",
                 "hello",
                 "provider.list",
                 "provider.show",
