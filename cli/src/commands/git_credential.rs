@@ -48,7 +48,7 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct SetupArgs {
-    /// Host or URL: github.com, https://github.com/acme, https://alice@github.com
+    /// Host or URL: `github.com`, `https://github.com/acme`, `https://alice@github.com`
     url: String,
     /// The credential whose access token answers
     #[arg(long)]
