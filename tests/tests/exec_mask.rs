@@ -56,3 +56,37 @@ fn the_token_is_masked_in_output_written_in_pieces_and_the_exit_code_kept() {
     assert_eq!(r.stdout, "plain\n");
     assert!(r.stderr.contains("more\n"));
 }
+
+#[test]
+fn a_signal_sent_to_latchkey_reaches_the_masked_command() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let p = Provider::start(&[svc()]);
+    let (env, _d) = svc_env(&p, DaemonOpts::new(), "svc");
+    let child_script = r#"trap 'echo "got TERM $LATCHKEY_TOKEN"; exit 3' TERM; echo ready; i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; exit 9"#;
+    let mut latchkey = env
+        .command(&env.bin("latchkey"))
+        .args(["exec", "svc", "--mask", "--", "sh", "-c", child_script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("latchkey runs");
+    let mut out = BufReader::new(latchkey.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    // SAFETY: signalling the child process this test started.
+    unsafe { libc::kill(latchkey.id() as i32, libc::SIGTERM) };
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line, "got TERM ***\n",
+        "the command got the signal, its output still masked"
+    );
+    let status = latchkey.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the command's exit code: {status:?}"
+    );
+}
