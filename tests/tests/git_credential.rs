@@ -251,6 +251,10 @@ fn git_gets_the_routed_token_by_path_and_by_username() {
     for t in [&work, &personal] {
         assert!(!trace.contains(t.as_str()), "a token in git's trace");
         assert!(!home_file(&env, ".gitconfig").contains(t.as_str()));
+        assert!(
+            !env.all_daemon_logs().contains(t.as_str()),
+            "a token in the daemon's log"
+        );
     }
 
     // Removing the last route of the host removes git's helper config.
