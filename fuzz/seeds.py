@@ -69,6 +69,12 @@ def request():
         "totp.status": {},
         "credential.confirm": {"name": "gh", "proof": {"totp": "123456"}},
         "credential.set_secret": {"name": "gh", "client_secret": CANARY, "drop_old": True},
+        "git.route_add": {"protocol": "https", "host": "github.com", "path": "acme", "username": "alice",
+                          "credential": "gh", "proof": {"passphrase": CANARY}},
+        "git.route_list": {},
+        "git.route_remove": {"protocol": "https", "host": "github.com", "path": "acme/w.git", "username": "alice"},
+        "git.get": {"protocol": "https", "host": "github.com", "path": "acme/w.git", "username": "alice"},
+        "git.erase": {"protocol": "https", "host": "github.com:8443"},
     }
     for method, params in methods.items():
         write("request", line(method, params))

@@ -81,6 +81,7 @@ fn token_args(words: &mut Words<'_>) -> Option<token::Args> {
 
 fn exec_args(words: &mut Words<'_>) -> Option<exec::Args> {
     let mut env = None;
+    let mut mask = None;
     let mut command = None;
     let token = words.token_args(|word, rest| {
         if word == "--" {
@@ -92,6 +93,9 @@ fn exec_args(words: &mut Words<'_>) -> Option<exec::Args> {
             command = Some(argv);
             return Some(true);
         }
+        if word == "--mask" {
+            return set_once(&mut mask, true).map(|()| true);
+        }
         match rest.value(word, "--env")? {
             Some(value) => set_once(&mut env, exec::parse_env_name(value).ok()?).map(|()| true),
             None => Some(false),
@@ -100,6 +104,7 @@ fn exec_args(words: &mut Words<'_>) -> Option<exec::Args> {
     Some(exec::Args {
         token,
         env: env.unwrap_or_else(|| exec::DEFAULT_ENV.to_owned()),
+        mask: mask.unwrap_or(false),
         command: command?,
     })
 }
@@ -289,6 +294,8 @@ mod tests {
                 "--",
             ],
             &["exec", "gh", "--", "--", "-x", "--help"],
+            &["exec", "gh", "--mask", "--", "x"],
+            &["exec", "--mask", "gh", "--env", "T", "--", "x", "--mask"],
             &["-q", "exec", "gh", "--scope", "s", "--", "x"],
         ];
         for argv in accepted {
@@ -348,6 +355,7 @@ mod tests {
             &["exec", "gh", "--env", "A=B", "--", "x"],
             &["exec", "gh", "--env", "", "--", "x"],
             &["exec", "gh", "--env", "A", "--env", "B", "--", "x"],
+            &["exec", "gh", "--mask", "--mask", "--", "x"],
             &["tok", "gh"],
             &["Token", "gh"],
         ];

@@ -19,6 +19,7 @@ mod commands;
 mod context;
 mod exit;
 mod fast;
+mod mask;
 mod output;
 mod secret;
 mod spawn;

@@ -148,6 +148,18 @@ methods! {
     TotpRemove = "totp.remove", TotpRemoveParams => Empty, read_only: false;
     /// Whether an authenticator is enrolled.
     TotpStatus = "totp.status", Empty => TotpStatusResult, read_only: true;
+
+    // The git credential helper (issue 10).
+    /// Map git requests for a protocol, host, path prefix and username to a credential.
+    GitRouteAdd = "git.route_add", GitRouteAddParams => GitRoute, read_only: false;
+    /// The git routes: a bare JSON array.
+    GitRouteList = "git.route_list", Empty => Vec<GitRoute>, read_only: true;
+    /// Remove a git route.
+    GitRouteRemove = "git.route_remove", GitRouteRemoveParams => GitRouteRemoveResult, read_only: false;
+    /// Answer git's `get`: the most specific route's token, through the `token.get` path.
+    GitGet = "git.get", GitRequest => GitGetResult, read_only: false;
+    /// Answer git's `erase` (after a 401): drop the route's cached access token.
+    GitErase = "git.erase", GitRequest => GitEraseResult, read_only: false;
 }
 
 mod apps;
@@ -158,6 +170,8 @@ mod stepup;
 pub use stepup::*;
 mod secrets;
 pub use secrets::*;
+mod git;
+pub use git::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -1279,7 +1293,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 39);
+        assert_eq!(METHODS.len(), 44);
     }
 
     #[test]
@@ -1301,6 +1315,7 @@ mod tests {
                 "credential.list",
                 "credential.show",
                 "daemon.stats",
+                "git.route_list",
                 "hello",
                 "provider.list",
                 "provider.show",

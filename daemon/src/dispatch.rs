@@ -104,6 +104,11 @@ pub async fn route(
         DaemonShutdown::NAME => run.method::<DaemonShutdown>(out).await,
         AuditList::NAME => run.method::<AuditList>(out).await,
         AuditVerify::NAME => run.method::<AuditVerify>(out).await,
+        GitRouteAdd::NAME => run.method::<GitRouteAdd>(out).await,
+        GitRouteList::NAME => run.method::<GitRouteList>(out).await,
+        GitRouteRemove::NAME => run.method::<GitRouteRemove>(out).await,
+        GitGet::NAME => run.method::<GitGet>(out).await,
+        GitErase::NAME => run.method::<GitErase>(out).await,
         other => {
             let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
             write_error(

@@ -319,6 +319,11 @@ fn params_of(
         TotpConfirm,
         TotpRemove,
         TotpStatus,
+        GitRouteAdd,
+        GitRouteList,
+        GitRouteRemove,
+        GitGet,
+        GitErase,
     )
 }
 

@@ -24,6 +24,7 @@ pub mod fsutil;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzz;
+mod git;
 mod handler;
 pub mod hardening;
 mod identity;

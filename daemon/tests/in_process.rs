@@ -445,6 +445,20 @@ async fn every_method_answers_its_error_kinds() {
                 ("totp.remove", json!({}), fails(NotFound)), // never confirmed
                 ("credential.confirm", json!({"name": "nope"}), fails(NotFound)),
                 ("credential.confirm", json!({"name": "api"}), fails(InvalidRequest)), // no step-up
+                // git routes (`user` is open; `api` asks, and this connection is an approver).
+                ("git.route_add", json!({"host": "git.example", "credential": "nope"}), fails(NotFound)),
+                ("git.route_add", json!({"host": "a b", "credential": "user"}), fails(InvalidParams)),
+                ("git.route_add", json!({"protocol": "http", "host": "git.example", "credential": "user"}), fails(InvalidParams)),
+                ("git.route_add", json!({"host": "git.example", "path": "a/../b", "credential": "user"}), fails(InvalidParams)),
+                ("git.route_add", json!({"host": "git.example", "path": "acme", "credential": "user"}), ok()),
+                ("git.route_list", json!({}), ok()),
+                ("git.get", json!({}), fails(InvalidParams)),
+                ("git.get", json!({"protocol": "https", "host": "other.example"}), ok()), // no route: nothing
+                ("git.get", json!({"protocol": "https", "host": "git.example", "path": "acme/w.git"}), fails(ReauthRequired)),
+                ("git.erase", json!({"protocol": "https", "host": "git.example", "path": "acme/w.git"}), ok()),
+                ("git.route_remove", json!({}), fails(InvalidParams)),
+                ("git.route_remove", json!({"host": "git.example", "path": "acme"}), ok()),
+                ("git.route_remove", json!({"host": "git.example", "path": "acme"}), fails(NotFound)),
                 ("vault.lock", json!({}), ok()),
             ],
         ),
@@ -487,6 +501,11 @@ async fn every_method_answers_its_error_kinds() {
                 ("totp.confirm", json!({"code": "123456"}), fails(Locked)),
                 ("totp.remove", json!({}), fails(Locked)),
                 ("credential.confirm", json!({"name": "api"}), fails(Locked)),
+                ("git.route_add", json!({"host": "git.example", "credential": "user"}), fails(Locked)),
+                ("git.route_list", json!({}), fails(Locked)),
+                ("git.route_remove", json!({"host": "git.example"}), fails(Locked)),
+                ("git.get", json!({"protocol": "https", "host": "git.example"}), fails(Locked)),
+                ("git.erase", json!({"protocol": "https", "host": "git.example"}), fails(Locked)),
                 // The third wrong passphrase (two above): the limiter starts.
                 ("vault.unlock", json!({"passphrase": "wrong"}), fails(WrongPassphrase)),
                 ("vault.unlock", json!({"passphrase": PASSPHRASE}), fails(RateLimited)),

@@ -19,6 +19,7 @@ const VERBS: &[&str] = &[
     "apps",
     "approve",
     "notify",
+    "git",
     "totp",
     "stepup",
     "rotation",

@@ -106,7 +106,7 @@ fn weak_passphrases_are_refused_at_init_and_change() {
 /// Drives `latchkey init` on a real pty (python's `pty`): answers each
 /// passphrase prompt with the next answer, prints what the terminal showed.
 const PTY_DRIVER: &str = r#"
-import os, pty, sys, select
+import os, pty, sys, select, termios, time
 answers = sys.argv[2:]
 pid, fd = pty.fork()
 if pid == 0:
@@ -125,6 +125,10 @@ while True:
     seen += chunk
     pending += chunk
     if pending.rstrip().endswith(b":") and answers:
+        # Type as a person does: once the prompt has turned echo off.
+        deadline = time.monotonic() + 10
+        while termios.tcgetattr(fd)[3] & termios.ECHO and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.write(fd, answers.pop(0).encode() + b"\n")
         pending = b""
 _, status = os.waitpid(pid, 0)

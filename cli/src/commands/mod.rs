@@ -11,6 +11,7 @@ mod confirm;
 mod credential;
 mod daemon;
 pub(crate) mod exec;
+mod git_credential;
 pub(crate) mod header;
 mod init;
 mod lock;
@@ -138,6 +139,14 @@ pub enum Command {
     /// `--totp-file PATH` reads it.
     #[command(subcommand)]
     Totp(totp::Command),
+    /// A git credential helper: git gets access tokens by route (host, path, username)
+    ///
+    /// `latchkey git-credential setup https://github.com/acme --credential
+    /// gh-work` routes git's requests for that prefix to a credential and
+    /// configures git to ask latchkey (`credential.https://HOST.helper`).
+    /// git then runs `latchkey git-credential get|store|erase` itself.
+    #[command(subcommand)]
+    GitCredential(git_credential::Command),
 }
 
 /// Runs one parsed command.
@@ -163,5 +172,6 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Audit(args) => audit::run(ctx, args),
         Command::Totp(command) => totp::run(ctx, command),
         Command::Confirm(args) => confirm::run(ctx, args),
+        Command::GitCredential(command) => git_credential::run(ctx, command),
     }
 }

@@ -4,6 +4,7 @@
 
 mod chain;
 pub mod crypto;
+pub mod git;
 pub mod keyring;
 pub mod rules;
 mod slots;

@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0005_policy.sql"),
     include_str!("../../migrations/0006_totp.sql"),
     include_str!("../../migrations/0007_client_secret_rotation.sql"),
+    include_str!("../../migrations/0008_git_routes.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -353,7 +354,7 @@ impl AuditTx<'_> {
     }
 }
 
-/// A row of `rules` or `app_keys`: an id and its sealed document.
+/// A row of `rules`, `app_keys` or `git_routes`: an id and its sealed document.
 pub struct SealedRow {
     pub id: String,
     pub sealed: Vec<u8>,
@@ -795,6 +796,47 @@ impl Store {
         Ok(())
     }
 
+    pub fn git_routes(&self) -> Result<Vec<SealedRow>> {
+        self.all(
+            "SELECT id, sealed FROM git_routes ORDER BY created_at, id",
+            |r| {
+                Ok(SealedRow {
+                    id: r.get(0)?,
+                    sealed: r.get(1)?,
+                })
+            },
+        )
+    }
+
+    /// Stores a git route, replacing `replaces` (the route with the same
+    /// protocol, host, path and username) in the same transaction.
+    pub fn put_git_route(
+        &mut self,
+        row: &SealedRow,
+        credential_id: &str,
+        replaces: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        if let Some(old) = replaces {
+            tx.execute("DELETE FROM git_routes WHERE id = ?1", [old])?;
+        }
+        tx.execute(
+            "INSERT INTO git_routes (id, credential_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![row.id, credential_id, row.sealed, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes a git route; true if it existed.
+    pub fn delete_git_route(&mut self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM git_routes WHERE id = ?1", [id])?
+            > 0)
+    }
+
     /// The authenticator's row, if one is enrolled.
     pub fn authenticator(&self) -> Result<Option<SealedRow>> {
         Ok(self
@@ -912,6 +954,14 @@ impl Store {
                 row_id: k.id,
                 field: "sealed",
                 blob: k.sealed,
+            });
+        }
+        for r in self.git_routes()? {
+            fields.push(SealedField {
+                table: "git_routes",
+                row_id: r.id,
+                field: "sealed",
+                blob: r.sealed,
             });
         }
         if let Some(a) = self.authenticator()? {
