@@ -9,6 +9,7 @@
 //! → `oauth` (the provider) → back, sealed into the `vault` on the way.
 //! ARCHITECTURE.md has the whole map.
 
+pub mod activation;
 mod approval;
 mod approve;
 mod apps;
