@@ -7,6 +7,7 @@ use clap::Subcommand;
 mod app;
 mod approve;
 mod audit;
+mod completions;
 mod confirm;
 mod credential;
 mod daemon;
@@ -20,6 +21,7 @@ mod passphrase;
 mod provider;
 mod rekey;
 mod revoke;
+mod service;
 mod status;
 pub(crate) mod token;
 mod totp;
@@ -138,10 +140,27 @@ pub enum Command {
     /// `--totp-file PATH` reads it.
     #[command(subcommand)]
     Totp(totp::Command),
+    /// Install latchkeyd as a user service (systemd socket activation, or launchd on macOS)
+    ///
+    /// Writes latchkey.socket and latchkey.service into
+    /// $XDG_CONFIG_HOME/systemd/user (default ~/.config/systemd/user), or a
+    /// LaunchAgent plist on macOS, and prints the commands that enable it.
+    #[command(subcommand)]
+    Service(service::Command),
+    /// Print a shell completion script: bash, zsh or fish
+    ///
+    /// `latchkey completions bash > ~/.local/share/bash-completion/completions/latchkey`
+    Completions(completions::Args),
+    /// Write man pages: latchkey.1 to stdout, or one page per command into --dir
+    ///
+    /// `latchkey man --dir ~/.local/share/man/man1`
+    Man(completions::ManArgs),
 }
 
 /// Runs one parsed command.
-pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
+/// `tree` builds the whole command line's definition, for the commands
+/// that describe it (completions, man pages).
+pub fn run(ctx: &Ctx, command: Command, tree: fn() -> clap::Command) -> Result<()> {
     match command {
         Command::Init(args) => init::run(ctx, args),
         Command::Unlock(args) => unlock::run(ctx, args),
@@ -163,5 +182,8 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Audit(args) => audit::run(ctx, args),
         Command::Totp(command) => totp::run(ctx, command),
         Command::Confirm(args) => confirm::run(ctx, args),
+        Command::Service(command) => service::run(ctx, command),
+        Command::Completions(args) => completions::run(tree(), args),
+        Command::Man(args) => completions::man(ctx, tree(), args),
     }
 }
