@@ -146,6 +146,10 @@ methods! {
     TotpRemove = "totp.remove", TotpRemoveParams => Empty, read_only: false;
     /// Whether an authenticator is enrolled.
     TotpStatus = "totp.status", Empty => TotpStatusResult, read_only: true;
+
+    // Health checks (`latchkey doctor`, issue 10).
+    /// Reach each provider's discovery (or token endpoint) and read its clock.
+    ProviderCheck = "provider.check", Empty => ProviderCheckResult, read_only: true;
 }
 
 mod apps;
@@ -154,6 +158,8 @@ mod totp;
 pub use totp::*;
 mod stepup;
 pub use stepup::*;
+mod health;
+pub use health::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -1259,7 +1265,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 38);
+        assert_eq!(METHODS.len(), 39);
     }
 
     #[test]
@@ -1282,6 +1288,7 @@ mod tests {
                 "credential.show",
                 "daemon.stats",
                 "hello",
+                "provider.check",
                 "provider.list",
                 "provider.show",
                 "status",

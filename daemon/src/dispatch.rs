@@ -103,6 +103,7 @@ pub async fn route(
         DaemonShutdown::NAME => run.method::<DaemonShutdown>(out).await,
         AuditList::NAME => run.method::<AuditList>(out).await,
         AuditVerify::NAME => run.method::<AuditVerify>(out).await,
+        ProviderCheck::NAME => run.method::<ProviderCheck>(out).await,
         other => {
             let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
             write_error(

@@ -318,6 +318,7 @@ fn params_of(
         TotpConfirm,
         TotpRemove,
         TotpStatus,
+        ProviderCheck,
     )
 }
 

@@ -27,6 +27,7 @@ pub mod fsutil;
 pub mod fuzz;
 mod handler;
 pub mod hardening;
+mod health;
 mod identity;
 mod lifecycle;
 pub mod lockfile;

@@ -21,6 +21,7 @@ const VERBS: &[&str] = &[
     "notify",
     "totp",
     "stepup",
+    "health",
 ];
 
 /// Each top-level module's source (a directory module's files joined),

@@ -11,6 +11,7 @@ mod completions;
 mod confirm;
 mod credential;
 mod daemon;
+mod doctor;
 pub(crate) mod exec;
 pub(crate) mod header;
 mod init;
@@ -155,6 +156,12 @@ pub enum Command {
     ///
     /// `latchkey man --dir ~/.local/share/man/man1`
     Man(completions::ManArgs),
+    /// Check the daemon, files, keyring, providers and credentials, each with its fix
+    ///
+    /// Exits 1 when any check needs action (warn or fail). --json prints a
+    /// stable list of {check, status: ok|warn|fail, detail, fix}. Never
+    /// starts the daemon.
+    Doctor(doctor::Args),
 }
 
 /// Runs one parsed command.
@@ -185,5 +192,6 @@ pub fn run(ctx: &Ctx, command: Command, tree: fn() -> clap::Command) -> Result<(
         Command::Service(command) => service::run(ctx, command),
         Command::Completions(args) => completions::run(tree(), args),
         Command::Man(args) => completions::man(ctx, tree(), args),
+        Command::Doctor(args) => doctor::run(ctx, args),
     }
 }
