@@ -90,6 +90,21 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
             }
         }
     }
+    if manager == Manager::Systemd {
+        // ProtectSystem=strict makes every other path read-only, and a
+        // ReadWritePaths= that does not exist yet is skipped: the vault's
+        // directory must be there before the service starts.
+        if let Some(dir) = setup.vault.parent() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| {
+                    format!("failed to create the vault directory {}", dir.display())
+                })?;
+        }
+    }
     for unit in &units {
         let dir = unit.path.parent().expect("a unit path has a directory");
         std::fs::create_dir_all(dir)
@@ -169,6 +184,17 @@ fn socket_spec(setup: &Setup) -> String {
     setup.socket.display().to_string()
 }
 
+/// A path as one word of a unit file: `%` doubled (systemd expands
+/// specifiers), quoted when it holds white space.
+fn unit_word(path: &Path) -> String {
+    let text = path.display().to_string().replace('%', "%%");
+    if text.chars().any(char::is_whitespace) {
+        format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        text
+    }
+}
+
 /// `latchkey.socket` and `latchkey.service` for the user's systemd.
 pub fn systemd_units(setup: &Setup) -> Vec<Unit> {
     let dir = setup.config_home.join("systemd/user");
@@ -190,12 +216,7 @@ WantedBy=sockets.target
 ",
         socket = socket_spec(setup)
     );
-    let data_dir = setup
-        .vault
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .display()
-        .to_string();
+    let data_dir = unit_word(setup.vault.parent().unwrap_or(Path::new("/")));
     let service = format!(
         "\
 # Written by `latchkey service install`.
@@ -208,7 +229,7 @@ After=latchkey.socket
 [Service]
 Type=notify
 ExecStart={daemon}
-Environment=LATCHKEY_VAULT={vault}
+Environment={vault}
 Restart=on-failure
 UMask=0077
 NoNewPrivileges=yes
@@ -228,8 +249,11 @@ LimitCORE=0
 [Install]
 Also=latchkey.socket
 ",
-        daemon = setup.daemon.display(),
-        vault = setup.vault.display(),
+        daemon = unit_word(&setup.daemon),
+        vault = unit_word(Path::new(&format!(
+            "LATCHKEY_VAULT={}",
+            setup.vault.display()
+        ))),
     );
     vec![
         Unit {
@@ -337,6 +361,13 @@ mod tests {
         ] {
             assert!(units[1].text.contains(line), "{line}: {}", units[1].text);
         }
+    }
+
+    #[test]
+    fn paths_are_one_word_of_a_unit_file() {
+        assert_eq!(unit_word(Path::new("/a/b")), "/a/b");
+        assert_eq!(unit_word(Path::new("/a/100%")), "/a/100%%");
+        assert_eq!(unit_word(Path::new("/my dir/x")), "\"/my dir/x\"");
     }
 
     #[test]
