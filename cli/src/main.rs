@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         None => parse_with_clap(),
     };
     let ctx = context::Ctx::new(cli.socket, cli.vault, cli.quiet, withheld_env);
-    match commands::run(&ctx, cli.command) {
+    match commands::run(&ctx, cli.command, Cli::command) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) if exit::is_broken_pipe(&err) => ExitCode::from(exit::OK),
         Err(err) => {

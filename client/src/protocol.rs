@@ -160,6 +160,9 @@ methods! {
     GitGet = "git.get", GitRequest => GitGetResult, read_only: false;
     /// Answer git's `erase` (after a 401): drop the route's cached access token.
     GitErase = "git.erase", GitRequest => GitEraseResult, read_only: false;
+    // Health checks (`latchkey doctor`, issue 10).
+    /// Reach each provider's discovery (or token endpoint) and read its clock.
+    ProviderCheck = "provider.check", Empty => ProviderCheckResult, read_only: true;
 }
 
 mod apps;
@@ -172,6 +175,8 @@ mod secrets;
 pub use secrets::*;
 mod git;
 pub use git::*;
+mod health;
+pub use health::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -1293,7 +1298,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 44);
+        assert_eq!(METHODS.len(), 45);
     }
 
     #[test]
@@ -1317,6 +1322,7 @@ mod tests {
                 "daemon.stats",
                 "git.route_list",
                 "hello",
+                "provider.check",
                 "provider.list",
                 "provider.show",
                 "status",

@@ -109,6 +109,7 @@ pub async fn route(
         GitRouteRemove::NAME => run.method::<GitRouteRemove>(out).await,
         GitGet::NAME => run.method::<GitGet>(out).await,
         GitErase::NAME => run.method::<GitErase>(out).await,
+        ProviderCheck::NAME => run.method::<ProviderCheck>(out).await,
         other => {
             let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
             write_error(

@@ -324,6 +324,7 @@ fn params_of(
         GitRouteRemove,
         GitGet,
         GitErase,
+        ProviderCheck,
     )
 }
 

@@ -9,6 +9,7 @@
 //! → `oauth` (the provider) → back, sealed into the `vault` on the way.
 //! ARCHITECTURE.md has the whole map.
 
+pub mod activation;
 mod approval;
 mod approve;
 mod apps;
@@ -27,6 +28,7 @@ pub mod fuzz;
 mod git;
 mod handler;
 pub mod hardening;
+mod health;
 mod identity;
 mod lifecycle;
 pub mod lockfile;

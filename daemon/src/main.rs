@@ -5,10 +5,13 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use interprocess::local_socket::tokio::Listener;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::uds_local_socket::tokio::Listener as UdsListener;
 use latchkey_client::duration;
 use latchkey_daemon::{
-    fsutil, hardening, keyring, lockfile, AuditRetention, Clock, Config, Rate, RateLimits,
+    activation, fsutil, hardening, keyring, lockfile, AuditRetention, Clock, Config, Rate,
+    RateLimits,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -121,6 +124,8 @@ fn main() -> ExitCode {
 }
 
 fn start(args: Args) -> anyhow::Result<()> {
+    // First, while this is the only thread: the variables are removed.
+    let inherited = activation::take_listener()?;
     hardening::refuse_test_switches().map_err(anyhow::Error::msg)?;
     for refused in hardening::harden_process() {
         tracing::warn!("hardening not applied: {refused}");
@@ -143,7 +148,12 @@ fn start(args: Args) -> anyhow::Result<()> {
     tracing::debug!(max_connections, "client connection cap");
     let config = Config {
         vault_path: args.vault.unwrap_or_else(latchkey_client::vault_path),
-        socket_path: args.socket.unwrap_or_else(latchkey_client::socket_path),
+        // A socket systemd passed is where clients will connect, whatever
+        // the flag or the default says.
+        socket_path: match &inherited {
+            Some(inherited) => inherited.path.clone(),
+            None => args.socket.unwrap_or_else(latchkey_client::socket_path),
+        },
         idle_timeout: args.idle_timeout,
         frame_timeout: args.frame_timeout,
         max_connections,
@@ -180,7 +190,9 @@ fn start(args: Args) -> anyhow::Result<()> {
             socket_dir.display()
         )
     })?;
-    if socket.exists() {
+    if inherited.is_some() {
+        activation::check_socket_file(socket)?;
+    } else if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             bail!(
                 "another daemon is listening on {}; stop it with `latchkey daemon stop`, or choose another socket with LATCHKEY_SOCKET",
@@ -197,26 +209,51 @@ fn start(args: Args) -> anyhow::Result<()> {
         .build()
         .context("failed to start the async runtime")?;
     runtime.block_on(async {
-        let name = socket
-            .as_path()
-            .to_fs_name::<GenericFilePath>()
-            .with_context(|| format!("invalid socket path {}", socket.display()))?;
-        let listener = ListenerOptions::new()
-            .name(name)
-            .create_tokio()
-            .with_context(|| format!("failed to listen on {}", socket.display()))?;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("failed to make {} private", socket.display()))?;
-        tracing::info!(
-            socket = %socket.display(),
-            vault = %config.vault_path.display(),
-            pid = std::process::id(),
-            "latchkeyd listening"
-        );
-        latchkey_daemon::run(config.clone(), listener, shutdown_signal()).await
+        let listener = match inherited {
+            Some(inherited) => {
+                let listener = UdsListener::try_from(inherited.fd).with_context(|| {
+                    format!(
+                        "failed to serve the socket systemd passed ({})",
+                        socket.display()
+                    )
+                })?;
+                tracing::info!(
+                    socket = %socket.display(),
+                    vault = %config.vault_path.display(),
+                    pid = std::process::id(),
+                    "latchkeyd listening on the socket systemd passed"
+                );
+                Listener::from(listener)
+            }
+            None => bind(socket, &config)?,
+        };
+        activation::notify("READY=1");
+        let served = latchkey_daemon::run(config.clone(), listener, shutdown_signal()).await;
+        activation::notify("STOPPING=1");
+        served
     })?;
     tracing::info!("latchkeyd stopped");
     Ok(())
+}
+
+/// Binds the socket at `socket` (0600) for `config`'s daemon.
+fn bind(socket: &std::path::Path, config: &Config) -> anyhow::Result<Listener> {
+    let name = socket
+        .to_fs_name::<GenericFilePath>()
+        .with_context(|| format!("invalid socket path {}", socket.display()))?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .create_tokio()
+        .with_context(|| format!("failed to listen on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("failed to make {} private", socket.display()))?;
+    tracing::info!(
+        socket = %socket.display(),
+        vault = %config.vault_path.display(),
+        pid = std::process::id(),
+        "latchkeyd listening"
+    );
+    Ok(listener)
 }
 
 /// The `latchkey` CLI installed beside this executable, whose connections
@@ -238,6 +275,7 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+    activation::notify("STOPPING=1");
 }
 
 /// Logs go to stderr. `LATCHKEY_LOG` sets the filter: a level (`debug`)

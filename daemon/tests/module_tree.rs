@@ -23,6 +23,7 @@ const VERBS: &[&str] = &[
     "totp",
     "stepup",
     "rotation",
+    "health",
 ];
 
 /// Each top-level module's source (a directory module's files joined),

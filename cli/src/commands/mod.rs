@@ -7,9 +7,11 @@ use clap::Subcommand;
 mod app;
 mod approve;
 mod audit;
+mod completions;
 mod confirm;
 mod credential;
 mod daemon;
+mod doctor;
 pub(crate) mod exec;
 mod git_credential;
 pub(crate) mod header;
@@ -21,6 +23,7 @@ mod passphrase;
 mod provider;
 mod rekey;
 mod revoke;
+mod service;
 mod status;
 pub(crate) mod token;
 mod totp;
@@ -147,10 +150,33 @@ pub enum Command {
     /// git then runs `latchkey git-credential get|store|erase` itself.
     #[command(subcommand)]
     GitCredential(git_credential::Command),
+    /// Install latchkeyd as a user service (systemd socket activation, or launchd on macOS)
+    ///
+    /// Writes latchkey.socket and latchkey.service into
+    /// $XDG_CONFIG_HOME/systemd/user (default ~/.config/systemd/user), or a
+    /// LaunchAgent plist on macOS, and prints the commands that enable it.
+    #[command(subcommand)]
+    Service(service::Command),
+    /// Print a shell completion script: bash, zsh or fish
+    ///
+    /// `latchkey completions bash > ~/.local/share/bash-completion/completions/latchkey`
+    Completions(completions::Args),
+    /// Write man pages: latchkey.1 to stdout, or one page per command into --dir
+    ///
+    /// `latchkey man --dir ~/.local/share/man/man1`
+    Man(completions::ManArgs),
+    /// Check the daemon, files, keyring, providers and credentials, each with its fix
+    ///
+    /// Exits 1 when any check needs action (warn or fail). --json prints a
+    /// stable list of {check, status: ok|warn|fail, detail, fix}. Never
+    /// starts the daemon.
+    Doctor(doctor::Args),
 }
 
 /// Runs one parsed command.
-pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
+/// `tree` builds the whole command line's definition, for the commands
+/// that describe it (completions, man pages).
+pub fn run(ctx: &Ctx, command: Command, tree: fn() -> clap::Command) -> Result<()> {
     match command {
         Command::Init(args) => init::run(ctx, args),
         Command::Unlock(args) => unlock::run(ctx, args),
@@ -173,5 +199,9 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Totp(command) => totp::run(ctx, command),
         Command::Confirm(args) => confirm::run(ctx, args),
         Command::GitCredential(command) => git_credential::run(ctx, command),
+        Command::Service(command) => service::run(ctx, command),
+        Command::Completions(args) => completions::run(tree(), args),
+        Command::Man(args) => completions::man(ctx, tree(), args),
+        Command::Doctor(args) => doctor::run(ctx, args),
     }
 }

@@ -184,6 +184,24 @@ impl Http {
         Ok((status, headers, body, looks_like_json_object))
     }
 
+    /// GETs `url` for a health check: the status and the `Date` header
+    /// (unparsed, as sent), the body dropped unread.
+    pub async fn probe(&self, url: &Url) -> Result<(u16, Option<String>), HttpError> {
+        let response = self
+            .client()
+            .get(url.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| classify(e.without_url()))?;
+        let date = response
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((response.status().as_u16(), date))
+    }
+
     /// GETs a JSON document (discovery metadata, a JWKS).
     pub async fn get_json(&self, url: &Url) -> Result<(u16, Zeroizing<Vec<u8>>), HttpError> {
         let request = http::Request::get(url.as_str())
