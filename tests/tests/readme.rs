@@ -70,26 +70,31 @@ fn the_socat_example_returns_the_token() {
             std::env::var_os("CI").is_none(),
             "socat must be installed in CI"
         );
-        eprintln!("skipped: socat is not installed");
+        latchkey_tests::skip("socat is not installed");
         return;
     }
     let p = Provider::start(&[svc()]);
     let env = ready_env(&p);
     let expected = env.token("deploy-api");
     let block = readme_block("sh", "socat");
-    let command: String = block
-        .lines()
-        .filter(|l| !l.starts_with('{'))
-        .map(|l| l.trim_start_matches("$ ").trim_end_matches('\\'))
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace(
-            "$XDG_RUNTIME_DIR/latchkey/latchkey.sock",
-            &env.socket.display().to_string(),
-        );
+    // Pasteable: no prompt, no output mixed in; it runs as it stands, with
+    // the daemon's runtime dir as `$XDG_RUNTIME_DIR`.
+    assert!(
+        !block
+            .lines()
+            .any(|l| l.starts_with("$ ") || l.starts_with('{')),
+        "the socat block is only the command (its output in a block of its own):\n{block}"
+    );
+    let command = block.trim().to_owned();
+    let runtime = env
+        .socket
+        .parent()
+        .and_then(|dir| dir.parent())
+        .expect("the socket is in $XDG_RUNTIME_DIR/latchkey");
     let out = Command::new("sh")
         .arg("-c")
         .arg(&command)
+        .env("XDG_RUNTIME_DIR", runtime)
         .output()
         .expect("sh runs");
     assert!(
@@ -130,4 +135,41 @@ fn the_readme_lists_the_exit_codes_the_cli_has() {
     });
     assert_eq!(printed, (0..=13).collect::<Vec<u8>>(), "{help}");
     assert_eq!(documented, printed, "README.md's exit-code table");
+}
+
+/// A newcomer's first command builds both binaries (the CLI starts the
+/// daemon beside it) from the committed lock file, and every `cargo
+/// install` in the README is `--locked`.
+#[test]
+fn the_first_command_builds_both_binaries_locked() {
+    let first = readme_block("sh", "");
+    let build = first
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    for part in [
+        "cargo build",
+        "--release",
+        "--locked",
+        "-p latchkey-cli",
+        "-p latchkey-daemon",
+        "target/release/latchkeyd",
+    ] {
+        assert!(
+            build.contains(part),
+            "the README's first command lacks {part:?}: {build}"
+        );
+    }
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for install in readme.split("cargo install").skip(1) {
+        let args: String = install
+            .chars()
+            .take_while(|&c| c != '`' && c != '\n' && c != '&')
+            .collect();
+        assert!(
+            args.contains("--locked"),
+            "`cargo install{args}` in README.md needs --locked"
+        );
+    }
 }
