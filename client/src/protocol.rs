@@ -551,6 +551,10 @@ pub struct StatusResult {
     /// Approvers attached now (`latchkey approve`).
     #[serde(default)]
     pub approvers: u32,
+    /// The file the daemon's own log (its stderr) goes to, as the daemon
+    /// sees it; `None` when it logs to a terminal, a pipe or the journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<String>,
 }
 
 /// Parameters of `vault.init`. At least one of the two slots must be asked for.
