@@ -8,6 +8,7 @@
 use latchkey_tests::fixture::{svc, svc_env};
 use latchkey_tests::provider::Provider;
 use latchkey_tests::{DaemonOpts, TestEnv};
+use std::path::Path;
 use std::process::Command;
 
 /// The body of the first fenced block in README.md that starts with `lang`.
@@ -172,4 +173,76 @@ fn the_first_command_builds_both_binaries_locked() {
             "`cargo install{args}` in README.md needs --locked"
         );
     }
+}
+
+/// The README's one-minute try-out works as written: the test
+/// authorization server started from `tests/provider/try.json` (on another
+/// port here, so tests can run side by side), then the README's own
+/// `latchkey` lines give a token (`init` and `--access open` ask for the
+/// passphrase: the env's passphrase file stands in).
+#[test]
+fn the_try_out_gives_a_token() {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/provider/try.json"))
+            .expect("tests/provider/try.json is readable"),
+    )
+    .expect("try.json is JSON");
+    let port = config["port"]
+        .as_u64()
+        .expect("try.json names a fixed port");
+    let mut ephemeral = config.clone();
+    ephemeral["port"] = 0.into();
+    let p = Provider::start_with(ephemeral);
+    let block = readme_block("sh", "latchkey provider add local");
+    let fixed = format!("http://127.0.0.1:{port}");
+    assert!(
+        block.contains(&fixed),
+        "the try-out uses the port of try.json:\n{block}"
+    );
+    let env = TestEnv::new();
+    let bin_dir = env.bin("latchkey").parent().unwrap().to_path_buf();
+    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let mut printed = Vec::new();
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        if line.trim() == "latchkey init" {
+            env.init();
+            continue;
+        }
+        let mut line = line.replace(&fixed, p.issuer().trim_end_matches('/'));
+        if line.contains("--access open") {
+            // The passphrase it asks for, from the env's file.
+            line.push_str(&format!(
+                " --passphrase-file {}",
+                env.passphrase_file().display()
+            ));
+        }
+        let out = env
+            .command(Path::new("sh"))
+            .arg("-c")
+            .arg(&line)
+            .env("PATH", &path)
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        printed.push(String::from_utf8(out.stdout).unwrap());
+    }
+    let token = env.token("demo");
+    assert!(
+        printed.iter().any(|o| o.trim() == token),
+        "`latchkey token demo` printed the token"
+    );
+    assert!(
+        printed
+            .iter()
+            .any(|o| o.trim() == format!("Authorization: Bearer {token}")),
+        "`latchkey header demo` printed the header: {printed:?}"
+    );
+    env.latchkey(&["daemon", "stop"]).success();
 }
