@@ -17,10 +17,19 @@ async fn main() {
         Ok(token) => {
             // Hand the token to the resource server; never log it.
             let _authorization = format!("Bearer {}", token.access_token.expose_secret());
-            println!(
-                "{name}: {} token, expires at {:?}",
-                token.token_type, token.expires_at
-            );
+            match token.expires_at {
+                Some(at) => {
+                    let left = at - latchkey_client::unix_now();
+                    println!(
+                        "{name}: {} token, expires at {at} (Unix time, in {left} s)",
+                        token.token_type
+                    );
+                }
+                None => println!(
+                    "{name}: {} token; the provider did not say when it expires",
+                    token.token_type
+                ),
+            }
         }
         Err(e) if e.kind() == Some(ErrorKind::ReauthRequired) => {
             eprintln!("{e}");

@@ -62,6 +62,16 @@ macro_rules! methods {
         /// Every method as `(NAME, READ_ONLY)`, in declaration order: for a
         /// server to check that its dispatch covers them all.
         pub const METHODS: &[(&str, bool)] = &[$(($name, $read_only)),+];
+
+        /// Every method as the reference page (`docs/protocol.md`) shows it.
+        #[cfg(test)]
+        pub(crate) const METHOD_DOCS: &[MethodDoc] = &[$(MethodDoc {
+            name: $name,
+            read_only: $read_only,
+            params: stringify!($params),
+            result: stringify!($result),
+            doc: &[$($doc),+],
+        }),+];
     };
 }
 
@@ -165,7 +175,19 @@ methods! {
     ProviderCheck = "provider.check", Empty => ProviderCheckResult, read_only: true;
 }
 
+/// One method as the reference page shows it (see [`METHOD_DOCS`]).
+#[cfg(test)]
+pub(crate) struct MethodDoc {
+    pub name: &'static str,
+    pub read_only: bool,
+    pub params: &'static str,
+    pub result: &'static str,
+    pub doc: &'static [&'static str],
+}
+
 mod apps;
+#[cfg(test)]
+mod reference;
 pub use apps::*;
 mod totp;
 pub use totp::*;
@@ -557,6 +579,10 @@ pub struct StatusResult {
     /// Approvers attached now (`latchkey approve`).
     #[serde(default)]
     pub approvers: u32,
+    /// The file the daemon's own log (its stderr) goes to, as the daemon
+    /// sees it; `None` when it logs to a terminal, a pipe or the journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<String>,
 }
 
 /// Parameters of `vault.init`. At least one of the two slots must be asked for.

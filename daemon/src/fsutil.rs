@@ -48,6 +48,26 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The file this process's stderr (its log) is written to: the daemon
+/// started by the CLI logs to a file, a foreground one to a terminal, a
+/// pipe or the journal, and then there is none. Found once, from fd 2
+/// itself (a regular file, its path through `/proc/self/fd/2`).
+pub fn log_file() -> Option<&'static Path> {
+    static LOG: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        use std::os::fd::AsFd;
+        let stderr = io::stderr();
+        let file = std::fs::File::from(stderr.as_fd().try_clone_to_owned().ok()?);
+        if !file.metadata().ok()?.file_type().is_file() {
+            return None;
+        }
+        let path = std::fs::read_link("/proc/self/fd/2").ok()?;
+        // A deleted file reads as "PATH (deleted)": nothing to point at.
+        path.exists().then_some(path)
+    })
+    .as_deref()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,6 +62,7 @@ impl Handler for Status {
             credentials: None,
             needs_login: None,
             accounts: None,
+            log_file: crate::fsutil::log_file().map(|p| p.display().to_string()),
         };
         if let Some(s) = &session {
             let catalog = s.catalog();

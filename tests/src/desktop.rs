@@ -29,7 +29,7 @@ const RULES_DIR: &str = "/etc/polkit-1/rules.d";
 
 /// Whether test `test` may run: `ready` says what it needs is here. If not,
 /// in CI (`CI` set) that is a failure; elsewhere it prints
-/// `SKIPPED test: why` and the test returns.
+/// `SKIPPED test: why` ([`crate::skip`]) and the test returns.
 pub fn can_run(test: &str, ready: bool, why: &str) -> bool {
     if ready {
         return true;
@@ -38,7 +38,7 @@ pub fn can_run(test: &str, ready: bool, why: &str) -> bool {
         std::env::var_os("CI").is_none(),
         "{test}: {why}, and CI must run it (.ci/test installs what it needs)"
     );
-    eprintln!("SKIPPED {test}: {why}");
+    crate::skip(&format!("{test}: {why}"));
     false
 }
 

@@ -6,7 +6,7 @@
 //! clearly and a passphrase vault still works.
 //!
 //! With `LATCHKEY_TEST_REQUIRE_KEYRING=1` (CI) a missing Secret Service is a
-//! failure; otherwise the test prints a `skipped: …` line and passes. Kernel
+//! failure; otherwise the test records a skip (`latchkey_tests::skip`) and passes. Kernel
 //! keyutils is skipped, with the reason, wherever the sandbox refuses the
 //! keyctl system call (e.g. Docker's default seccomp profile).
 //!
@@ -24,7 +24,9 @@ fn skip_secret_service(why: &str) -> bool {
     if keyring_required() {
         panic!("LATCHKEY_TEST_REQUIRE_KEYRING=1 but {why}; `source .ci/keyring-env.sh` starts one");
     }
-    println!("skipped: {why}; `source .ci/keyring-env.sh` to run this test");
+    latchkey_tests::skip(&format!(
+        "{why}; `source .ci/keyring-env.sh` to run this test"
+    ));
     true
 }
 
@@ -223,7 +225,9 @@ fn keyutils_description(env: &TestEnv) -> String {
 #[test]
 fn keyutils_slot_unlocks_survives_restarts_and_a_lost_key_falls_back_to_the_passphrase() {
     if let Err(why) = keyctl::probe() {
-        println!("skipped: kernel keyutils is not usable in this sandbox: {why}");
+        latchkey_tests::skip(&format!(
+            "kernel keyutils is not usable in this sandbox: {why}"
+        ));
         return;
     }
     let env = TestEnv::new();

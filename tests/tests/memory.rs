@@ -80,12 +80,12 @@ fn release_daemon(env: &TestEnv) -> Option<PathBuf> {
 fn a_release_daemon_refuses_the_test_kdf_switch() {
     let env = TestEnv::new();
     let Some(binary) = release_daemon(&env) else {
-        eprintln!(
-            "SKIPPED a_release_daemon_refuses_the_test_kdf_switch: no release latchkeyd next to {}; \
+        latchkey_tests::skip(&format!(
+            "no release latchkeyd next to {}; \
              build one with `cargo build --release -p latchkey-daemon` to run it \
              (the rule itself is unit-tested with release=true in daemon/src/vault/crypto.rs)",
             env.bin("latchkeyd").display()
-        );
+        ));
         return;
     };
     let mut child = Command::new(&binary)

@@ -8,6 +8,7 @@
 use latchkey_tests::fixture::{svc, svc_env};
 use latchkey_tests::provider::Provider;
 use latchkey_tests::{DaemonOpts, TestEnv};
+use std::path::Path;
 use std::process::Command;
 
 /// The body of the first fenced block in README.md that starts with `lang`.
@@ -70,26 +71,31 @@ fn the_socat_example_returns_the_token() {
             std::env::var_os("CI").is_none(),
             "socat must be installed in CI"
         );
-        eprintln!("skipped: socat is not installed");
+        latchkey_tests::skip("socat is not installed");
         return;
     }
     let p = Provider::start(&[svc()]);
     let env = ready_env(&p);
     let expected = env.token("deploy-api");
     let block = readme_block("sh", "socat");
-    let command: String = block
-        .lines()
-        .filter(|l| !l.starts_with('{'))
-        .map(|l| l.trim_start_matches("$ ").trim_end_matches('\\'))
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace(
-            "$XDG_RUNTIME_DIR/latchkey/latchkey.sock",
-            &env.socket.display().to_string(),
-        );
+    // Pasteable: no prompt, no output mixed in; it runs as it stands, with
+    // the daemon's runtime dir as `$XDG_RUNTIME_DIR`.
+    assert!(
+        !block
+            .lines()
+            .any(|l| l.starts_with("$ ") || l.starts_with('{')),
+        "the socat block is only the command (its output in a block of its own):\n{block}"
+    );
+    let command = block.trim().to_owned();
+    let runtime = env
+        .socket
+        .parent()
+        .and_then(|dir| dir.parent())
+        .expect("the socket is in $XDG_RUNTIME_DIR/latchkey");
     let out = Command::new("sh")
         .arg("-c")
         .arg(&command)
+        .env("XDG_RUNTIME_DIR", runtime)
         .output()
         .expect("sh runs");
     assert!(
@@ -130,4 +136,113 @@ fn the_readme_lists_the_exit_codes_the_cli_has() {
     });
     assert_eq!(printed, (0..=13).collect::<Vec<u8>>(), "{help}");
     assert_eq!(documented, printed, "README.md's exit-code table");
+}
+
+/// A newcomer's first command builds both binaries (the CLI starts the
+/// daemon beside it) from the committed lock file, and every `cargo
+/// install` in the README is `--locked`.
+#[test]
+fn the_first_command_builds_both_binaries_locked() {
+    let first = readme_block("sh", "");
+    let build = first
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    for part in [
+        "cargo build",
+        "--release",
+        "--locked",
+        "-p latchkey-cli",
+        "-p latchkey-daemon",
+        "target/release/latchkeyd",
+    ] {
+        assert!(
+            build.contains(part),
+            "the README's first command lacks {part:?}: {build}"
+        );
+    }
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for install in readme.split("cargo install").skip(1) {
+        let args: String = install
+            .chars()
+            .take_while(|&c| c != '`' && c != '\n' && c != '&')
+            .collect();
+        assert!(
+            args.contains("--locked"),
+            "`cargo install{args}` in README.md needs --locked"
+        );
+    }
+}
+
+/// The README's one-minute try-out works as written: the test
+/// authorization server started from `tests/provider/try.json` (on another
+/// port here, so tests can run side by side), then the README's own
+/// `latchkey` lines give a token (`init` and `--access open` ask for the
+/// passphrase: the env's passphrase file stands in).
+#[test]
+fn the_try_out_gives_a_token() {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/provider/try.json"))
+            .expect("tests/provider/try.json is readable"),
+    )
+    .expect("try.json is JSON");
+    let port = config["port"]
+        .as_u64()
+        .expect("try.json names a fixed port");
+    let mut ephemeral = config.clone();
+    ephemeral["port"] = 0.into();
+    let p = Provider::start_with(ephemeral);
+    let block = readme_block("sh", "latchkey provider add local");
+    let fixed = format!("http://127.0.0.1:{port}");
+    assert!(
+        block.contains(&fixed),
+        "the try-out uses the port of try.json:\n{block}"
+    );
+    let env = TestEnv::new();
+    let bin_dir = env.bin("latchkey").parent().unwrap().to_path_buf();
+    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let mut printed = Vec::new();
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        if line.trim() == "latchkey init" {
+            env.init();
+            continue;
+        }
+        let mut line = line.replace(&fixed, p.issuer().trim_end_matches('/'));
+        if line.contains("--access open") {
+            // The passphrase it asks for, from the env's file.
+            line.push_str(&format!(
+                " --passphrase-file {}",
+                env.passphrase_file().display()
+            ));
+        }
+        let out = env
+            .command(Path::new("sh"))
+            .arg("-c")
+            .arg(&line)
+            .env("PATH", &path)
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        printed.push(String::from_utf8(out.stdout).unwrap());
+    }
+    let token = env.token("demo");
+    assert!(
+        printed.iter().any(|o| o.trim() == token),
+        "`latchkey token demo` printed the token"
+    );
+    assert!(
+        printed
+            .iter()
+            .any(|o| o.trim() == format!("Authorization: Bearer {token}")),
+        "`latchkey header demo` printed the header: {printed:?}"
+    );
+    env.latchkey(&["daemon", "stop"]).success();
 }

@@ -189,7 +189,11 @@ fn status(ctx: &Ctx) -> Result<()> {
                 VaultState::Unlocked => "unlocked",
             },
         )
-        .add("path", &status.vault_path)
-        .add("log", spawn::log_path(&ctx.socket).display().to_string());
+        .add("path", &status.vault_path);
+    // Only a log the daemon says it writes (a foreground daemon logs to
+    // its terminal, or the journal).
+    if let Some(log) = &status.log_file {
+        f.add("log", log);
+    }
     output::print(&f.render())
 }

@@ -116,6 +116,7 @@ mod tests {
             accounts: None,
             caller: None,
             approvers: 0,
+            log_file: None,
         }
     }
 
