@@ -260,7 +260,14 @@ impl<'a> Source<'a> {
 
     fn read(&mut self) -> Result<Snapshot> {
         if self.conn.is_none() {
-            self.conn = Some(self.ctx.connect()?);
+            // A daemon that went away is not restarted behind the user's
+            // back (`latchkey daemon stop`); the first connection, in
+            // [`run`], starts one if need be, as `latchkey status` does.
+            self.conn = Some(self.ctx.connect_running()?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the latchkey daemon is not running: start it with `latchkey daemon start`"
+                )
+            })?);
         }
         let conn = self.conn.as_mut().expect("connected just above");
         let status = conn.status()?;
@@ -303,9 +310,11 @@ fn want_color(tty: bool) -> bool {
 /// Runs the view: `count` snapshots (or until quit), one per `interval`.
 pub fn run(ctx: &Ctx, interval: Duration, count: Option<u64>) -> Result<()> {
     let tty = std::io::stdout().is_terminal();
+    // Unreachable at the start is an error with its exit code; later, a
+    // line of the view until the daemon is back.
     let mut source = Source {
         ctx,
-        conn: None,
+        conn: Some(ctx.connect()?),
         recent: Vec::new(),
         next_seq: None,
     };
