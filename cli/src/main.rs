@@ -24,6 +24,7 @@ mod output;
 mod secret;
 mod spawn;
 mod terminal;
+mod watch;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use std::ffi::OsString;

@@ -940,6 +940,11 @@ pub struct TokenSummary {
     pub scope: String,
     /// Unix seconds, when the provider said.
     pub expires_at: Option<i64>,
+    /// Unix seconds: when the daemon refreshes this token ahead of its
+    /// expiry if it is still in use then (absent from older daemons, and for
+    /// tokens too short-lived to refresh ahead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_at: Option<i64>,
 }
 
 /// The daemon stops handing out a token this many seconds before it

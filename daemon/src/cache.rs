@@ -183,6 +183,9 @@ pub struct EntryInfo {
     pub backoff: Option<(i64, String)>,
     /// Whether an access token is held (it may have expired).
     pub has_token: bool,
+    /// When the token is due for a proactive refresh (taken if the token is
+    /// still in use then); `None` without a token or for short-lived ones.
+    pub refresh_at: Option<i64>,
 }
 
 impl TokenCache {
@@ -487,6 +490,11 @@ impl Entry {
                 .filter(|b| b.until > now)
                 .map(|b| (b.until, b.error.message.clone())),
             has_token: self.token.is_some(),
+            refresh_at: self
+                .token
+                .as_ref()
+                .filter(|_| self.refresh_at != i64::MAX)
+                .map(|_| self.refresh_at),
         }
     }
 }

@@ -81,6 +81,9 @@ pub struct Expect {
     pub iss_required: bool,
     /// Where the start page redirects to.
     pub authorization_url: Url,
+    /// The credential being logged in (a checked name): the pages name it
+    /// and the command that retries.
+    pub credential: String,
 }
 
 /// The addresses a redirect URI's host names. `localhost` is every
@@ -195,11 +198,65 @@ pub async fn bind(configured: Option<&str>) -> Result<Loopback, ApiError> {
     })
 }
 
+/// How a page looks: a card, its top edge coloured by how things went.
+/// Allowed by its hash alone ([`STYLE_SRC`]): no inline style attribute,
+/// no script, nothing loaded. Keep it byte-for-byte stable, or the hash
+/// changes with it (it is computed, never written by hand).
+const STYLE: &str = "body{margin:0;background:#eef1f5;color:#1f2933;font:16px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif}main{max-width:34em;margin:3em auto;padding:1.5em 2em;background:#fff;border-radius:8px;border-top:6px solid #7b8794;box-shadow:0 1px 3px rgba(0,0,0,.15)}.ok main{border-top-color:#2f9e44}.fail main{border-top-color:#c92a2a}.brand{margin:0;color:#616e7c;font-size:.85em;letter-spacing:.08em;text-transform:uppercase}h1{margin:.2em 0 .6em;font-size:1.6em}.ok h1{color:#2b8a3e}.fail h1{color:#c92a2a}code{background:#eef1f5;border-radius:4px;padding:.1em .35em;font:.95em ui-monospace,monospace}.next{color:#3e4c59}";
+
+/// The CSP's `style-src`: [`STYLE`]'s SHA-256, base64 (CSP Level 3 §8.4).
+static STYLE_SRC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(STYLE.as_bytes());
+    format!(
+        "style-src 'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+});
+
+/// How the listener's page reads: what happened, then what to do next.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tone {
+    /// The login went through.
+    Ok,
+    /// The login did not, or this page refused a request.
+    Fail,
+}
+
+/// Text made safe to put in HTML.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Content of every page the listener sends: nothing to load, nothing to
-/// frame, nothing to leak in a Referer.
-fn page(status: StatusCode, title: &str, body: &str) -> Response<Full<Bytes>> {
+/// frame, nothing to leak in a Referer. `what` says what happened, `next`
+/// what to do now; both are HTML already (callers [`escape`] what is not
+/// theirs).
+fn page(
+    status: StatusCode,
+    tone: Tone,
+    title: &str,
+    what: &str,
+    next: &str,
+) -> Response<Full<Bytes>> {
+    let class = match tone {
+        Tone::Ok => "ok",
+        Tone::Fail => "fail",
+    };
     let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head><body><h1>{title}</h1><p>{body}</p></body></html>"
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title}</title><style>{STYLE}</style></head><body class=\"{class}\"><main><p class=\"brand\">Latchkey</p><h1>{title}</h1><p>{what}</p><p class=\"next\">{next}</p></main></body></html>"
     );
     secure(Response::builder().status(status))
         .header("content-type", "text/html; charset=utf-8")
@@ -212,7 +269,10 @@ fn secure(builder: hyper::http::response::Builder) -> hyper::http::response::Bui
     builder
         .header(
             "content-security-policy",
-            "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            format!(
+                "default-src 'none'; {}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                *STYLE_SRC
+            ),
         )
         .header("referrer-policy", "no-referrer")
         .header("x-frame-options", "DENY")
@@ -357,8 +417,10 @@ pub(crate) fn handle(
     if path != shared.callback_path {
         return page(
             StatusCode::NOT_FOUND,
+            Tone::Fail,
             "Not found",
-            "This is the Latchkey login callback.",
+            "This is Latchkey's login callback; there is nothing else here.",
+            "You can close this tab.",
         );
     }
     let params: std::collections::HashMap<String, String> = req
@@ -371,6 +433,7 @@ pub(crate) fn handle(
         })
         .unwrap_or_default();
     let expect = &shared.expect;
+    let retry = format!("<code>latchkey login {}</code>", escape(&expect.credential));
     let state_ok = params
         .get("state")
         .is_some_and(|s| constant_time_eq(s.as_bytes(), expect.state.as_bytes()));
@@ -378,15 +441,19 @@ pub(crate) fn handle(
         tracing::warn!("refused a login callback with a wrong or missing state");
         return page(
             StatusCode::BAD_REQUEST,
+            Tone::Fail,
             "Login refused",
-            "This callback does not belong to the login Latchkey is waiting for (state mismatch). Start the login again from the terminal.",
+            "This page was opened with a link that does not belong to the login Latchkey is waiting for (its <code>state</code> does not match), so it was ignored and nothing was signed in.",
+            "If you are logging in, go back to the terminal and open the login link it shows, in this browser. Otherwise close this tab.",
         );
     }
     let already = || {
         page(
             StatusCode::BAD_REQUEST,
+            Tone::Fail,
             "Login already finished",
-            "This login callback was already used. Start a new login from the terminal.",
+            "This login link was already used; it works only once.",
+            &format!("The terminal shows how the login ended. To log in again, run {retry}."),
         )
     };
     // RFC 9207: a response from another issuer is a mix-up attack; a
@@ -411,8 +478,10 @@ pub(crate) fn handle(
         }
         return page(
             StatusCode::BAD_REQUEST,
+            Tone::Fail,
             "Login refused",
-            "The response did not come from the expected issuer. Start the login again from the terminal.",
+            "The answer did not name the issuer (the provider) this login was started with, so Latchkey refused it and nothing was signed in.",
+            &format!("You can close this tab. To try again, run {retry} in the terminal."),
         );
     }
     if let Some(error) = params.get("error") {
@@ -433,10 +502,20 @@ pub(crate) fn handle(
         if !decide(shared, Err(error)) {
             return already();
         }
+        let what = if shown == "access_denied" {
+            "The provider did not grant access (<code>access_denied</code>): the sign-in or the consent was cancelled or refused. Nothing was saved.".to_owned()
+        } else {
+            format!(
+                "The provider ended the login with an error (<code>{}</code>). Nothing was saved.",
+                escape(&shown)
+            )
+        };
         return page(
             StatusCode::OK,
+            Tone::Fail,
             "Login not completed",
-            "The provider did not grant access. You can close this tab.",
+            &what,
+            &format!("You can close this tab. To try again, run {retry} in the terminal."),
         );
     }
     let Some(code) = params.get("code").filter(|c| !c.is_empty()) else {
@@ -449,8 +528,10 @@ pub(crate) fn handle(
         }
         return page(
             StatusCode::BAD_REQUEST,
+            Tone::Fail,
             "Login failed",
-            "The provider sent no authorization code.",
+            "The provider sent no authorization code, so there is nothing to sign in with.",
+            &format!("You can close this tab. To try again, run {retry} in the terminal."),
         );
     };
     if !decide(shared, Ok(Code(code.clone()))) {
@@ -458,8 +539,13 @@ pub(crate) fn handle(
     }
     page(
         StatusCode::OK,
+        Tone::Ok,
         "Login complete",
-        "Latchkey has your login. You can close this tab.",
+        &format!(
+            "Latchkey received your login for <strong>'{}'</strong> and is finishing it now.",
+            escape(&expect.credential)
+        ),
+        "You can close this tab and go back to the terminal: it shows when the login is done.",
     )
 }
 
@@ -472,8 +558,10 @@ fn start_page(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response
     if req.method() != Method::GET {
         return page(
             StatusCode::METHOD_NOT_ALLOWED,
+            Tone::Fail,
             "Not allowed",
-            "Open this page with a browser.",
+            "This login link only opens in a browser.",
+            "Open it in your browser, or start the login again from the terminal.",
         );
     }
     if shared.started.swap(true, Ordering::SeqCst) {
@@ -487,8 +575,13 @@ fn start_page(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response
         );
         return page(
             StatusCode::GONE,
+            Tone::Fail,
             "Login link already used",
-            "This one-time login link was already opened. Start the login again from the terminal.",
+            "This one-time login link was already opened, so another program may have seen it: the login was ended to be safe.",
+            &format!(
+                "Run <code>latchkey login {}</code> again in the terminal.",
+                escape(&shared.expect.credential)
+            ),
         );
     }
     secure(Response::builder().status(StatusCode::SEE_OTHER))
@@ -514,6 +607,7 @@ mod tests {
             iss_required,
             authorization_url: Url::parse("https://as.example/authorize?state=s&nonce=n")
                 .expect("a constant URL parses"),
+            credential: "app".to_owned(),
         }
     }
 
@@ -533,6 +627,30 @@ mod tests {
 
     fn ipv6_loopback_exists() -> bool {
         std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
+    }
+
+    #[test]
+    fn the_page_is_escaped_and_its_one_style_is_allowed_by_hash() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        // sha256 of STYLE, base64: 32 bytes are 44 characters.
+        let src = STYLE_SRC.as_str();
+        assert!(
+            src.starts_with("style-src 'sha256-") && src.ends_with("='"),
+            "{src}"
+        );
+        assert_eq!(src.len(), "style-src 'sha256-'".len() + 44);
+        let response = page(StatusCode::OK, Tone::Ok, "T", "w", "n");
+        let csp = response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap();
+        assert!(
+            csp.starts_with("default-src 'none'; style-src 'sha256-"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe"), "{csp}");
     }
 
     #[test]

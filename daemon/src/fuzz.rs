@@ -398,6 +398,7 @@ pub fn callback_request(data: &[u8]) {
             iss_required: mode & 2 == 2,
             authorization_url: url::Url::parse("https://as.example.com/authorize")
                 .expect("a valid URL"),
+            credential: "fuzz".to_owned(),
         };
         let shared = Arc::new(callback::Shared::new(
             expect,

@@ -188,6 +188,7 @@ impl Handler for LoginStart {
             issuer: provider.config.issuer.clone(),
             iss_required: provider.config.iss_parameter_supported,
             authorization_url: request.url.clone(),
+            credential: credential.config.name.clone(),
         };
         tokio::spawn(async move {
             let daemon = task_daemon;

@@ -536,6 +536,7 @@ pub(crate) fn credential_info(
             .map(|e| TokenSummary {
                 scope: e.scope,
                 expires_at: e.expires_at,
+                refresh_at: e.refresh_at,
             })
             .collect(),
         subject: grant.as_ref().and_then(|g| g.subject.clone()),

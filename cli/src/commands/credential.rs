@@ -652,6 +652,7 @@ mod tests {
             tokens: vec![TokenSummary {
                 scope: "repo read:org".into(),
                 expires_at: Some(1_000_600),
+                refresh_at: None,
             }],
             subject: None,
             has_refresh_token: false,

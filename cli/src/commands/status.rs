@@ -1,4 +1,5 @@
-//! `latchkey status`: the vault's state, key slots, auto-lock timer and counts.
+//! `latchkey status`: the vault's state, key slots, auto-lock timer and
+//! counts; `--watch` is the live view of [`crate::watch`].
 
 use crate::commands::init::slot_label;
 use crate::context::Ctx;
@@ -9,11 +10,27 @@ use latchkey_client::protocol::{StatusResult, VaultState};
 #[derive(clap::Args)]
 pub struct Args {
     /// Print the daemon's status reply as JSON
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     json: bool,
+    /// A live view of the credentials (state, token expiry, next refresh, last refresh, apps), redrawn every second; q quits. Plain lines when stdout is not a terminal
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: stop after this many snapshots
+    #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// With --watch: seconds between snapshots (1 to 3600)
+    #[arg(long, value_name = "SECS", default_value = "1", requires = "watch", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    interval: u64,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
+    if args.watch {
+        return crate::watch::run(
+            ctx,
+            std::time::Duration::from_secs(args.interval),
+            args.count,
+        );
+    }
     let status = ctx.connect()?.status()?;
     if args.json {
         return output::print_json(&status);
