@@ -733,15 +733,7 @@ impl Store {
     }
 
     pub fn rules(&self) -> Result<Vec<SealedRow>> {
-        self.all(
-            "SELECT id, sealed FROM rules ORDER BY created_at, id",
-            |r| {
-                Ok(SealedRow {
-                    id: r.get(0)?,
-                    sealed: r.get(1)?,
-                })
-            },
-        )
+        self.sealed_rows("rules")
     }
 
     /// Stores a rule, replacing `replaces` (the rule it supersedes) in the
@@ -753,12 +745,40 @@ impl Store {
         replaces: Option<&str>,
         now: i64,
     ) -> Result<()> {
+        self.put_sealed_row("rules", row, credential_id, replaces, now)
+    }
+
+    /// The rows of a table of sealed documents per credential (`rules`,
+    /// `git_routes`), oldest first.
+    fn sealed_rows(&self, table: &'static str) -> Result<Vec<SealedRow>> {
+        // The table name is one of ours, never input.
+        self.all(
+            &format!("SELECT id, sealed FROM {table} ORDER BY created_at, id"),
+            |r| {
+                Ok(SealedRow {
+                    id: r.get(0)?,
+                    sealed: r.get(1)?,
+                })
+            },
+        )
+    }
+
+    /// Inserts a row into a table of sealed documents per credential,
+    /// deleting `replaces` in the same transaction.
+    fn put_sealed_row(
+        &mut self,
+        table: &'static str,
+        row: &SealedRow,
+        credential_id: &str,
+        replaces: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
         let tx = self.conn.transaction()?;
         if let Some(old) = replaces {
-            tx.execute("DELETE FROM rules WHERE id = ?1", [old])?;
+            tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [old])?;
         }
         tx.execute(
-            "INSERT INTO rules (id, credential_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
+            &format!("INSERT INTO {table} (id, credential_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)"),
             params![row.id, credential_id, row.sealed, now],
         )?;
         tx.commit()?;
@@ -797,15 +817,7 @@ impl Store {
     }
 
     pub fn git_routes(&self) -> Result<Vec<SealedRow>> {
-        self.all(
-            "SELECT id, sealed FROM git_routes ORDER BY created_at, id",
-            |r| {
-                Ok(SealedRow {
-                    id: r.get(0)?,
-                    sealed: r.get(1)?,
-                })
-            },
-        )
+        self.sealed_rows("git_routes")
     }
 
     /// Stores a git route, replacing `replaces` (the route with the same
@@ -817,16 +829,7 @@ impl Store {
         replaces: Option<&str>,
         now: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        if let Some(old) = replaces {
-            tx.execute("DELETE FROM git_routes WHERE id = ?1", [old])?;
-        }
-        tx.execute(
-            "INSERT INTO git_routes (id, credential_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![row.id, credential_id, row.sealed, now],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.put_sealed_row("git_routes", row, credential_id, replaces, now)
     }
 
     /// Deletes a git route; true if it existed.
