@@ -206,6 +206,7 @@ impl<'a> Words<'a> {
             name: name?,
             min_ttl,
             scopes,
+            wait_confirm: None,
         })
     }
 }

@@ -144,6 +144,7 @@ mod tests {
             credential: "a \"quoted\" \\ name".into(),
             scopes: Some(vec!["read".into()]),
             min_ttl: Some(60),
+            confirm_wait_secs: None,
         };
         for (id, method) in [(1, "token.get"), (u64::MAX, "we\"ird\n")] {
             let mut want = serde_json::to_vec(&Request {

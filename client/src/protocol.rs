@@ -964,6 +964,11 @@ pub struct TokenParams {
     /// the provider's tokens live shorter (then the fresh token is returned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ttl: Option<u64>,
+    /// For a step-up credential not confirmed now: wait up to this many
+    /// seconds (at most 240) for `latchkey confirm NAME` before answering
+    /// `step_up_required`. `None`: answer at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_wait_secs: Option<u64>,
 }
 
 /// Result of `token.get`: a short-lived access token.
@@ -1387,6 +1392,7 @@ mod tests {
                 credential: "github".into(),
                 scopes: None,
                 min_ttl: Some(60),
+                confirm_wait_secs: None,
             },
         };
         assert_eq!(

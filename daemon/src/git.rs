@@ -171,6 +171,7 @@ impl Handler for GitGet {
             credential: name.clone(),
             scopes: None,
             min_ttl: Some(GIT_MIN_TTL_SECS),
+            confirm_wait_secs: None,
         };
         let served = <TokenGet as Handler>::handle(daemon, peer, token_params).await?;
         let reply: &TokenReply = served.borrow();

@@ -106,6 +106,8 @@ pub struct Session {
     /// Step-up credentials confirmed, by credential id: until when
     /// (`stepup.rs`). Memory only: a lock ends every confirmation.
     pub(crate) confirmed: Mutex<HashMap<String, i64>>,
+    /// Woken at each confirmation, for the callers that wait for one.
+    pub(crate) confirmations: tokio::sync::Notify,
 }
 
 /// See [`Session::begin_commit`].
@@ -696,6 +698,7 @@ impl Session {
             commits: watch::Sender::new(Commits::default()),
             enrolling: Mutex::new(None),
             confirmed: Mutex::new(HashMap::new()),
+            confirmations: tokio::sync::Notify::new(),
         })
     }
 

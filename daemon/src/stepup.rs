@@ -36,6 +36,38 @@ pub fn check(session: &Session, credential: &Credential, now: i64) -> Result<(),
     ))
 }
 
+/// The longest a caller may wait for a confirmation (`confirm_wait_secs`).
+pub const MAX_WAIT_SECS: u64 = 240;
+
+/// [`check`], waiting up to `wait_secs` (at most [`MAX_WAIT_SECS`]) for a
+/// confirmation when there is none: the caller's `token.get` answers once
+/// the user runs `latchkey confirm NAME`, or `step_up_required` at the end.
+pub async fn check_or_wait(
+    daemon: &Daemon,
+    session: &Session,
+    credential: &Credential,
+    wait_secs: Option<u64>,
+) -> Result<(), ApiError> {
+    let wait = std::time::Duration::from_secs(wait_secs.unwrap_or(0).min(MAX_WAIT_SECS));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before the check, so a confirmation between the two
+        // is not missed.
+        let confirmed = session.confirmations.notified();
+        tokio::pin!(confirmed);
+        confirmed.as_mut().enable();
+        let refused = match check(session, credential, daemon.clock.now()) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !daemon.is_current(session)
+            || tokio::time::timeout_at(deadline, confirmed).await.is_err()
+        {
+            return Err(refused);
+        }
+    }
+}
+
 /// `10m`, `2h`, `90s`: a window as `--window` spells it.
 fn window_text(secs: u64) -> String {
     match secs {
@@ -115,6 +147,7 @@ impl Handler for CredentialConfirm {
             .await?;
         let until = daemon.clock.now() + step_up.window_secs() as i64;
         lock(&session.confirmed).insert(credential.id.clone(), until);
+        session.confirmations.notify_waiters();
         daemon.audit.record(
             "step_up_confirmed",
             Some(name),

@@ -48,7 +48,8 @@ impl Handler for TokenGet {
         }
         let now = daemon.clock.now();
         if !credential.config.step_up.is_off() {
-            crate::stepup::check(&session, &credential, now)?;
+            crate::stepup::check_or_wait(daemon, &session, &credential, params.confirm_wait_secs)
+                .await?;
         }
         // Called only on a miss: a hit clones and allocates nothing here.
         let fetcher = || {

@@ -224,7 +224,8 @@ async fn a_lock_waits_for_a_refresh_to_commit_its_rotated_refresh_token() {
     let force = TokenParams {
         credential: "user".into(),
         scopes: None,
-        min_ttl: Some(7200), // longer than the tokens live: one refresh
+        min_ttl: Some(7200), // longer than the tokens live: one refresh,
+        confirm_wait_secs: None,
     };
     let mut other = d.client().await;
     let refreshing = tokio::spawn(async move { other.token_with(&force).await });
@@ -253,6 +254,7 @@ async fn a_lock_waits_for_a_refresh_to_commit_its_rotated_refresh_token() {
         credential: "user".into(),
         scopes: None,
         min_ttl: Some(7200),
+        confirm_wait_secs: None,
     };
     d.running(c.token_with(&force))
         .await

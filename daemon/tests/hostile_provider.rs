@@ -66,6 +66,7 @@ fn force() -> TokenParams {
         credential: "user".into(),
         scopes: None,
         min_ttl: Some(100_000), // longer than any token here lives
+        confirm_wait_secs: None,
     }
 }
 
@@ -298,6 +299,7 @@ async fn a_grant_narrowed_on_refresh_is_shown_and_explained() {
         credential: "user".into(),
         scopes: Some(vec!["write".into()]),
         min_ttl: None,
+        confirm_wait_secs: None,
     };
     let err = c.token_with(&ask).await.expect_err("write was dropped");
     assert_eq!(err.kind(), Some(ErrorKind::Forbidden), "{err}");

@@ -743,7 +743,8 @@ async fn device_login_refresh_rotation_and_reauth() {
     let force = TokenParams {
         credential: "user".into(),
         scopes: None,
-        min_ttl: Some(3600), // longer than any token here lives
+        min_ttl: Some(3600), // longer than any token here lives,
+        confirm_wait_secs: None,
     };
     let third = c.token_with(&force).await.expect("a refreshed token");
     assert_ne!(secret(&third), secret(&second));

@@ -62,6 +62,7 @@ fn second_app() {
                     credential: credential.clone(),
                     scopes: None,
                     min_ttl: Some(min_ttl),
+                    confirm_wait_secs: None,
                 })
                 .map(drop),
             "login" => c
@@ -355,6 +356,7 @@ async fn the_provider_limit_charges_the_caller_that_starts_a_request_not_those_t
         credential: "user".into(),
         scopes: None,
         min_ttl: Some(7200),
+        confirm_wait_secs: None,
     };
     let mut callers = tokio::task::JoinSet::new();
     let mut first = d.client().await;

@@ -140,6 +140,7 @@ impl TestEnv {
             credential: name.into(),
             scopes: None,
             min_ttl,
+            confirm_wait_secs: None,
         })
     }
 }

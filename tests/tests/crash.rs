@@ -43,6 +43,7 @@ fn try_token(env: &TestEnv) -> Result<latchkey_client::TokenReply, latchkey_clie
         credential: "app".into(),
         scopes: None,
         min_ttl: FORCE,
+        confirm_wait_secs: None,
     })
 }
 

@@ -367,6 +367,7 @@ fn hammer(p: &Provider, env: &TestEnv, name: &str, want: ErrorKind, secs: u64) -
                         credential: name.into(),
                         scopes: None,
                         min_ttl: FORCE,
+                        confirm_wait_secs: None,
                     });
                     match r {
                         Err(e) if e.kind() == Some(want) => {}
@@ -463,6 +464,7 @@ fn a_scope_subset_gets_its_own_down_scoped_token_and_ungranted_scopes_are_refuse
             credential: "app".into(),
             scopes: Some(vec!["api:read".into()]),
             min_ttl: None,
+            confirm_wait_secs: None,
         })
         .expect("a down-scoped token");
     assert_eq!(refreshes(&p), 1);
@@ -484,6 +486,7 @@ fn a_scope_subset_gets_its_own_down_scoped_token_and_ungranted_scopes_are_refuse
             credential: "app".into(),
             scopes: Some(vec!["api:read".into()]),
             min_ttl: None,
+            confirm_wait_secs: None,
         })
         .unwrap();
     assert_eq!(again.access_token.expose_secret(), narrow_token);
@@ -501,6 +504,7 @@ fn a_scope_subset_gets_its_own_down_scoped_token_and_ungranted_scopes_are_refuse
             credential: "app".into(),
             scopes: Some(vec!["admin".into()]),
             min_ttl: None,
+            confirm_wait_secs: None,
         })
         .expect_err("a scope never granted is refused");
     assert_eq!(err.kind(), Some(ErrorKind::Forbidden), "{err}");

@@ -412,3 +412,38 @@ fn a_step_up_credential_needs_a_fresh_confirmation() {
     let r = env.latchkey(&["panic"]);
     assert_eq!(r.code, 0, "panic needs no step-up: {}", r.stderr);
 }
+
+/// A caller may wait (bounded) for the confirmation instead of failing at
+/// once: `latchkey token --wait-confirm` answers when the user confirms in
+/// another terminal, and exits 13 when the wait ends with none.
+#[test]
+fn a_step_up_caller_can_wait_for_the_confirmation() {
+    let p = Provider::start(&[svc()]);
+    let env = TestEnv::new();
+    env.init();
+    env.add_provider(TEST_PROVIDER, p.issuer());
+    latchkey_tests::fixture::client_credentials(&env, TEST_PROVIDER, "vip", &svc());
+    let passphrase = env.passphrase_file().display().to_string();
+    env.latchkey(&["credential", "set", "vip", "--step-up", "passphrase"])
+        .success();
+    let r = env.latchkey(&["token", "vip", "--wait-confirm", "1s"]);
+    assert_eq!(r.code, 13, "no confirmation came: {}", r.stderr);
+    assert!(r.stderr.contains("latchkey confirm vip"), "{}", r.stderr);
+    let r = env.latchkey(&["token", "vip", "--wait-confirm", "5m"]);
+    assert_eq!(r.code, 2, "longer than the daemon waits: {}", r.stderr);
+
+    let mut waiting = env.cli(&["token", "vip", "--wait-confirm", "60s"]).spawn();
+    // Without the wait it would have exited 13 by now.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(waiting.try_wait().unwrap().is_none(), "it waits");
+    env.latchkey(&["confirm", "vip", "--passphrase-file", &passphrase])
+        .success();
+    let status = wait(&mut waiting);
+    let mut out = String::new();
+    std::io::Read::read_to_string(waiting.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "the waiter got its token");
+    assert!(
+        !out.trim().is_empty() && !out.trim().contains(char::is_whitespace),
+        "{out:?}"
+    );
+}

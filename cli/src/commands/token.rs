@@ -24,6 +24,18 @@ pub struct TokenArgs {
     /// Ask for a subset of the credential's scopes; repeat the flag or separate scopes with spaces
     #[arg(long = "scope", value_name = "S", value_parser = parse_scope_arg)]
     pub scopes: Vec<String>,
+    /// A step-up credential not confirmed now: wait this long (at most 4m) for `latchkey confirm NAME` in another terminal instead of exiting 13 at once
+    #[arg(long, value_name = "DURATION", value_parser = wait_confirm)]
+    pub wait_confirm: Option<Duration>,
+}
+
+/// At most 4 minutes: the daemon's bound on a wait for a confirmation.
+fn wait_confirm(text: &str) -> Result<Duration, String> {
+    let wait = duration::parse_whole_secs(text).map_err(|e| e.to_string())?;
+    if wait > Duration::from_secs(240) {
+        return Err("at most 4m: a caller waits no longer for a confirmation".into());
+    }
+    Ok(wait)
 }
 
 #[derive(clap::Args)]
@@ -53,6 +65,7 @@ pub fn fetch(ctx: &Ctx, args: &TokenArgs) -> Result<TokenReply> {
         credential: args.name.clone(),
         scopes: scope_subset(&args.scopes),
         min_ttl: args.min_ttl.map(|d| d.as_secs()),
+        confirm_wait_secs: args.wait_confirm.map(|d| d.as_secs()),
     };
     let (mut conn, first) = ctx.connect_with::<TokenGet>(&params)?;
     conn.retry_if_locked::<TokenGet>(&params, first)
