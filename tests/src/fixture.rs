@@ -57,6 +57,16 @@ pub fn client_credentials(env: &TestEnv, provider: &str, name: &str, client: &Cl
     env.cli(&args).stdin(secret).run().success();
 }
 
+/// A fresh vault (CLI `init`, the daemon started by the CLI), `p` added as
+/// [`TEST_PROVIDER`], and credential `name` for the [`svc`] client.
+pub fn svc_cli_env(p: &Provider, name: &str) -> TestEnv {
+    let env = TestEnv::new();
+    env.init();
+    env.add_provider(TEST_PROVIDER, p.issuer());
+    client_credentials(&env, TEST_PROVIDER, name, &svc());
+    env
+}
+
 /// A daemon started with `opts`, a fresh vault (CLI `init`), `p` added as
 /// [`TEST_PROVIDER`], and credential `name` for the [`svc`] client.
 pub fn svc_env(p: &Provider, opts: DaemonOpts, name: &str) -> (TestEnv, DaemonHandle) {

@@ -8,7 +8,7 @@
 //!
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
-use latchkey_tests::fixture::{client_credentials, svc, SVC_SECRET, TEST_PROVIDER};
+use latchkey_tests::fixture::{client_credentials, svc, svc_cli_env, SVC_SECRET, TEST_PROVIDER};
 use latchkey_tests::provider::Provider;
 use latchkey_tests::TestEnv;
 use serde_json::Value;
@@ -49,10 +49,7 @@ fn set_secret(env: &TestEnv, secret: &str, extra: &[&str]) -> latchkey_tests::Cl
 #[test]
 fn a_rotated_secret_falls_back_until_the_new_one_works() {
     let provider = Provider::start(&[svc()]);
-    let env = TestEnv::new();
-    env.init();
-    env.add_provider(TEST_PROVIDER, provider.issuer());
-    client_credentials(&env, TEST_PROVIDER, "api", &svc());
+    let env = svc_cli_env(&provider, "api");
     fresh(&env).success();
     let first = secret_info(&env);
     assert_eq!(first["worked"], true, "{first}");

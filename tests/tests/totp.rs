@@ -310,10 +310,7 @@ fn an_approver_proved_by_a_code_can_let_an_app_in() {
 #[test]
 fn a_step_up_credential_needs_a_fresh_confirmation() {
     let p = Provider::start(&[svc()]);
-    let env = TestEnv::new();
-    env.init();
-    env.add_provider(TEST_PROVIDER, p.issuer());
-    latchkey_tests::fixture::client_credentials(&env, TEST_PROVIDER, "vip", &svc());
+    let env = latchkey_tests::fixture::svc_cli_env(&p, "vip");
     let passphrase = env.passphrase_file().display().to_string();
     let (phone, recovery) = enroll(&env, &["--passphrase-file", &passphrase]);
     let recovery_file = |i: usize| {
@@ -419,10 +416,7 @@ fn a_step_up_credential_needs_a_fresh_confirmation() {
 #[test]
 fn a_step_up_caller_can_wait_for_the_confirmation() {
     let p = Provider::start(&[svc()]);
-    let env = TestEnv::new();
-    env.init();
-    env.add_provider(TEST_PROVIDER, p.issuer());
-    latchkey_tests::fixture::client_credentials(&env, TEST_PROVIDER, "vip", &svc());
+    let env = latchkey_tests::fixture::svc_cli_env(&p, "vip");
     let passphrase = env.passphrase_file().display().to_string();
     env.latchkey(&["credential", "set", "vip", "--step-up", "passphrase"])
         .success();
