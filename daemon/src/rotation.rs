@@ -46,7 +46,12 @@ impl Handler for CredentialSetSecret {
                 vault.rotate_client_secret(keys, &rotated, &params.client_secret, params.drop_old)
             })
             .await?;
-        let updated = set_ages(&session, &credential, ages, true);
+        let updated = Arc::new(Credential {
+            secret_ages: ages,
+            has_client_secret: true,
+            ..(*credential).clone()
+        });
+        replace(&session, Arc::clone(&updated), |_| true);
         // A backoff after the old secret's refusal must not delay the new one.
         session.tokens.clear_backoff(&credential.id);
         let kept = if ages.previous.is_some() {
@@ -136,15 +141,16 @@ async fn worked(daemon: &Daemon, session: &Session, credential: &Credential) {
         previous: None,
         ..credential.secret_ages
     };
-    let same_secret = session
-        .catalog()
-        .credentials
-        .get(&credential.config.name)
-        .is_some_and(|c| c.secret_ages.set_at == credential.secret_ages.set_at);
-    if !same_secret {
+    // Only if no rotation came in between (the catalog's secret is the
+    // one that worked), checked and replaced under one lock.
+    let updated = Arc::new(Credential {
+        secret_ages: ages,
+        ..credential.clone()
+    });
+    let replaced = replace(session, updated, |c| c.secret_ages.set_at == set_at);
+    if !replaced {
         return;
     }
-    set_ages(session, credential, ages, credential.has_client_secret);
     if had_previous {
         daemon.audit.record(
             "client_secret_proven",
@@ -155,30 +161,22 @@ async fn worked(daemon: &Daemon, session: &Session, credential: &Credential) {
     }
 }
 
-/// The catalog's credential with new secret ages (when it is still the
-/// same credential, and for `worked`, its secret still the one set at
-/// the same time); returns the updated one.
-fn set_ages(
+/// Puts `updated` into the catalog in place of the credential it updates,
+/// when the catalog still holds that one and `still` holds of it; true
+/// when it did.
+fn replace(
     session: &Session,
-    credential: &Credential,
-    ages: SecretAges,
-    has_client_secret: bool,
-) -> Arc<Credential> {
-    let updated = Arc::new(Credential {
-        secret_ages: ages,
-        has_client_secret,
-        ..credential.clone()
-    });
+    updated: Arc<Credential>,
+    still: impl Fn(&Credential) -> bool,
+) -> bool {
     let mut catalog = session.catalog_mut();
-    let name = &credential.config.name;
-    if catalog
+    let name = &updated.config.name;
+    let current = catalog
         .credentials
         .get(name)
-        .is_some_and(|c| c.id == credential.id)
-    {
-        catalog
-            .credentials
-            .insert(name.clone(), Arc::clone(&updated));
+        .is_some_and(|c| c.id == updated.id && still(c));
+    if current {
+        catalog.credentials.insert(name.clone(), updated);
     }
-    updated
+    current
 }
