@@ -206,7 +206,10 @@ impl Notifyd {
                 looked = seen.len();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.lock().unwrap().recv_timeout(left) {
+            // The receiver's lock is let go before a panic message
+            // (which reads every event, taking it again) is built.
+            let next = self.lines.lock().unwrap().recv_timeout(left);
+            match next {
                 Ok(event) => self.seen.lock().unwrap().push(event),
                 Err(RecvTimeoutError::Timeout) => panic!(
                     "timed out after {WAIT:?} waiting for {what}; notifyd saw {:?}",

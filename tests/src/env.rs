@@ -55,6 +55,34 @@ pub struct TestEnv {
     /// The uid and gid every daemon and CLI run gets ([`TestEnv::run_as`]);
     /// `None`: the test's own.
     user: Mutex<Option<(u32, u32)>>,
+    /// Dropped with the env, which tells its watchdog the test ended.
+    _watchdog: std::sync::mpsc::Sender<()>,
+}
+
+/// A test whose env is still alive after this is stuck: its watchdog
+/// prints what it can and aborts the test binary, so a hang is a failure
+/// with a name instead of a CI run that never ends.
+const STUCK_AFTER: Duration = Duration::from_secs(300);
+
+/// Starts the watchdog of the env at `root` (see [`STUCK_AFTER`]).
+fn watchdog(root: PathBuf, socket: PathBuf) -> std::sync::mpsc::Sender<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    std::thread::spawn(move || {
+        if rx.recv_timeout(STUCK_AFTER) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            return;
+        }
+        let mut report = format!(
+            "\n=== {test} is stuck: its env {} lived {STUCK_AFTER:?}; aborting ===\n",
+            root.display()
+        );
+        report.push_str(&crate::process::daemon_logs(&root, &socket));
+        // Straight to fd 2: the test harness captures `eprintln!`.
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(report.as_bytes());
+        std::process::abort();
+    });
+    tx
 }
 
 impl TestEnv {
@@ -95,6 +123,7 @@ impl TestEnv {
         );
         vars.insert("LATCHKEY_VAULT".to_string(), vault.clone().into_os_string());
         let env = TestEnv {
+            _watchdog: watchdog(root.clone(), socket.clone()),
             dir,
             root,
             socket,

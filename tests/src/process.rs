@@ -232,30 +232,7 @@ impl TestEnv {
 
     /// Every daemon log of this env, concatenated.
     pub fn all_daemon_logs(&self) -> String {
-        let mut out = String::new();
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.root)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("latchkeyd-") && n.ends_with(".log"))
-            })
-            .collect();
-        logs.sort();
-        logs.push(self.socket.with_file_name("latchkeyd.log"));
-        for log in logs {
-            if log.exists() {
-                out.push_str(&format!(
-                    "--- {} ---\n{}\n",
-                    log.display(),
-                    read_lossy(&log)
-                ));
-            }
-        }
-        out
+        daemon_logs(&self.root, &self.socket)
     }
 
     /// One `hello` over a fresh raw connection, bounded.
@@ -422,4 +399,33 @@ pub fn wait_for<T>(
         }
         std::thread::sleep(every);
     }
+}
+
+/// Every daemon log of the env at `root` whose socket is `socket`, each
+/// under its path.
+pub(crate) fn daemon_logs(root: &Path, socket: &Path) -> String {
+    let mut out = String::new();
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("latchkeyd-") && n.ends_with(".log"))
+        })
+        .collect();
+    logs.sort();
+    logs.push(socket.with_file_name("latchkeyd.log"));
+    for log in logs {
+        if log.exists() {
+            out.push_str(&format!(
+                "--- {} ---\n{}\n",
+                log.display(),
+                read_lossy(&log)
+            ));
+        }
+    }
+    out
 }

@@ -90,11 +90,6 @@ pub async fn run(daemon: Arc<Daemon>) {
         match Desktop::find().await {
             Ok(desktop) => {
                 said = None;
-                tracing::info!(
-                    service = %desktop.owner,
-                    allow = desktop.polkit,
-                    "desktop notifications on (allow: polkit proves a click)"
-                );
                 let why = desktop.serve(&daemon).await;
                 tracing::info!("desktop notifications off: {why}");
             }
@@ -233,6 +228,12 @@ impl Desktop {
         let _approver = self.polkit.then(|| daemon.approvals.attach(true));
         daemon.approvals.want_refusals(true);
         let _refusals = TakingRefusals(daemon);
+        // Said once the signals are subscribed to: a click from now on counts.
+        tracing::info!(
+            service = %self.owner,
+            allow = self.polkit,
+            "desktop notifications on (allow: polkit proves a click)"
+        );
         let mut open: HashMap<u32, Shown> = HashMap::new();
         let mut ends: FuturesUnordered<Pinned<u32>> = FuturesUnordered::new();
         let mut clicks: FuturesUnordered<Pinned<Clicked>> = FuturesUnordered::new();
