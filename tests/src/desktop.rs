@@ -152,7 +152,13 @@ pub struct Notifyd {
     stdin: Mutex<ChildStdin>,
     lines: Mutex<Receiver<Value>>,
     /// Every event read so far, in order.
-    seen: Mutex<Vec<Value>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// An event notifyd printed, and whether a [`Notifyd::wait`] returned it.
+struct Seen {
+    event: Value,
+    taken: bool,
 }
 
 impl Notifyd {
@@ -190,27 +196,30 @@ impl Notifyd {
         notifyd
     }
 
-    /// Waits (bounded by [`WAIT`]) for an event `matches` accepts, among
-    /// those not looked at by an earlier wait, and returns it.
+    /// Waits (bounded by [`WAIT`]) for the first event `matches` accepts
+    /// that no earlier wait returned, and returns it. Events are matched
+    /// whatever order they arrived in: a signal the daemon sends in answer
+    /// to a click may come before notifyd's own `sent` for that click.
     #[track_caller]
     pub fn wait(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + WAIT;
-        let start = self.seen.lock().unwrap().len();
-        let mut looked = start;
         loop {
             {
-                let seen = self.seen.lock().unwrap();
-                if let Some(found) = seen[looked..].iter().find(|e| matches(e)) {
-                    return found.clone();
+                let mut seen = self.seen.lock().unwrap();
+                if let Some(found) = seen.iter_mut().find(|e| !e.taken && matches(&e.event)) {
+                    found.taken = true;
+                    return found.event.clone();
                 }
-                looked = seen.len();
             }
             let left = deadline.saturating_duration_since(Instant::now());
             // The receiver's lock is let go before a panic message
             // (which reads every event, taking it again) is built.
             let next = self.lines.lock().unwrap().recv_timeout(left);
             match next {
-                Ok(event) => self.seen.lock().unwrap().push(event),
+                Ok(event) => self.seen.lock().unwrap().push(Seen {
+                    event,
+                    taken: false,
+                }),
                 Err(RecvTimeoutError::Timeout) => panic!(
                     "timed out after {WAIT:?} waiting for {what}; notifyd saw {:?}",
                     self.events()
@@ -222,14 +231,18 @@ impl Notifyd {
         }
     }
 
-    /// Every event so far (those waiting to be read too).
+    /// Every event so far (those waiting to be read too), whether a wait
+    /// returned it or not.
     pub fn events(&self) -> Vec<Value> {
         let lines = self.lines.lock().unwrap();
         let mut seen = self.seen.lock().unwrap();
         while let Ok(event) = lines.try_recv() {
-            seen.push(event);
+            seen.push(Seen {
+                event,
+                taken: false,
+            });
         }
-        seen.clone()
+        seen.iter().map(|e| e.event.clone()).collect()
     }
 
     /// The `notify` events so far.

@@ -80,7 +80,7 @@ fn approvers(env: &TestEnv) -> u64 {
         .unwrap_or(0)
 }
 
-/// The next prompt notification (after those seen) for `exe`.
+/// The first prompt notification for `exe` that no earlier wait returned.
 #[track_caller]
 fn prompt_for(notifyd: &Notifyd, exe: &Path) -> Value {
     let exe = exe.display().to_string();
