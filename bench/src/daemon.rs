@@ -328,6 +328,7 @@ async fn add_provider(c: &mut Client, name: String, endpoint: &TokenEndpoint) ->
                 token_endpoint: Some(endpoint.url.clone()),
                 ..Endpoints::default()
             },
+            oauth1: None,
         })
         .await
         .context("provider.add failed")?;
@@ -354,6 +355,8 @@ pub async fn set_up_vault(socket: &Path, endpoint: &TokenEndpoint) -> Result<()>
             proof: Some(latchkey_client::protocol::Proof::passphrase(
                 latchkey_client::secrecy::SecretString::from(PASSPHRASE),
             )),
+            signature_method: None,
+            private_key: None,
         })
         .await
         .context("credential.add failed")?;
@@ -423,6 +426,8 @@ pub async fn fill_vault(
                         proof: Some(latchkey_client::protocol::Proof::passphrase(
                             latchkey_client::secrecy::SecretString::from(PASSPHRASE),
                         )),
+                        signature_method: None,
+                        private_key: None,
                     })
                     .await
                     .context("credential.add failed")?;

@@ -242,6 +242,7 @@ async fn add_provider(socket: &Path, endpoint: &TokenEndpoint) -> Result<()> {
                 device_authorization_endpoint: Some(endpoint.device_url.clone()),
                 ..Endpoints::default()
             },
+            oauth1: None,
         })
         .await
         .context("provider.add (user provider) failed")?;
@@ -271,6 +272,8 @@ async fn add_and_log_in(
             proof: Some(latchkey_client::protocol::Proof::passphrase(
                 latchkey_client::secrecy::SecretString::from(crate::daemon::PASSPHRASE),
             )),
+            signature_method: None,
+            private_key: None,
         })
         .await
         .with_context(|| format!("credential.add {name} failed"))?;

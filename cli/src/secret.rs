@@ -207,6 +207,48 @@ fn read_file(path: &Path) -> Result<SecretString> {
     secret_from_utf8(strip_newline(&buf))
 }
 
+/// Reads a private key file (`--key-file`), after the same checks as a
+/// secret file: PEM text as it is, DER as its base64.
+pub fn read_key_file(path: &Path) -> Result<SecretString> {
+    use base64::Engine as _;
+    let read = || -> Result<SecretString> {
+        let file = std::fs::File::open(path)?;
+        trust::check_secret_file(&file, path)
+            .map_err(|refused| exit::usage(refused.to_string()))?;
+        let buf = read_bounded(file)?;
+        match std::str::from_utf8(&buf) {
+            Ok(text) if text.trim_start().starts_with("-----BEGIN") => Ok(SecretString::from(text)),
+            _ => Ok(SecretString::from(
+                base64::engine::general_purpose::STANDARD.encode(&buf[..]),
+            )),
+        }
+    };
+    read().with_context(|| format!("failed to read the private key from {}", path.display()))
+}
+
+/// Two secrets from standard input, one a line (`first` and `second`
+/// name them), or two no-echo prompts at a terminal.
+pub fn read_stdin_pair(first: &str, second: &str) -> Result<(SecretString, SecretString)> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let a = prompt(&format!("{}: ", capitalise(first)), first)?;
+        let b = prompt(&format!("{}: ", capitalise(second)), second)?;
+        return Ok((a, b));
+    }
+    let buf = read_bounded(stdin.lock()).context("failed to read stdin")?;
+    let text =
+        std::str::from_utf8(&buf).map_err(|_| anyhow::anyhow!("stdin is not valid UTF-8"))?;
+    let mut lines = text.lines().map(|l| l.trim_end_matches('\r'));
+    match (lines.next(), lines.next()) {
+        (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => {
+            Ok((SecretString::from(a), SecretString::from(b)))
+        }
+        _ => Err(exit::usage(format!(
+            "give the {first} and the {second} on stdin, one a line"
+        ))),
+    }
+}
+
 fn read_stdin(what: &str) -> Result<SecretString> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {

@@ -500,6 +500,8 @@ mod tests {
             subject: None,
             has_refresh_token: true,
             last_error: None,
+            signature_method: None,
+            has_token_credentials: false,
         }
     }
 

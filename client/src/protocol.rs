@@ -173,6 +173,12 @@ methods! {
     // Health checks (`latchkey doctor`, issue 10).
     /// Reach each provider's discovery (or token endpoint) and read its clock.
     ProviderCheck = "provider.check", Empty => ProviderCheckResult, read_only: true;
+    /// Store an OAuth 1.0a credential's token credentials (token and token
+    /// secret), obtained elsewhere, in place of `latchkey login`.
+    Oauth1ImportToken = "oauth1.import_token", Oauth1ImportParams => CredentialInfo, read_only: false;
+    /// Sign one request with an OAuth 1.0a credential: the `Authorization`
+    /// header for exactly that method, URL and form body (RFC 5849 §3.5.1).
+    Oauth1Sign = "oauth1.sign", Oauth1SignParams => Oauth1SignResult, read_only: false;
 }
 
 /// One method as the reference page shows it (see [`METHOD_DOCS`]).
@@ -199,6 +205,8 @@ mod git;
 pub use git::*;
 mod health;
 pub use health::*;
+mod oauth1;
+pub use oauth1::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -719,6 +727,10 @@ pub struct ProviderAddParams {
     /// Explicit endpoints; they override discovered ones.
     #[serde(default)]
     pub endpoints: Endpoints,
+    /// An OAuth 1.0a provider's endpoints instead (no issuer, no
+    /// OAuth 2 endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth1: Option<Oauth1Endpoints>,
 }
 
 /// A provider's endpoint URLs. Only `token_endpoint` is required.
@@ -754,6 +766,9 @@ pub struct ProviderInfo {
     pub issuer: Option<String>,
     /// Endpoints in use.
     pub endpoints: Endpoints,
+    /// An OAuth 1.0a provider's endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth1: Option<Oauth1Endpoints>,
     /// Names of credentials using this provider.
     #[serde(default)]
     pub credentials: Vec<String>,
@@ -769,6 +784,9 @@ pub enum GrantType {
     AuthorizationCode,
     /// RFC 8628: a user logs in on another device.
     DeviceCode,
+    /// OAuth 1.0a (RFC 5849): token credentials from a three-legged login
+    /// (or imported); the daemon signs requests, there are no access tokens.
+    Oauth1,
 }
 
 impl GrantType {
@@ -778,6 +796,7 @@ impl GrantType {
             GrantType::ClientCredentials => "client_credentials",
             GrantType::AuthorizationCode => "authorization_code",
             GrantType::DeviceCode => "device_code",
+            GrantType::Oauth1 => "oauth1",
         }
     }
 }
@@ -837,6 +856,18 @@ pub struct CredentialAddParams {
     /// Proof of a human, for `open`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<Proof>,
+    /// Grant `oauth1`: how requests are signed. The consumer key is
+    /// `client_id`, the consumer secret `client_secret` (HMAC, PLAINTEXT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_method: Option<SignatureMethod>,
+    /// Grant `oauth1` with RSA-SHA256: the client's RSA private key,
+    /// PKCS#8, as PEM or the base64 of its DER.
+    #[serde(
+        default,
+        serialize_with = "expose_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_key: Option<SecretString>,
 }
 
 /// A credential as shown to users: never a secret.
@@ -883,6 +914,12 @@ pub struct CredentialInfo {
     /// Whether a refresh token is held.
     #[serde(default)]
     pub has_refresh_token: bool,
+    /// Grant `oauth1`: how requests are signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_method: Option<SignatureMethod>,
+    /// Grant `oauth1`: whether token credentials (token and token secret) are held.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub has_token_credentials: bool,
     /// Last error from the provider, when in backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -1068,6 +1105,10 @@ pub struct LoginResult {
     pub scope: String,
     /// Whether the provider issued a refresh token.
     pub refresh_token: bool,
+    /// OAuth 1.0a: token credentials were stored (they do not expire;
+    /// there is no refresh token).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub token_credentials: bool,
 }
 
 /// Parameters of `token.revoke`.
@@ -1334,7 +1375,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 45);
+        assert_eq!(METHODS.len(), 47);
     }
 
     #[test]

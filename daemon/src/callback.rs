@@ -84,6 +84,29 @@ pub struct Expect {
     /// The credential being logged in (a checked name): the pages name it
     /// and the command that retries.
     pub credential: String,
+    /// Which callback parameters carry the state and the code.
+    pub params: CallbackParams,
+}
+
+/// The names of the callback parameters that carry the login's state and
+/// its code: OAuth 2's `state` and `code`, or OAuth 1.0a's `oauth_token`
+/// (the temporary credentials, which must match) and `oauth_verifier`.
+#[derive(Clone, Copy)]
+pub struct CallbackParams {
+    pub state: &'static str,
+    pub code: &'static str,
+}
+
+impl CallbackParams {
+    pub const OAUTH2: CallbackParams = CallbackParams {
+        state: "state",
+        code: "code",
+    };
+    /// RFC 5849 §2.2.
+    pub const OAUTH1: CallbackParams = CallbackParams {
+        state: "oauth_token",
+        code: "oauth_verifier",
+    };
 }
 
 /// The addresses a redirect URI's host names. `localhost` is every
@@ -435,7 +458,7 @@ pub(crate) fn handle(
     let expect = &shared.expect;
     let retry = format!("<code>latchkey login {}</code>", escape(&expect.credential));
     let state_ok = params
-        .get("state")
+        .get(expect.params.state)
         .is_some_and(|s| constant_time_eq(s.as_bytes(), expect.state.as_bytes()));
     if !state_ok {
         tracing::warn!("refused a login callback with a wrong or missing state");
@@ -518,7 +541,7 @@ pub(crate) fn handle(
             &format!("You can close this tab. To try again, run {retry} in the terminal."),
         );
     }
-    let Some(code) = params.get("code").filter(|c| !c.is_empty()) else {
+    let Some(code) = params.get(expect.params.code).filter(|c| !c.is_empty()) else {
         let error = ApiError::new(
             ErrorKind::ProviderError,
             "the login callback carried no code",
@@ -608,6 +631,7 @@ mod tests {
             authorization_url: Url::parse("https://as.example/authorize?state=s&nonce=n")
                 .expect("a constant URL parses"),
             credential: "app".to_owned(),
+            params: CallbackParams::OAUTH2,
         }
     }
 

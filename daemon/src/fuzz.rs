@@ -399,6 +399,7 @@ pub fn callback_request(data: &[u8]) {
             authorization_url: url::Url::parse("https://as.example.com/authorize")
                 .expect("a valid URL"),
             credential: "fuzz".to_owned(),
+            params: callback::CallbackParams::OAUTH2,
         };
         let shared = Arc::new(callback::Shared::new(
             expect,
@@ -567,6 +568,7 @@ impl Fixture {
                     jwks_uri: at("/jwks"),
                 },
                 iss_parameter_supported: false,
+                oauth1: None,
             },
         }
     }
@@ -600,6 +602,7 @@ fn credential(grant: GrantType, auth: AuthMethod) -> Credential {
             redirect_uri: None,
             access: latchkey_client::protocol::Access::Open,
             step_up: Default::default(),
+            signature_method: None,
         },
         has_client_secret: true,
         secret_ages: Default::default(),

@@ -36,6 +36,7 @@ mod login;
 mod manage;
 mod notify;
 mod oauth;
+mod oauth1;
 mod policy;
 mod polkit;
 mod ratelimit;

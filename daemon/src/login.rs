@@ -39,6 +39,8 @@ pub const MAX_LOGINS: usize = 8;
 /// has not come yet (a quick browser can finish before the CLI asks).
 const UNCLAIMED_OUTCOME_KEPT: Duration = Duration::from_secs(60);
 
+mod oauth1;
+
 /// A login's registry entry, removed when this drops: whatever ends the
 /// login task (an outcome, a panic, the runtime shutting down), its entry
 /// does not outlive it.
@@ -109,6 +111,9 @@ impl Handler for LoginStart {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_LOGIN_TIMEOUT)
             .clamp(Duration::from_secs(5), MAX_LOGIN_TIMEOUT);
+        if credential.config.grant == GrantType::Oauth1 {
+            return oauth1::start(daemon, &peer, session, credential, provider, timeout).await;
+        }
         let secret = session.client_secret(&credential).await?;
         let client = user::client(&provider, &credential, secret.as_ref())?;
         let scopes = credential.config.scopes.clone();
@@ -189,6 +194,7 @@ impl Handler for LoginStart {
             iss_required: provider.config.iss_parameter_supported,
             authorization_url: request.url.clone(),
             credential: credential.config.name.clone(),
+            params: callback::CallbackParams::OAUTH2,
         };
         tokio::spawn(async move {
             let daemon = task_daemon;
@@ -370,6 +376,7 @@ async fn finish(
             .clone()
             .unwrap_or_else(|| scopes.join(" ")),
         subject: subject.clone(),
+        oauth1: None,
     };
     let token = received(granted.access, scopes, daemon.clock.now());
     let result = LoginResult {
@@ -377,6 +384,7 @@ async fn finish(
         subject,
         scope: grant.scope.clone(),
         refresh_token: grant.refresh_token.is_some(),
+        token_credentials: false,
     };
     let gate = session.gate(&credential.id);
     let _no_refresh_meanwhile = gate.lock().await;

@@ -25,6 +25,11 @@ impl Handler for ProviderAdd {
     ) -> Result<ProviderInfo, ApiError> {
         check_name("provider", &params.name)?;
         daemon.session()?;
+        let oauth1 = params
+            .oauth1
+            .as_ref()
+            .map(|o| oauth1_endpoints(&params, o))
+            .transpose()?;
         let (issuer, mut endpoints, iss_parameter_supported) = match &params.issuer {
             Some(issuer) => {
                 let found = discovery::discover(&daemon.http, issuer).await?;
@@ -74,7 +79,7 @@ impl Handler for ProviderAdd {
                 );
             }
         }
-        if endpoints.token_endpoint.is_none() {
+        if endpoints.token_endpoint.is_none() && oauth1.is_none() {
             return Err(ApiError::invalid_params(format!(
                     "provider '{}' needs a token endpoint: pass --issuer URL for discovery, or --token-endpoint URL",
                     params.name
@@ -97,6 +102,7 @@ impl Handler for ProviderAdd {
             issuer,
             endpoints,
             iss_parameter_supported,
+            oauth1,
         };
         let provider = session
             .with_vault(move |keys, vault| vault.add_provider(keys, config))
@@ -207,8 +213,20 @@ impl Handler for CredentialAdd {
         if params.client_id.is_empty() {
             return Err(ApiError::invalid_params("the client id is empty"));
         }
+        let oauth1 = params.grant == GrantType::Oauth1;
         let needs_secret = params.auth != AuthMethod::None;
-        match (&params.client_secret, needs_secret) {
+        let (signature_method, secret) = if oauth1 {
+            let (method, secret) = oauth1_secret(&params)?;
+            (Some(method), Some(secret))
+        } else {
+            if params.signature_method.is_some() || params.private_key.is_some() {
+                return Err(ApiError::invalid_params(
+                    "--signature-method and --key-file are for OAuth 1.0a credentials: add it with --grant oauth1",
+                ));
+            }
+            (None, params.client_secret)
+        };
+        match (&secret, needs_secret && !oauth1) {
                 (None, true) => {
                     return Err(ApiError::invalid_params(format!(
                         "auth method {} needs a client secret: pass it with --client-secret-stdin, --client-secret-file or --client-secret-env",
@@ -218,7 +236,7 @@ impl Handler for CredentialAdd {
                 (Some(s), true) if s.expose_secret().is_empty() => {
                     return Err(ApiError::invalid_params("the client secret is empty"))
                 }
-                (Some(_), false) => {
+                (Some(_), false) if !oauth1 => {
                     return Err(ApiError::invalid_params(
                         "auth method none is for public clients, which have no secret; drop the secret or choose --auth client_secret_basic",
                     ))
@@ -265,6 +283,7 @@ impl Handler for CredentialAdd {
                 .providers()
                 .get(&params.provider)
                 .ok_or_else(|| ApiError::no_provider(&params.provider))?;
+            check_oauth1_provider(&params.provider, provider, signature_method)?;
             provider.id.clone()
         };
         let config = CredentialConfig {
@@ -272,15 +291,19 @@ impl Handler for CredentialAdd {
             provider_id,
             client_id: params.client_id,
             grant: params.grant,
-            auth: params.auth,
+            auth: if oauth1 {
+                AuthMethod::None
+            } else {
+                params.auth
+            },
             scopes,
             redirect_uri: params.redirect_uri,
             access,
             step_up: StepUp::Off,
+            signature_method,
         };
         // A credential of the same name added meanwhile is stopped by the
         // file's unique name.
-        let secret = params.client_secret;
         let credential = session
             .with_vault(move |keys, vault| vault.add_credential(keys, config, secret.as_ref()))
             .await?;
@@ -470,6 +493,100 @@ pub(crate) async fn credential_delete(
     Ok(Empty {})
 }
 
+/// An OAuth 1.0a provider's endpoints, each checked (https, or http to loopback).
+fn oauth1_endpoints(
+    params: &ProviderAddParams,
+    given: &Oauth1Endpoints,
+) -> Result<Oauth1Endpoints, ApiError> {
+    if params.issuer.is_some() || params.endpoints != Endpoints::default() {
+        return Err(ApiError::invalid_params(
+            "an OAuth 1.0a provider has only its three endpoints: drop --issuer and the OAuth 2 endpoint options",
+        ));
+    }
+    let check = |what: &str, raw: &str| {
+        check_url(what, raw)
+            .map(|u| u.to_string())
+            .map_err(ApiError::invalid_params)
+    };
+    Ok(Oauth1Endpoints {
+        temporary_credentials: check(
+            "temporary credential request URL",
+            &given.temporary_credentials,
+        )?,
+        authorization: check("resource owner authorization URL", &given.authorization)?,
+        token: check("token request URL", &given.token)?,
+    })
+}
+
+/// An OAuth 1.0a credential's signature method and signing secret: the
+/// consumer secret, or the RSA private key (checked to be one).
+fn oauth1_secret(
+    params: &CredentialAddParams,
+) -> Result<(SignatureMethod, secrecy::SecretString), ApiError> {
+    let Some(method) = params.signature_method else {
+        return Err(ApiError::invalid_params(
+            "an OAuth 1.0a credential needs --signature-method HMAC-SHA1, HMAC-SHA256 or RSA-SHA256",
+        ));
+    };
+    if method == SignatureMethod::RsaSha1 {
+        let any = url::Url::parse("https://x.invalid/").expect("a constant URL parses");
+        return Err(ApiError::invalid_params(
+            crate::oauth::oauth1_sign::refusal(method, &any).unwrap_or_default(),
+        ));
+    }
+    if !params.scopes.is_empty() {
+        return Err(ApiError::invalid_params(
+            "OAuth 1.0a has no scopes: drop --scope",
+        ));
+    }
+    let secret = match (method.is_rsa(), &params.client_secret, &params.private_key) {
+        (true, None, Some(key)) => {
+            crate::oauth::oauth1_sign::rsa_key(key)?;
+            key
+        }
+        (true, _, _) => return Err(ApiError::invalid_params(
+            "RSA-SHA256 signs with the client's RSA private key: pass it with --key-file (PKCS#8), and no consumer secret",
+        )),
+        (false, Some(secret), None) if !secret.expose_secret().is_empty() => secret,
+        (false, _, _) => return Err(ApiError::invalid_params(format!(
+            "{} signs with the consumer secret: pass it with --client-secret-stdin, --client-secret-file or --client-secret-env (and no --key-file)",
+            method.as_str()
+        ))),
+    };
+    Ok((method, secrecy::SecretString::from(secret.expose_secret())))
+}
+
+/// OAuth 1.0a credentials go with OAuth 1.0a providers only; PLAINTEXT
+/// only with one whose endpoints are all https.
+fn check_oauth1_provider(
+    name: &str,
+    provider: &Provider,
+    method: Option<SignatureMethod>,
+) -> Result<(), ApiError> {
+    match (&provider.config.oauth1, method) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(ApiError::invalid_params(format!(
+            "provider '{name}' is an OAuth 1.0a provider: add the credential with --grant oauth1"
+        ))),
+        (None, Some(_)) => Err(ApiError::invalid_params(format!(
+            "provider '{name}' is an OAuth 2 provider: --grant oauth1 needs a provider added with --oauth1-request-token-url, --oauth1-authorize-url and --oauth1-access-token-url"
+        ))),
+        (Some(endpoints), Some(method)) => {
+            for raw in [
+                &endpoints.temporary_credentials,
+                &endpoints.authorization,
+                &endpoints.token,
+            ] {
+                let url = url::Url::parse(raw).map_err(ApiError::internal)?;
+                if let Some(why) = crate::oauth::oauth1_sign::refusal(method, &url) {
+                    return Err(ApiError::invalid_params(why));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 fn credentials_of(catalog: &Catalog, provider_id: &str) -> Vec<String> {
     let mut names: Vec<String> = catalog
         .credentials
@@ -486,6 +603,7 @@ fn provider_info(provider: &Provider, credentials: &[String]) -> ProviderInfo {
         name: provider.config.name.clone(),
         issuer: provider.config.issuer.clone(),
         endpoints: provider.config.endpoints.clone(),
+        oauth1: provider.config.oauth1.clone(),
         credentials: credentials.to_vec(),
     }
 }
@@ -518,7 +636,7 @@ pub(crate) fn credential_info(
         grant: credential.config.grant,
         auth: credential.config.auth,
         scopes: credential.config.scopes.clone(),
-        granted_scopes: grant.as_ref().map(|g| {
+        granted_scopes: grant.as_ref().filter(|g| g.oauth1.is_none()).map(|g| {
             let mut granted: Vec<String> = g.scope.split_whitespace().map(str::to_owned).collect();
             granted.sort();
             granted.dedup();
@@ -541,6 +659,8 @@ pub(crate) fn credential_info(
             .collect(),
         subject: grant.as_ref().and_then(|g| g.subject.clone()),
         has_refresh_token: grant.as_ref().is_some_and(|g| g.refresh_token.is_some()),
+        signature_method: credential.config.signature_method,
+        has_token_credentials: grant.as_ref().is_some_and(|g| g.oauth1.is_some()),
         last_error: backoff.map(|(until, message)| {
             format!("{message} (next attempt in {} s)", (until - now).max(0))
         }),

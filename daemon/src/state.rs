@@ -108,6 +108,9 @@ pub struct Session {
     pub(crate) confirmed: Mutex<HashMap<String, i64>>,
     /// Woken at each confirmation, for the callers that wait for one.
     pub(crate) confirmations: tokio::sync::Notify,
+    /// Apps (`Caller::issue_key`) that received an OAuth 1.0a signature,
+    /// by credential id: the first one per app is audited (`oauth1.rs`).
+    pub(crate) oauth1_signed_for: Mutex<HashMap<String, Vec<u64>>>,
 }
 
 /// See [`Session::begin_commit`].
@@ -699,6 +702,7 @@ impl Session {
             enrolling: Mutex::new(None),
             confirmed: Mutex::new(HashMap::new()),
             confirmations: tokio::sync::Notify::new(),
+            oauth1_signed_for: Mutex::default(),
         })
     }
 
@@ -861,7 +865,7 @@ impl Session {
         credential.config.grant != GrantType::ClientCredentials
             && self
                 .grant(&credential.id)
-                .is_none_or(|g| g.refresh_token.is_none())
+                .is_none_or(|g| g.refresh_token.is_none() && g.oauth1.is_none())
             && !holds_token()
     }
 

@@ -291,6 +291,7 @@ async fn refresh(
             _ => grant.scope.clone(),
         },
         subject: grant.subject.clone(),
+        oauth1: None,
     };
     warn_clamped(name, granted.access.expires_in);
     let token = received(granted.access, scopes, daemon.clock.now());

@@ -27,6 +27,7 @@ async fn add_browser_credential(d: &TestDaemon, c: &mut Client) {
             token_endpoint: Some(d.endpoint.url.clone()),
             ..Endpoints::default()
         },
+        oauth1: None,
     };
     c.request::<ProviderAdd>(&provider)
         .await
@@ -44,6 +45,8 @@ async fn add_browser_credential(d: &TestDaemon, c: &mut Client) {
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),
+        signature_method: None,
+        private_key: None,
     };
     c.request::<CredentialAdd>(&credential)
         .await

@@ -28,6 +28,8 @@ async fn add_user(c: &mut Client, scopes: &[&str]) {
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),
+        signature_method: None,
+        private_key: None,
     };
     c.request::<CredentialAdd>(&params)
         .await
@@ -118,6 +120,8 @@ async fn an_echoing_provider_never_gets_a_secret_into_an_error() {
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),
+        signature_method: None,
+        private_key: None,
     };
     c.request::<CredentialAdd>(&params)
         .await

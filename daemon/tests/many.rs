@@ -27,6 +27,7 @@ async fn add_provider(d: &TestDaemon, c: &mut Client, name: &str) {
             device_authorization_endpoint: Some(d.endpoint.device_url.clone()),
             ..Endpoints::default()
         },
+        oauth1: None,
     })
     .await
     .expect("provider.add");
@@ -54,6 +55,8 @@ async fn add_credential(c: &mut Client, name: &str, provider: &str, device: bool
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),
+        signature_method: None,
+        private_key: None,
     })
     .await
     .expect("credential.add");

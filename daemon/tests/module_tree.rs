@@ -24,6 +24,7 @@ const VERBS: &[&str] = &[
     "stepup",
     "rotation",
     "health",
+    "oauth1",
 ];
 
 /// Each top-level module's source (a directory module's files joined),

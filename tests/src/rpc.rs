@@ -70,6 +70,8 @@ impl TestEnv {
             redirect_uri: None,
             access: Some(latchkey_client::protocol::Access::Open),
             proof: Some(crate::env::proof()),
+            signature_method: None,
+            private_key: None,
         };
         self.rpc::<CredentialAdd>(&params)
             .unwrap_or_else(|e| panic!("credential.add {name}: {e}"))

@@ -95,6 +95,7 @@ fn a_flood_of_idle_connections_leaves_other_clients_served() {
             token_endpoint: Some(endpoint.url.clone()),
             ..Endpoints::default()
         },
+        oauth1: None,
     })
     .expect("provider.add");
     env.rpc::<CredentialAdd>(&CredentialAddParams {
@@ -110,6 +111,8 @@ fn a_flood_of_idle_connections_leaves_other_clients_served() {
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(latchkey_tests::env::PASSPHRASE),
         )),
+        signature_method: None,
+        private_key: None,
     })
     .expect("credential.add svc");
     env.add_user_credential(

@@ -13,7 +13,7 @@ use latchkey_client::duration;
 use latchkey_client::protocol::{
     unix_now, Access, AuthMethod, CredentialAdd, CredentialAddParams, CredentialInfo,
     CredentialList, CredentialRemove, CredentialSet, CredentialSetParams, CredentialShow,
-    CredentialState, Empty, GrantType, NameParams, RemoveParams,
+    CredentialState, Empty, GrantType, NameParams, RemoveParams, SignatureMethod,
 };
 use latchkey_client::protocol::{CredentialSetSecret, SetSecretParams, StepUp, ROTATION_AGE_SECS};
 use secrecy::SecretString;
@@ -47,6 +47,12 @@ pub enum Command {
     SetSecret(SetSecretArgs),
     /// Remove a credential and its tokens, revoking them at the provider first
     Remove(RemoveArgs),
+    /// Store an OAuth 1.0a credential's token credentials, read from stdin
+    ///
+    /// Two lines on standard input: the token (oauth_token), then the token
+    /// secret (oauth_token_secret), as a provider's developer page gives
+    /// them; in place of `latchkey login NAME`.
+    ImportToken(crate::commands::oauth1::ImportArgs),
 }
 
 /// Who may use a credential.
@@ -136,6 +142,8 @@ enum Grant {
     ClientCredentials,
     AuthorizationCode,
     DeviceCode,
+    /// OAuth 1.0a (RFC 5849): the daemon signs requests (`latchkey oauth1-sign`)
+    Oauth1,
 }
 
 impl From<Grant> for GrantType {
@@ -144,6 +152,7 @@ impl From<Grant> for GrantType {
             Grant::ClientCredentials => GrantType::ClientCredentials,
             Grant::AuthorizationCode => GrantType::AuthorizationCode,
             Grant::DeviceCode => GrantType::DeviceCode,
+            Grant::Oauth1 => GrantType::Oauth1,
         }
     }
 }
@@ -213,6 +222,12 @@ pub struct AddArgs {
     access: AccessArg,
     #[command(flatten)]
     proof: ProofArgs,
+    /// --grant oauth1: HMAC-SHA1, HMAC-SHA256 or RSA-SHA256 (PLAINTEXT over https only); the consumer key is --client-id, the consumer secret a --client-secret-* flag
+    #[arg(long, value_name = "METHOD")]
+    signature_method: Option<SignatureMethod>,
+    /// --grant oauth1 with RSA-SHA256: the client's RSA private key, a PKCS#8 PEM or DER file (read, sealed, never shown)
+    #[arg(long, value_name = "PATH", conflicts_with = "secret_source")]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -248,6 +263,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Set(args) => set(ctx, args),
         Command::SetSecret(args) => set_secret(ctx, args),
         Command::Remove(args) => remove(ctx, args),
+        Command::ImportToken(args) => crate::commands::oauth1::import(ctx, args),
     }
 }
 
@@ -262,6 +278,14 @@ fn choose_auth(auth: Option<Auth>, grant: Grant, secret_given: bool) -> AuthMeth
 }
 
 fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
+    if matches!(args.grant, Grant::Oauth1) {
+        return add_oauth1(ctx, args);
+    }
+    if args.signature_method.is_some() || args.key_file.is_some() {
+        return Err(exit::usage(
+            "--signature-method and --key-file are for OAuth 1.0a credentials: add --grant oauth1",
+        ));
+    }
     let source = Source::from_flags(
         args.secret.client_secret_file.as_deref(),
         args.secret.client_secret_stdin,
@@ -295,6 +319,8 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
         redirect_uri: args.redirect_uri,
         access: Some(access),
         proof,
+        signature_method: None,
+        private_key: None,
     };
     conn.call::<CredentialAdd>(&params)
         .with_context(|| format!("failed to add credential '{}'", params.name))?;
@@ -304,6 +330,63 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
         params.grant.as_str(),
         params.auth.as_str(),
         access.as_str()
+    ))
+}
+
+/// `--grant oauth1`: the consumer secret (HMAC, PLAINTEXT) or the RSA
+/// private key file (RSA-SHA256).
+fn add_oauth1(ctx: &Ctx, args: AddArgs) -> Result<()> {
+    let Some(method) = args.signature_method else {
+        return Err(exit::usage(
+            "--grant oauth1 needs --signature-method HMAC-SHA1, HMAC-SHA256 or RSA-SHA256",
+        ));
+    };
+    let source = Source::from_flags(
+        args.secret.client_secret_file.as_deref(),
+        args.secret.client_secret_stdin,
+        args.secret.client_secret_env.as_deref(),
+    );
+    let access = Access::from(args.access);
+    let (client_secret, private_key) = match (&args.key_file, source) {
+        (Some(path), _) => (None, Some(secret::read_key_file(path)?)),
+        (None, Some(source)) => (Some(source.read("consumer secret")?), None),
+        (None, None) if method.is_rsa() => return Err(exit::usage(format!(
+            "{} signs with the client's RSA private key: pass its PKCS#8 file with --key-file PATH",
+            method.as_str()
+        ))),
+        (None, None) => (
+            Some(prompt_secret(&args.name, AuthMethod::ClientSecretPost)?),
+            None,
+        ),
+    };
+    let mut conn = ctx.connect()?;
+    let proof = match access {
+        Access::Open => Some(args.proof.proof("to let every app use this credential")?),
+        Access::Ask => None,
+    };
+    let params = CredentialAddParams {
+        name: args.name,
+        provider: args.provider,
+        client_id: args.client_id,
+        client_secret,
+        grant: GrantType::Oauth1,
+        auth: AuthMethod::None,
+        scopes: split_scopes(&args.scopes),
+        redirect_uri: args.redirect_uri,
+        access: Some(access),
+        proof,
+        signature_method: Some(method),
+        private_key,
+    };
+    conn.call::<CredentialAdd>(&params)
+        .with_context(|| format!("failed to add credential '{}'", params.name))?;
+    ctx.done(format_args!(
+        "added credential '{}' (oauth1, {}, access {}); next: `latchkey login {}` or `latchkey credential import-token {}`",
+        params.name,
+        method.as_str(),
+        access.as_str(),
+        params.name,
+        params.name
     ))
 }
 
@@ -567,6 +650,17 @@ fn render(info: &CredentialInfo, now: i64) -> String {
     if info.has_refresh_token {
         f.add("refresh token", "held");
     }
+    if let Some(method) = info.signature_method {
+        f.add("signature method", method.as_str());
+        f.add(
+            "token credentials",
+            if info.has_token_credentials {
+                "held"
+            } else {
+                "none"
+            },
+        );
+    }
     if let Some(err) = &info.last_error {
         f.add("last error", err);
     }
@@ -657,6 +751,8 @@ mod tests {
             subject: None,
             has_refresh_token: false,
             last_error: None,
+            signature_method: None,
+            has_token_credentials: false,
         };
         let text = render(&info, 1_000_000);
         assert!(text.contains("client secret: stored\n"), "{text}");
@@ -738,6 +834,8 @@ mod tests {
             subject: None,
             has_refresh_token: false,
             last_error: None,
+            signature_method: None,
+            has_token_credentials: false,
         }
     }
 

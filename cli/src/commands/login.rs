@@ -198,7 +198,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
     };
     let result = waited.map_err(|err| name_the_credential(err, &name))?;
     ctx.done(success_line(&result))?;
-    if !result.refresh_token {
+    if !result.refresh_token && !result.token_credentials {
         ctx.warn(format_args!(
             "the provider issued no refresh token: when the access token expires, run `latchkey login {}` again (some providers issue one only for the offline_access scope)",
             result.credential
@@ -428,6 +428,7 @@ mod tests {
             subject: Some("alice".into()),
             scope: "openid repo".into(),
             refresh_token: true,
+            token_credentials: false,
         };
         assert_eq!(
             success_line(&r),

@@ -18,6 +18,7 @@ pub(crate) mod header;
 mod init;
 mod lock;
 mod login;
+pub(crate) mod oauth1;
 mod panic;
 mod passphrase;
 mod provider;
@@ -105,6 +106,14 @@ pub enum Command {
     Token(token::Args),
     /// Print an `Authorization:` header for a credential
     Header(header::Args),
+    /// Sign one request with an OAuth 1.0a credential: print its Authorization header value
+    ///
+    /// The consumer and token secrets stay in the daemon; the header holds
+    /// a fresh nonce and timestamp and is good for exactly this method, URL
+    /// (with its query) and form body. For example:
+    /// curl -H "Authorization: $(latchkey oauth1-sign NAME --url URL)" URL
+    #[command(name = "oauth1-sign")]
+    Oauth1Sign(oauth1::SignArgs),
     /// Run a command with an access token in its environment
     ///
     /// The token is put in the command's environment (never its arguments),
@@ -193,6 +202,7 @@ pub fn run(ctx: &Ctx, command: Command, tree: fn() -> clap::Command) -> Result<(
         Command::Panic(args) => panic::run(ctx, args),
         Command::Token(args) => token::run(ctx, args),
         Command::Header(args) => header::run(ctx, args),
+        Command::Oauth1Sign(args) => oauth1::sign(ctx, args),
         Command::Exec(args) => exec::run(ctx, args),
         Command::Daemon(command) => daemon::run(ctx, command),
         Command::Audit(args) => audit::run(ctx, args),

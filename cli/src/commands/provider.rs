@@ -6,8 +6,8 @@ use crate::output::{self, Fields};
 use anyhow::{Context, Result};
 use clap::ArgGroup;
 use latchkey_client::protocol::{
-    Empty, Endpoints, NameParams, ProviderAdd, ProviderAddParams, ProviderList, ProviderRemove,
-    ProviderShow,
+    Empty, Endpoints, NameParams, Oauth1Endpoints, ProviderAdd, ProviderAddParams, ProviderList,
+    ProviderRemove, ProviderShow,
 };
 
 #[derive(clap::Subcommand)]
@@ -24,7 +24,7 @@ pub enum Command {
 
 /// Explicit endpoint flags override what discovery finds at the issuer.
 #[derive(clap::Args)]
-#[command(group(ArgGroup::new("where").required(true).multiple(true).args(["issuer", "token_endpoint"])))]
+#[command(group(ArgGroup::new("where").required(true).multiple(true).args(["issuer", "token_endpoint", "oauth1_request_token_url"])))]
 pub struct AddArgs {
     /// Local name for the provider
     name: String,
@@ -49,6 +49,15 @@ pub struct AddArgs {
     /// JWKS URL for ID-token validation
     #[arg(long, value_name = "URL")]
     jwks_uri: Option<String>,
+    /// An OAuth 1.0a provider: its temporary credential request URL (RFC 5849 §2.1)
+    #[arg(long, value_name = "URL", requires_all = ["oauth1_authorize_url", "oauth1_access_token_url"], conflicts_with_all = ["issuer", "token_endpoint"])]
+    oauth1_request_token_url: Option<String>,
+    /// An OAuth 1.0a provider: its resource owner authorization URL (§2.2)
+    #[arg(long, value_name = "URL", requires = "oauth1_request_token_url")]
+    oauth1_authorize_url: Option<String>,
+    /// An OAuth 1.0a provider: its token request URL (§2.3)
+    #[arg(long, value_name = "URL", requires = "oauth1_request_token_url")]
+    oauth1_access_token_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +103,13 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
             introspection_endpoint: args.introspection_endpoint,
             jwks_uri: args.jwks_uri,
         },
+        oauth1: args
+            .oauth1_request_token_url
+            .map(|temporary| Oauth1Endpoints {
+                temporary_credentials: temporary,
+                authorization: args.oauth1_authorize_url.unwrap_or_default(),
+                token: args.oauth1_access_token_url.unwrap_or_default(),
+            }),
     };
     let info = ctx
         .connect()?
@@ -155,6 +171,11 @@ fn show(ctx: &Ctx, args: ShowArgs) -> Result<()> {
     f.add("name", &info.name);
     f.add("issuer", info.issuer.as_deref().unwrap_or("-"));
     add_endpoints(&mut f, &info.endpoints);
+    if let Some(o) = &info.oauth1 {
+        f.add("oauth1 request token url", &o.temporary_credentials);
+        f.add("oauth1 authorize url", &o.authorization);
+        f.add("oauth1 access token url", &o.token);
+    }
     f.add(
         "credentials",
         if info.credentials.is_empty() {

@@ -202,6 +202,37 @@ impl Http {
         Ok((response.status().as_u16(), date))
     }
 
+    /// POSTs an OAuth 1.0a credential request (RFC 5849 §2.1, §2.3): an
+    /// empty form body, the signed `Authorization` header. The reply's
+    /// body (form-encoded credentials) in a zeroizing buffer; any status
+    /// but 2xx is an error.
+    pub async fn post_oauth1(
+        &self,
+        url: &Url,
+        authorization: &secrecy::SecretString,
+    ) -> Result<Zeroizing<Vec<u8>>, HttpError> {
+        use secrecy::ExposeSecret as _;
+        let mut value = http::HeaderValue::from_str(authorization.expose_secret())
+            .map_err(|_| HttpError::Request("the Authorization header is not valid".into()))?;
+        value.set_sensitive(true);
+        let request = http::Request::post(url.as_str())
+            .header(http::header::AUTHORIZATION, value)
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(Vec::new())
+            .map_err(|e| HttpError::Request(e.to_string()))?;
+        let (status, _, body, _) = self.read(request).await?;
+        if !status.is_success() {
+            return Err(HttpError::Status {
+                status: status.as_u16(),
+                retry_after: None,
+            });
+        }
+        Ok(body)
+    }
+
     /// GETs a JSON document (discovery metadata, a JWKS).
     pub async fn get_json(&self, url: &Url) -> Result<(u16, Zeroizing<Vec<u8>>), HttpError> {
         let request = http::Request::get(url.as_str())

@@ -4,6 +4,8 @@
 pub mod discovery;
 pub mod grant;
 pub mod http;
+pub mod oauth1;
+pub mod oauth1_sign;
 pub mod text;
 pub mod user;
 

@@ -142,6 +142,9 @@ pub struct ProviderConfig {
     /// a callback without it is refused. Absent in older documents: false.
     #[serde(default)]
     pub iss_parameter_supported: bool,
+    /// An OAuth 1.0a provider's endpoints (then `endpoints` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth1: Option<latchkey_client::protocol::Oauth1Endpoints>,
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +172,11 @@ pub struct CredentialConfig {
         skip_serializing_if = "latchkey_client::protocol::StepUp::is_off"
     )]
     pub step_up: latchkey_client::protocol::StepUp,
+    /// Grant `oauth1`: how requests are signed. Its signing secret (the
+    /// consumer secret, or the RSA private key as PKCS#8 PEM) is the
+    /// sealed `client_secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_method: Option<latchkey_client::protocol::SignatureMethod>,
 }
 
 #[derive(Debug, Clone)]
@@ -313,6 +321,15 @@ pub struct Grant {
     pub scope: String,
     /// OIDC `sub` of the account, when an ID token was validated.
     pub subject: Option<String>,
+    /// An OAuth 1.0a credential's token credentials (in place of a refresh token).
+    pub oauth1: Option<Arc<Oauth1Token>>,
+}
+
+/// OAuth 1.0a token credentials (RFC 5849 §2.3): what a three-legged
+/// login leaves behind, or what `oauth1.import_token` stored.
+pub struct Oauth1Token {
+    pub token: SecretString,
+    pub secret: SecretString,
 }
 
 /// A token's sealed document (format v1): the token plus the cache key it
@@ -337,6 +354,11 @@ struct GrantDoc {
     scope: String,
     subject: Option<String>,
     obtained_at: i64,
+    /// OAuth 1.0a token and token secret (absent in OAuth 2 grants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oauth1_token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oauth1_token_secret: Option<Secret>,
 }
 
 /// A secret inside a sealed document: serialized in clear only into the
@@ -438,6 +460,7 @@ impl Vault {
                             redirect_uri: None,
                             access: Access::Ask,
                             step_up: Default::default(),
+                            signature_method: None,
                         },
                         secret_ages,
                         id: row.id,
@@ -654,6 +677,15 @@ impl Vault {
                         refresh_token: g.refresh_token.map(|t| Arc::new(t.0)),
                         scope: g.scope,
                         subject: g.subject,
+                        oauth1: g
+                            .oauth1_token
+                            .zip(g.oauth1_token_secret)
+                            .map(|(token, secret)| {
+                                Arc::new(Oauth1Token {
+                                    token: token.0,
+                                    secret: secret.0,
+                                })
+                            }),
                     },
                 )),
                 _ => bad += 1,
@@ -681,6 +713,8 @@ impl Vault {
                 scope: g.scope.clone(),
                 subject: g.subject.clone(),
                 obtained_at: now,
+                oauth1_token: g.oauth1.as_ref().map(|t| Secret(copy_secret(&t.token))),
+                oauth1_token_secret: g.oauth1.as_ref().map(|t| Secret(copy_secret(&t.secret))),
             };
             GrantRow {
                 sealed: keys.seal_json("grants", &id, "sealed", &doc),
@@ -832,6 +866,7 @@ mod tests {
             redirect_uri: None,
             access: Access::Open,
             step_up: Default::default(),
+            signature_method: None,
         }
     }
 
@@ -844,6 +879,7 @@ mod tests {
                 ..Endpoints::default()
             },
             iss_parameter_supported: false,
+            oauth1: None,
         }
     }
 

@@ -186,6 +186,7 @@ impl TestDaemon {
                 device_authorization_endpoint: Some(self.endpoint.device_url.clone()),
                 ..Endpoints::default()
             },
+            oauth1: None,
         };
         client
             .request::<ProviderAdd>(&provider)
@@ -209,6 +210,8 @@ pub async fn add_cc_credential(client: &mut Client, name: &str) {
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),
+        signature_method: None,
+        private_key: None,
     };
     client
         .request::<CredentialAdd>(&params)
@@ -231,6 +234,8 @@ pub async fn add_device_credential(client: &mut Client, name: &str, client_id: &
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),
+        signature_method: None,
+        private_key: None,
     };
     client
         .request::<CredentialAdd>(&params)
