@@ -15,6 +15,7 @@ pub mod cli;
 pub mod desktop;
 pub mod env;
 pub mod fixture;
+pub mod oauth1;
 pub mod process;
 pub mod provider;
 pub mod raw;

@@ -350,10 +350,12 @@ fn add_oauth1(ctx: &Ctx, args: AddArgs) -> Result<()> {
     let (client_secret, private_key) = match (&args.key_file, source) {
         (Some(path), _) => (None, Some(secret::read_key_file(path)?)),
         (None, Some(source)) => (Some(source.read("consumer secret")?), None),
-        (None, None) if method.is_rsa() => return Err(exit::usage(format!(
+        (None, None) if method.is_rsa() => {
+            return Err(exit::usage(format!(
             "{} signs with the client's RSA private key: pass its PKCS#8 file with --key-file PATH",
             method.as_str()
-        ))),
+        )))
+        }
         (None, None) => (
             Some(prompt_secret(&args.name, AuthMethod::ClientSecretPost)?),
             None,
