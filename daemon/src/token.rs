@@ -38,6 +38,12 @@ impl Handler for TokenGet {
     ) -> Result<Served, ApiError> {
         let session = daemon.session()?;
         let (credential, provider) = session.lookup(&params.credential)?;
+        if credential.config.grant == GrantType::Oauth1 {
+            let name = &credential.config.name;
+            return Err(ApiError::invalid_params(format!(
+                "credential '{name}' is an OAuth 1.0a credential: it signs requests and has no access tokens; run `latchkey oauth1-sign {name} --method GET --url URL`"
+            )));
+        }
         let scopes = policy::allowed_scopes(
             &credential,
             || session.grant(&credential.id).map(|g| g.scope),
