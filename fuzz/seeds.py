@@ -75,6 +75,9 @@ def request():
         "git.route_remove": {"protocol": "https", "host": "github.com", "path": "acme/w.git", "username": "alice"},
         "git.get": {"protocol": "https", "host": "github.com", "path": "acme/w.git", "username": "alice"},
         "git.erase": {"protocol": "https", "host": "github.com:8443"},
+        "oauth1.import_token": {"credential": "tw", "token": CANARY, "token_secret": CANARY},
+        "oauth1.sign": {"credential": "tw", "method": "POST", "url": "https://api.example/1/s?x=a%20b",
+                        "form": [["status", "hi & bye"], ["tags[]", "é"]]},
     }
     for method, params in methods.items():
         write("request", line(method, params))
