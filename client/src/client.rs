@@ -163,6 +163,29 @@ impl Client {
     pub async fn token_with(&mut self, params: &TokenParams) -> Result<TokenReply, Error> {
         self.request::<TokenGet>(params).await
     }
+
+    /// The `Authorization` header value (`OAuth …`) for one request signed
+    /// with the OAuth 1.0a credential `credential`: `method`, the full `url`
+    /// (query included) and the decoded form body parameters, if any. The
+    /// consumer and token secrets stay in the daemon.
+    pub async fn oauth1_sign(
+        &mut self,
+        credential: &str,
+        method: &str,
+        url: &str,
+        form: &[(String, String)],
+    ) -> Result<secrecy::SecretString, Error> {
+        let params = crate::protocol::Oauth1SignParams {
+            credential: credential.to_owned(),
+            method: method.to_owned(),
+            url: url.to_owned(),
+            form: form.to_vec(),
+        };
+        Ok(self
+            .request::<crate::protocol::Oauth1Sign>(&params)
+            .await?
+            .authorization)
+    }
 }
 
 fn stream_fd(stream: &Stream) -> std::os::fd::BorrowedFd<'_> {

@@ -13,7 +13,7 @@ use latchkey_client::protocol::{
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Add a provider by its issuer URL (discovery), by explicit endpoints, or both
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List providers
     List(ListArgs),
     /// Show a provider's endpoints and credentials
@@ -84,7 +84,7 @@ pub struct NameArg {
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
     match command {
-        Command::Add(args) => add(ctx, args),
+        Command::Add(args) => add(ctx, *args),
         Command::List(args) => list(ctx, args),
         Command::Show(args) => show(ctx, args),
         Command::Remove(args) => remove(ctx, args),
