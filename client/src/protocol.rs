@@ -173,6 +173,11 @@ methods! {
     // Health checks (`latchkey doctor`, issue 10).
     /// Reach each provider's discovery (or token endpoint) and read its clock.
     ProviderCheck = "provider.check", Empty => ProviderCheckResult, read_only: true;
+    // The authenticating proxy (issue 11).
+    /// Listen locally and forward requests to one upstream with the credential's authorization added.
+    ProxyStart = "proxy.start", ProxyStartParams => ProxyStartResult, read_only: false;
+    /// Keep a started proxy running for as long as this call lasts (hanging up stops it).
+    ProxyWait = "proxy.wait", ProxyWaitParams => ProxyStopped, read_only: false;
 }
 
 /// One method as the reference page shows it (see [`METHOD_DOCS`]).
@@ -199,6 +204,8 @@ mod git;
 pub use git::*;
 mod health;
 pub use health::*;
+mod proxy;
+pub use proxy::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -1334,7 +1341,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 45);
+        assert_eq!(METHODS.len(), 47);
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub async fn route(
         GitGet::NAME => run.method::<GitGet>(out).await,
         GitErase::NAME => run.method::<GitErase>(out).await,
         ProviderCheck::NAME => run.method::<ProviderCheck>(out).await,
+        ProxyStart::NAME => run.method::<ProxyStart>(out).await,
+        ProxyWait::NAME => run.method::<ProxyWait>(out).await,
         other => {
             let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
             write_error(

@@ -38,6 +38,7 @@ mod notify;
 mod oauth;
 mod policy;
 mod polkit;
+mod proxy;
 mod ratelimit;
 mod revoke;
 mod rotation;

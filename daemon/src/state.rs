@@ -47,6 +47,18 @@ pub struct LoginEntry {
     pub cancel: Arc<tokio::sync::Notify>,
 }
 
+/// A running authenticating proxy, as the registry holds it until its
+/// `proxy.wait` claims it (`proxy/`).
+pub struct ProxyEntry {
+    /// Notified when the proxy is to stop (its waiter left).
+    pub stop: Arc<tokio::sync::Notify>,
+    /// Set once a `proxy.wait` holds the proxy; the proxy stops if none
+    /// does within its claim window.
+    pub claimed: Arc<AtomicBool>,
+    /// What the proxy did, once it stopped (`None` while it runs).
+    pub stopped: watch::Receiver<Option<latchkey_client::protocol::ProxyStopped>>,
+}
+
 pub struct Daemon {
     pub(crate) config: Config,
     pub(crate) clock: Clock,
@@ -76,6 +88,8 @@ pub struct Daemon {
     pub(crate) shutdown: tokio::sync::Notify,
     /// Logins in progress, by login id; each login task removes its own.
     logins: Mutex<HashMap<String, LoginEntry>>,
+    /// Authenticating proxies not yet claimed by a `proxy.wait`, by id.
+    proxies: Mutex<HashMap<String, ProxyEntry>>,
 }
 
 /// Everything that exists only while the vault is unlocked.
@@ -320,6 +334,7 @@ impl Daemon {
             approvals: Approvals::new(approval_timeout),
             shutdown: tokio::sync::Notify::new(),
             logins: Mutex::new(HashMap::new()),
+            proxies: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -581,6 +596,10 @@ impl Daemon {
 
     pub(crate) fn logins(&self) -> MutexGuard<'_, HashMap<String, LoginEntry>> {
         lock(&self.logins)
+    }
+
+    pub(crate) fn proxies(&self) -> MutexGuard<'_, HashMap<String, ProxyEntry>> {
+        lock(&self.proxies)
     }
 }
 

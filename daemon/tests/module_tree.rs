@@ -24,6 +24,7 @@ const VERBS: &[&str] = &[
     "stepup",
     "rotation",
     "health",
+    "proxy",
 ];
 
 /// Each top-level module's source (a directory module's files joined),

@@ -21,6 +21,7 @@ mod login;
 mod panic;
 mod passphrase;
 mod provider;
+mod proxy;
 mod rekey;
 mod revoke;
 mod service;
@@ -150,6 +151,15 @@ pub enum Command {
     /// git then runs `latchkey git-credential get|store|erase` itself.
     #[command(subcommand)]
     GitCredential(git_credential::Command),
+    /// Run an authenticating proxy: apps send plain requests, the daemon adds the token
+    ///
+    /// `latchkey proxy NAME --upstream https://api.example.com --listen
+    /// 127.0.0.1:8080` prints the address apps use (alone on stdout), then
+    /// runs until Ctrl-C. Each request sent there goes to the upstream only,
+    /// with the app's Authorization replaced by the credential's bearer
+    /// token; the app never sees the token. Only your own programs may
+    /// connect, and each is identified as an app, as for `latchkey token`.
+    Proxy(proxy::Args),
     /// Install latchkeyd as a user service (systemd socket activation, or launchd on macOS)
     ///
     /// Writes latchkey.socket and latchkey.service into
@@ -199,6 +209,7 @@ pub fn run(ctx: &Ctx, command: Command, tree: fn() -> clap::Command) -> Result<(
         Command::Totp(command) => totp::run(ctx, command),
         Command::Confirm(args) => confirm::run(ctx, args),
         Command::GitCredential(command) => git_credential::run(ctx, command),
+        Command::Proxy(args) => proxy::run(ctx, args),
         Command::Service(command) => service::run(ctx, command),
         Command::Completions(args) => completions::run(tree(), args),
         Command::Man(args) => completions::man(ctx, tree(), args),
