@@ -18,6 +18,7 @@ pub mod fixture;
 pub mod process;
 pub mod provider;
 pub mod raw;
+pub mod resource;
 pub mod rpc;
 
 pub use cli::{Cli, CliResult};
