@@ -75,6 +75,10 @@ def request():
         "git.route_remove": {"protocol": "https", "host": "github.com", "path": "acme/w.git", "username": "alice"},
         "git.get": {"protocol": "https", "host": "github.com", "path": "acme/w.git", "username": "alice"},
         "git.erase": {"protocol": "https", "host": "github.com:8443"},
+        "proxy.start": {"credential": "gh", "upstream": "https://api.github.com/v3", "listen": "127.0.0.1:0",
+                        "scopes": ["repo"], "limits": {"max_request_bytes": 1048576, "max_response_bytes": 4194304,
+                                                       "timeout_secs": 30, "max_connections": 8}},
+        "proxy.wait": {"proxy_id": "abc"},
     }
     for method, params in methods.items():
         write("request", line(method, params))

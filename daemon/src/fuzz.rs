@@ -325,6 +325,8 @@ fn params_of(
         GitGet,
         GitErase,
         ProviderCheck,
+        ProxyStart,
+        ProxyWait,
     )
 }
 

@@ -356,6 +356,16 @@ async fn every_method_answers_its_error_kinds() {
                 ("credential.confirm", json!({"name": "api", "proof": {"passphrase": PASSPHRASE}}), ok()),
                 ("token.get", json!({"credential": "api"}), ok()),
                 ("credential.set", json!({"name": "api", "step_up": {"method": "off"}}), ok()), // proven connection
+                // The proxy (`api` is open now); one started and never waited for stops by itself.
+                ("proxy.start", json!({}), fails(InvalidParams)),
+                ("proxy.start", json!({"credential": "nope", "upstream": url, "listen": "127.0.0.1:0"}), fails(NotFound)),
+                ("proxy.start", json!({"credential": "api", "upstream": "http://example.com/", "listen": "127.0.0.1:0"}), fails(InvalidParams)),
+                ("proxy.start", json!({"credential": "api", "upstream": url, "listen": "0.0.0.0:0"}), fails(InvalidParams)),
+                ("proxy.start", json!({"credential": "api", "upstream": url, "listen": "127.0.0.1:0", "limits": {"max_connections": 0}}), fails(InvalidParams)),
+                ("proxy.start", json!({"credential": "user", "upstream": url, "listen": "127.0.0.1:0"}), fails(ReauthRequired)), // never logged in
+                ("proxy.start", json!({"credential": "api", "upstream": url, "listen": "127.0.0.1:0"}), ok()),
+                ("proxy.wait", json!({}), fails(InvalidParams)),
+                ("proxy.wait", json!({"proxy_id": "nope"}), fails(NotFound)),
                 ("vault.init", json!({"passphrase": "p"}), fails(AlreadyInitialized)),
                 ("vault.unlock", json!({"passphrase": 5}), fails(InvalidParams)),
                 ("vault.change_passphrase", json!({"old": "p"}), fails(InvalidParams)),
@@ -508,6 +518,8 @@ async fn every_method_answers_its_error_kinds() {
                 ("git.route_remove", json!({"host": "git.example"}), fails(Locked)),
                 ("git.get", json!({"protocol": "https", "host": "git.example"}), fails(Locked)),
                 ("git.erase", json!({"protocol": "https", "host": "git.example"}), fails(Locked)),
+                ("proxy.start", json!({"credential": "api", "upstream": url, "listen": "127.0.0.1:0"}), fails(Locked)),
+                ("proxy.wait", json!({"proxy_id": "nope"}), fails(NotFound)),
                 // The third wrong passphrase (two above): the limiter starts.
                 ("vault.unlock", json!({"passphrase": "wrong"}), fails(WrongPassphrase)),
                 ("vault.unlock", json!({"passphrase": PASSPHRASE}), fails(RateLimited)),
