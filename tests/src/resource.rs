@@ -116,7 +116,9 @@ impl ProxyRun {
             std::thread::spawn(move || {
                 let mut chunk = [0u8; 4096];
                 while let Ok(n @ 1..) = pipe.read(&mut chunk) {
-                    buf.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
+                    buf.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
                 }
             });
         }

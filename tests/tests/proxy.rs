@@ -60,13 +60,20 @@ fn requests_reach_the_resource_with_a_token_the_app_never_saw() {
     // GET, with the app's own Authorization and hop-by-hop headers.
     let got = curl(
         &[
-            "-H", &format!("Authorization: Bearer {APP_CANARY}"),
-            "-H", "Connection: keep-alive, x-app-hop",
-            "-H", "X-App-Hop: dropped",
-            "-H", "Keep-Alive: timeout=5",
-            "-H", "Proxy-Authorization: Basic dXNlcjpwYXNz",
-            "-H", "TE: trailers",
-            "-H", "X-End-To-End: kept",
+            "-H",
+            &format!("Authorization: Bearer {APP_CANARY}"),
+            "-H",
+            "Connection: keep-alive, x-app-hop",
+            "-H",
+            "X-App-Hop: dropped",
+            "-H",
+            "Keep-Alive: timeout=5",
+            "-H",
+            "Proxy-Authorization: Basic dXNlcjpwYXNz",
+            "-H",
+            "TE: trailers",
+            "-H",
+            "X-End-To-End: kept",
             &format!("{base}/things?x=1&y=two"),
         ],
         None,
@@ -80,7 +87,10 @@ fn requests_reach_the_resource_with_a_token_the_app_never_saw() {
     assert_eq!(seen["client_id"], SVC_ID, "introspection names svc: {seen}");
     let headers = &seen["headers"];
     for dropped in ["x-app-hop", "keep-alive", "proxy-authorization", "te"] {
-        assert!(headers.get(dropped).is_none(), "{dropped} was forwarded: {headers}");
+        assert!(
+            headers.get(dropped).is_none(),
+            "{dropped} was forwarded: {headers}"
+        );
     }
     assert_eq!(headers["x-end-to-end"], "kept");
     assert_ne!(seen["token_sha256"], sha256(APP_CANARY.as_bytes()));
@@ -88,7 +98,13 @@ fn requests_reach_the_resource_with_a_token_the_app_never_saw() {
     // POST with a body (buffered: small).
     let body = "k=v&".repeat(25_000);
     let posted = curl(
-        &["-X", "POST", "--data-binary", &body, &format!("{base}/items")],
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            &body,
+            &format!("{base}/items"),
+        ],
         None,
     );
     assert_eq!(posted.status, 200, "{posted:?}");
@@ -116,13 +132,22 @@ fn requests_reach_the_resource_with_a_token_the_app_never_saw() {
     // was issued the token, not the CLI's caller alone.
     let audit = env.cli(&["audit", "--json"]).run();
     assert!(
-        audit.stdout.lines().any(|l| l.contains("token_issued") && l.contains("curl")),
+        audit
+            .stdout
+            .lines()
+            .any(|l| l.contains("token_issued") && l.contains("curl")),
         "{}",
         audit.stdout
     );
     let said = proxy.interrupt();
-    assert!(!said.contains(&token), "the proxy printed the token: {said}");
-    assert!(!env.all_daemon_logs().contains(&token), "the token is in the daemon's log");
+    assert!(
+        !said.contains(&token),
+        "the proxy printed the token: {said}"
+    );
+    assert!(
+        !env.all_daemon_logs().contains(&token),
+        "the token is in the daemon's log"
+    );
     assert!(!env.all_daemon_logs().contains(APP_CANARY));
 }
 
@@ -134,7 +159,15 @@ fn big_bodies_stream_both_ways_within_the_limits() {
     let (_p, resource, env) = world();
     let proxy = ProxyRun::start(
         &env,
-        &["api", "--upstream", &resource.url, "--max-request-size", "24M", "--max-response-size", "48M"],
+        &[
+            "api",
+            "--upstream",
+            &resource.url,
+            "--max-request-size",
+            "24M",
+            "--max-response-size",
+            "48M",
+        ],
     );
     let base = proxy.listen.clone();
     // Up: 20 MiB from a file (streamed: past the retry buffer).
@@ -142,7 +175,13 @@ fn big_bodies_stream_both_ways_within_the_limits() {
     let file = env.root.join("up.bin");
     std::fs::write(&file, &up).unwrap();
     let sent = curl(
-        &["-X", "PUT", "--data-binary", &format!("@{}", file.display()), &format!("{base}/upload")],
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{base}/upload"),
+        ],
         None,
     );
     assert_eq!(sent.status, 200, "{}", sent.stderr);
@@ -159,14 +198,27 @@ fn big_bodies_stream_both_ways_within_the_limits() {
     std::fs::write(&file, &big).unwrap();
     let before = resource.stats()["requests"].as_u64().unwrap();
     let refused = curl(
-        &["-X", "PUT", "--data-binary", &format!("@{}", file.display()), &format!("{base}/upload")],
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{base}/upload"),
+        ],
         None,
     );
     assert_eq!(refused.status, 413, "{refused:?}");
-    assert!(refused.text().contains("--max-request-size"), "{}", refused.text());
+    assert!(
+        refused.text().contains("--max-request-size"),
+        "{}",
+        refused.text()
+    );
     assert_eq!(resource.stats()["requests"].as_u64().unwrap(), before);
     let cut = curl(&[&format!("{base}/big?bytes={}", 50 << 20)], None);
-    assert!(cut.code != 0 && cut.body.len() < 50 << 20, "a response past the limit went through");
+    assert!(
+        cut.code != 0 && cut.body.len() < 50 << 20,
+        "a response past the limit went through"
+    );
     drop(proxy);
 }
 
@@ -190,18 +242,36 @@ fn other_hosts_connect_and_open_addresses_are_refused() {
     let tunnel = curl(&["-p", "-x", &base, "https://evil.example/"], None);
     assert_ne!(tunnel.code, 0);
     assert!(tunnel.stderr.contains("405"), "{}", tunnel.stderr);
-    assert_eq!(resource.stats()["requests"].as_u64().unwrap(), before, "a refused request reached the resource");
+    assert_eq!(
+        resource.stats()["requests"].as_u64().unwrap(),
+        before,
+        "a refused request reached the resource"
+    );
     // The upstream itself in absolute form is fine.
     let upstream = curl(&["-x", &base, &format!("{}/ok", resource.url)], None);
     assert_eq!(upstream.status, 200, "{upstream:?}");
     // Listening anywhere but loopback is refused, naming the fix.
     let open = env
-        .cli(&["proxy", "api", "--upstream", &resource.url, "--listen", "0.0.0.0:0"])
+        .cli(&[
+            "proxy",
+            "api",
+            "--upstream",
+            &resource.url,
+            "--listen",
+            "0.0.0.0:0",
+        ])
         .run();
     assert_ne!(open.code, 0);
     assert!(open.stderr.contains("loopback"), "{}", open.stderr);
     let plain = env
-        .cli(&["proxy", "api", "--upstream", "http://api.example.com/", "--listen", "127.0.0.1:0"])
+        .cli(&[
+            "proxy",
+            "api",
+            "--upstream",
+            "http://api.example.com/",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .run();
     assert!(plain.stderr.contains("plain http"), "{}", plain.stderr);
     drop(proxy);
@@ -219,20 +289,35 @@ fn a_401_drops_the_token_and_one_retry_with_a_fresh_one_succeeds() {
     assert_eq!(first.status, 200);
     let fetched = p.stats().token_requests;
     resource.fail_next(1);
-    let retried = curl(&["--data-binary", "small body", &format!("{base}/again")], None);
+    let retried = curl(
+        &["--data-binary", "small body", &format!("{base}/again")],
+        None,
+    );
     assert_eq!(retried.status, 200, "{retried:?}");
     assert_eq!(retried.json()["body_len"], 10);
-    assert_eq!(p.stats().token_requests, fetched + 1, "exactly one new token");
+    assert_eq!(
+        p.stats().token_requests,
+        fetched + 1,
+        "exactly one new token"
+    );
     let tokens = resource.stats()["tokens"].as_array().unwrap().clone();
     let n = tokens.len();
-    assert_ne!(tokens[n - 1], tokens[n - 2], "the retry carried a fresh token");
+    assert_ne!(
+        tokens[n - 1],
+        tokens[n - 2],
+        "the retry carried a fresh token"
+    );
     // A streamed body (past the retry buffer) is not sent twice: its 401
     // goes back to the app.
     let file = env.root.join("two.bin");
     std::fs::write(&file, pattern(2 << 20)).unwrap();
     resource.fail_next(1);
     let streamed = curl(
-        &["--data-binary", &format!("@{}", file.display()), &format!("{base}/stream")],
+        &[
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{base}/stream"),
+        ],
         None,
     );
     assert_eq!(streamed.status, 401, "{streamed:?}");
@@ -242,8 +327,16 @@ fn a_401_drops_the_token_and_one_retry_with_a_fresh_one_succeeds() {
 #[test]
 fn a_connection_from_another_uid_is_refused() {
     if !ready("proxy_other_uid")
-        || !can_run("proxy_other_uid", is_root(), "the test must run as root to run curl as nobody")
-        || !can_run("proxy_other_uid", on_path("setpriv"), "setpriv is not installed")
+        || !can_run(
+            "proxy_other_uid",
+            is_root(),
+            "the test must run as root to run curl as nobody",
+        )
+        || !can_run(
+            "proxy_other_uid",
+            on_path("setpriv"),
+            "setpriv is not installed",
+        )
     {
         return;
     }
@@ -253,12 +346,20 @@ fn a_connection_from_another_uid_is_refused() {
     let before = resource.stats()["requests"].as_u64().unwrap();
     let theirs = curl(&[&format!("{base}/x")], Some((65534, 65534)));
     assert_eq!(theirs.status, 403, "{theirs:?}");
-    assert!(theirs.text().contains("only the programs of the user"), "{}", theirs.text());
+    assert!(
+        theirs.text().contains("only the programs of the user"),
+        "{}",
+        theirs.text()
+    );
     assert_eq!(resource.stats()["requests"].as_u64().unwrap(), before);
     // Ours still works.
     assert_eq!(curl(&[&format!("{base}/x")], None).status, 200);
     let audit = env.cli(&["audit", "--json"]).run();
-    assert!(audit.stdout.contains("proxy_peer_refused"), "{}", audit.stdout);
+    assert!(
+        audit.stdout.contains("proxy_peer_refused"),
+        "{}",
+        audit.stdout
+    );
     assert!(audit.stdout.contains("uid 65534"), "{}", audit.stdout);
     drop(proxy);
 }
@@ -275,21 +376,37 @@ fn a_unix_socket_in_a_private_directory_serves_and_is_removed_at_the_end() {
     let sock = dir.join("api.sock");
     let sock_s = sock.to_str().unwrap().to_owned();
     let shared = env
-        .cli(&["proxy", "api", "--upstream", &resource.url, "--listen", &sock_s])
+        .cli(&[
+            "proxy",
+            "api",
+            "--upstream",
+            &resource.url,
+            "--listen",
+            &sock_s,
+        ])
         .run();
     assert_ne!(shared.code, 0);
     assert!(shared.stderr.contains("chmod 700"), "{}", shared.stderr);
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let proxy = ProxyRun::start(&env, &["api", "--upstream", &resource.url, "--listen", &sock_s]);
+    let proxy = ProxyRun::start(
+        &env,
+        &["api", "--upstream", &resource.url, "--listen", &sock_s],
+    );
     assert_eq!(proxy.listen, format!("unix:{sock_s}"));
-    let got = curl(&["--unix-socket", &sock_s, "http://localhost/via-unix"], None);
+    let got = curl(
+        &["--unix-socket", &sock_s, "http://localhost/via-unix"],
+        None,
+    );
     assert_eq!(got.status, 200, "{got:?}");
     assert_eq!(got.json()["path"], "/via-unix");
     assert_eq!(got.json()["client_id"], SVC_ID);
     proxy.interrupt();
-    wait_for("the socket file to go", Duration::from_secs(10), Duration::from_millis(20), || {
-        (!sock.exists()).then_some(())
-    });
+    wait_for(
+        "the socket file to go",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || (!sock.exists()).then_some(()),
+    );
 }
 
 #[test]
@@ -304,13 +421,24 @@ fn ending_latchkey_proxy_closes_the_listener() {
     // A connection held open across the end is closed too.
     let held = std::net::TcpStream::connect(&addr).unwrap();
     proxy.interrupt();
-    wait_for("the proxy's port to close", Duration::from_secs(10), Duration::from_millis(20), || {
-        std::net::TcpStream::connect(&addr).is_err().then_some(())
-    });
-    held.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    wait_for(
+        "the proxy's port to close",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || std::net::TcpStream::connect(&addr).is_err().then_some(()),
+    );
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut buf = [0u8; 16];
     let read = std::io::Read::read(&mut &held, &mut buf);
-    assert!(matches!(read, Ok(0) | Err(_)), "a held connection stayed open: {read:?}");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a held connection stayed open: {read:?}"
+    );
     let audit = env.cli(&["audit", "--json"]).run();
-    assert!(audit.stdout.contains("proxy_started") && audit.stdout.contains("proxy_stopped"), "{}", audit.stdout);
+    assert!(
+        audit.stdout.contains("proxy_started") && audit.stdout.contains("proxy_stopped"),
+        "{}",
+        audit.stdout
+    );
 }

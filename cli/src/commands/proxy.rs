@@ -21,10 +21,10 @@ const FOREVER: Duration = Duration::from_secs(10 * 365 * 86400);
 pub struct Args {
     /// The credential's name
     name: String,
-    /// The one upstream requests go to: https://HOST[:PORT][/BASE] (plain http only for a loopback host)
+    /// The one upstream requests go to: `https://HOST[:PORT][/BASE]` (plain http only for a loopback host)
     #[arg(long, value_name = "URL")]
     upstream: String,
-    /// Where apps connect: 127.0.0.1:PORT, [::1]:PORT or localhost:PORT (port 0: any free one), or a Unix socket path in a directory only you can enter
+    /// Where apps connect: `127.0.0.1:PORT`, `[::1]:PORT` or `localhost:PORT` (port 0: any free one), or a Unix socket path in a directory only you can enter
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     listen: String,
     /// Ask for a subset of the credential's scopes; repeat the flag or separate scopes with spaces
@@ -86,10 +86,14 @@ fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(digits);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid size '{text}': a number of bytes, or with K, M or G (16M)"))?;
-    let shift = match unit.to_ascii_lowercase().trim_end_matches('b').trim_end_matches('i') {
+    let number: u64 = number.parse().map_err(|_| {
+        format!("invalid size '{text}': a number of bytes, or with K, M or G (16M)")
+    })?;
+    let shift = match unit
+        .to_ascii_lowercase()
+        .trim_end_matches('b')
+        .trim_end_matches('i')
+    {
         "" => 0,
         "k" => 10,
         "m" => 20,

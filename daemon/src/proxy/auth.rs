@@ -89,12 +89,7 @@ impl Authorizer {
     /// whether one retry may succeed, having done what it needs first
     /// (bearer: the cached tokens dropped, as `git.erase` does, so the
     /// next authorize fetches a fresh one; the grant stays).
-    pub fn rejected(
-        &self,
-        daemon: &Arc<Daemon>,
-        peer: &Peer,
-        _response: &http::HeaderMap,
-    ) -> bool {
+    pub fn rejected(&self, daemon: &Arc<Daemon>, peer: &Peer, _response: &http::HeaderMap) -> bool {
         match self.scheme {
             Scheme::Bearer => {
                 let Ok(session) = daemon.session() else {

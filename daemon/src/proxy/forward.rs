@@ -242,13 +242,21 @@ async fn forward(
         }
         let body = match (&buffered, streamed.take()) {
             (Some(bytes), _) => reqwest::Body::from(bytes.clone()),
-            (None, Some(incoming)) => bounded_request(incoming, bounds.max_request_bytes, &too_large),
+            (None, Some(incoming)) => {
+                bounded_request(incoming, bounds.max_request_bytes, &too_large)
+            }
             (None, None) => unreachable!("a streamed body is sent once: no retry without a buffer"),
         };
         let answer = shared
             .daemon
             .http
-            .forward(parts.method.clone(), url.clone(), sent, body, bounds.timeout)
+            .forward(
+                parts.method.clone(),
+                url.clone(),
+                sent,
+                body,
+                bounds.timeout,
+            )
             .await;
         let response = match answer {
             Ok(response) => response,
@@ -258,7 +266,9 @@ async fn forward(
         if response.status() == StatusCode::UNAUTHORIZED
             && !retried
             && buffered.is_some()
-            && shared.auth.rejected(&shared.daemon, peer, response.headers())
+            && shared
+                .auth
+                .rejected(&shared.daemon, peer, response.headers())
         {
             retried = true;
             continue;
@@ -286,7 +296,9 @@ fn check_target(shared: &Shared, req: &Request<Incoming>) -> Result<(), Refusal>
     };
     if let Some(authority) = req.uri().authority() {
         let scheme_ok = match req.uri().scheme_str() {
-            Some(s) => s.eq_ignore_ascii_case(upstream.url.scheme()) || s.eq_ignore_ascii_case("http"),
+            Some(s) => {
+                s.eq_ignore_ascii_case(upstream.url.scheme()) || s.eq_ignore_ascii_case("http")
+            }
             None => true,
         };
         if !scheme_ok || !ours(authority.as_str()) {
@@ -312,9 +324,17 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
             .to_str()
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "latchkey proxy: a malformed Content-Length"))?;
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "latchkey proxy: a malformed Content-Length",
+                )
+            })?;
         if found.is_some_and(|f| f != n) {
-            return Err(Refusal::new(StatusCode::BAD_REQUEST, "latchkey proxy: conflicting Content-Length headers"));
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "latchkey proxy: conflicting Content-Length headers",
+            ));
         }
         found = Some(n);
     }
@@ -339,7 +359,13 @@ pub fn forwardable(headers: &HeaderMap) -> HeaderMap {
         let n = name.as_str();
         let hop = matches!(
             n,
-            "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "host"
+            "connection"
+                | "keep-alive"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "host"
         ) || n.starts_with("proxy-")
             || named.iter().any(|t| t == n);
         if !hop {
@@ -361,7 +387,9 @@ fn bounded_request(body: Incoming, max: u64, too_large: &Arc<AtomicBool>) -> req
             seen += chunk.len() as u64;
             if seen > max {
                 flag.store(true, Ordering::SeqCst);
-                return Err(BoxError::from("the request body is larger than the proxy's limit"));
+                return Err(BoxError::from(
+                    "the request body is larger than the proxy's limit",
+                ));
             }
             Ok(chunk)
         });
@@ -393,13 +421,20 @@ fn relay(response: reqwest::Response, bounds: Bounds) -> Result<Response<ProxyBo
         let chunk = chunk.map_err(BoxError::from)?;
         seen += chunk.len() as u64;
         if seen > max {
-            return Err(BoxError::from("the upstream's response is larger than the proxy's limit"));
+            return Err(BoxError::from(
+                "the upstream's response is larger than the proxy's limit",
+            ));
         }
         Ok(Frame::data(chunk))
     });
     builder
         .body(BodyExt::boxed(StreamBody::new(stream)))
-        .map_err(|_| Refusal::new(StatusCode::BAD_GATEWAY, "latchkey proxy: the upstream's response could not be passed on"))
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "latchkey proxy: the upstream's response could not be passed on",
+            )
+        })
 }
 
 fn too_large_request(bounds: Bounds) -> Refusal {

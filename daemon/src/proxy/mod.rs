@@ -317,7 +317,13 @@ async fn serve(shared: Arc<Shared>, conn: Conn, our_uid: u32, refused: Arc<Atomi
                 None,
                 Some(why.to_string()),
             );
-            refuse(conn, 403, "latchkey proxy: only the programs of the user running latchkey may use this proxy".into()).await;
+            refuse(
+                conn,
+                403,
+                "latchkey proxy: only the programs of the user running latchkey may use this proxy"
+                    .into(),
+            )
+            .await;
             return;
         }
     };
@@ -330,8 +336,16 @@ async fn serve(shared: Arc<Shared>, conn: Conn, our_uid: u32, refused: Arc<Atomi
         b
     };
     let served = match conn {
-        Conn::Tcp { stream, .. } => builder.serve_connection(TokioIo::new(stream), service).await,
-        Conn::Unix(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
+        Conn::Tcp { stream, .. } => {
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+        }
+        Conn::Unix(stream) => {
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+        }
     };
     if let Err(e) = served {
         tracing::debug!("a proxy connection ended: {e}");
@@ -341,7 +355,11 @@ async fn serve(shared: Arc<Shared>, conn: Conn, our_uid: u32, refused: Arc<Atomi
 /// Answers a connection that is not served with a plain HTTP error, then
 /// closes it (bounded: a peer that does not read is dropped).
 async fn refuse(conn: Conn, status: u16, message: String) {
-    let reason = if status == 403 { "Forbidden" } else { "Service Unavailable" };
+    let reason = if status == 403 {
+        "Forbidden"
+    } else {
+        "Service Unavailable"
+    };
     let body = format!("{message}\n");
     let reply = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -366,7 +384,9 @@ async fn refuse(conn: Conn, status: u16, message: String) {
 /// loopback host), without query or fragment.
 fn upstream(raw: &str) -> Result<Upstream, ApiError> {
     let url = check_url("the upstream", raw).map_err(|e| {
-        ApiError::invalid_params(format!("{e} (`latchkey proxy NAME --upstream https://api.example.com`)"))
+        ApiError::invalid_params(format!(
+            "{e} (`latchkey proxy NAME --upstream https://api.example.com`)"
+        ))
     })?;
     if url.query().is_some() {
         return Err(ApiError::invalid_params(
@@ -385,8 +405,18 @@ fn bounds(asked: ProxyLimits) -> Result<(Bounds, ProxyLimits), ApiError> {
             "the {what} limit must be 1 byte to 4 GiB: `latchkey proxy {flag} 16M`"
         ))),
     };
-    let max_request_bytes = size("request body", "--max-request-size", asked.max_request_bytes, DEFAULT_MAX_REQUEST)?;
-    let max_response_bytes = size("response body", "--max-response-size", asked.max_response_bytes, DEFAULT_MAX_RESPONSE)?;
+    let max_request_bytes = size(
+        "request body",
+        "--max-request-size",
+        asked.max_request_bytes,
+        DEFAULT_MAX_REQUEST,
+    )?;
+    let max_response_bytes = size(
+        "response body",
+        "--max-response-size",
+        asked.max_response_bytes,
+        DEFAULT_MAX_RESPONSE,
+    )?;
     let timeout_secs = match asked.timeout_secs {
         None => DEFAULT_TIMEOUT_SECS,
         Some(n) if (1..=MAX_TIMEOUT_SECS).contains(&n) => n,
@@ -460,7 +490,9 @@ fn unix_path(path: PathBuf) -> Result<PathBuf, ApiError> {
         .filter(|d| !d.as_os_str().is_empty())
         .ok_or_else(|| ApiError::invalid_params(format!("'{shown}' names no directory")))?;
     let meta = std::fs::symlink_metadata(dir).map_err(|e| {
-        ApiError::invalid_params(format!("the directory of '{shown}' cannot be used ({e}): make it with `mkdir -m 700`"))
+        ApiError::invalid_params(format!(
+            "the directory of '{shown}' cannot be used ({e}): make it with `mkdir -m 700`"
+        ))
     })?;
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
@@ -556,10 +588,7 @@ impl Listening {
     /// The `Host` values that name the proxy itself.
     fn own_hosts(&self) -> Vec<String> {
         match self {
-            Listening::Tcp(_, addr) => vec![
-                addr.to_string(),
-                format!("localhost:{}", addr.port()),
-            ],
+            Listening::Tcp(_, addr) => vec![addr.to_string(), format!("localhost:{}", addr.port())],
             Listening::Unix(..) => vec!["localhost".into()],
         }
     }
@@ -588,7 +617,13 @@ mod tests {
             Listen::Tcp("127.0.0.1:8080".parse().unwrap())
         );
         assert!(matches!(listen("[::1]:9").unwrap(), Listen::Tcp(_)));
-        for bad in ["0.0.0.0:8080", "[::]:8080", "192.168.1.2:80", "example.com:80", "8080"] {
+        for bad in [
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "192.168.1.2:80",
+            "example.com:80",
+            "8080",
+        ] {
             let e = listen(bad).unwrap_err();
             assert!(e.message.contains("loopback"), "{bad}: {}", e.message);
         }
@@ -600,7 +635,10 @@ mod tests {
             Listen::Unix(sock.clone())
         );
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(listen(sock.to_str().unwrap()).unwrap_err().message.contains("chmod 700"));
+        assert!(listen(sock.to_str().unwrap())
+            .unwrap_err()
+            .message
+            .contains("chmod 700"));
     }
 
     #[test]

@@ -40,7 +40,12 @@ impl std::fmt::Display for Refused {
 /// The peer of a TCP connection from `source` to our `listener` address,
 /// if it is a process of `our_uid`. Reads `/proc`: call off the async
 /// workers.
-pub fn tcp(daemon: &Daemon, source: SocketAddr, listener: SocketAddr, our_uid: u32) -> Result<Peer, Refused> {
+pub fn tcp(
+    daemon: &Daemon,
+    source: SocketAddr,
+    listener: SocketAddr,
+    our_uid: u32,
+) -> Result<Peer, Refused> {
     let (uid, inode) = tcp_owner(source, listener).ok_or(Refused::Unknown)?;
     if uid != our_uid {
         return Err(Refused::Uid(uid));
@@ -60,7 +65,11 @@ pub fn tcp(daemon: &Daemon, source: SocketAddr, listener: SocketAddr, our_uid: u
 
 /// The peer of a Unix-socket connection, if it is a process of `our_uid`
 /// (its credentials and pidfd from the socket, as `server.rs` takes them).
-pub fn unix(daemon: &Daemon, stream: &tokio::net::UnixStream, our_uid: u32) -> Result<(u32, Option<OwnedFd>), Refused> {
+pub fn unix(
+    daemon: &Daemon,
+    stream: &tokio::net::UnixStream,
+    our_uid: u32,
+) -> Result<(u32, Option<OwnedFd>), Refused> {
     let _ = daemon;
     let creds = stream.peer_cred().map_err(|_| Refused::Unknown)?;
     if creds.uid() != our_uid {
@@ -84,10 +93,12 @@ pub fn resolve(daemon: &Daemon, pid: u32, pidfd: Option<&OwnedFd>) -> Peer {
 /// Owner uid and inode of the socket whose local end is `source` and
 /// remote end `listener`, from the kernel's TCP tables.
 fn tcp_owner(source: SocketAddr, listener: SocketAddr) -> Option<(u32, u64)> {
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
-        let text = std::fs::read_to_string(table).ok()?;
-        find_in_table(&text, source, listener)
-    })
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            find_in_table(&text, source, listener)
+        })
 }
 
 /// The row of a `/proc/net/tcp`-format table for (`local`, `remote`):
@@ -152,9 +163,7 @@ fn pid_of_socket(inode: u64, uid: u32) -> Option<u32> {
         .filter_map(Result::ok)
         .take(MAX_PROCESSES)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == uid)
-        })
+        .filter(|pid| std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == uid))
         .find(|pid| {
             let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
                 return false;
@@ -173,9 +182,17 @@ mod tests {
     #[test]
     fn kernel_addresses_are_read_in_host_order() {
         // 127.0.0.1:8080 on a little-endian machine; ::1:443.
-        let v4 = if cfg!(target_endian = "little") { "0100007F:1F90" } else { "7F000001:1F90" };
+        let v4 = if cfg!(target_endian = "little") {
+            "0100007F:1F90"
+        } else {
+            "7F000001:1F90"
+        };
         assert_eq!(parse_addr(v4), Some("127.0.0.1:8080".parse().unwrap()));
-        let one = if cfg!(target_endian = "little") { "01000000" } else { "00000001" };
+        let one = if cfg!(target_endian = "little") {
+            "01000000"
+        } else {
+            "00000001"
+        };
         let v6 = format!("000000000000000000000000{one}:01BB");
         assert_eq!(parse_addr(&v6), Some("[::1]:443".parse().unwrap()));
         // ::ffff:127.0.0.1 is the IPv4 address.
