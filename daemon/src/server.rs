@@ -522,6 +522,9 @@ async fn connection(
                     || request.method == ApprovalNext::NAME
                     || request.method == ProxyWait::NAME =>
             {
+                // A proxy's waiter is held for as long as the proxy runs:
+                // at shutdown it is let go (the proxy stops), not waited for.
+                let ends_at_shutdown = request.method == ProxyWait::NAME;
                 // Replies held back go out before a wait of minutes.
                 if !out.is_empty() {
                     if !write_reply(reader.get_mut(), &out, &mut timer).await {
@@ -536,6 +539,7 @@ async fn connection(
                 tokio::select! {
                     after = dispatch::route(daemon, &peer, request, &mut out) => after,
                     () = hung_up(&mut reader) => break,
+                    () = poll_fn(|cx| stop.poll(cx)), if ends_at_shutdown => break,
                 }
             }
             Ok(request) => dispatch::route(daemon, &peer, request, &mut out).await,

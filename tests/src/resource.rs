@@ -149,17 +149,22 @@ impl ProxyRun {
     }
 
     /// Ctrl-C, and its exit; what it said on stderr.
-    pub fn interrupt(mut self) -> String {
+    pub fn interrupt(self) -> String {
         // SAFETY: kill with a pid of our own child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        crate::wait_for(
-            "`latchkey proxy` to exit after Ctrl-C",
+        self.exit().1
+    }
+
+    /// Its exit (bounded), with its code and what it said on stderr.
+    pub fn exit(mut self) -> (Option<i32>, String) {
+        let status = crate::wait_for(
+            "`latchkey proxy` to exit",
             Duration::from_secs(30),
             Duration::from_millis(20),
             || self.child.try_wait().ok().flatten(),
         );
         std::thread::sleep(Duration::from_millis(50));
-        self.stderr()
+        (status.code(), self.stderr())
     }
 }
 

@@ -442,3 +442,21 @@ fn ending_latchkey_proxy_closes_the_listener() {
         audit.stdout
     );
 }
+
+#[test]
+fn a_daemon_that_stops_ends_the_proxy_and_says_so() {
+    if !ready("proxy_daemon_stop") {
+        return;
+    }
+    let (_p, resource, env) = world();
+    let proxy = ProxyRun::start(&env, &["api", "--upstream", &resource.url]);
+    let addr = proxy.addr().to_owned();
+    env.cli(&["daemon", "stop"]).run().success();
+    let (code, said) = proxy.exit();
+    assert_ne!(code, Some(0));
+    assert!(said.contains("proxy stopped"), "{said}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "the port is still open"
+    );
+}

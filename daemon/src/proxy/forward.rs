@@ -344,7 +344,9 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
 /// The end-to-end headers of `headers`: without the hop-by-hop ones
 /// (RFC 9110 §7.6.1: `Connection` and every header it names,
 /// `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`,
-/// `Upgrade`) and without `Host` (the client names the upstream's).
+/// `Upgrade`), without `Host` (the client names the upstream's) and
+/// without `Expect` (a `100-continue` is answered by the proxy's own
+/// server when it reads the body).
 pub fn forwardable(headers: &HeaderMap) -> HeaderMap {
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
@@ -366,6 +368,7 @@ pub fn forwardable(headers: &HeaderMap) -> HeaderMap {
                 | "transfer-encoding"
                 | "upgrade"
                 | "host"
+                | "expect"
         ) || n.starts_with("proxy-")
             || named.iter().any(|t| t == n);
         if !hop {
