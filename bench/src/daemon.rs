@@ -351,6 +351,7 @@ pub async fn set_up_vault(socket: &Path, endpoint: &TokenEndpoint) -> Result<()>
             scopes: vec!["read".into()],
             redirect_uri: None,
             access: Some(latchkey_client::protocol::Access::Open),
+            exchange: None,
             proof: Some(latchkey_client::protocol::Proof::passphrase(
                 latchkey_client::secrecy::SecretString::from(PASSPHRASE),
             )),
@@ -420,6 +421,7 @@ pub async fn fill_vault(
                         scopes: vec!["read".into()],
                         redirect_uri: None,
                         access: Some(latchkey_client::protocol::Access::Open),
+                        exchange: None,
                         proof: Some(latchkey_client::protocol::Proof::passphrase(
                             latchkey_client::secrecy::SecretString::from(PASSPHRASE),
                         )),

@@ -500,6 +500,7 @@ mod tests {
             subject: None,
             has_refresh_token: true,
             last_error: None,
+            exchange: None,
         }
     }
 

@@ -199,6 +199,8 @@ mod git;
 pub use git::*;
 mod health;
 pub use health::*;
+mod exchange;
+pub use exchange::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -308,6 +310,10 @@ pub enum ErrorKind {
     /// A new passphrase is too short, too guessable, or on a breached-
     /// password list: the message says why and how to choose a better one.
     WeakPassphrase,
+    /// A token exchange credential's subject token is missing, empty,
+    /// unreadable or expired (the provider was not asked): the message
+    /// names the file or environment variable it is read from.
+    SubjectTokenUnavailable,
     /// A bug in the daemon.
     Internal,
     /// A kind this client version does not know.
@@ -344,6 +350,7 @@ impl ErrorKind {
             ErrorKind::ApprovalDenied => -32018,
             ErrorKind::StepUpRequired => -32019,
             ErrorKind::WeakPassphrase => -32020,
+            ErrorKind::SubjectTokenUnavailable => -32021,
         }
     }
 
@@ -374,6 +381,7 @@ impl ErrorKind {
             ErrorKind::ApprovalDenied => "approval_denied",
             ErrorKind::StepUpRequired => "step_up_required",
             ErrorKind::WeakPassphrase => "weak_passphrase",
+            ErrorKind::SubjectTokenUnavailable => "subject_token_unavailable",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
         }
@@ -769,6 +777,10 @@ pub enum GrantType {
     AuthorizationCode,
     /// RFC 8628: a user logs in on another device.
     DeviceCode,
+    /// RFC 8693: a subject token from the environment (such as a CI job's
+    /// OIDC token) is exchanged for an access token; no login, and no
+    /// client secret needed.
+    TokenExchange,
 }
 
 impl GrantType {
@@ -778,6 +790,7 @@ impl GrantType {
             GrantType::ClientCredentials => "client_credentials",
             GrantType::AuthorizationCode => "authorization_code",
             GrantType::DeviceCode => "device_code",
+            GrantType::TokenExchange => "token_exchange",
         }
     }
 }
@@ -837,6 +850,10 @@ pub struct CredentialAddParams {
     /// Proof of a human, for `open`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<Proof>,
+    /// The subject token's source and what to ask for: required by the
+    /// `token_exchange` grant, refused with any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<TokenExchangeConfig>,
 }
 
 /// A credential as shown to users: never a secret.
@@ -886,6 +903,9 @@ pub struct CredentialInfo {
     /// Last error from the provider, when in backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// A token exchange credential's settings (never the subject token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<TokenExchangeConfig>,
 }
 
 /// Where a credential stands in its life cycle.
@@ -910,8 +930,8 @@ impl CredentialState {
     /// Where a new credential starts: user credentials need a login first.
     pub fn initial(grant: GrantType) -> CredentialState {
         match grant {
-            GrantType::ClientCredentials => CredentialState::Ready,
-            _ => CredentialState::NeedsLogin,
+            GrantType::ClientCredentials | GrantType::TokenExchange => CredentialState::Ready,
+            GrantType::AuthorizationCode | GrantType::DeviceCode => CredentialState::NeedsLogin,
         }
     }
 

@@ -600,6 +600,7 @@ fn credential(grant: GrantType, auth: AuthMethod) -> Credential {
             redirect_uri: None,
             access: latchkey_client::protocol::Access::Open,
             step_up: Default::default(),
+            exchange: None,
         },
         has_client_secret: true,
         secret_ages: Default::default(),

@@ -95,10 +95,13 @@ impl Handler for LoginStart {
         let session = daemon.session()?;
         let (credential, provider) = session.lookup(&params.credential)?;
         let name = credential.config.name.clone();
-        if credential.config.grant == GrantType::ClientCredentials {
+        if matches!(
+            credential.config.grant,
+            GrantType::ClientCredentials | GrantType::TokenExchange
+        ) {
             return Err(ApiError::new(
                     ErrorKind::InvalidRequest,
-                    format!("credential '{name}' uses the client_credentials grant and needs no login: `latchkey token {name}` works as it is"),
+                    format!("credential '{name}' uses the {} grant and needs no login: `latchkey token {name}` works as it is", credential.config.grant.as_str()),
                 ));
         }
         // Rate limits: this credential's login starts, and the app's

@@ -230,6 +230,7 @@ impl Handler for CredentialAdd {
                     "the client_credentials grant needs a confidential client: use --auth client_secret_basic or client_secret_post with a secret",
                 ));
         }
+        check_exchange(params.grant, params.exchange.as_ref())?;
         if let Some(uri) = &params.redirect_uri {
             let url = check_url("redirect URI", uri).map_err(ApiError::invalid_params)?;
             if url.scheme() != "http" || !crate::oauth::http::is_loopback(&url) {
@@ -277,6 +278,7 @@ impl Handler for CredentialAdd {
             redirect_uri: params.redirect_uri,
             access,
             step_up: StepUp::Off,
+            exchange: params.exchange,
         };
         // A credential of the same name added meanwhile is stopped by the
         // file's unique name.
@@ -541,8 +543,73 @@ pub(crate) fn credential_info(
             .collect(),
         subject: grant.as_ref().and_then(|g| g.subject.clone()),
         has_refresh_token: grant.as_ref().is_some_and(|g| g.refresh_token.is_some()),
+        exchange: credential.config.exchange.clone(),
         last_error: backoff.map(|(until, message)| {
             format!("{message} (next attempt in {} s)", (until - now).max(0))
         }),
     }
+}
+
+/// A token exchange credential's settings: present exactly with that grant,
+/// a subject token source the daemon can use, and well-formed values to
+/// send (RFC 8693 §2.1; `resource` per RFC 8707 §2).
+fn check_exchange(grant: GrantType, exchange: Option<&TokenExchangeConfig>) -> Result<(), ApiError> {
+    let exchange = match (grant, exchange) {
+        (GrantType::TokenExchange, Some(exchange)) => exchange,
+        (GrantType::TokenExchange, None) => {
+            return Err(ApiError::invalid_params(
+                "the token_exchange grant needs the subject token's source: pass --subject-token-file PATH or --subject-token-env VAR",
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid_params(format!(
+                "only the token_exchange grant reads a subject token, not {}: drop the --subject-token-* flags or choose --grant token_exchange",
+                grant.as_str()
+            )))
+        }
+        (_, None) => return Ok(()),
+    };
+    /// 4 KiB: longer than any sane path, variable name or URN.
+    const MAX_SETTING: usize = 4096;
+    let printable = |v: &str| !v.is_empty() && v.len() <= MAX_SETTING && v.chars().all(|c| !c.is_control());
+    match &exchange.subject_token {
+        SubjectTokenSource::File(path) => {
+            if !printable(path) || !std::path::Path::new(path).is_absolute() {
+                return Err(ApiError::invalid_params(
+                    "the subject token file must be an absolute path (the daemon does not share your working directory)",
+                ));
+            }
+        }
+        SubjectTokenSource::Env(var) => {
+            if !printable(var) || var.contains('=') || var.contains(char::is_whitespace) {
+                return Err(ApiError::invalid_params(
+                    "the subject token variable must be an environment variable's name (no '=', spaces or control characters)",
+                ));
+            }
+        }
+    }
+    let token_type = &exchange.subject_token_type;
+    if !printable(token_type) || !token_type.contains(':') || token_type.contains(char::is_whitespace) {
+        return Err(ApiError::invalid_params(
+            "the subject token type must be a URI such as urn:ietf:params:oauth:token-type:jwt (RFC 8693 §3)",
+        ));
+    }
+    if let Some(bad) = exchange.audience.iter().find(|a| !printable(a)) {
+        return Err(ApiError::invalid_params(format!(
+            "audience {:?} is empty, too long or holds control characters",
+            bad.chars().take(80).filter(|c| !c.is_control()).collect::<String>()
+        )));
+    }
+    for resource in &exchange.resource {
+        let shown: String = resource.chars().take(200).filter(|c| !c.is_control()).collect();
+        match url::Url::parse(resource) {
+            Ok(url) if url.fragment().is_none() && printable(resource) => {}
+            _ => {
+                return Err(ApiError::invalid_params(format!(
+                    "resource '{shown}' must be an absolute URI without a #fragment (RFC 8707), such as https://api.example.com/"
+                )))
+            }
+        }
+    }
+    Ok(())
 }

@@ -225,6 +225,7 @@ mod tests {
                 redirect_uri: None,
                 access: Access::Ask,
                 step_up: Default::default(),
+                exchange: None,
             },
             has_client_secret: true,
             secret_ages: Default::default(),

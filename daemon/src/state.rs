@@ -858,8 +858,10 @@ impl Session {
         credential: &Credential,
         holds_token: impl FnOnce() -> bool,
     ) -> bool {
-        credential.config.grant != GrantType::ClientCredentials
-            && self
+        matches!(
+            credential.config.grant,
+            GrantType::AuthorizationCode | GrantType::DeviceCode
+        ) && self
                 .grant(&credential.id)
                 .is_none_or(|g| g.refresh_token.is_none())
             && !holds_token()

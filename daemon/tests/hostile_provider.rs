@@ -25,6 +25,7 @@ async fn add_user(c: &mut Client, scopes: &[&str]) {
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
+        exchange: None,
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),
@@ -115,6 +116,7 @@ async fn an_echoing_provider_never_gets_a_secret_into_an_error() {
         scopes: vec!["read".into()],
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
+        exchange: None,
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),

@@ -13,7 +13,8 @@ use latchkey_client::duration;
 use latchkey_client::protocol::{
     unix_now, Access, AuthMethod, CredentialAdd, CredentialAddParams, CredentialInfo,
     CredentialList, CredentialRemove, CredentialSet, CredentialSetParams, CredentialShow,
-    CredentialState, Empty, GrantType, NameParams, RemoveParams,
+    CredentialState, Empty, GrantType, NameParams, RemoveParams, SubjectTokenSource,
+    TokenExchangeConfig, TOKEN_TYPE_JWT,
 };
 use latchkey_client::protocol::{CredentialSetSecret, SetSecretParams, StepUp, ROTATION_AGE_SECS};
 use secrecy::SecretString;
@@ -136,6 +137,7 @@ enum Grant {
     ClientCredentials,
     AuthorizationCode,
     DeviceCode,
+    TokenExchange,
 }
 
 impl From<Grant> for GrantType {
@@ -144,6 +146,7 @@ impl From<Grant> for GrantType {
             Grant::ClientCredentials => GrantType::ClientCredentials,
             Grant::AuthorizationCode => GrantType::AuthorizationCode,
             Grant::DeviceCode => GrantType::DeviceCode,
+            Grant::TokenExchange => GrantType::TokenExchange,
         }
     }
 }
@@ -184,6 +187,72 @@ pub struct SecretArgs {
     client_secret_env: Option<String>,
 }
 
+/// Where a token exchange credential (`--grant token_exchange`, RFC 8693)
+/// reads its subject token, and what the exchange asks for. The token is
+/// never passed here: the daemon reads it at every exchange.
+#[derive(clap::Args)]
+pub struct ExchangeArgs {
+    /// token_exchange: read the subject token from this file at every exchange (e.g. the OIDC token file a CI job gets)
+    #[arg(long, value_name = "PATH", conflicts_with = "subject_token_env")]
+    subject_token_file: Option<PathBuf>,
+    /// token_exchange: read the subject token from this environment variable of the daemon (inherited from the latchkey command that starts it)
+    #[arg(long, value_name = "VAR")]
+    subject_token_env: Option<String>,
+    /// token_exchange: the subject token's type: jwt, id_token, access_token or a full URN [default: jwt]
+    #[arg(long, value_name = "URN")]
+    subject_token_type: Option<String>,
+    /// token_exchange: an audience to ask for (the target service's name); repeat for several
+    #[arg(long, value_name = "A")]
+    audience: Vec<String>,
+    /// token_exchange: a resource URI to ask for (RFC 8707); repeat for several
+    #[arg(long, value_name = "URI")]
+    resource: Vec<String>,
+}
+
+impl ExchangeArgs {
+    /// The settings for `credential.add`: `None` when no flag of this group
+    /// was given (the daemon says what is missing for the grant).
+    fn config(self) -> Result<Option<TokenExchangeConfig>> {
+        let subject_token = match (self.subject_token_file, self.subject_token_env) {
+            (Some(path), _) => {
+                // The daemon does not share our working directory; links are
+                // kept (not resolved) since a CI system may move their target.
+                let path = std::path::absolute(&path)
+                    .with_context(|| format!("failed to make {} absolute", path.display()))?;
+                let path = path.into_os_string().into_string().map_err(|_| {
+                    exit::usage("--subject-token-file must be a UTF-8 path")
+                })?;
+                SubjectTokenSource::File(path)
+            }
+            (None, Some(var)) => SubjectTokenSource::Env(var),
+            (None, None) => {
+                if self.subject_token_type.is_some()
+                    || !self.audience.is_empty()
+                    || !self.resource.is_empty()
+                {
+                    return Err(exit::usage(
+                        "--subject-token-type, --audience and --resource need --subject-token-file PATH or --subject-token-env VAR",
+                    ));
+                }
+                return Ok(None);
+            }
+        };
+        let subject_token_type = match self.subject_token_type.as_deref() {
+            None | Some("jwt") => TOKEN_TYPE_JWT.to_owned(),
+            Some(short @ ("id_token" | "access_token" | "saml2")) => {
+                format!("urn:ietf:params:oauth:token-type:{short}")
+            }
+            Some(urn) => urn.to_owned(),
+        };
+        Ok(Some(TokenExchangeConfig {
+            subject_token,
+            subject_token_type,
+            audience: self.audience,
+            resource: self.resource,
+        }))
+    }
+}
+
 #[derive(clap::Args)]
 pub struct AddArgs {
     /// Local name for the credential (what `latchkey token NAME` asks for)
@@ -208,6 +277,8 @@ pub struct AddArgs {
     redirect_uri: Option<String>,
     #[command(flatten)]
     secret: SecretArgs,
+    #[command(flatten)]
+    exchange: ExchangeArgs,
     /// Who may use it: ask (apps need a rule or approval) or open (any program of yours; needs the vault passphrase)
     #[arg(long, value_enum, default_value = "ask")]
     access: AccessArg,
@@ -274,6 +345,7 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
         ));
     }
     let access = Access::from(args.access);
+    let exchange = args.exchange.config()?;
     let mut conn = ctx.connect()?;
     let proof = match access {
         Access::Open => Some(args.proof.proof("to let every app use this credential")?),
@@ -295,6 +367,7 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
         redirect_uri: args.redirect_uri,
         access: Some(access),
         proof,
+        exchange,
     };
     conn.call::<CredentialAdd>(&params)
         .with_context(|| format!("failed to add credential '{}'", params.name))?;
@@ -513,6 +586,16 @@ fn render(info: &CredentialInfo, now: i64) -> String {
         .add("grant", info.grant.as_str())
         .add("auth", info.auth.as_str())
         .add("client secret", secret_text(info, now));
+    if let Some(exchange) = &info.exchange {
+        f.add("subject token", exchange.subject_token.describe())
+            .add("token type", &exchange.subject_token_type);
+        if !exchange.audience.is_empty() {
+            f.add("audience", exchange.audience.join(" "));
+        }
+        if !exchange.resource.is_empty() {
+            f.add("resource", exchange.resource.join(" "));
+        }
+    }
     // What the provider granted now comes first when it is not what is
     // configured (it narrowed the grant at login or on a refresh).
     let narrowed = info
@@ -657,6 +740,7 @@ mod tests {
             subject: None,
             has_refresh_token: false,
             last_error: None,
+            exchange: None,
         };
         let text = render(&info, 1_000_000);
         assert!(text.contains("client secret: stored\n"), "{text}");
@@ -738,6 +822,7 @@ mod tests {
             subject: None,
             has_refresh_token: false,
             last_error: None,
+            exchange: None,
         }
     }
 

@@ -21,6 +21,7 @@ const SOURCES: &[&str] = &[
     include_str!("secrets.rs"),
     include_str!("git.rs"),
     include_str!("health.rs"),
+    include_str!("exchange.rs"),
 ];
 
 /// Every kind, in the order the page lists them; the `match` makes a kind
@@ -52,6 +53,7 @@ fn every_kind() -> Vec<ErrorKind> {
         ApprovalDenied,
         StepUpRequired,
         WeakPassphrase,
+        SubjectTokenUnavailable,
         Internal,
         Unknown,
     ];
@@ -62,7 +64,7 @@ fn every_kind() -> Vec<ErrorKind> {
             | WrongPassphrase | KeyringUnavailable | VaultCorrupt | NotFound | AlreadyExists
             | Forbidden | ReauthRequired | RateLimited | ProviderUnavailable | ProviderError
             | ShuttingDown | ApprovalRequired | ApprovalDenied | StepUpRequired
-            | WeakPassphrase | Internal | Unknown => {}
+            | WeakPassphrase | SubjectTokenUnavailable | Internal | Unknown => {}
         }
     }
     all

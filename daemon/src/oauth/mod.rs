@@ -2,8 +2,10 @@
 //! grant answers with a [`Granted`]: what the provider's token response said.
 
 pub mod discovery;
+pub mod exchange;
 pub mod grant;
 pub mod http;
+pub mod subject;
 pub mod text;
 pub mod user;
 

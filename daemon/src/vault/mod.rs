@@ -169,6 +169,10 @@ pub struct CredentialConfig {
         skip_serializing_if = "latchkey_client::protocol::StepUp::is_off"
     )]
     pub step_up: latchkey_client::protocol::StepUp,
+    /// A token exchange credential's subject-token source and what it asks
+    /// for (sealed like the rest: an edited path is detected, not obeyed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<latchkey_client::protocol::TokenExchangeConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -438,6 +442,7 @@ impl Vault {
                             redirect_uri: None,
                             access: Access::Ask,
                             step_up: Default::default(),
+                            exchange: None,
                         },
                         secret_ages,
                         id: row.id,
@@ -832,6 +837,7 @@ mod tests {
             redirect_uri: None,
             access: Access::Open,
             step_up: Default::default(),
+            exchange: None,
         }
     }
 
