@@ -24,9 +24,23 @@
 //     "scopes": ["extra:scope"],       // optional: more scopes the server knows
 //     "clock_tolerance": 0,            // seconds of grace after a token's exp
 //                                      // (oidc-provider's own default is 15)
-//     "revocation": true               // false: no RFC 7009 revocation endpoint
+//     "revocation": true,              // false: no RFC 7009 revocation endpoint
 //                                      // (and none in the discovery document)
+//     "token_exchange": {              // optional: the RFC 8693 grant, for
+//       "issuer": "https://ci.example", // subject tokens (JWTs) this "CI issuer"
+//       "audience": "latchkey-test",   // signed with this key for this audience
+//       "jwk": { ...public ES256 JWK }
+//     }
 //   }
+//
+// Token exchange (urn:ietf:params:oauth:grant-type:token-exchange), for
+// clients registered with that grant type: the subject token must be a JWT
+// (subject_token_type ...:jwt or ...:id_token) signed by the configured key
+// (ES256), with that iss and aud, unexpired (clock_tolerance applies); the
+// requested scope must be the client's. The access token issued (opaque,
+// oidc-provider's own AccessToken) carries the subject's `sub` as its account
+// and the audience asked for. Every exchange's parameters (never the subject
+// token) are kept for GET /__admin/exchanges.
 //
 // User grants (authorization code + PKCE, device code, refresh with rotation)
 // work for clients registered with those grant types; `http://127.0.0.1/...`
@@ -58,6 +72,10 @@
 //                            oidc-provider's events, for introspection by tests
 //   POST /__admin/access_token_ttl {"client_id":ID,"seconds":N}
 //                            lifetime of that client's access tokens from now on
+//   GET  /__admin/exchanges  every token exchange the server accepted or
+//                            refused, oldest first: {"exchanges":[{"client_id",
+//                            "sub","audience":[...],"resource":[...],"scope",
+//                            "ok","error"}]}
 //   POST /__admin/revoke_grants {"client_id":ID}
 //                            what a user revoking the app's access at the provider
 //                            does: every grant of that client ends, with all its
@@ -220,6 +238,70 @@ const provider = new Provider(issuer, {
   },
 });
 
+// ------------------------------------------------------ token exchange ---
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const exchanges = []; // { client_id, sub, audience, resource, scope, ok, error }
+
+if (config.token_exchange) {
+  const { issuer: ciIssuer, audience: ciAudience, jwk: ciJwk } = config.token_exchange;
+  const { jwtVerify, importJWK } = await import('jose');
+  const { errors } = await import('oidc-provider');
+  const ciKey = await importJWK(ciJwk, 'ES256');
+  const list = (v) => (v === undefined ? [] : [].concat(v));
+  provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+    const { params, client } = ctx.oidc;
+    const entry = {
+      client_id: client.clientId,
+      sub: null,
+      audience: list(params.audience),
+      resource: list(params.resource),
+      scope: params.scope ?? null,
+      ok: false,
+      error: null,
+    };
+    exchanges.push(entry);
+    const refuse = (err) => { entry.error = err.message; throw err; };
+    if (!params.subject_token) refuse(new errors.InvalidRequest('missing required parameter subject_token'));
+    const types = ['urn:ietf:params:oauth:token-type:jwt', 'urn:ietf:params:oauth:token-type:id_token'];
+    if (!types.includes(params.subject_token_type)) {
+      refuse(new errors.InvalidRequest('unsupported subject_token_type'));
+    }
+    let claims;
+    try {
+      ({ payload: claims } = await jwtVerify(params.subject_token, ciKey, {
+        issuer: ciIssuer,
+        audience: ciAudience,
+        algorithms: ['ES256'],
+        clockTolerance,
+      }));
+    } catch (err) {
+      // Its code only: never the token (jose's messages do not quote it).
+      refuse(new errors.InvalidGrant(`subject token rejected (${err.code ?? 'invalid'})`));
+    }
+    entry.sub = claims.sub ?? null;
+    const allowed = new Set((client.scope ?? '').split(' ').filter(Boolean));
+    const scopes = (params.scope ?? '').split(' ').filter(Boolean);
+    if (scopes.some((s) => !allowed.has(s))) refuse(new errors.InvalidScope('requested scope is not allowed'));
+    const token = new provider.AccessToken({
+      client,
+      accountId: claims.sub ?? 'ci',
+      gty: 'token_exchange',
+      scope: scopes.join(' ') || undefined,
+      extra: { audience: entry.audience, resource: entry.resource },
+    });
+    const value = await token.save();
+    entry.ok = true;
+    ctx.body = {
+      access_token: value,
+      issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+      token_type: 'Bearer',
+      expires_in: token.expiration,
+      ...(token.scope ? { scope: token.scope } : {}),
+    };
+  }, ['subject_token', 'subject_token_type', 'audience', 'resource', 'scope', 'requested_token_type', 'actor_token', 'actor_token_type'], ['audience', 'resource']);
+}
+
 // oidc-provider validates static clients lazily, on first use; load each
 // now so a bad client spec fails start-up instead of a test's first request.
 for (const { client_id: id } of clients) {
@@ -307,6 +389,7 @@ function resetState() {
   stats.revocations = 0;
   faults = [];
   delayAllMs = 0;
+  exchanges.length = 0;
 }
 
 function sendJson(res, status, body, headers = {}) {
@@ -448,6 +531,8 @@ async function handleAdmin(req, res, path) {
       ttlByClient.set(b.client_id, b.seconds);
       return sendJson(res, 200, { ok: true });
     }
+    case 'GET /__admin/exchanges':
+      return sendJson(res, 200, { exchanges });
     case 'POST /__admin/revoke_grants': {
       let b;
       try { b = JSON.parse(await readBody(req)); } catch { return sendJson(res, 400, { error: 'body must be JSON' }); }

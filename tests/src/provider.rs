@@ -35,6 +35,8 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 const STDERR_KEEP: usize = 64 * 1024;
 /// The RFC 8628 grant type, as token requests and client metadata spell it.
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// The RFC 8693 grant type, as token requests and client metadata spell it.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const INSTALL_HINT: &str = "run `npm ci --prefix tests/provider` (from the workspace root)";
 
 /// One OAuth client registered with the test server.
@@ -175,6 +177,22 @@ pub struct RefreshTokenRecord {
     pub consumed: bool,
     /// Ended by `POST /__admin/revoke_grants`.
     pub revoked: bool,
+}
+
+/// A token exchange the server saw, from `GET /__admin/exchanges` (never
+/// the subject token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ExchangeRecord {
+    pub client_id: String,
+    /// The verified subject token's `sub` (`None` when it was refused first).
+    pub sub: Option<String>,
+    pub audience: Vec<String>,
+    pub resource: Vec<String>,
+    pub scope: Option<String>,
+    /// An access token was issued.
+    pub ok: bool,
+    /// The refusal's error code, when refused.
+    pub error: Option<String>,
 }
 
 /// A running test authorization server. Dropping it kills the process.
@@ -477,6 +495,18 @@ impl Provider {
         );
         serde_json::from_value(body["refresh_tokens"].clone())
             .expect("test provider: malformed refresh token list")
+    }
+
+    /// Every token exchange since start or the last [`Provider::reset`],
+    /// oldest first (the server needs a `token_exchange` config).
+    pub fn exchanges(&self) -> Vec<ExchangeRecord> {
+        let (status, body) = self.get_json(&self.admin("exchanges"));
+        assert_eq!(
+            status, 200,
+            "test provider: /__admin/exchanges answered {status}: {body}"
+        );
+        serde_json::from_value(body["exchanges"].clone())
+            .expect("test provider: malformed exchange list")
     }
 
     /// What a user revoking the app's access at the provider does: ends
