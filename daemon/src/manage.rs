@@ -553,7 +553,10 @@ pub(crate) fn credential_info(
 /// A token exchange credential's settings: present exactly with that grant,
 /// a subject token source the daemon can use, and well-formed values to
 /// send (RFC 8693 §2.1; `resource` per RFC 8707 §2).
-fn check_exchange(grant: GrantType, exchange: Option<&TokenExchangeConfig>) -> Result<(), ApiError> {
+fn check_exchange(
+    grant: GrantType,
+    exchange: Option<&TokenExchangeConfig>,
+) -> Result<(), ApiError> {
     let exchange = match (grant, exchange) {
         (GrantType::TokenExchange, Some(exchange)) => exchange,
         (GrantType::TokenExchange, None) => {
@@ -571,7 +574,8 @@ fn check_exchange(grant: GrantType, exchange: Option<&TokenExchangeConfig>) -> R
     };
     /// 4 KiB: longer than any sane path, variable name or URN.
     const MAX_SETTING: usize = 4096;
-    let printable = |v: &str| !v.is_empty() && v.len() <= MAX_SETTING && v.chars().all(|c| !c.is_control());
+    let printable =
+        |v: &str| !v.is_empty() && v.len() <= MAX_SETTING && v.chars().all(|c| !c.is_control());
     match &exchange.subject_token {
         SubjectTokenSource::File(path) => {
             if !printable(path) || !std::path::Path::new(path).is_absolute() {
@@ -589,7 +593,10 @@ fn check_exchange(grant: GrantType, exchange: Option<&TokenExchangeConfig>) -> R
         }
     }
     let token_type = &exchange.subject_token_type;
-    if !printable(token_type) || !token_type.contains(':') || token_type.contains(char::is_whitespace) {
+    if !printable(token_type)
+        || !token_type.contains(':')
+        || token_type.contains(char::is_whitespace)
+    {
         return Err(ApiError::invalid_params(
             "the subject token type must be a URI such as urn:ietf:params:oauth:token-type:jwt (RFC 8693 §3)",
         ));
@@ -597,11 +604,18 @@ fn check_exchange(grant: GrantType, exchange: Option<&TokenExchangeConfig>) -> R
     if let Some(bad) = exchange.audience.iter().find(|a| !printable(a)) {
         return Err(ApiError::invalid_params(format!(
             "audience {:?} is empty, too long or holds control characters",
-            bad.chars().take(80).filter(|c| !c.is_control()).collect::<String>()
+            bad.chars()
+                .take(80)
+                .filter(|c| !c.is_control())
+                .collect::<String>()
         )));
     }
     for resource in &exchange.resource {
-        let shown: String = resource.chars().take(200).filter(|c| !c.is_control()).collect();
+        let shown: String = resource
+            .chars()
+            .take(200)
+            .filter(|c| !c.is_control())
+            .collect();
         match url::Url::parse(resource) {
             Ok(url) if url.fragment().is_none() && printable(resource) => {}
             _ => {

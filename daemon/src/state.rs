@@ -862,8 +862,8 @@ impl Session {
             credential.config.grant,
             GrantType::AuthorizationCode | GrantType::DeviceCode
         ) && self
-                .grant(&credential.id)
-                .is_none_or(|g| g.refresh_token.is_none())
+            .grant(&credential.id)
+            .is_none_or(|g| g.refresh_token.is_none())
             && !holds_token()
     }
 

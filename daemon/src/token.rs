@@ -214,9 +214,12 @@ async fn client_credentials(
     let granted = match (credential.config.grant, &credential.config.exchange) {
         (GrantType::TokenExchange, Some(config)) => {
             // Read afresh for every exchange: the CI system rotates it.
-            let subject_token =
-                subject::load(&credential.config.name, &config.subject_token, daemon.clock.now())
-                    .await?;
+            let subject_token = subject::load(
+                &credential.config.name,
+                &config.subject_token,
+                daemon.clock.now(),
+            )
+            .await?;
             rotation::with_client_secret(daemon, session, credential, |secret| {
                 exchange::exchange(
                     &daemon.http,

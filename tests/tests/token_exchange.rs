@@ -38,9 +38,8 @@ impl CiIssuer {
         use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-                .unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
         // An uncompressed point: 0x04 || x || y.
         let point = pair.public_key().as_ref();
         let b64 = |b: &[u8]| data_encoding::BASE64URL_NOPAD.encode(b);
@@ -57,7 +56,8 @@ impl CiIssuer {
 
     fn mint_for(&self, sub: &str, aud: &str, ttl: i64) -> String {
         let now = latchkey_client::protocol::unix_now();
-        let claims = json!({"iss": CI_ISSUER, "aud": aud, "sub": sub, "iat": now, "exp": now + ttl});
+        let claims =
+            json!({"iss": CI_ISSUER, "aud": aud, "sub": sub, "iat": now, "exp": now + ttl});
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
             &claims,
@@ -173,7 +173,9 @@ fn a_ci_job_exchanges_its_token_file_once_and_a_rotated_file_at_the_next_exchang
     )
     .unwrap();
     let path = env.root.join("ci-token").display().to_string();
-    let exchange = shown.exchange.expect("credential show names the exchange settings");
+    let exchange = shown
+        .exchange
+        .expect("credential show names the exchange settings");
     assert_eq!(exchange.subject_token, SubjectTokenSource::File(path));
     assert!(!shown.has_client_secret);
     assert_eq!(shown.state.as_str(), "ready");
@@ -192,7 +194,10 @@ fn a_ci_job_exchanges_its_token_file_once_and_a_rotated_file_at_the_next_exchang
     assert_eq!(seen[0].audience, ["deploy-api"]);
     assert_eq!(
         seen[0].resource,
-        ["https://deploy.example.test/", "https://status.example.test/"]
+        [
+            "https://deploy.example.test/",
+            "https://status.example.test/"
+        ]
     );
     assert_eq!(seen[0].scope.as_deref(), Some("deploy"));
     assert_eq!(p.stats().auth("none"), 1, "a public client: no secret sent");
@@ -238,7 +243,8 @@ fn a_variable_of_the_job_reaches_the_daemon_the_cli_starts_but_not_a_running_one
         .run();
     r.code_is(1);
     assert!(
-        r.stderr.contains("environment variable LATE_JOB_JWT is not set in the daemon's environment")
+        r.stderr
+            .contains("environment variable LATE_JOB_JWT is not set in the daemon's environment")
             && r.stderr.contains("--subject-token-file"),
         "{}",
         r.stderr
@@ -265,7 +271,8 @@ fn a_missing_empty_or_expired_subject_token_is_named_without_a_provider_request(
         let r = env.latchkey(&["token", "deploy"]);
         r.code_is(1);
         assert!(
-            r.stderr.contains(&format!("the subject token file {shown} {what}")),
+            r.stderr
+                .contains(&format!("the subject token file {shown} {what}")),
             "{}",
             r.stderr
         );
@@ -317,7 +324,10 @@ fn a_subject_token_the_provider_rejects_is_a_provider_refusal_that_names_its_sou
             r.stderr
         );
         let last = p.exchanges().pop().unwrap();
-        assert!(!last.ok && last.error.as_deref() == Some("invalid_grant"), "{last:?}");
+        assert!(
+            !last.ok && last.error.as_deref() == Some("invalid_grant"),
+            "{last:?}"
+        );
         let (kind, _) = kind_of(env.token_get(&name, None));
         assert_eq!(kind, ErrorKind::ProviderError);
     }

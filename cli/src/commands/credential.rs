@@ -24,7 +24,7 @@ use std::time::Duration;
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Add a credential: an OAuth client at a provider
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List credentials
     List(ListArgs),
     /// Show a credential's settings, state and token expiry (never its secret)
@@ -219,9 +219,10 @@ impl ExchangeArgs {
                 // kept (not resolved) since a CI system may move their target.
                 let path = std::path::absolute(&path)
                     .with_context(|| format!("failed to make {} absolute", path.display()))?;
-                let path = path.into_os_string().into_string().map_err(|_| {
-                    exit::usage("--subject-token-file must be a UTF-8 path")
-                })?;
+                let path = path
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|_| exit::usage("--subject-token-file must be a UTF-8 path"))?;
                 SubjectTokenSource::File(path)
             }
             (None, Some(var)) => SubjectTokenSource::Env(var),
@@ -313,7 +314,7 @@ pub struct RemoveArgs {
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
     match command {
-        Command::Add(args) => add(ctx, args),
+        Command::Add(args) => add(ctx, *args),
         Command::List(args) => list(ctx, args),
         Command::Show(args) => show(ctx, args),
         Command::Set(args) => set(ctx, args),

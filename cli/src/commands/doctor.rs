@@ -345,7 +345,10 @@ fn refresh_tokens(list: &[CredentialInfo]) -> Vec<Check> {
         .iter()
         .filter(|c| {
             use latchkey_client::protocol::GrantType;
-            matches!(c.grant, GrantType::AuthorizationCode | GrantType::DeviceCode)
+            matches!(
+                c.grant,
+                GrantType::AuthorizationCode | GrantType::DeviceCode
+            )
         })
         .count();
     vec![Check::ok(

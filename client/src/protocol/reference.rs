@@ -59,12 +59,33 @@ fn every_kind() -> Vec<ErrorKind> {
     ];
     for kind in &all {
         match kind {
-            ParseError | InvalidRequest | MethodNotFound | InvalidParams | FrameTooLarge
-            | UnsupportedProtocol | NotInitialized | AlreadyInitialized | Locked
-            | WrongPassphrase | KeyringUnavailable | VaultCorrupt | NotFound | AlreadyExists
-            | Forbidden | ReauthRequired | RateLimited | ProviderUnavailable | ProviderError
-            | ShuttingDown | ApprovalRequired | ApprovalDenied | StepUpRequired
-            | WeakPassphrase | SubjectTokenUnavailable | Internal | Unknown => {}
+            ParseError
+            | InvalidRequest
+            | MethodNotFound
+            | InvalidParams
+            | FrameTooLarge
+            | UnsupportedProtocol
+            | NotInitialized
+            | AlreadyInitialized
+            | Locked
+            | WrongPassphrase
+            | KeyringUnavailable
+            | VaultCorrupt
+            | NotFound
+            | AlreadyExists
+            | Forbidden
+            | ReauthRequired
+            | RateLimited
+            | ProviderUnavailable
+            | ProviderError
+            | ShuttingDown
+            | ApprovalRequired
+            | ApprovalDenied
+            | StepUpRequired
+            | WeakPassphrase
+            | SubjectTokenUnavailable
+            | Internal
+            | Unknown => {}
         }
     }
     all

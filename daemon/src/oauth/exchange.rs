@@ -70,9 +70,8 @@ impl ExchangeRequest<'_> {
             + self.client_id.map_or(0, str::len)
             + self.subject_token_type.len();
         // Percent-encoding at most triples a byte.
-        let mut form = form_urlencoded::Serializer::new(String::with_capacity(
-            3 * (secrets + others) + 256,
-        ));
+        let mut form =
+            form_urlencoded::Serializer::new(String::with_capacity(3 * (secrets + others) + 256));
         form.append_pair("grant_type", GRANT_TYPE)
             .append_pair("subject_token", self.subject_token.expose_secret())
             .append_pair("subject_token_type", self.subject_token_type);
@@ -157,8 +156,11 @@ pub async fn exchange(
         )
         .header(http::header::ACCEPT, "application/json");
     if let (true, Some(secret)) = (basic, &client_secret) {
-        let mut value = http::HeaderValue::from_str(&basic_auth(&credential.config.client_id, secret))
-            .map_err(|_| ApiError::internal("the Basic authorization header is not a header value"))?;
+        let mut value =
+            http::HeaderValue::from_str(&basic_auth(&credential.config.client_id, secret))
+                .map_err(|_| {
+                    ApiError::internal("the Basic authorization header is not a header value")
+                })?;
         value.set_sensitive(true);
         builder = builder.header(http::header::AUTHORIZATION, value);
     }
@@ -191,8 +193,9 @@ pub async fn exchange(
     let parsed: Result<ExchangeResponse, _> =
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body));
     match parsed {
-        Ok(response) => Granted::from_response(&response, None)
-            .map_err(|why| super::unusable(at.0, at.1, why)),
+        Ok(response) => {
+            Granted::from_response(&response, None).map_err(|why| super::unusable(at.0, at.1, why))
+        }
         // Never the body: a half-valid token response may hold a token.
         Err(e) => Err(classify(
             at.0,
@@ -277,7 +280,10 @@ mod tests {
             ["urn:ietf:params:oauth:token-type:jwt"]
         );
         assert_eq!(get("audience"), ["api one"]);
-        assert_eq!(get("resource"), resource.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            get("resource"),
+            resource.iter().map(String::as_str).collect::<Vec<_>>()
+        );
         assert_eq!(get("scope"), ["read write"]);
         assert_eq!(get("client_id"), ["ci"]);
         assert_eq!(get("client_secret"), ["s&cret"]);

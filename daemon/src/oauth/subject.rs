@@ -181,8 +181,10 @@ fn unverified_expiry(token: &str) -> Option<i64> {
         .ok()?
         .claims;
     let exp = claims.exp?;
-    exp.as_i64()
-        .or_else(|| exp.as_f64().map(|f| f.clamp(i64::MIN as f64, i64::MAX as f64) as i64))
+    exp.as_i64().or_else(|| {
+        exp.as_f64()
+            .map(|f| f.clamp(i64::MIN as f64, i64::MAX as f64) as i64)
+    })
 }
 
 /// The subject token cannot be had: the error names where it is read from.
@@ -222,8 +224,14 @@ mod tests {
 
     #[test]
     fn a_jwts_expiry_is_read_without_verifying() {
-        assert_eq!(unverified_expiry(&jwt(r#"{"exp":1700000000}"#)), Some(1_700_000_000));
-        assert_eq!(unverified_expiry(&jwt(r#"{"exp":1.5e9}"#)), Some(1_500_000_000));
+        assert_eq!(
+            unverified_expiry(&jwt(r#"{"exp":1700000000}"#)),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            unverified_expiry(&jwt(r#"{"exp":1.5e9}"#)),
+            Some(1_500_000_000)
+        );
         assert_eq!(unverified_expiry(&jwt(r#"{"sub":"x"}"#)), None);
         assert_eq!(unverified_expiry(&jwt(r#"{"exp":"soon"}"#)), None);
         assert_eq!(unverified_expiry("opaque-token"), None);
@@ -241,14 +249,20 @@ mod tests {
         assert!(err.message.contains(path.to_str().unwrap()), "{err}");
 
         std::fs::write(&path, "\n").unwrap();
-        assert!(read("ci", &source, 0).unwrap_err().message.contains("is empty"));
+        assert!(read("ci", &source, 0)
+            .unwrap_err()
+            .message
+            .contains("is empty"));
 
         std::fs::write(&path, "tok en-canary").unwrap();
         let err = read("ci", &source, 0).unwrap_err();
         assert!(!err.message.contains("canary"), "{err}");
 
         std::fs::write(&path, "opaque-token\n").unwrap();
-        assert_eq!(read("ci", &source, 0).unwrap().expose_secret(), "opaque-token");
+        assert_eq!(
+            read("ci", &source, 0).unwrap().expose_secret(),
+            "opaque-token"
+        );
 
         let expired = jwt(r#"{"exp":100}"#);
         std::fs::write(&path, &expired).unwrap();
@@ -258,10 +272,16 @@ mod tests {
         assert!(read("ci", &source, 99).is_ok());
 
         std::fs::write(&path, vec![b'a'; MAX_SUBJECT_TOKEN_BYTES + 1]).unwrap();
-        assert!(read("ci", &source, 0).unwrap_err().message.contains("larger than"));
+        assert!(read("ci", &source, 0)
+            .unwrap_err()
+            .message
+            .contains("larger than"));
 
         let not_a_file = SubjectTokenSource::File(dir.path().to_str().unwrap().to_owned());
-        assert!(read("ci", &not_a_file, 0).unwrap_err().message.contains("not a regular file"));
+        assert!(read("ci", &not_a_file, 0)
+            .unwrap_err()
+            .message
+            .contains("not a regular file"));
     }
 
     #[test]
@@ -269,6 +289,10 @@ mod tests {
         let source = SubjectTokenSource::Env("LATCHKEY_TEST_SURELY_UNSET_VARIABLE".into());
         let err = read("ci", &source, 0).unwrap_err();
         assert_eq!(err.kind, ErrorKind::SubjectTokenUnavailable);
-        assert!(err.message.contains("environment variable LATCHKEY_TEST_SURELY_UNSET_VARIABLE is not set"), "{err}");
+        assert!(
+            err.message
+                .contains("environment variable LATCHKEY_TEST_SURELY_UNSET_VARIABLE is not set"),
+            "{err}"
+        );
     }
 }
