@@ -225,6 +225,8 @@ mod tests {
                 redirect_uri: None,
                 access: Access::Ask,
                 step_up: Default::default(),
+                assertion_audience: Default::default(),
+                dpop: false,
             },
             has_client_secret: true,
             secret_ages: Default::default(),

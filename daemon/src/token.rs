@@ -206,8 +206,8 @@ async fn client_credentials(
     provider: &Provider,
     scopes: &[String],
 ) -> Result<Token, ApiError> {
-    let granted = rotation::with_client_secret(daemon, session, credential, |secret| {
-        grant::client_credentials(&daemon.http, provider, credential, secret, scopes)
+    let granted = rotation::with_client_auth(daemon, session, credential, provider, |auth| {
+        grant::client_credentials(&daemon.http, provider, credential, auth, scopes)
     })
     .await?;
     warn_clamped(&credential.config.name, granted.access.expires_in);
@@ -253,10 +253,10 @@ async fn refresh(
     // Ask for a down-scoped token only when the caller wants less than
     // the grant; otherwise omit `scope` (RFC 6749 §6: same as granted).
     let down_scope = !scopes.is_empty() && scopes.len() < grant.scope.split_whitespace().count();
-    let result = rotation::with_client_secret(daemon, session, credential, |secret| {
+    let result = rotation::with_client_auth(daemon, session, credential, provider, |auth| {
         let refresh_token = &refresh_token;
         async move {
-            let client = user::client(provider, credential, secret.as_ref())?;
+            let client = user::client(provider, credential, &auth)?;
             user::refresh(
                 &daemon.http,
                 provider,

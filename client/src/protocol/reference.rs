@@ -21,6 +21,7 @@ const SOURCES: &[&str] = &[
     include_str!("secrets.rs"),
     include_str!("git.rs"),
     include_str!("health.rs"),
+    include_str!("keys.rs"),
 ];
 
 /// Every kind, in the order the page lists them; the `match` makes a kind
