@@ -173,6 +173,14 @@ methods! {
     // Health checks (`latchkey doctor`, issue 10).
     /// Reach each provider's discovery (or token endpoint) and read its clock.
     ProviderCheck = "provider.check", Empty => ProviderCheckResult, read_only: true;
+
+    // Keys that never leave the vault (issue 11).
+    /// The public keys of a `private_key_jwt` credential, as a JWKS to register with the provider.
+    CredentialJwks = "credential.jwks", NameParams => Jwks, read_only: true;
+    /// Add the next client key (the JWKS lists both), or retire all but the newest.
+    CredentialRotateKey = "credential.rotate_key", RotateKeyParams => Jwks, read_only: false;
+    /// A DPoP proof (RFC 9449) for one request to a resource server, with the bound token.
+    DpopProof = "dpop.proof", DpopProofParams => DpopProofResult, read_only: false;
 }
 
 /// One method as the reference page shows it (see [`METHOD_DOCS`]).
@@ -201,6 +209,8 @@ mod health;
 pub use health::*;
 mod exchange;
 pub use exchange::*;
+mod keys;
+pub use keys::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -805,6 +815,8 @@ pub enum AuthMethod {
     ClientSecretPost,
     /// Public client: no secret.
     None,
+    /// A JWT signed with a key the vault holds (RFC 7523 §2.2, OIDC Core §9).
+    PrivateKeyJwt,
 }
 
 impl AuthMethod {
@@ -814,6 +826,7 @@ impl AuthMethod {
             AuthMethod::ClientSecretBasic => "client_secret_basic",
             AuthMethod::ClientSecretPost => "client_secret_post",
             AuthMethod::None => "none",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
         }
     }
 }
@@ -854,6 +867,15 @@ pub struct CredentialAddParams {
     /// `token_exchange` grant, refused with any other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exchange: Option<TokenExchangeConfig>,
+    /// The client key, for `auth: private_key_jwt` (required then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<NewKey>,
+    /// The audience of client assertions (default: the token endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion_audience: Option<AssertionAudience>,
+    /// A DPoP key: tokens are requested bound to it (RFC 9449).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop: Option<NewKey>,
 }
 
 /// A credential as shown to users: never a secret.
@@ -906,6 +928,9 @@ pub struct CredentialInfo {
     /// A token exchange credential's settings (never the subject token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exchange: Option<TokenExchangeConfig>,
+    /// Whether its tokens are bound to a DPoP key the vault holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dpop: bool,
 }
 
 /// Where a credential stands in its life cycle.
@@ -1354,7 +1379,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 45);
+        assert_eq!(METHODS.len(), 48);
     }
 
     #[test]
@@ -1373,6 +1398,7 @@ mod tests {
                 "approval.next",
                 "audit.list",
                 "audit.verify",
+                "credential.jwks",
                 "credential.list",
                 "credential.show",
                 "daemon.stats",

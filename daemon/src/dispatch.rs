@@ -110,6 +110,9 @@ pub async fn route(
         GitGet::NAME => run.method::<GitGet>(out).await,
         GitErase::NAME => run.method::<GitErase>(out).await,
         ProviderCheck::NAME => run.method::<ProviderCheck>(out).await,
+        CredentialJwks::NAME => run.method::<CredentialJwks>(out).await,
+        CredentialRotateKey::NAME => run.method::<CredentialRotateKey>(out).await,
+        DpopProof::NAME => run.method::<DpopProof>(out).await,
         other => {
             let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
             write_error(

@@ -112,8 +112,8 @@ impl Handler for LoginStart {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_LOGIN_TIMEOUT)
             .clamp(Duration::from_secs(5), MAX_LOGIN_TIMEOUT);
-        let secret = session.client_secret(&credential).await?;
-        let client = user::client(&provider, &credential, secret.as_ref())?;
+        let auth = crate::rotation::client_auth(daemon, &session, &credential, &provider).await?;
+        let client = user::client(&provider, &credential, &auth)?;
         let scopes = credential.config.scopes.clone();
         // Registered first, so that a failure below removes it (on drop).
         let (registered, tx, cancel) = register(daemon)?;

@@ -8,6 +8,8 @@ use crate::handler::Handler;
 use crate::oauth::{discovery, http::check_url};
 use crate::policy::{check_name, normalize_scopes};
 use crate::state::{Daemon, Peer, Session};
+use crate::vault::jose::{self, KeyMaterial};
+use crate::vault::keys::KeyPurpose;
 use crate::vault::{Catalog, Credential, CredentialConfig, Provider, ProviderConfig};
 use latchkey_client::protocol::*;
 use secrecy::ExposeSecret;
@@ -207,28 +209,64 @@ impl Handler for CredentialAdd {
         if params.client_id.is_empty() {
             return Err(ApiError::invalid_params("the client id is empty"));
         }
-        let needs_secret = params.auth != AuthMethod::None;
+        let needs_secret = matches!(
+            params.auth,
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+        );
+        let keyed = params.auth == AuthMethod::PrivateKeyJwt;
         match (&params.client_secret, needs_secret) {
-                (None, true) => {
-                    return Err(ApiError::invalid_params(format!(
-                        "auth method {} needs a client secret: pass it with --client-secret-stdin, --client-secret-file or --client-secret-env",
-                        params.auth.as_str()
-                    )))
-                }
-                (Some(s), true) if s.expose_secret().is_empty() => {
-                    return Err(ApiError::invalid_params("the client secret is empty"))
-                }
-                (Some(_), false) => {
-                    return Err(ApiError::invalid_params(
-                        "auth method none is for public clients, which have no secret; drop the secret or choose --auth client_secret_basic",
-                    ))
-                }
-                _ => {}
+            (None, true) => {
+                return Err(ApiError::invalid_params(format!(
+                    "auth method {} needs a client secret: pass it with --client-secret-stdin, --client-secret-file or --client-secret-env",
+                    params.auth.as_str()
+                )))
             }
-        if params.grant == GrantType::ClientCredentials && !needs_secret {
+            (Some(s), true) if s.expose_secret().is_empty() => {
+                return Err(ApiError::invalid_params("the client secret is empty"))
+            }
+            (Some(_), false) if keyed => {
+                return Err(ApiError::invalid_params(
+                    "auth method private_key_jwt signs with a key in the vault and sends no client secret: drop the secret",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ApiError::invalid_params(
+                    "auth method none is for public clients, which have no secret; drop the secret or choose --auth client_secret_basic",
+                ))
+            }
+            _ => {}
+        }
+        match (&params.client_key, keyed) {
+            (None, true) => {
+                return Err(ApiError::invalid_params(
+                    "auth method private_key_jwt needs a key: --generate-key (made in the vault; the public key is printed to register with the provider) or --key-file PATH",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ApiError::invalid_params(format!(
+                    "a client key is for --auth private_key_jwt, not {}",
+                    params.auth.as_str()
+                )))
+            }
+            _ => {}
+        }
+        if params.assertion_audience.is_some() && !keyed {
             return Err(ApiError::invalid_params(
-                    "the client_credentials grant needs a confidential client: use --auth client_secret_basic or client_secret_post with a secret",
-                ));
+                "--assertion-audience is for --auth private_key_jwt",
+            ));
+        }
+        if params.grant == GrantType::ClientCredentials && !(needs_secret || keyed) {
+            return Err(ApiError::invalid_params(
+                "the client_credentials grant needs a confidential client: use --auth client_secret_basic or client_secret_post with a secret, or private_key_jwt with a key",
+            ));
+        }
+        let mut new_keys = Vec::new();
+        if let Some(key) = params.client_key {
+            new_keys.push((KeyPurpose::Client, new_key(key, "client key")?));
+        }
+        let dpop = params.dpop.is_some();
+        if let Some(key) = params.dpop {
+            new_keys.push((KeyPurpose::Dpop, new_key(key, "DPoP key")?));
         }
         check_exchange(params.grant, params.exchange.as_ref())?;
         if let Some(uri) = &params.redirect_uri {
@@ -279,12 +317,16 @@ impl Handler for CredentialAdd {
             access,
             step_up: StepUp::Off,
             exchange: params.exchange,
+            assertion_audience: params.assertion_audience.unwrap_or_default(),
+            dpop,
         };
         // A credential of the same name added meanwhile is stopped by the
         // file's unique name.
         let secret = params.client_secret;
         let credential = session
-            .with_vault(move |keys, vault| vault.add_credential(keys, config, secret.as_ref()))
+            .with_vault(move |keys, vault| {
+                vault.add_credential(keys, config, secret.as_ref(), new_keys)
+            })
             .await?;
         let mut catalog = session.catalog_mut();
         let entries = session.tokens.describe(&credential.id, daemon.clock.now());
@@ -547,6 +589,7 @@ pub(crate) fn credential_info(
         last_error: backoff.map(|(until, message)| {
             format!("{message} (next attempt in {} s)", (until - now).max(0))
         }),
+        dpop: credential.config.dpop,
     }
 }
 
@@ -626,4 +669,14 @@ fn check_exchange(
         }
     }
     Ok(())
+}
+
+/// A key for a new credential (or a rotation): generated here, or the
+/// caller's PEM checked. The error names the fix and never the key.
+pub(crate) fn new_key(key: NewKey, what: &str) -> Result<KeyMaterial, ApiError> {
+    match key {
+        NewKey::Generate(alg) => jose::generate(alg),
+        NewKey::Import(pem) => jose::load(&pem, None),
+    }
+    .map_err(|e| ApiError::invalid_params(format!("the {what}: {e}")))
 }

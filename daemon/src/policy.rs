@@ -226,6 +226,8 @@ mod tests {
                 access: Access::Ask,
                 step_up: Default::default(),
                 exchange: None,
+                assertion_audience: Default::default(),
+                dpop: false,
             },
             has_client_secret: true,
             secret_ages: Default::default(),

@@ -220,14 +220,14 @@ async fn client_credentials(
                 daemon.clock.now(),
             )
             .await?;
-            rotation::with_client_secret(daemon, session, credential, |secret| {
+            rotation::with_client_auth(daemon, session, credential, provider, |auth| {
                 exchange::exchange(
                     &daemon.http,
                     provider,
                     credential,
                     config,
                     &subject_token,
-                    secret,
+                    auth,
                     scopes,
                 )
             })
@@ -240,8 +240,8 @@ async fn client_credentials(
             )))
         }
         _ => {
-            rotation::with_client_secret(daemon, session, credential, |secret| {
-                grant::client_credentials(&daemon.http, provider, credential, secret, scopes)
+            rotation::with_client_auth(daemon, session, credential, provider, |auth| {
+                grant::client_credentials(&daemon.http, provider, credential, auth, scopes)
             })
             .await?
         }
@@ -289,10 +289,10 @@ async fn refresh(
     // Ask for a down-scoped token only when the caller wants less than
     // the grant; otherwise omit `scope` (RFC 6749 §6: same as granted).
     let down_scope = !scopes.is_empty() && scopes.len() < grant.scope.split_whitespace().count();
-    let result = rotation::with_client_secret(daemon, session, credential, |secret| {
+    let result = rotation::with_client_auth(daemon, session, credential, provider, |auth| {
         let refresh_token = &refresh_token;
         async move {
-            let client = user::client(provider, credential, secret.as_ref())?;
+            let client = user::client(provider, credential, &auth)?;
             user::refresh(
                 &daemon.http,
                 provider,

@@ -31,6 +31,8 @@
 //       "audience": "latchkey-test",   // signed with this key for this audience
 //       "jwk": { ...public ES256 JWK }
 //     }
+//     "dpop_nonce": false              // true: the token endpoint demands a DPoP
+//                                      // nonce (use_dpop_nonce) before it answers
 //   }
 //
 // Token exchange (urn:ietf:params:oauth:grant-type:token-exchange), for
@@ -64,7 +66,9 @@
 //        {"kind":"garbage","count":1}          200, claims JSON, body is not JSON
 //   POST /__admin/delay_all  {"ms":N}  delay every token request by N ms (0 = off)
 //   GET  /__admin/resource   a protected resource: 200 {"active":true,...} for a
-//                            live access token in `Authorization: Bearer`, else 401
+//                            live access token in `Authorization: Bearer`, else 401;
+//                            a DPoP-bound token only as `Authorization: DPoP` with a
+//                            valid `DPoP` proof by its key for this request (RFC 9449)
 //   GET  /__admin/refresh_tokens?client_id=ID
 //                            every refresh token issued (to that client), oldest
 //                            first: {"refresh_tokens":[{"token","client_id",
@@ -84,10 +88,11 @@
 // Set PROVIDER_EXIT_ON_STDIN_EOF=1 to make the server exit when its stdin
 // closes (the Rust harness does, so a crashed test run leaves no orphan).
 
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
+import * as jose from 'jose';
 
 // oidc-provider prints its "you SHOULD change this default" notices with
 // console.info, i.e. to stdout. stdout is reserved for the READY line, so
@@ -211,6 +216,13 @@ const provider = new Provider(issuer, {
       allowedPolicy: async (ctx, client, token) => token.clientId === client.clientId,
     },
     deviceFlow: { enabled: true },
+    // RFC 9449: DPoP-bound tokens for clients that send a proof; with
+    // "dpop_nonce": true the token endpoint demands a server nonce
+    // (use_dpop_nonce) first, as RFC 9449 §8 lets servers do.
+    dPoP: {
+      enabled: true,
+      ...(config.dpop_nonce ? { nonceSecret: randomBytes(32), requireNonce: () => true } : {}),
+    },
     // The built-in login/consent pages (accept any username): enough for a
     // test to drive authorization code and device flows over plain HTTP.
     devInteractions: { enabled: true },
@@ -375,6 +387,7 @@ const stats = {
   token_requests: 0,
   token_requests_by_grant: {},
   token_requests_by_auth: {},
+  token_requests_with_dpop: 0,
   introspections: 0,
   revocations: 0,
 };
@@ -385,6 +398,7 @@ function resetState() {
   stats.token_requests = 0;
   stats.token_requests_by_grant = {};
   stats.token_requests_by_auth = {};
+  stats.token_requests_with_dpop = 0;
   stats.introspections = 0;
   stats.revocations = 0;
   faults = [];
@@ -475,6 +489,33 @@ function authMethodOf(req, params) {
   return 'unknown';
 }
 
+// RFC 9449 §4.3 checks of a resource request's DPoP proof, by panva's
+// `jose`: signed by the key in its header, typ dpop+jwt, this method and
+// URL, recent, the token's hash, and that key's thumbprint is the one the
+// token is bound to. Each proof's jti is good once. Returns why not, or null.
+const seenProofs = new Set();
+async function checkDpopProof(req, token, jkt) {
+  const proof = req.headers.dpop;
+  if (typeof proof !== 'string') return 'no DPoP proof';
+  let verified;
+  try {
+    verified = await jose.jwtVerify(proof, jose.EmbeddedJWK, { typ: 'dpop+jwt', algorithms: ['ES256', 'EdDSA', 'RS256', 'PS256'] });
+  } catch (err) {
+    return `bad DPoP proof: ${err.code ?? err.message}`;
+  }
+  const { payload, protectedHeader } = verified;
+  const url = new URL(req.url, origin);
+  if (payload.htm !== req.method) return 'DPoP proof for another method';
+  if (payload.htu !== `${origin}${url.pathname}`) return 'DPoP proof for another URL';
+  if (typeof payload.iat !== 'number' || Math.abs(payload.iat - Date.now() / 1000) > 60) return 'DPoP proof too old';
+  const ath = createHash('sha256').update(token).digest('base64url');
+  if (payload.ath !== ath) return 'DPoP proof for another token';
+  if ((await jose.calculateJwkThumbprint(protectedHeader.jwk)) !== jkt) return 'DPoP proof by another key';
+  if (typeof payload.jti !== 'string' || seenProofs.has(payload.jti)) return 'DPoP proof replayed';
+  seenProofs.add(payload.jti);
+  return null;
+}
+
 // Find a live access token (any grant) by its value, or undefined.
 async function findAccessToken(value) {
   return (await provider.AccessToken.find(value)) ?? (await provider.ClientCredentials.find(value));
@@ -505,16 +546,23 @@ async function handleAdmin(req, res, path) {
       return sendJson(res, 200, { ok: true });
     }
     case 'GET /__admin/resource': {
-      const m = /^Bearer ([^\s]+)$/i.exec(req.headers.authorization ?? '');
-      const token = m ? await findAccessToken(m[1]) : undefined;
-      if (!token) {
-        return sendJson(res, 401, { active: false }, { 'www-authenticate': 'Bearer error="invalid_token"' });
+      const deny = (why) => sendJson(res, 401, { active: false, error: why }, { 'www-authenticate': 'Bearer error="invalid_token", DPoP error="invalid_token"' });
+      const m = /^(Bearer|DPoP) ([^\s]+)$/i.exec(req.headers.authorization ?? '');
+      const token = m ? await findAccessToken(m[2]) : undefined;
+      if (!token) return deny('no live access token');
+      // A DPoP-bound token (RFC 9449 §7) is good only with the DPoP scheme
+      // and a proof by the key it is bound to, for this very request.
+      if (token.jkt) {
+        if (m[1].toLowerCase() !== 'dpop') return deny('DPoP-bound token presented as Bearer');
+        const why = await checkDpopProof(req, m[2], token.jkt);
+        if (why) return deny(why);
       }
       return sendJson(res, 200, {
         active: true,
         client_id: token.clientId,
         scope: token.scope ?? '',
         exp: token.exp,
+        ...(token.jkt ? { jkt: token.jkt } : {}),
         ...(token.accountId ? { sub: token.accountId } : {}),
       });
     }
@@ -559,6 +607,7 @@ async function handleToken(req, res) {
   stats.token_requests += 1;
   stats.token_requests_by_grant[grant] = (stats.token_requests_by_grant[grant] ?? 0) + 1;
   stats.token_requests_by_auth[auth] = (stats.token_requests_by_auth[auth] ?? 0) + 1;
+  if (req.headers.dpop) stats.token_requests_with_dpop += 1;
 
   // Take the next fault off the queue (faults apply in the order queued).
   let fault;

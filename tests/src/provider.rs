@@ -146,6 +146,8 @@ pub struct Stats {
     pub revocations: u64,
     /// Token requests still to be answered by queued faults.
     pub faults_pending: u64,
+    /// Token requests that carried a `DPoP` proof header.
+    pub token_requests_with_dpop: u64,
 }
 
 impl Stats {
@@ -478,6 +480,26 @@ impl Provider {
                 .map_err(|e| e.to_string())
         })
         .unwrap_or_else(|e| panic!("test provider: GET {url} failed: {e}"))
+    }
+
+    /// `GET /__admin/resource` with this `Authorization` header and, when
+    /// given, this `DPoP` proof: the status and the body (a DPoP-bound
+    /// token passes only as `DPoP <token>` with a proof by its key).
+    pub fn resource_with(&self, authorization: &str, dpop: Option<&str>) -> (u16, Value) {
+        let url = self.admin("resource");
+        off_runtime(|| {
+            let mut req = self.http.get(&url).header("authorization", authorization);
+            if let Some(proof) = dpop {
+                req = req.header("dpop", proof);
+            }
+            read_json(req.send())
+        })
+        .unwrap_or_else(|e| panic!("test provider: GET {url} failed: {e}"))
+    }
+
+    /// The resource's URL (what a DPoP proof for it names as `htu`).
+    pub fn resource_url(&self) -> String {
+        self.admin("resource")
     }
 
     /// Every refresh token issued to `client_id`, oldest first (rotation

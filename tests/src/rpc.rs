@@ -70,6 +70,9 @@ impl TestEnv {
             redirect_uri: None,
             access: Some(latchkey_client::protocol::Access::Open),
             exchange: None,
+            client_key: None,
+            assertion_audience: None,
+            dpop: None,
             proof: Some(crate::env::proof()),
         };
         self.rpc::<CredentialAdd>(&params)

@@ -48,6 +48,16 @@ pub enum Command {
     SetSecret(SetSecretArgs),
     /// Remove a credential and its tokens, revoking them at the provider first
     Remove(RemoveArgs),
+    /// Print the public keys of a private_key_jwt credential (a JWKS to register with the provider)
+    Jwks(super::keys::JwksArgs),
+    /// Add the next client key of a private_key_jwt credential, or retire the old ones
+    ///
+    /// Without --retire-old: a new key is made in the vault and signs from
+    /// now on; the JWKS lists both, and while the provider does not know the
+    /// new key yet (invalid_client) the older key signs (warned and audited).
+    /// Register the printed JWKS with the provider, then run
+    /// `latchkey credential rotate-key NAME --retire-old`.
+    RotateKey(super::keys::RotateKeyArgs),
 }
 
 /// Who may use a credential.
@@ -158,6 +168,7 @@ enum Auth {
     ClientSecretBasic,
     ClientSecretPost,
     None,
+    PrivateKeyJwt,
 }
 
 impl From<Auth> for AuthMethod {
@@ -166,6 +177,7 @@ impl From<Auth> for AuthMethod {
             Auth::ClientSecretBasic => AuthMethod::ClientSecretBasic,
             Auth::ClientSecretPost => AuthMethod::ClientSecretPost,
             Auth::None => AuthMethod::None,
+            Auth::PrivateKeyJwt => AuthMethod::PrivateKeyJwt,
         }
     }
 }
@@ -280,6 +292,8 @@ pub struct AddArgs {
     secret: SecretArgs,
     #[command(flatten)]
     exchange: ExchangeArgs,
+    #[command(flatten)]
+    keys: super::keys::KeyArgs,
     /// Who may use it: ask (apps need a rule or approval) or open (any program of yours; needs the vault passphrase)
     #[arg(long, value_enum, default_value = "ask")]
     access: AccessArg,
@@ -320,14 +334,23 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Set(args) => set(ctx, args),
         Command::SetSecret(args) => set_secret(ctx, args),
         Command::Remove(args) => remove(ctx, args),
+        Command::Jwks(args) => super::keys::jwks(ctx, args),
+        Command::RotateKey(args) => super::keys::rotate_key(ctx, args),
     }
 }
 
-/// The auth method: the flag, else `client_secret_basic`, except that a
-/// user-facing grant with no secret given is a public client.
-fn choose_auth(auth: Option<Auth>, grant: Grant, secret_given: bool) -> AuthMethod {
+/// The auth method: the flag, else `private_key_jwt` with a key given,
+/// else `client_secret_basic`, except that a user-facing grant with no
+/// secret given is a public client.
+fn choose_auth(
+    auth: Option<Auth>,
+    grant: Grant,
+    secret_given: bool,
+    key_given: bool,
+) -> AuthMethod {
     match (auth, grant, secret_given) {
         (Some(auth), _, _) => auth.into(),
+        (None, _, false) if key_given => AuthMethod::PrivateKeyJwt,
         (None, Grant::ClientCredentials, _) | (None, _, true) => AuthMethod::ClientSecretBasic,
         (None, _, false) => AuthMethod::None,
     }
@@ -339,7 +362,12 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
         args.secret.client_secret_stdin,
         args.secret.client_secret_env.as_deref(),
     );
-    let auth = choose_auth(args.auth, args.grant, source.is_some());
+    let auth = choose_auth(
+        args.auth,
+        args.grant,
+        source.is_some(),
+        args.keys.client_key_given(),
+    );
     if auth == AuthMethod::None && source.is_some() {
         return Err(exit::usage(
             "--auth none is for public clients, which have no secret: drop the --client-secret-* flag or choose another --auth",
@@ -352,7 +380,9 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
         Access::Open => Some(args.proof.proof("to let every app use this credential")?),
         Access::Ask => None,
     };
+    let (client_key, dpop) = args.keys.read(auth)?;
     let client_secret = match (auth, source) {
+        (AuthMethod::None | AuthMethod::PrivateKeyJwt, None) => None,
         (AuthMethod::None, _) => None,
         (_, Some(source)) => Some(source.read("client secret")?),
         (_, None) => Some(prompt_secret(&args.name, auth)?),
@@ -369,9 +399,16 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
         access: Some(access),
         proof,
         exchange,
+        client_key,
+        assertion_audience: args.keys.assertion_audience(),
+        dpop,
     };
-    conn.call::<CredentialAdd>(&params)
+    let info = conn
+        .call::<CredentialAdd>(&params)
         .with_context(|| format!("failed to add credential '{}'", params.name))?;
+    if auth == AuthMethod::PrivateKeyJwt {
+        super::keys::print_new_jwks(&mut conn, &info.name)?;
+    }
     ctx.done(format_args!(
         "added credential '{}' ({}, {}, access {})",
         params.name,
@@ -713,7 +750,14 @@ mod tests {
             (Some(Auth::None), Grant::ClientCredentials, false, M::None),
         ];
         for (auth, grant, given, want) in cases {
-            assert_eq!(choose_auth(auth, grant, given), want);
+            assert_eq!(choose_auth(auth, grant, given, false), want);
+        }
+        for grant in [Grant::ClientCredentials, Grant::AuthorizationCode] {
+            assert_eq!(
+                choose_auth(None, grant, false, true),
+                M::PrivateKeyJwt,
+                "a key given"
+            );
         }
     }
 
@@ -728,6 +772,7 @@ mod tests {
             scopes: vec!["repo".into(), "read:org".into()],
             granted_scopes: None,
             has_client_secret: true,
+            dpop: false,
             client_secret: None,
             access: Access::Ask,
             step_up: StepUp::Off,
@@ -814,6 +859,7 @@ mod tests {
             scopes: vec!["openid".into()],
             granted_scopes: None,
             has_client_secret: false,
+            dpop: false,
             client_secret: None,
             access: Access::Open,
             step_up: StepUp::Off,

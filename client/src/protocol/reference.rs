@@ -22,6 +22,7 @@ const SOURCES: &[&str] = &[
     include_str!("git.rs"),
     include_str!("health.rs"),
     include_str!("exchange.rs"),
+    include_str!("keys.rs"),
 ];
 
 /// Every kind, in the order the page lists them; the `match` makes a kind

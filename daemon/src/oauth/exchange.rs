@@ -2,10 +2,13 @@
 //! OIDC token, read by `subject.rs`) is exchanged at the token endpoint for
 //! an access token, with the credential's `audience`, `resource` and
 //! `scope`. The `oauth2` crate has no RFC 8693 request, so the request is a
-//! typed form ([`ExchangeRequest`]) sent through `http.rs`; the response
+//! typed form ([`ExchangeRequest`]) sent through `http.rs` (by way of
+//! `client_auth::Signed`, which adds a `private_key_jwt` assertion or a
+//! DPoP proof as for every other grant); the response
 //! is read with oauth2's own token and error response types and checked
 //! like every other grant's ([`Granted::from_response`], `grant::classify`).
 
+use super::client_auth::{ClientAuth, Signed, Via};
 use super::grant::classify;
 use super::http::{Http, HttpError};
 use super::text::provider_text;
@@ -14,7 +17,7 @@ use crate::error::ApiError;
 use crate::vault::{Credential, Provider};
 use latchkey_client::protocol::{AuthMethod, ErrorKind, TokenExchangeConfig};
 use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType, BasicTokenType};
-use oauth2::{RequestTokenError, StandardTokenResponse};
+use oauth2::{AsyncHttpClient, RequestTokenError, StandardTokenResponse};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::form_urlencoded;
@@ -118,9 +121,13 @@ pub async fn exchange(
     credential: &Credential,
     config: &TokenExchangeConfig,
     subject_token: &SecretString,
-    client_secret: Option<SecretString>,
+    auth: ClientAuth,
     scopes: &[String],
 ) -> Result<Granted, ApiError> {
+    let ClientAuth {
+        secret: client_secret,
+        proofs,
+    } = auth;
     let name = &credential.config.name;
     let token_url = provider
         .config
@@ -170,7 +177,11 @@ pub async fn exchange(
     let mut sent = vec![subject_token];
     sent.extend(client_secret.as_ref());
     let at = (&provider.config.name[..], &name[..]);
-    let response = match http.send(request).await {
+    let signed = Signed {
+        inner: Via::Http(http),
+        proofs: &proofs,
+    };
+    let response = match signed.call(request).await {
         Ok(response) => response,
         Err(e) => return Err(classify(at.0, at.1, RequestTokenError::Request(e), &sent)),
     };
@@ -193,9 +204,9 @@ pub async fn exchange(
     let parsed: Result<ExchangeResponse, _> =
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body));
     match parsed {
-        Ok(response) => {
-            Granted::from_response(&response, None).map_err(|why| super::unusable(at.0, at.1, why))
-        }
+        Ok(response) => Granted::from_response(&response, None)
+            .map_err(|why| super::unusable(at.0, at.1, why))
+            .and_then(|g| super::check_bound(at.0, credential, g)),
         // Never the body: a half-valid token response may hold a token.
         Err(e) => Err(classify(
             at.0,

@@ -207,6 +207,9 @@ pub async fn add_cc_credential(client: &mut Client, name: &str) {
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
         exchange: None,
+        client_key: None,
+        assertion_audience: None,
+        dpop: None,
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),
@@ -230,6 +233,9 @@ pub async fn add_device_credential(client: &mut Client, name: &str, client_id: &
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
         exchange: None,
+        client_key: None,
+        assertion_audience: None,
+        dpop: None,
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),
