@@ -491,6 +491,7 @@ mod tests {
             scopes: vec!["api".into()],
             granted_scopes: None,
             has_client_secret: false,
+            dpop: false,
             client_secret: None,
             access: Access::Open,
             step_up: StepUp::Off,
@@ -500,6 +501,7 @@ mod tests {
             subject: None,
             has_refresh_token: true,
             last_error: None,
+            exchange: None,
         }
     }
 

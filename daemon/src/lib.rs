@@ -30,6 +30,7 @@ mod handler;
 pub mod hardening;
 mod health;
 mod identity;
+mod keys;
 mod lifecycle;
 pub mod lockfile;
 mod login;

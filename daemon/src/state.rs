@@ -75,6 +75,8 @@ pub struct Daemon {
     /// Numbers sessions, so a task can tell its session from a later one.
     sessions: AtomicU64,
     pub(crate) http: Http,
+    /// The last DPoP nonce each server sent (RFC 9449 §8).
+    pub(crate) dpop_nonces: Arc<crate::oauth::client_auth::Nonces>,
     pub(crate) audit: Audit,
     /// The unlocked session's keys, for the audit writer (see [`VaultSink`]).
     audit_keys: AuditKeys,
@@ -330,6 +332,7 @@ impl Daemon {
             last_activity: AtomicI64::new(clock.now()),
             sessions: AtomicU64::new(1),
             http: Http::new(),
+            dpop_nonces: Arc::default(),
             identities,
             approvals: Approvals::new(approval_timeout),
             shutdown: tokio::sync::Notify::new(),
@@ -833,6 +836,17 @@ impl Session {
             .await
     }
 
+    /// A credential's keys (`private_key_jwt`, DPoP), opened from the vault
+    /// just for the request that needs them, oldest first.
+    pub(crate) async fn credential_keys(
+        &self,
+        credential: &Credential,
+    ) -> Result<Vec<crate::vault::keys::StoredKey>, ApiError> {
+        let credential = credential.clone();
+        self.with_vault(move |keys, vault| vault.credential_keys(keys, &credential))
+            .await
+    }
+
     /// A credential's client secrets, the newest and a previous one kept
     /// since a rotation, opened just for the request that needs them.
     pub(crate) async fn client_secrets(
@@ -877,10 +891,12 @@ impl Session {
         credential: &Credential,
         holds_token: impl FnOnce() -> bool,
     ) -> bool {
-        credential.config.grant != GrantType::ClientCredentials
-            && self
-                .grant(&credential.id)
-                .is_none_or(|g| g.refresh_token.is_none())
+        matches!(
+            credential.config.grant,
+            GrantType::AuthorizationCode | GrantType::DeviceCode
+        ) && self
+            .grant(&credential.id)
+            .is_none_or(|g| g.refresh_token.is_none())
             && !holds_token()
     }
 

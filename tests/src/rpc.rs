@@ -69,6 +69,10 @@ impl TestEnv {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             redirect_uri: None,
             access: Some(latchkey_client::protocol::Access::Open),
+            exchange: None,
+            client_key: None,
+            assertion_audience: None,
+            dpop: None,
             proof: Some(crate::env::proof()),
         };
         self.rpc::<CredentialAdd>(&params)

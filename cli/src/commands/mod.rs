@@ -12,10 +12,12 @@ mod confirm;
 mod credential;
 mod daemon;
 mod doctor;
+mod dpop;
 pub(crate) mod exec;
 mod git_credential;
 pub(crate) mod header;
 mod init;
+mod keys;
 mod lock;
 mod login;
 mod panic;
@@ -106,6 +108,13 @@ pub enum Command {
     Token(token::Args),
     /// Print an `Authorization:` header for a credential
     Header(header::Args),
+    /// Print the headers of one request with a DPoP-bound token: `Authorization: DPoP …` and `DPoP: <proof>`
+    ///
+    /// The proof is signed in the daemon, with a key that never leaves the
+    /// vault, for exactly --method and --url (RFC 9449); a copied token is
+    /// useless without it. Pass the resource server's DPoP-Nonce with --nonce
+    /// when it asks for one.
+    Dpop(dpop::Args),
     /// Run a command with an access token in its environment
     ///
     /// The token is put in the command's environment (never its arguments),
@@ -203,6 +212,7 @@ pub fn run(ctx: &Ctx, command: Command, tree: fn() -> clap::Command) -> Result<(
         Command::Panic(args) => panic::run(ctx, args),
         Command::Token(args) => token::run(ctx, args),
         Command::Header(args) => header::run(ctx, args),
+        Command::Dpop(args) => dpop::run(ctx, args),
         Command::Exec(args) => exec::run(ctx, args),
         Command::Daemon(command) => daemon::run(ctx, command),
         Command::Audit(args) => audit::run(ctx, args),
