@@ -78,12 +78,25 @@ def request():
         "oauth1.import_token": {"credential": "tw", "token": CANARY, "token_secret": CANARY},
         "oauth1.sign": {"credential": "tw", "method": "POST", "url": "https://api.example/1/s?x=a%20b",
                         "form": [["status", "hi & bye"], ["tags[]", "é"]]},
+        "proxy.start": {"credential": "gh", "upstream": "https://api.github.com/v3", "listen": "127.0.0.1:0",
+                        "scopes": ["repo"], "limits": {"max_request_bytes": 1048576, "max_response_bytes": 4194304,
+                                                       "timeout_secs": 30, "max_connections": 8}},
+        "proxy.wait": {"proxy_id": "abc"},
+        "credential.jwks": {"name": "gh"},
+        "credential.rotate_key": {"name": "gh", "alg": "EdDSA", "retire_old": False},
+        "dpop.proof": {"credential": "gh", "method": "GET", "url": "https://rs.example/a?b=c",
+                       "nonce": "n-1", "scopes": ["read"], "min_ttl": 30},
     }
     for method, params in methods.items():
         write("request", line(method, params))
     # A secret in the wrong place must not be echoed.
     write("request", line("credential.add", {"name": "gh", "provider": "github", "client_id": "id",
                                              "grant": "client_credentials", "auth": CANARY}))
+    write("request", line("credential.add", {"name": "k", "provider": "github", "client_id": "id",
+                                             "grant": "client_credentials", "auth": "private_key_jwt",
+                                             "client_key": {"import": "-----BEGIN PRIVATE KEY-----\n" + CANARY},
+                                             "assertion_audience": "issuer", "dpop": {"generate": "ES256"}}))
+    write("request", line("credential.rotate_key", {"name": "gh", "alg": "RS256"}))
     write("request", line("vault.unlock", {"passphrase": 12345, "x": CANARY}))
     write("request", line("vault.init", {"passphrase": [CANARY]}))
     write("request", line("token.get", {"credential": "gh", "min_ttl": -1}))

@@ -352,6 +352,10 @@ pub async fn set_up_vault(socket: &Path, endpoint: &TokenEndpoint) -> Result<()>
             scopes: vec!["read".into()],
             redirect_uri: None,
             access: Some(latchkey_client::protocol::Access::Open),
+            exchange: None,
+            client_key: None,
+            assertion_audience: None,
+            dpop: None,
             proof: Some(latchkey_client::protocol::Proof::passphrase(
                 latchkey_client::secrecy::SecretString::from(PASSPHRASE),
             )),
@@ -423,6 +427,10 @@ pub async fn fill_vault(
                         scopes: vec!["read".into()],
                         redirect_uri: None,
                         access: Some(latchkey_client::protocol::Access::Open),
+                        exchange: None,
+                        client_key: None,
+                        assertion_audience: None,
+                        dpop: None,
                         proof: Some(latchkey_client::protocol::Proof::passphrase(
                             latchkey_client::secrecy::SecretString::from(PASSPHRASE),
                         )),

@@ -269,6 +269,10 @@ async fn add_and_log_in(
             scopes: vec!["read".into()],
             redirect_uri: None,
             access: Some(latchkey_client::protocol::Access::Open),
+            exchange: None,
+            client_key: None,
+            assertion_audience: None,
+            dpop: None,
             proof: Some(latchkey_client::protocol::Proof::passphrase(
                 latchkey_client::secrecy::SecretString::from(crate::daemon::PASSPHRASE),
             )),

@@ -260,6 +260,7 @@ mod tests {
             (ErrorKind::InvalidParams, "other error"),
             (ErrorKind::VaultCorrupt, "other error"),
             (ErrorKind::Internal, "other error"),
+            (ErrorKind::SubjectTokenUnavailable, "other error"),
             (ErrorKind::Unknown, "other error"),
         ];
         for (kind, words) in table {

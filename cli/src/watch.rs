@@ -491,6 +491,7 @@ mod tests {
             scopes: vec!["api".into()],
             granted_scopes: None,
             has_client_secret: false,
+            dpop: false,
             client_secret: None,
             access: Access::Open,
             step_up: StepUp::Off,
@@ -502,6 +503,7 @@ mod tests {
             last_error: None,
             signature_method: None,
             has_token_credentials: false,
+            exchange: None,
         }
     }
 

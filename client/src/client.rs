@@ -164,6 +164,29 @@ impl Client {
         self.request::<TokenGet>(params).await
     }
 
+    /// A DPoP proof (RFC 9449) for one request — `method` and the full
+    /// `url` — with the DPoP-bound token of `credential` it is for. Send
+    /// `Authorization: DPoP <token>` and `DPoP: <proof>`; when the resource
+    /// server answers with a `DPoP-Nonce`, ask again with `nonce`. The key
+    /// stays in the daemon.
+    pub async fn dpop_proof(
+        &mut self,
+        credential: &str,
+        method: &str,
+        url: &str,
+        nonce: Option<&str>,
+    ) -> Result<crate::protocol::DpopProofResult, Error> {
+        self.request::<crate::protocol::DpopProof>(&crate::protocol::DpopProofParams {
+            credential: credential.to_owned(),
+            method: method.to_owned(),
+            url: url.to_owned(),
+            nonce: nonce.map(str::to_owned),
+            scopes: Vec::new(),
+            min_ttl: None,
+        })
+        .await
+    }
+
     /// The `Authorization` header value (`OAuth …`) for one request signed
     /// with the OAuth 1.0a credential `credential`: `method`, the full `url`
     /// (query included) and the decoded form body parameters, if any. The

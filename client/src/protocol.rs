@@ -179,6 +179,19 @@ methods! {
     /// Sign one request with an OAuth 1.0a credential: the `Authorization`
     /// header for exactly that method, URL and form body (RFC 5849 §3.5.1).
     Oauth1Sign = "oauth1.sign", Oauth1SignParams => Oauth1SignResult, read_only: false;
+    // The authenticating proxy (issue 11).
+    /// Listen locally and forward requests to one upstream with the credential's authorization added.
+    ProxyStart = "proxy.start", ProxyStartParams => ProxyStartResult, read_only: false;
+    /// Keep a started proxy running for as long as this call lasts (hanging up stops it).
+    ProxyWait = "proxy.wait", ProxyWaitParams => ProxyStopped, read_only: false;
+
+    // Keys that never leave the vault (issue 11).
+    /// The public keys of a `private_key_jwt` credential, as a JWKS to register with the provider.
+    CredentialJwks = "credential.jwks", NameParams => Jwks, read_only: true;
+    /// Add the next client key (the JWKS lists both), or retire all but the newest.
+    CredentialRotateKey = "credential.rotate_key", RotateKeyParams => Jwks, read_only: false;
+    /// A DPoP proof (RFC 9449) for one request to a resource server, with the bound token.
+    DpopProof = "dpop.proof", DpopProofParams => DpopProofResult, read_only: false;
 }
 
 /// One method as the reference page shows it (see [`METHOD_DOCS`]).
@@ -207,6 +220,12 @@ mod health;
 pub use health::*;
 mod oauth1;
 pub use oauth1::*;
+mod proxy;
+pub use proxy::*;
+mod exchange;
+pub use exchange::*;
+mod keys;
+pub use keys::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -316,6 +335,10 @@ pub enum ErrorKind {
     /// A new passphrase is too short, too guessable, or on a breached-
     /// password list: the message says why and how to choose a better one.
     WeakPassphrase,
+    /// A token exchange credential's subject token is missing, empty,
+    /// unreadable or expired (the provider was not asked): the message
+    /// names the file or environment variable it is read from.
+    SubjectTokenUnavailable,
     /// A bug in the daemon.
     Internal,
     /// A kind this client version does not know.
@@ -352,6 +375,7 @@ impl ErrorKind {
             ErrorKind::ApprovalDenied => -32018,
             ErrorKind::StepUpRequired => -32019,
             ErrorKind::WeakPassphrase => -32020,
+            ErrorKind::SubjectTokenUnavailable => -32021,
         }
     }
 
@@ -382,6 +406,7 @@ impl ErrorKind {
             ErrorKind::ApprovalDenied => "approval_denied",
             ErrorKind::StepUpRequired => "step_up_required",
             ErrorKind::WeakPassphrase => "weak_passphrase",
+            ErrorKind::SubjectTokenUnavailable => "subject_token_unavailable",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
         }
@@ -787,6 +812,10 @@ pub enum GrantType {
     /// OAuth 1.0a (RFC 5849): token credentials from a three-legged login
     /// (or imported); the daemon signs requests, there are no access tokens.
     Oauth1,
+    /// RFC 8693: a subject token from the environment (such as a CI job's
+    /// OIDC token) is exchanged for an access token; no login, and no
+    /// client secret needed.
+    TokenExchange,
 }
 
 impl GrantType {
@@ -797,6 +826,7 @@ impl GrantType {
             GrantType::AuthorizationCode => "authorization_code",
             GrantType::DeviceCode => "device_code",
             GrantType::Oauth1 => "oauth1",
+            GrantType::TokenExchange => "token_exchange",
         }
     }
 }
@@ -811,6 +841,8 @@ pub enum AuthMethod {
     ClientSecretPost,
     /// Public client: no secret.
     None,
+    /// A JWT signed with a key the vault holds (RFC 7523 §2.2, OIDC Core §9).
+    PrivateKeyJwt,
 }
 
 impl AuthMethod {
@@ -820,6 +852,7 @@ impl AuthMethod {
             AuthMethod::ClientSecretBasic => "client_secret_basic",
             AuthMethod::ClientSecretPost => "client_secret_post",
             AuthMethod::None => "none",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
         }
     }
 }
@@ -868,6 +901,19 @@ pub struct CredentialAddParams {
         skip_serializing_if = "Option::is_none"
     )]
     pub private_key: Option<SecretString>,
+    /// The subject token's source and what to ask for: required by the
+    /// `token_exchange` grant, refused with any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<TokenExchangeConfig>,
+    /// The client key, for `auth: private_key_jwt` (required then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<NewKey>,
+    /// The audience of client assertions (default: the token endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion_audience: Option<AssertionAudience>,
+    /// A DPoP key: tokens are requested bound to it (RFC 9449).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop: Option<NewKey>,
 }
 
 /// A credential as shown to users: never a secret.
@@ -923,6 +969,12 @@ pub struct CredentialInfo {
     /// Last error from the provider, when in backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// A token exchange credential's settings (never the subject token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<TokenExchangeConfig>,
+    /// Whether its tokens are bound to a DPoP key the vault holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dpop: bool,
 }
 
 /// Where a credential stands in its life cycle.
@@ -947,8 +999,10 @@ impl CredentialState {
     /// Where a new credential starts: user credentials need a login first.
     pub fn initial(grant: GrantType) -> CredentialState {
         match grant {
-            GrantType::ClientCredentials => CredentialState::Ready,
-            _ => CredentialState::NeedsLogin,
+            GrantType::ClientCredentials | GrantType::TokenExchange => CredentialState::Ready,
+            GrantType::AuthorizationCode | GrantType::DeviceCode | GrantType::Oauth1 => {
+                CredentialState::NeedsLogin
+            }
         }
     }
 
@@ -1375,7 +1429,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 47);
+        assert_eq!(METHODS.len(), 52);
     }
 
     #[test]
@@ -1394,6 +1448,7 @@ mod tests {
                 "approval.next",
                 "audit.list",
                 "audit.verify",
+                "credential.jwks",
                 "credential.list",
                 "credential.show",
                 "daemon.stats",

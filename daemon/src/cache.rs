@@ -14,7 +14,7 @@ use crate::sync::lock;
 use crate::vault::{Token, TokenKey as Key};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use latchkey_client::framing::SecretBuf;
-use latchkey_client::protocol::EXPIRY_MARGIN_SECS;
+use latchkey_client::protocol::{ErrorKind, EXPIRY_MARGIN_SECS};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -400,6 +400,10 @@ impl TokenCache {
                 entry.backoff = None;
                 entry.issued_to.clear();
             }
+            // Nothing reached the provider (a token exchange's subject
+            // token is missing or expired): the next caller looks again at
+            // once, so a CI job that fixes it need not wait out a backoff.
+            Err(error) if error.kind == ErrorKind::SubjectTokenUnavailable => {}
             Err(error) => {
                 let failures = entry.backoff.as_ref().map_or(0, |b| b.failures) + 1;
                 let delay = backoff_delay(failures, error.retry_after);

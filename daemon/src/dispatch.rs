@@ -112,6 +112,11 @@ pub async fn route(
         ProviderCheck::NAME => run.method::<ProviderCheck>(out).await,
         Oauth1ImportToken::NAME => run.method::<Oauth1ImportToken>(out).await,
         Oauth1Sign::NAME => run.method::<Oauth1Sign>(out).await,
+        ProxyStart::NAME => run.method::<ProxyStart>(out).await,
+        ProxyWait::NAME => run.method::<ProxyWait>(out).await,
+        CredentialJwks::NAME => run.method::<CredentialJwks>(out).await,
+        CredentialRotateKey::NAME => run.method::<CredentialRotateKey>(out).await,
+        DpopProof::NAME => run.method::<DpopProof>(out).await,
         other => {
             let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
             write_error(

@@ -15,8 +15,10 @@
 //! and our mapping of their results all run as they do in the daemon.
 
 use crate::callback::{self, Code};
+use crate::clock::Clock;
 use crate::dispatch::{self, After};
 use crate::error::ApiError;
+use crate::oauth::client_auth::ClientAuth;
 use crate::oauth::http::{check_url, Http};
 use crate::oauth::{discovery, grant, user};
 use crate::vault::{Credential, CredentialConfig, Provider, ProviderConfig};
@@ -327,6 +329,11 @@ fn params_of(
         ProviderCheck,
         Oauth1ImportToken,
         Oauth1Sign,
+        ProxyStart,
+        ProxyWait,
+        CredentialJwks,
+        CredentialRotateKey,
+        DpopProof,
     )
 }
 
@@ -605,6 +612,9 @@ fn credential(grant: GrantType, auth: AuthMethod) -> Credential {
             access: latchkey_client::protocol::Access::Open,
             step_up: Default::default(),
             signature_method: None,
+            exchange: None,
+            assertion_audience: Default::default(),
+            dpop: false,
         },
         has_client_secret: true,
         secret_ages: Default::default(),
@@ -655,11 +665,15 @@ pub fn token_response(data: &[u8]) {
     let result = fixture.runtime.block_on(async {
         if bits & 1 == 0 {
             let credential = credential(GrantType::ClientCredentials, auth_method(bits >> 1));
-            grant::client_credentials(&fixture.http, &provider, &credential, Some(secret), &scopes)
-                .await
+            let auth = ClientAuth::secret_only(Some(secret), Clock::Wall);
+            grant::client_credentials(&fixture.http, &provider, &credential, auth, &scopes).await
         } else {
             let credential = credential(GrantType::AuthorizationCode, auth_method(bits >> 1));
-            let client = user::client(&provider, &credential, Some(&secret))?;
+            let client = user::client(
+                &provider,
+                &credential,
+                &ClientAuth::secret_only(Some(secret.clone()), Clock::Wall),
+            )?;
             let refresh_token = SecretString::from(REFRESH_CANARY);
             user::refresh(
                 &fixture.http,
@@ -713,7 +727,11 @@ pub fn device_response(data: &[u8]) {
     let secret = SecretString::from(SECRET_CANARY);
     let scopes = vec!["read".to_owned()];
     let result = fixture.runtime.block_on(async {
-        let client = user::client(&provider, &credential, Some(&secret))?;
+        let client = user::client(
+            &provider,
+            &credential,
+            &ClientAuth::secret_only(Some(secret.clone()), Clock::Wall),
+        )?;
         user::device_authorize(&fixture.http, &provider, &credential, &client, &scopes).await
     });
     match result {
@@ -748,7 +766,11 @@ pub fn revocation_response(data: &[u8]) {
     let credential = credential(GrantType::AuthorizationCode, auth_method(bits));
     let secret = SecretString::from(SECRET_CANARY);
     let result = fixture.runtime.block_on(async {
-        let client = user::client(&provider, &credential, Some(&secret))?;
+        let client = user::client(
+            &provider,
+            &credential,
+            &ClientAuth::secret_only(Some(secret.clone()), Clock::Wall),
+        )?;
         let token = oauth2::StandardRevocableToken::RefreshToken(oauth2::RefreshToken::new(
             REFRESH_CANARY.into(),
         ));

@@ -97,10 +97,13 @@ impl Handler for LoginStart {
         let session = daemon.session()?;
         let (credential, provider) = session.lookup(&params.credential)?;
         let name = credential.config.name.clone();
-        if credential.config.grant == GrantType::ClientCredentials {
+        if matches!(
+            credential.config.grant,
+            GrantType::ClientCredentials | GrantType::TokenExchange
+        ) {
             return Err(ApiError::new(
                     ErrorKind::InvalidRequest,
-                    format!("credential '{name}' uses the client_credentials grant and needs no login: `latchkey token {name}` works as it is"),
+                    format!("credential '{name}' uses the {} grant and needs no login: `latchkey token {name}` works as it is", credential.config.grant.as_str()),
                 ));
         }
         // Rate limits: this credential's login starts, and the app's
@@ -114,8 +117,8 @@ impl Handler for LoginStart {
         if credential.config.grant == GrantType::Oauth1 {
             return oauth1::start(daemon, &peer, session, credential, provider, timeout).await;
         }
-        let secret = session.client_secret(&credential).await?;
-        let client = user::client(&provider, &credential, secret.as_ref())?;
+        let auth = crate::rotation::client_auth(daemon, &session, &credential, &provider).await?;
+        let client = user::client(&provider, &credential, &auth)?;
         let scopes = credential.config.scopes.clone();
         // Registered first, so that a failure below removes it (on drop).
         let (registered, tx, cancel) = register(daemon)?;

@@ -8,6 +8,8 @@ use crate::handler::Handler;
 use crate::oauth::{discovery, http::check_url};
 use crate::policy::{check_name, normalize_scopes};
 use crate::state::{Daemon, Peer, Session};
+use crate::vault::jose::{self, KeyMaterial};
+use crate::vault::keys::KeyPurpose;
 use crate::vault::{Catalog, Credential, CredentialConfig, Provider, ProviderConfig};
 use latchkey_client::protocol::*;
 use secrecy::ExposeSecret;
@@ -214,7 +216,17 @@ impl Handler for CredentialAdd {
             return Err(ApiError::invalid_params("the client id is empty"));
         }
         let oauth1 = params.grant == GrantType::Oauth1;
-        let needs_secret = params.auth != AuthMethod::None;
+        let needs_secret = !oauth1
+            && matches!(
+                params.auth,
+                AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+            );
+        let keyed = params.auth == AuthMethod::PrivateKeyJwt;
+        if oauth1 && (keyed || params.dpop.is_some()) {
+            return Err(ApiError::invalid_params(
+                "an OAuth 1.0a credential signs with its consumer secret or --key-file (RSA-SHA256): drop --auth private_key_jwt and --dpop",
+            ));
+        }
         let (signature_method, secret) = if oauth1 {
             let (method, secret) = oauth1_secret(&params)?;
             (Some(method), Some(secret))
@@ -226,28 +238,63 @@ impl Handler for CredentialAdd {
             }
             (None, params.client_secret)
         };
-        match (&secret, needs_secret && !oauth1) {
-                (None, true) => {
-                    return Err(ApiError::invalid_params(format!(
-                        "auth method {} needs a client secret: pass it with --client-secret-stdin, --client-secret-file or --client-secret-env",
-                        params.auth.as_str()
-                    )))
-                }
-                (Some(s), true) if s.expose_secret().is_empty() => {
-                    return Err(ApiError::invalid_params("the client secret is empty"))
-                }
-                (Some(_), false) if !oauth1 => {
-                    return Err(ApiError::invalid_params(
-                        "auth method none is for public clients, which have no secret; drop the secret or choose --auth client_secret_basic",
-                    ))
-                }
-                _ => {}
+        match (&secret, needs_secret) {
+            (None, true) => {
+                return Err(ApiError::invalid_params(format!(
+                    "auth method {} needs a client secret: pass it with --client-secret-stdin, --client-secret-file or --client-secret-env",
+                    params.auth.as_str()
+                )))
             }
-        if params.grant == GrantType::ClientCredentials && !needs_secret {
-            return Err(ApiError::invalid_params(
-                    "the client_credentials grant needs a confidential client: use --auth client_secret_basic or client_secret_post with a secret",
-                ));
+            (Some(s), true) if s.expose_secret().is_empty() => {
+                return Err(ApiError::invalid_params("the client secret is empty"))
+            }
+            // The consumer secret or RSA key, checked by `oauth1_secret`.
+            (Some(_), false) if oauth1 => {}
+            (Some(_), false) if keyed => {
+                return Err(ApiError::invalid_params(
+                    "auth method private_key_jwt signs with a key in the vault and sends no client secret: drop the secret",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ApiError::invalid_params(
+                    "auth method none is for public clients, which have no secret; drop the secret or choose --auth client_secret_basic",
+                ))
+            }
+            _ => {}
         }
+        match (&params.client_key, keyed) {
+            (None, true) => {
+                return Err(ApiError::invalid_params(
+                    "auth method private_key_jwt needs a key: --generate-key (made in the vault; the public key is printed to register with the provider) or --key-file PATH",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ApiError::invalid_params(format!(
+                    "a client key is for --auth private_key_jwt, not {}",
+                    params.auth.as_str()
+                )))
+            }
+            _ => {}
+        }
+        if params.assertion_audience.is_some() && !keyed {
+            return Err(ApiError::invalid_params(
+                "--assertion-audience is for --auth private_key_jwt",
+            ));
+        }
+        if params.grant == GrantType::ClientCredentials && !(needs_secret || keyed) {
+            return Err(ApiError::invalid_params(
+                "the client_credentials grant needs a confidential client: use --auth client_secret_basic or client_secret_post with a secret, or private_key_jwt with a key",
+            ));
+        }
+        let mut new_keys = Vec::new();
+        if let Some(key) = params.client_key {
+            new_keys.push((KeyPurpose::Client, new_key(key, "client key")?));
+        }
+        let dpop = params.dpop.is_some();
+        if let Some(key) = params.dpop {
+            new_keys.push((KeyPurpose::Dpop, new_key(key, "DPoP key")?));
+        }
+        check_exchange(params.grant, params.exchange.as_ref())?;
         if let Some(uri) = &params.redirect_uri {
             let url = check_url("redirect URI", uri).map_err(ApiError::invalid_params)?;
             if url.scheme() != "http" || !crate::oauth::http::is_loopback(&url) {
@@ -301,11 +348,16 @@ impl Handler for CredentialAdd {
             access,
             step_up: StepUp::Off,
             signature_method,
+            exchange: params.exchange,
+            assertion_audience: params.assertion_audience.unwrap_or_default(),
+            dpop,
         };
         // A credential of the same name added meanwhile is stopped by the
         // file's unique name.
         let credential = session
-            .with_vault(move |keys, vault| vault.add_credential(keys, config, secret.as_ref()))
+            .with_vault(move |keys, vault| {
+                vault.add_credential(keys, config, secret.as_ref(), new_keys)
+            })
             .await?;
         let mut catalog = session.catalog_mut();
         let entries = session.tokens.describe(&credential.id, daemon.clock.now());
@@ -661,8 +713,98 @@ pub(crate) fn credential_info(
         has_refresh_token: grant.as_ref().is_some_and(|g| g.refresh_token.is_some()),
         signature_method: credential.config.signature_method,
         has_token_credentials: grant.as_ref().is_some_and(|g| g.oauth1.is_some()),
+        exchange: credential.config.exchange.clone(),
         last_error: backoff.map(|(until, message)| {
             format!("{message} (next attempt in {} s)", (until - now).max(0))
         }),
+        dpop: credential.config.dpop,
     }
+}
+
+/// A token exchange credential's settings: present exactly with that grant,
+/// a subject token source the daemon can use, and well-formed values to
+/// send (RFC 8693 §2.1; `resource` per RFC 8707 §2).
+fn check_exchange(
+    grant: GrantType,
+    exchange: Option<&TokenExchangeConfig>,
+) -> Result<(), ApiError> {
+    let exchange = match (grant, exchange) {
+        (GrantType::TokenExchange, Some(exchange)) => exchange,
+        (GrantType::TokenExchange, None) => {
+            return Err(ApiError::invalid_params(
+                "the token_exchange grant needs the subject token's source: pass --subject-token-file PATH or --subject-token-env VAR",
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid_params(format!(
+                "only the token_exchange grant reads a subject token, not {}: drop the --subject-token-* flags or choose --grant token_exchange",
+                grant.as_str()
+            )))
+        }
+        (_, None) => return Ok(()),
+    };
+    /// 4 KiB: longer than any sane path, variable name or URN.
+    const MAX_SETTING: usize = 4096;
+    let printable =
+        |v: &str| !v.is_empty() && v.len() <= MAX_SETTING && v.chars().all(|c| !c.is_control());
+    match &exchange.subject_token {
+        SubjectTokenSource::File(path) => {
+            if !printable(path) || !std::path::Path::new(path).is_absolute() {
+                return Err(ApiError::invalid_params(
+                    "the subject token file must be an absolute path (the daemon does not share your working directory)",
+                ));
+            }
+        }
+        SubjectTokenSource::Env(var) => {
+            if !printable(var) || var.contains('=') || var.contains(char::is_whitespace) {
+                return Err(ApiError::invalid_params(
+                    "the subject token variable must be an environment variable's name (no '=', spaces or control characters)",
+                ));
+            }
+        }
+    }
+    let token_type = &exchange.subject_token_type;
+    if !printable(token_type)
+        || !token_type.contains(':')
+        || token_type.contains(char::is_whitespace)
+    {
+        return Err(ApiError::invalid_params(
+            "the subject token type must be a URI such as urn:ietf:params:oauth:token-type:jwt (RFC 8693 §3)",
+        ));
+    }
+    if let Some(bad) = exchange.audience.iter().find(|a| !printable(a)) {
+        return Err(ApiError::invalid_params(format!(
+            "audience {:?} is empty, too long or holds control characters",
+            bad.chars()
+                .take(80)
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+        )));
+    }
+    for resource in &exchange.resource {
+        let shown: String = resource
+            .chars()
+            .take(200)
+            .filter(|c| !c.is_control())
+            .collect();
+        match url::Url::parse(resource) {
+            Ok(url) if url.fragment().is_none() && printable(resource) => {}
+            _ => {
+                return Err(ApiError::invalid_params(format!(
+                    "resource '{shown}' must be an absolute URI without a #fragment (RFC 8707), such as https://api.example.com/"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A key for a new credential (or a rotation): generated here, or the
+/// caller's PEM checked. The error names the fix and never the key.
+pub(crate) fn new_key(key: NewKey, what: &str) -> Result<KeyMaterial, ApiError> {
+    match key {
+        NewKey::Generate(alg) => jose::generate(alg),
+        NewKey::Import(pem) => jose::load(&pem, None),
+    }
+    .map_err(|e| ApiError::invalid_params(format!("the {what}: {e}")))
 }

@@ -109,8 +109,8 @@ async fn revoke_credential(
         if provider.config.endpoints.revocation_endpoint.is_none() {
             return Err(no_revocation_endpoint(&provider.config.name));
         }
-        let secret = session.client_secret(credential).await?;
-        let client = user::client(provider, credential, secret.as_ref())?;
+        let auth = crate::rotation::client_auth(daemon, session, credential, provider).await?;
+        let client = user::client(provider, credential, &auth)?;
         if let Some(rt) = held_refresh {
             let token = StandardRevocableToken::RefreshToken(RefreshToken::new(
                 rt.expose_secret().to_owned(),

@@ -1,14 +1,21 @@
 //! Client-secret rotation: `credential.set_secret` stores a new client
 //! secret and keeps the one it replaces until the new one has worked once.
-//! Token requests go through [`with_client_secret`]: the newest secret
+//! Token requests go through [`with_client_auth`]: the newest secret
 //! first; when the provider refuses the client (`invalid_client`) and a
 //! previous secret is kept, once more with that one (warned and audited).
 //! The newest secret's first success drops the previous one.
+//!
+//! A `private_key_jwt` credential's keys overlap the same way while the
+//! provider learns the new JWKS (`credential.rotate_key`): the newest key
+//! first, older ones after an `invalid_client`; `--retire-old` ends it.
 
 use crate::error::ApiError;
 use crate::handler::Handler;
+use crate::oauth::client_auth::{Assertion, ClientAuth, Proofs};
 use crate::state::{Daemon, Peer, Session};
-use crate::vault::{Credential, SecretAges};
+use crate::vault::jose::SigningKey;
+use crate::vault::keys::KeyPurpose;
+use crate::vault::{Credential, Provider, SecretAges};
 use latchkey_client::protocol::*;
 use secrecy::{ExposeSecret, SecretString};
 use std::future::Future;
@@ -73,28 +80,143 @@ impl Handler for CredentialSetSecret {
     }
 }
 
-/// Runs a request that authenticates the client (a token request) with
-/// the credential's newest client secret, falling back on the previous one
-/// as the module says. The secrets are opened for this request only.
-pub(crate) async fn with_client_secret<T, Fut>(
+/// A credential's keys, split by purpose: client keys newest first, and
+/// its DPoP key. No vault read for a credential that has none.
+async fn keys(
+    session: &Session,
+    credential: &Credential,
+) -> Result<(Vec<Arc<SigningKey>>, Option<Arc<SigningKey>>), ApiError> {
+    if credential.config.auth != AuthMethod::PrivateKeyJwt && !credential.config.dpop {
+        return Ok((Vec::new(), None));
+    }
+    let mut client = Vec::new();
+    let mut dpop = None;
+    for stored in session.credential_keys(credential).await?.into_iter().rev() {
+        match stored.purpose {
+            KeyPurpose::Client => client.push(Arc::new(stored.key)),
+            KeyPurpose::Dpop => dpop = dpop.or(Some(Arc::new(stored.key))),
+        }
+    }
+    let name = &credential.config.name;
+    if credential.config.auth == AuthMethod::PrivateKeyJwt && client.is_empty() {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("credential '{name}' authenticates with a key (private_key_jwt) but holds none: add one with `latchkey credential rotate-key {name}` and register it with the provider"),
+        ));
+    }
+    if credential.config.dpop && dpop.is_none() {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("credential '{name}' binds its tokens with DPoP but holds no DPoP key: add the credential again with --dpop"),
+        ));
+    }
+    Ok((client, dpop))
+}
+
+/// The proofs for one client key (or none) and the DPoP key.
+fn proofs(
+    daemon: &Daemon,
+    provider: &Provider,
+    credential: &Credential,
+    client_key: Option<&Arc<SigningKey>>,
+    dpop: Option<&Arc<SigningKey>>,
+) -> Result<Proofs, ApiError> {
+    let assertion = match client_key {
+        None => None,
+        Some(key) => Some(Assertion {
+            key: Arc::clone(key),
+            client_id: credential.config.client_id.clone(),
+            audience: assertion_audience(provider, credential)?,
+        }),
+    };
+    Ok(Proofs {
+        assertion,
+        dpop: dpop.cloned(),
+        nonces: Arc::clone(&daemon.dpop_nonces),
+        clock: daemon.clock,
+    })
+}
+
+/// RFC 7523 §3: the token endpoint's URL, or the issuer where the
+/// credential says the provider wants that.
+fn assertion_audience(provider: &Provider, credential: &Credential) -> Result<String, ApiError> {
+    let p = &provider.config;
+    let audience = match credential.config.assertion_audience {
+        AssertionAudience::TokenEndpoint => p.endpoints.token_endpoint.clone(),
+        AssertionAudience::Issuer => p.issuer.clone(),
+    };
+    audience.ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "provider '{}' has no {}, which credential '{}' names as its client assertions' audience: add the provider by its issuer, or set --assertion-audience {}",
+                p.name,
+                match credential.config.assertion_audience {
+                    AssertionAudience::TokenEndpoint => "token endpoint",
+                    AssertionAudience::Issuer => "issuer",
+                },
+                credential.config.name,
+                match credential.config.assertion_audience {
+                    AssertionAudience::TokenEndpoint => "issuer",
+                    AssertionAudience::Issuer => "token_endpoint",
+                },
+            ),
+        )
+    })
+}
+
+/// How a credential's client authenticates now: its newest secret or key,
+/// and its DPoP key (a login, a revocation).
+pub(crate) async fn client_auth(
     daemon: &Daemon,
     session: &Session,
     credential: &Credential,
-    request: impl Fn(Option<SecretString>) -> Fut,
+    provider: &Provider,
+) -> Result<ClientAuth, ApiError> {
+    let (client, dpop) = keys(session, credential).await?;
+    Ok(ClientAuth {
+        secret: session.client_secret(credential).await?,
+        proofs: proofs(daemon, provider, credential, client.first(), dpop.as_ref())?,
+    })
+}
+
+/// Runs a request that authenticates the client (a token request) with
+/// the credential's newest client secret — or newest client key — falling
+/// back on the previous one as the module says. Secrets and keys are
+/// opened for this request only.
+pub(crate) async fn with_client_auth<T, Fut>(
+    daemon: &Daemon,
+    session: &Session,
+    credential: &Credential,
+    provider: &Provider,
+    request: impl Fn(ClientAuth) -> Fut,
 ) -> Result<T, ApiError>
 where
     Fut: Future<Output = Result<T, ApiError>>,
 {
+    let (client, dpop) = keys(session, credential).await?;
+    let auth = |secret: Option<SecretString>, key: Option<&Arc<SigningKey>>| {
+        Ok::<_, ApiError>(ClientAuth {
+            secret,
+            proofs: proofs(daemon, provider, credential, key, dpop.as_ref())?,
+        })
+    };
+    if credential.config.auth == AuthMethod::PrivateKeyJwt {
+        return with_client_key(daemon, credential, &client, |key| async {
+            request(auth(None, Some(key))?).await
+        })
+        .await;
+    }
     let ages = credential.secret_ages;
     if ages.previous.is_none() {
-        let result = request(session.client_secret(credential).await?).await;
+        let result = request(auth(session.client_secret(credential).await?, None)?).await;
         if result.is_ok() && !ages.worked {
             worked(daemon, session, credential).await;
         }
         return result;
     }
     let secrets = session.client_secrets(credential).await?;
-    let refused = match request(secrets.current).await {
+    let refused = match request(auth(secrets.current, None)?).await {
         Ok(value) => {
             worked(daemon, session, credential).await;
             return Ok(value);
@@ -104,7 +226,7 @@ where
     };
     let name = &credential.config.name;
     tracing::warn!(credential = %name, "the provider refused the newest client secret; trying the previous one, kept since the rotation");
-    match request(secrets.previous).await {
+    match request(auth(secrets.previous, None)?).await {
         Ok(value) => {
             daemon.audit.record(
                 "client_secret_fallback",
@@ -122,6 +244,45 @@ where
             ..refused
         }),
     }
+}
+
+/// The key rotation's overlap: the newest client key first; when the
+/// provider refuses the client (it may not have the new key yet), the
+/// older keys in turn, newest first (warned and audited).
+async fn with_client_key<'k, T, Fut>(
+    daemon: &Daemon,
+    credential: &Credential,
+    keys: &'k [Arc<SigningKey>],
+    request: impl Fn(&'k Arc<SigningKey>) -> Fut,
+) -> Result<T, ApiError>
+where
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let mut keys = keys.iter();
+    let newest = keys
+        .next()
+        .expect("keys() refuses a keyed credential without keys");
+    let refused = match request(newest).await {
+        Err(e) if e.client_rejected => e,
+        done => return done,
+    };
+    let name = &credential.config.name;
+    for older in keys {
+        tracing::warn!(credential = %name, kid = %older.kid, "the provider refused the newest client key; trying an older one, kept since the rotation (register the new JWKS: `latchkey credential jwks {name}`)");
+        if let Ok(value) = request(older).await {
+            daemon.audit.record(
+                "client_key_fallback",
+                Some(name),
+                None,
+                Some(format!(
+                    "the newest client key was refused (invalid_client); the older key {} worked",
+                    older.kid
+                )),
+            );
+            return Ok(value);
+        }
+    }
+    Err(refused)
 }
 
 /// The newest secret worked: it alone is kept from now on.

@@ -15,7 +15,7 @@ use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
 use latchkey_client::framing::{read_frame, Frame, SecretBuf, ZeroizingReader};
 use latchkey_client::protocol::{
     ApprovalNext, DaemonShutdown, Empty, ErrorKind, Hello, HelloParams, HelloResult, LoginWait,
-    Method, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    Method, ProxyWait, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -518,8 +518,13 @@ async fn connection(
         let after = match dispatch::envelope(&line, &mut out) {
             Err(after) => after,
             Ok(request)
-                if request.method == LoginWait::NAME || request.method == ApprovalNext::NAME =>
+                if request.method == LoginWait::NAME
+                    || request.method == ApprovalNext::NAME
+                    || request.method == ProxyWait::NAME =>
             {
+                // A proxy's waiter is held for as long as the proxy runs:
+                // at shutdown it is let go (the proxy stops), not waited for.
+                let ends_at_shutdown = request.method == ProxyWait::NAME;
                 // Replies held back go out before a wait of minutes.
                 if !out.is_empty() {
                     if !write_reply(reader.get_mut(), &out, &mut timer).await {
@@ -529,10 +534,12 @@ async fn connection(
                 }
                 // The person's wait ends with the connection: dropping the
                 // handler cancels the login (login.rs), so its listener
-                // closes; an approver that left is no longer counted.
+                // closes; an approver that left is no longer counted; a
+                // proxy whose `latchkey proxy` ended stops (proxy/).
                 tokio::select! {
                     after = dispatch::route(daemon, &peer, request, &mut out) => after,
                     () = hung_up(&mut reader) => break,
+                    () = poll_fn(|cx| stop.poll(cx)), if ends_at_shutdown => break,
                 }
             }
             Ok(request) => dispatch::route(daemon, &peer, request, &mut out).await,

@@ -47,6 +47,18 @@ pub struct LoginEntry {
     pub cancel: Arc<tokio::sync::Notify>,
 }
 
+/// A running authenticating proxy, as the registry holds it until its
+/// `proxy.wait` claims it (`proxy/`).
+pub struct ProxyEntry {
+    /// Notified when the proxy is to stop (its waiter left).
+    pub stop: Arc<tokio::sync::Notify>,
+    /// Set once a `proxy.wait` holds the proxy; the proxy stops if none
+    /// does within its claim window.
+    pub claimed: Arc<AtomicBool>,
+    /// What the proxy did, once it stopped (`None` while it runs).
+    pub stopped: watch::Receiver<Option<latchkey_client::protocol::ProxyStopped>>,
+}
+
 pub struct Daemon {
     pub(crate) config: Config,
     pub(crate) clock: Clock,
@@ -63,6 +75,8 @@ pub struct Daemon {
     /// Numbers sessions, so a task can tell its session from a later one.
     sessions: AtomicU64,
     pub(crate) http: Http,
+    /// The last DPoP nonce each server sent (RFC 9449 §8).
+    pub(crate) dpop_nonces: Arc<crate::oauth::client_auth::Nonces>,
     pub(crate) audit: Audit,
     /// The unlocked session's keys, for the audit writer (see [`VaultSink`]).
     audit_keys: AuditKeys,
@@ -76,6 +90,8 @@ pub struct Daemon {
     pub(crate) shutdown: tokio::sync::Notify,
     /// Logins in progress, by login id; each login task removes its own.
     logins: Mutex<HashMap<String, LoginEntry>>,
+    /// Authenticating proxies not yet claimed by a `proxy.wait`, by id.
+    proxies: Mutex<HashMap<String, ProxyEntry>>,
 }
 
 /// Everything that exists only while the vault is unlocked.
@@ -319,10 +335,12 @@ impl Daemon {
             last_activity: AtomicI64::new(clock.now()),
             sessions: AtomicU64::new(1),
             http: Http::new(),
+            dpop_nonces: Arc::default(),
             identities,
             approvals: Approvals::new(approval_timeout),
             shutdown: tokio::sync::Notify::new(),
             logins: Mutex::new(HashMap::new()),
+            proxies: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -585,6 +603,10 @@ impl Daemon {
     pub(crate) fn logins(&self) -> MutexGuard<'_, HashMap<String, LoginEntry>> {
         lock(&self.logins)
     }
+
+    pub(crate) fn proxies(&self) -> MutexGuard<'_, HashMap<String, ProxyEntry>> {
+        lock(&self.proxies)
+    }
 }
 
 /// An enrollment between `totp.enroll` and `totp.confirm`: one at a time,
@@ -818,6 +840,17 @@ impl Session {
             .await
     }
 
+    /// A credential's keys (`private_key_jwt`, DPoP), opened from the vault
+    /// just for the request that needs them, oldest first.
+    pub(crate) async fn credential_keys(
+        &self,
+        credential: &Credential,
+    ) -> Result<Vec<crate::vault::keys::StoredKey>, ApiError> {
+        let credential = credential.clone();
+        self.with_vault(move |keys, vault| vault.credential_keys(keys, &credential))
+            .await
+    }
+
     /// A credential's client secrets, the newest and a previous one kept
     /// since a rotation, opened just for the request that needs them.
     pub(crate) async fn client_secrets(
@@ -862,10 +895,12 @@ impl Session {
         credential: &Credential,
         holds_token: impl FnOnce() -> bool,
     ) -> bool {
-        credential.config.grant != GrantType::ClientCredentials
-            && self
-                .grant(&credential.id)
-                .is_none_or(|g| g.refresh_token.is_none() && g.oauth1.is_none())
+        matches!(
+            credential.config.grant,
+            GrantType::AuthorizationCode | GrantType::DeviceCode | GrantType::Oauth1
+        ) && self
+            .grant(&credential.id)
+            .is_none_or(|g| g.refresh_token.is_none() && g.oauth1.is_none())
             && !holds_token()
     }
 

@@ -1,14 +1,14 @@
 //! The token path after dispatch: `token.get` checks what the caller may
 //! have (`policy`), asks the session's cache, and — when the cache cannot
-//! answer — runs the one request for it: the client credentials grant, or
-//! a refresh of a user credential's grant, sealed into the vault before it
+//! answer — runs the one request for it: the client credentials grant, a
+//! token exchange (RFC 8693), or a refresh of a user credential's grant, sealed into the vault before it
 //! is handed out. Also the proactive refresh the ticker starts, and
 //! `daemon.stats`.
 
 use crate::cache::Cached;
 use crate::error::ApiError;
 use crate::handler::Handler;
-use crate::oauth::{grant, user, Access};
+use crate::oauth::{exchange, grant, subject, user, Access};
 use crate::policy;
 use crate::rotation;
 use crate::state::{Daemon, Peer, Session};
@@ -176,10 +176,17 @@ fn fetch(
 ) -> BoxFuture<'static, Result<Token, ApiError>> {
     async move {
         let name = &credential.config.name;
-        let result = if credential.config.grant == GrantType::ClientCredentials {
-            client_credentials(&daemon, &session, &credential, &provider, &scopes).await
-        } else {
-            refresh(&daemon, &session, &credential, &provider, &scopes).await
+        let result = match credential.config.grant {
+            GrantType::ClientCredentials | GrantType::TokenExchange => {
+                client_credentials(&daemon, &session, &credential, &provider, &scopes).await
+            }
+            GrantType::AuthorizationCode | GrantType::DeviceCode => {
+                refresh(&daemon, &session, &credential, &provider, &scopes).await
+            }
+            // Refused before the cache (`TokenGet`): no access tokens.
+            GrantType::Oauth1 => Err(ApiError::internal(format!(
+                "OAuth 1.0a credential '{name}' has no access tokens"
+            ))),
         };
         match &result {
             Ok(t) => daemon.audit.record(
@@ -204,7 +211,9 @@ fn fetch(
     .boxed()
 }
 
-/// The client credentials grant: one request, the token stored sealed.
+/// A grant with no user: the client credentials grant, or a token
+/// exchange of the subject token read just now. One request, the token
+/// stored sealed.
 async fn client_credentials(
     daemon: &Daemon,
     session: &Session,
@@ -212,10 +221,41 @@ async fn client_credentials(
     provider: &Provider,
     scopes: &[String],
 ) -> Result<Token, ApiError> {
-    let granted = rotation::with_client_secret(daemon, session, credential, |secret| {
-        grant::client_credentials(&daemon.http, provider, credential, secret, scopes)
-    })
-    .await?;
+    let granted = match (credential.config.grant, &credential.config.exchange) {
+        (GrantType::TokenExchange, Some(config)) => {
+            // Read afresh for every exchange: the CI system rotates it.
+            let subject_token = subject::load(
+                &credential.config.name,
+                &config.subject_token,
+                daemon.clock.now(),
+            )
+            .await?;
+            rotation::with_client_auth(daemon, session, credential, provider, |auth| {
+                exchange::exchange(
+                    &daemon.http,
+                    provider,
+                    credential,
+                    config,
+                    &subject_token,
+                    auth,
+                    scopes,
+                )
+            })
+            .await?
+        }
+        (GrantType::TokenExchange, None) => {
+            return Err(ApiError::internal(format!(
+                "token exchange credential '{}' has no subject token source",
+                credential.config.name
+            )))
+        }
+        _ => {
+            rotation::with_client_auth(daemon, session, credential, provider, |auth| {
+                grant::client_credentials(&daemon.http, provider, credential, auth, scopes)
+            })
+            .await?
+        }
+    };
     warn_clamped(&credential.config.name, granted.access.expires_in);
     let token = received(granted.access, scopes, daemon.clock.now());
     // Persist only into the session that asked: after a lock (or a lock
@@ -259,10 +299,10 @@ async fn refresh(
     // Ask for a down-scoped token only when the caller wants less than
     // the grant; otherwise omit `scope` (RFC 6749 §6: same as granted).
     let down_scope = !scopes.is_empty() && scopes.len() < grant.scope.split_whitespace().count();
-    let result = rotation::with_client_secret(daemon, session, credential, |secret| {
+    let result = rotation::with_client_auth(daemon, session, credential, provider, |auth| {
         let refresh_token = &refresh_token;
         async move {
-            let client = user::client(provider, credential, secret.as_ref())?;
+            let client = user::client(provider, credential, &auth)?;
             user::refresh(
                 &daemon.http,
                 provider,

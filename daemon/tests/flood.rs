@@ -42,6 +42,10 @@ async fn add_browser_credential(d: &TestDaemon, c: &mut Client) {
         scopes: vec!["read".into()],
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
+        exchange: None,
+        client_key: None,
+        assertion_audience: None,
+        dpop: None,
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),

@@ -356,6 +356,16 @@ async fn every_method_answers_its_error_kinds() {
                 ("credential.confirm", json!({"name": "api", "proof": {"passphrase": PASSPHRASE}}), ok()),
                 ("token.get", json!({"credential": "api"}), ok()),
                 ("credential.set", json!({"name": "api", "step_up": {"method": "off"}}), ok()), // proven connection
+                // The proxy (`api` is open now); one started and never waited for stops by itself.
+                ("proxy.start", json!({}), fails(InvalidParams)),
+                ("proxy.start", json!({"credential": "nope", "upstream": url, "listen": "127.0.0.1:0"}), fails(NotFound)),
+                ("proxy.start", json!({"credential": "api", "upstream": "http://example.com/", "listen": "127.0.0.1:0"}), fails(InvalidParams)),
+                ("proxy.start", json!({"credential": "api", "upstream": url, "listen": "0.0.0.0:0"}), fails(InvalidParams)),
+                ("proxy.start", json!({"credential": "api", "upstream": url, "listen": "127.0.0.1:0", "limits": {"max_connections": 0}}), fails(InvalidParams)),
+                ("proxy.start", json!({"credential": "user", "upstream": url, "listen": "127.0.0.1:0"}), fails(ReauthRequired)), // never logged in
+                ("proxy.start", json!({"credential": "api", "upstream": url, "listen": "127.0.0.1:0"}), ok()),
+                ("proxy.wait", json!({}), fails(InvalidParams)),
+                ("proxy.wait", json!({"proxy_id": "nope"}), fails(NotFound)),
                 ("vault.init", json!({"passphrase": "p"}), fails(AlreadyInitialized)),
                 ("vault.unlock", json!({"passphrase": 5}), fails(InvalidParams)),
                 ("vault.change_passphrase", json!({"old": "p"}), fails(InvalidParams)),
@@ -484,6 +494,31 @@ async fn every_method_answers_its_error_kinds() {
                 ("oauth1.sign", json!({"credential": "o1", "method": "GET", "url": "https://a.example/?oauth_nonce=1"}), fails(InvalidParams)),
                 ("oauth1.sign", json!({"credential": "o1", "method": "POST", "url": "https://a.example/", "form": [["a", "b c"]]}), ok()),
                 ("token.get", json!({"credential": "o1"}), fails(InvalidParams)),
+                // Keys in the vault: private_key_jwt and DPoP.
+                ("credential.add", json!({"name": "pk", "provider": "idp", "client_id": "id",
+                    "grant": "client_credentials", "auth": "private_key_jwt"}), fails(InvalidParams)), // no key
+                ("credential.add", json!({"name": "pk", "provider": "idp", "client_id": "id",
+                    "grant": "client_credentials", "auth": "private_key_jwt", "client_key": {"generate": "RS256"}}), fails(InvalidParams)),
+                ("credential.add", json!({"name": "pk", "provider": "idp", "client_id": "id",
+                    "grant": "client_credentials", "auth": "private_key_jwt", "client_key": {"import": "not a key"}}), fails(InvalidParams)),
+                ("credential.add", json!({"name": "pk", "provider": "idp", "client_id": "id", "client_secret": "s",
+                    "grant": "client_credentials", "auth": "client_secret_basic", "client_key": {"generate": "ES256"}}), fails(InvalidParams)),
+                ("credential.add", json!({"name": "pk", "provider": "idp", "client_id": "id",
+                    "grant": "client_credentials", "auth": "private_key_jwt", "client_key": {"generate": "EdDSA"}}), ok()),
+                ("credential.jwks", json!({"name": "nope"}), fails(NotFound)),
+                ("credential.jwks", json!({"name": "api"}), fails(InvalidRequest)), // a secret, not a key
+                ("credential.jwks", json!({"name": "pk"}), ok()),
+                ("credential.rotate_key", json!({"name": "api"}), fails(InvalidRequest)),
+                ("credential.rotate_key", json!({"name": "pk", "alg": "RS256"}), fails(InvalidParams)),
+                ("credential.rotate_key", json!({"name": "pk", "retire_old": true, "alg": "ES256"}), fails(InvalidParams)),
+                ("credential.rotate_key", json!({"name": "pk"}), ok()),
+                ("credential.rotate_key", json!({"name": "pk", "retire_old": true}), ok()),
+                ("dpop.proof", json!({"credential": "api"}), fails(InvalidParams)), // no method or URL
+                ("dpop.proof", json!({"credential": "api", "method": "GET", "url": "/relative"}), fails(InvalidParams)),
+                ("dpop.proof", json!({"credential": "api", "method": "G T", "url": "https://rs.example/"}), fails(InvalidParams)),
+                ("dpop.proof", json!({"credential": "nope", "method": "GET", "url": "https://rs.example/"}), fails(NotFound)),
+                ("dpop.proof", json!({"credential": "api", "method": "GET", "url": "https://rs.example/"}), fails(InvalidRequest)), // bearer
+                ("credential.remove", json!({"name": "pk"}), ok()),
                 ("vault.lock", json!({}), ok()),
             ],
         ),
@@ -534,6 +569,11 @@ async fn every_method_answers_its_error_kinds() {
                 ("git.erase", json!({"protocol": "https", "host": "git.example"}), fails(Locked)),
                 ("oauth1.sign", json!({"credential": "o1", "method": "GET", "url": "https://a.example/"}), fails(Locked)),
                 ("oauth1.import_token", json!({"credential": "o1", "token": "t", "token_secret": "s"}), fails(Locked)),
+                ("proxy.start", json!({"credential": "api", "upstream": url, "listen": "127.0.0.1:0"}), fails(Locked)),
+                ("proxy.wait", json!({"proxy_id": "nope"}), fails(NotFound)),
+                ("credential.jwks", json!({"name": "api"}), fails(Locked)),
+                ("credential.rotate_key", json!({"name": "api"}), fails(Locked)),
+                ("dpop.proof", json!({"credential": "api", "method": "GET", "url": "https://rs.example/"}), fails(Locked)),
                 // The third wrong passphrase (two above): the limiter starts.
                 ("vault.unlock", json!({"passphrase": "wrong"}), fails(WrongPassphrase)),
                 ("vault.unlock", json!({"passphrase": PASSPHRASE}), fails(RateLimited)),

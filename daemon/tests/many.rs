@@ -52,6 +52,10 @@ async fn add_credential(c: &mut Client, name: &str, provider: &str, device: bool
         scopes: vec!["read".into()],
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
+        exchange: None,
+        client_key: None,
+        assertion_audience: None,
+        dpop: None,
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),

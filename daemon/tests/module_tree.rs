@@ -25,6 +25,7 @@ const VERBS: &[&str] = &[
     "rotation",
     "health",
     "oauth1",
+    "proxy",
 ];
 
 /// Each top-level module's source (a directory module's files joined),

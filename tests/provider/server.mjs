@@ -24,9 +24,25 @@
 //     "scopes": ["extra:scope"],       // optional: more scopes the server knows
 //     "clock_tolerance": 0,            // seconds of grace after a token's exp
 //                                      // (oidc-provider's own default is 15)
-//     "revocation": true               // false: no RFC 7009 revocation endpoint
+//     "revocation": true,              // false: no RFC 7009 revocation endpoint
 //                                      // (and none in the discovery document)
+//     "token_exchange": {              // optional: the RFC 8693 grant, for
+//       "issuer": "https://ci.example", // subject tokens (JWTs) this "CI issuer"
+//       "audience": "latchkey-test",   // signed with this key for this audience
+//       "jwk": { ...public ES256 JWK }
+//     }
+//     "dpop_nonce": false              // true: the token endpoint demands a DPoP
+//                                      // nonce (use_dpop_nonce) before it answers
 //   }
+//
+// Token exchange (urn:ietf:params:oauth:grant-type:token-exchange), for
+// clients registered with that grant type: the subject token must be a JWT
+// (subject_token_type ...:jwt or ...:id_token) signed by the configured key
+// (ES256), with that iss and aud, unexpired (clock_tolerance applies); the
+// requested scope must be the client's. The access token issued (opaque,
+// oidc-provider's own AccessToken) carries the subject's `sub` as its account
+// and the audience asked for. Every exchange's parameters (never the subject
+// token) are kept for GET /__admin/exchanges.
 //
 // User grants (authorization code + PKCE, device code, refresh with rotation)
 // work for clients registered with those grant types; `http://127.0.0.1/...`
@@ -50,7 +66,9 @@
 //        {"kind":"garbage","count":1}          200, claims JSON, body is not JSON
 //   POST /__admin/delay_all  {"ms":N}  delay every token request by N ms (0 = off)
 //   GET  /__admin/resource   a protected resource: 200 {"active":true,...} for a
-//                            live access token in `Authorization: Bearer`, else 401
+//                            live access token in `Authorization: Bearer`, else 401;
+//                            a DPoP-bound token only as `Authorization: DPoP` with a
+//                            valid `DPoP` proof by its key for this request (RFC 9449)
 //   GET  /__admin/refresh_tokens?client_id=ID
 //                            every refresh token issued (to that client), oldest
 //                            first: {"refresh_tokens":[{"token","client_id",
@@ -58,6 +76,10 @@
 //                            oidc-provider's events, for introspection by tests
 //   POST /__admin/access_token_ttl {"client_id":ID,"seconds":N}
 //                            lifetime of that client's access tokens from now on
+//   GET  /__admin/exchanges  every token exchange the server accepted or
+//                            refused, oldest first: {"exchanges":[{"client_id",
+//                            "sub","audience":[...],"resource":[...],"scope",
+//                            "ok","error"}]}
 //   POST /__admin/revoke_grants {"client_id":ID}
 //                            what a user revoking the app's access at the provider
 //                            does: every grant of that client ends, with all its
@@ -66,10 +88,11 @@
 // Set PROVIDER_EXIT_ON_STDIN_EOF=1 to make the server exit when its stdin
 // closes (the Rust harness does, so a crashed test run leaves no orphan).
 
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
+import * as jose from 'jose';
 
 // oidc-provider prints its "you SHOULD change this default" notices with
 // console.info, i.e. to stdout. stdout is reserved for the READY line, so
@@ -193,6 +216,13 @@ const provider = new Provider(issuer, {
       allowedPolicy: async (ctx, client, token) => token.clientId === client.clientId,
     },
     deviceFlow: { enabled: true },
+    // RFC 9449: DPoP-bound tokens for clients that send a proof; with
+    // "dpop_nonce": true the token endpoint demands a server nonce
+    // (use_dpop_nonce) first, as RFC 9449 §8 lets servers do.
+    dPoP: {
+      enabled: true,
+      ...(config.dpop_nonce ? { nonceSecret: randomBytes(32), requireNonce: () => true } : {}),
+    },
     // The built-in login/consent pages (accept any username): enough for a
     // test to drive authorization code and device flows over plain HTTP.
     devInteractions: { enabled: true },
@@ -219,6 +249,70 @@ const provider = new Provider(issuer, {
     ctx.body = out;
   },
 });
+
+// ------------------------------------------------------ token exchange ---
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const exchanges = []; // { client_id, sub, audience, resource, scope, ok, error }
+
+if (config.token_exchange) {
+  const { issuer: ciIssuer, audience: ciAudience, jwk: ciJwk } = config.token_exchange;
+  const { jwtVerify, importJWK } = await import('jose');
+  const { errors } = await import('oidc-provider');
+  const ciKey = await importJWK(ciJwk, 'ES256');
+  const list = (v) => (v === undefined ? [] : [].concat(v));
+  provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+    const { params, client } = ctx.oidc;
+    const entry = {
+      client_id: client.clientId,
+      sub: null,
+      audience: list(params.audience),
+      resource: list(params.resource),
+      scope: params.scope ?? null,
+      ok: false,
+      error: null,
+    };
+    exchanges.push(entry);
+    const refuse = (err) => { entry.error = err.message; throw err; };
+    if (!params.subject_token) refuse(new errors.InvalidRequest('missing required parameter subject_token'));
+    const types = ['urn:ietf:params:oauth:token-type:jwt', 'urn:ietf:params:oauth:token-type:id_token'];
+    if (!types.includes(params.subject_token_type)) {
+      refuse(new errors.InvalidRequest('unsupported subject_token_type'));
+    }
+    let claims;
+    try {
+      ({ payload: claims } = await jwtVerify(params.subject_token, ciKey, {
+        issuer: ciIssuer,
+        audience: ciAudience,
+        algorithms: ['ES256'],
+        clockTolerance,
+      }));
+    } catch (err) {
+      // Its code only: never the token (jose's messages do not quote it).
+      refuse(new errors.InvalidGrant(`subject token rejected (${err.code ?? 'invalid'})`));
+    }
+    entry.sub = claims.sub ?? null;
+    const allowed = new Set((client.scope ?? '').split(' ').filter(Boolean));
+    const scopes = (params.scope ?? '').split(' ').filter(Boolean);
+    if (scopes.some((s) => !allowed.has(s))) refuse(new errors.InvalidScope('requested scope is not allowed'));
+    const token = new provider.AccessToken({
+      client,
+      accountId: claims.sub ?? 'ci',
+      gty: 'token_exchange',
+      scope: scopes.join(' ') || undefined,
+      extra: { audience: entry.audience, resource: entry.resource },
+    });
+    const value = await token.save();
+    entry.ok = true;
+    ctx.body = {
+      access_token: value,
+      issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+      token_type: 'Bearer',
+      expires_in: token.expiration,
+      ...(token.scope ? { scope: token.scope } : {}),
+    };
+  }, ['subject_token', 'subject_token_type', 'audience', 'resource', 'scope', 'requested_token_type', 'actor_token', 'actor_token_type'], ['audience', 'resource']);
+}
 
 // oidc-provider validates static clients lazily, on first use; load each
 // now so a bad client spec fails start-up instead of a test's first request.
@@ -293,6 +387,7 @@ const stats = {
   token_requests: 0,
   token_requests_by_grant: {},
   token_requests_by_auth: {},
+  token_requests_with_dpop: 0,
   introspections: 0,
   revocations: 0,
 };
@@ -303,10 +398,12 @@ function resetState() {
   stats.token_requests = 0;
   stats.token_requests_by_grant = {};
   stats.token_requests_by_auth = {};
+  stats.token_requests_with_dpop = 0;
   stats.introspections = 0;
   stats.revocations = 0;
   faults = [];
   delayAllMs = 0;
+  exchanges.length = 0;
 }
 
 function sendJson(res, status, body, headers = {}) {
@@ -392,6 +489,33 @@ function authMethodOf(req, params) {
   return 'unknown';
 }
 
+// RFC 9449 §4.3 checks of a resource request's DPoP proof, by panva's
+// `jose`: signed by the key in its header, typ dpop+jwt, this method and
+// URL, recent, the token's hash, and that key's thumbprint is the one the
+// token is bound to. Each proof's jti is good once. Returns why not, or null.
+const seenProofs = new Set();
+async function checkDpopProof(req, token, jkt) {
+  const proof = req.headers.dpop;
+  if (typeof proof !== 'string') return 'no DPoP proof';
+  let verified;
+  try {
+    verified = await jose.jwtVerify(proof, jose.EmbeddedJWK, { typ: 'dpop+jwt', algorithms: ['ES256', 'EdDSA', 'RS256', 'PS256'] });
+  } catch (err) {
+    return `bad DPoP proof: ${err.code ?? err.message}`;
+  }
+  const { payload, protectedHeader } = verified;
+  const url = new URL(req.url, origin);
+  if (payload.htm !== req.method) return 'DPoP proof for another method';
+  if (payload.htu !== `${origin}${url.pathname}`) return 'DPoP proof for another URL';
+  if (typeof payload.iat !== 'number' || Math.abs(payload.iat - Date.now() / 1000) > 60) return 'DPoP proof too old';
+  const ath = createHash('sha256').update(token).digest('base64url');
+  if (payload.ath !== ath) return 'DPoP proof for another token';
+  if ((await jose.calculateJwkThumbprint(protectedHeader.jwk)) !== jkt) return 'DPoP proof by another key';
+  if (typeof payload.jti !== 'string' || seenProofs.has(payload.jti)) return 'DPoP proof replayed';
+  seenProofs.add(payload.jti);
+  return null;
+}
+
 // Find a live access token (any grant) by its value, or undefined.
 async function findAccessToken(value) {
   return (await provider.AccessToken.find(value)) ?? (await provider.ClientCredentials.find(value));
@@ -422,16 +546,23 @@ async function handleAdmin(req, res, path) {
       return sendJson(res, 200, { ok: true });
     }
     case 'GET /__admin/resource': {
-      const m = /^Bearer ([^\s]+)$/i.exec(req.headers.authorization ?? '');
-      const token = m ? await findAccessToken(m[1]) : undefined;
-      if (!token) {
-        return sendJson(res, 401, { active: false }, { 'www-authenticate': 'Bearer error="invalid_token"' });
+      const deny = (why) => sendJson(res, 401, { active: false, error: why }, { 'www-authenticate': 'Bearer error="invalid_token", DPoP error="invalid_token"' });
+      const m = /^(Bearer|DPoP) ([^\s]+)$/i.exec(req.headers.authorization ?? '');
+      const token = m ? await findAccessToken(m[2]) : undefined;
+      if (!token) return deny('no live access token');
+      // A DPoP-bound token (RFC 9449 §7) is good only with the DPoP scheme
+      // and a proof by the key it is bound to, for this very request.
+      if (token.jkt) {
+        if (m[1].toLowerCase() !== 'dpop') return deny('DPoP-bound token presented as Bearer');
+        const why = await checkDpopProof(req, m[2], token.jkt);
+        if (why) return deny(why);
       }
       return sendJson(res, 200, {
         active: true,
         client_id: token.clientId,
         scope: token.scope ?? '',
         exp: token.exp,
+        ...(token.jkt ? { jkt: token.jkt } : {}),
         ...(token.accountId ? { sub: token.accountId } : {}),
       });
     }
@@ -448,6 +579,8 @@ async function handleAdmin(req, res, path) {
       ttlByClient.set(b.client_id, b.seconds);
       return sendJson(res, 200, { ok: true });
     }
+    case 'GET /__admin/exchanges':
+      return sendJson(res, 200, { exchanges });
     case 'POST /__admin/revoke_grants': {
       let b;
       try { b = JSON.parse(await readBody(req)); } catch { return sendJson(res, 400, { error: 'body must be JSON' }); }
@@ -474,6 +607,7 @@ async function handleToken(req, res) {
   stats.token_requests += 1;
   stats.token_requests_by_grant[grant] = (stats.token_requests_by_grant[grant] ?? 0) + 1;
   stats.token_requests_by_auth[auth] = (stats.token_requests_by_auth[auth] ?? 0) + 1;
+  if (req.headers.dpop) stats.token_requests_with_dpop += 1;
 
   // Take the next fault off the queue (faults apply in the order queued).
   let fault;

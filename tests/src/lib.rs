@@ -19,6 +19,7 @@ pub mod oauth1;
 pub mod process;
 pub mod provider;
 pub mod raw;
+pub mod resource;
 pub mod rpc;
 
 pub use cli::{Cli, CliResult};

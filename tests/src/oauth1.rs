@@ -19,7 +19,7 @@ const PYTHON: &str = "/usr/bin/python3";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether oauthlib and cryptography are there for [`PYTHON`].
+/// Whether oauthlib and cryptography are there for `PYTHON`.
 pub fn available() -> bool {
     Command::new(PYTHON)
         .args(["-c", "import oauthlib.oauth1, cryptography"])

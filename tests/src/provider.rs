@@ -35,6 +35,8 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 const STDERR_KEEP: usize = 64 * 1024;
 /// The RFC 8628 grant type, as token requests and client metadata spell it.
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// The RFC 8693 grant type, as token requests and client metadata spell it.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const INSTALL_HINT: &str = "run `npm ci --prefix tests/provider` (from the workspace root)";
 
 /// One OAuth client registered with the test server.
@@ -144,6 +146,8 @@ pub struct Stats {
     pub revocations: u64,
     /// Token requests still to be answered by queued faults.
     pub faults_pending: u64,
+    /// Token requests that carried a `DPoP` proof header.
+    pub token_requests_with_dpop: u64,
 }
 
 impl Stats {
@@ -175,6 +179,22 @@ pub struct RefreshTokenRecord {
     pub consumed: bool,
     /// Ended by `POST /__admin/revoke_grants`.
     pub revoked: bool,
+}
+
+/// A token exchange the server saw, from `GET /__admin/exchanges` (never
+/// the subject token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ExchangeRecord {
+    pub client_id: String,
+    /// The verified subject token's `sub` (`None` when it was refused first).
+    pub sub: Option<String>,
+    pub audience: Vec<String>,
+    pub resource: Vec<String>,
+    pub scope: Option<String>,
+    /// An access token was issued.
+    pub ok: bool,
+    /// The refusal's error code, when refused.
+    pub error: Option<String>,
 }
 
 /// A running test authorization server. Dropping it kills the process.
@@ -462,6 +482,26 @@ impl Provider {
         .unwrap_or_else(|e| panic!("test provider: GET {url} failed: {e}"))
     }
 
+    /// `GET /__admin/resource` with this `Authorization` header and, when
+    /// given, this `DPoP` proof: the status and the body (a DPoP-bound
+    /// token passes only as `DPoP <token>` with a proof by its key).
+    pub fn resource_with(&self, authorization: &str, dpop: Option<&str>) -> (u16, Value) {
+        let url = self.admin("resource");
+        off_runtime(|| {
+            let mut req = self.http.get(&url).header("authorization", authorization);
+            if let Some(proof) = dpop {
+                req = req.header("dpop", proof);
+            }
+            read_json(req.send())
+        })
+        .unwrap_or_else(|e| panic!("test provider: GET {url} failed: {e}"))
+    }
+
+    /// The resource's URL (what a DPoP proof for it names as `htu`).
+    pub fn resource_url(&self) -> String {
+        self.admin("resource")
+    }
+
     /// Every refresh token issued to `client_id`, oldest first (rotation
     /// makes the last one the live one).
     pub fn refresh_tokens(&self, client_id: &str) -> Vec<RefreshTokenRecord> {
@@ -477,6 +517,18 @@ impl Provider {
         );
         serde_json::from_value(body["refresh_tokens"].clone())
             .expect("test provider: malformed refresh token list")
+    }
+
+    /// Every token exchange since start or the last [`Provider::reset`],
+    /// oldest first (the server needs a `token_exchange` config).
+    pub fn exchanges(&self) -> Vec<ExchangeRecord> {
+        let (status, body) = self.get_json(&self.admin("exchanges"));
+        assert_eq!(
+            status, 200,
+            "test provider: /__admin/exchanges answered {status}: {body}"
+        );
+        serde_json::from_value(body["exchanges"].clone())
+            .expect("test provider: malformed exchange list")
     }
 
     /// What a user revoking the app's access at the provider does: ends
@@ -606,7 +658,7 @@ pub fn form_encode(s: &str) -> String {
     out
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join(name))

@@ -108,6 +108,10 @@ fn a_flood_of_idle_connections_leaves_other_clients_served() {
         scopes: vec!["read".into()],
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
+        exchange: None,
+        client_key: None,
+        assertion_audience: None,
+        dpop: None,
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(latchkey_tests::env::PASSPHRASE),
         )),

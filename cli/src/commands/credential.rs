@@ -14,6 +14,7 @@ use latchkey_client::protocol::{
     unix_now, Access, AuthMethod, CredentialAdd, CredentialAddParams, CredentialInfo,
     CredentialList, CredentialRemove, CredentialSet, CredentialSetParams, CredentialShow,
     CredentialState, Empty, GrantType, NameParams, RemoveParams, SignatureMethod,
+    SubjectTokenSource, TokenExchangeConfig, TOKEN_TYPE_JWT,
 };
 use latchkey_client::protocol::{CredentialSetSecret, SetSecretParams, StepUp, ROTATION_AGE_SECS};
 use secrecy::SecretString;
@@ -23,7 +24,7 @@ use std::time::Duration;
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Add a credential: an OAuth client at a provider
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List credentials
     List(ListArgs),
     /// Show a credential's settings, state and token expiry (never its secret)
@@ -53,6 +54,16 @@ pub enum Command {
     /// secret (oauth_token_secret), as a provider's developer page gives
     /// them; in place of `latchkey login NAME`.
     ImportToken(crate::commands::oauth1::ImportArgs),
+    /// Print the public keys of a private_key_jwt credential (a JWKS to register with the provider)
+    Jwks(super::keys::JwksArgs),
+    /// Add the next client key of a private_key_jwt credential, or retire the old ones
+    ///
+    /// Without --retire-old: a new key is made in the vault and signs from
+    /// now on; the JWKS lists both, and while the provider does not know the
+    /// new key yet (invalid_client) the older key signs (warned and audited).
+    /// Register the printed JWKS with the provider, then run
+    /// `latchkey credential rotate-key NAME --retire-old`.
+    RotateKey(super::keys::RotateKeyArgs),
 }
 
 /// Who may use a credential.
@@ -144,6 +155,7 @@ enum Grant {
     DeviceCode,
     /// OAuth 1.0a (RFC 5849): the daemon signs requests (`latchkey oauth1-sign`)
     Oauth1,
+    TokenExchange,
 }
 
 impl From<Grant> for GrantType {
@@ -153,6 +165,7 @@ impl From<Grant> for GrantType {
             Grant::AuthorizationCode => GrantType::AuthorizationCode,
             Grant::DeviceCode => GrantType::DeviceCode,
             Grant::Oauth1 => GrantType::Oauth1,
+            Grant::TokenExchange => GrantType::TokenExchange,
         }
     }
 }
@@ -164,6 +177,7 @@ enum Auth {
     ClientSecretBasic,
     ClientSecretPost,
     None,
+    PrivateKeyJwt,
 }
 
 impl From<Auth> for AuthMethod {
@@ -172,6 +186,7 @@ impl From<Auth> for AuthMethod {
             Auth::ClientSecretBasic => AuthMethod::ClientSecretBasic,
             Auth::ClientSecretPost => AuthMethod::ClientSecretPost,
             Auth::None => AuthMethod::None,
+            Auth::PrivateKeyJwt => AuthMethod::PrivateKeyJwt,
         }
     }
 }
@@ -191,6 +206,73 @@ pub struct SecretArgs {
     /// Read the client secret from the environment variable VAR
     #[arg(long, value_name = "VAR")]
     client_secret_env: Option<String>,
+}
+
+/// Where a token exchange credential (`--grant token_exchange`, RFC 8693)
+/// reads its subject token, and what the exchange asks for. The token is
+/// never passed here: the daemon reads it at every exchange.
+#[derive(clap::Args)]
+pub struct ExchangeArgs {
+    /// token_exchange: read the subject token from this file at every exchange (e.g. the OIDC token file a CI job gets)
+    #[arg(long, value_name = "PATH", conflicts_with = "subject_token_env")]
+    subject_token_file: Option<PathBuf>,
+    /// token_exchange: read the subject token from this environment variable of the daemon (inherited from the latchkey command that starts it)
+    #[arg(long, value_name = "VAR")]
+    subject_token_env: Option<String>,
+    /// token_exchange: the subject token's type: jwt, id_token, access_token or a full URN [default: jwt]
+    #[arg(long, value_name = "URN")]
+    subject_token_type: Option<String>,
+    /// token_exchange: an audience to ask for (the target service's name); repeat for several
+    #[arg(long, value_name = "A")]
+    audience: Vec<String>,
+    /// token_exchange: a resource URI to ask for (RFC 8707); repeat for several
+    #[arg(long, value_name = "URI")]
+    resource: Vec<String>,
+}
+
+impl ExchangeArgs {
+    /// The settings for `credential.add`: `None` when no flag of this group
+    /// was given (the daemon says what is missing for the grant).
+    fn config(self) -> Result<Option<TokenExchangeConfig>> {
+        let subject_token = match (self.subject_token_file, self.subject_token_env) {
+            (Some(path), _) => {
+                // The daemon does not share our working directory; links are
+                // kept (not resolved) since a CI system may move their target.
+                let path = std::path::absolute(&path)
+                    .with_context(|| format!("failed to make {} absolute", path.display()))?;
+                let path = path
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|_| exit::usage("--subject-token-file must be a UTF-8 path"))?;
+                SubjectTokenSource::File(path)
+            }
+            (None, Some(var)) => SubjectTokenSource::Env(var),
+            (None, None) => {
+                if self.subject_token_type.is_some()
+                    || !self.audience.is_empty()
+                    || !self.resource.is_empty()
+                {
+                    return Err(exit::usage(
+                        "--subject-token-type, --audience and --resource need --subject-token-file PATH or --subject-token-env VAR",
+                    ));
+                }
+                return Ok(None);
+            }
+        };
+        let subject_token_type = match self.subject_token_type.as_deref() {
+            None | Some("jwt") => TOKEN_TYPE_JWT.to_owned(),
+            Some(short @ ("id_token" | "access_token" | "saml2")) => {
+                format!("urn:ietf:params:oauth:token-type:{short}")
+            }
+            Some(urn) => urn.to_owned(),
+        };
+        Ok(Some(TokenExchangeConfig {
+            subject_token,
+            subject_token_type,
+            audience: self.audience,
+            resource: self.resource,
+        }))
+    }
 }
 
 #[derive(clap::Args)]
@@ -217,6 +299,10 @@ pub struct AddArgs {
     redirect_uri: Option<String>,
     #[command(flatten)]
     secret: SecretArgs,
+    #[command(flatten)]
+    exchange: ExchangeArgs,
+    #[command(flatten)]
+    keys: super::keys::KeyArgs,
     /// Who may use it: ask (apps need a rule or approval) or open (any program of yours; needs the vault passphrase)
     #[arg(long, value_enum, default_value = "ask")]
     access: AccessArg,
@@ -225,9 +311,6 @@ pub struct AddArgs {
     /// --grant oauth1: HMAC-SHA1, HMAC-SHA256 or RSA-SHA256 (PLAINTEXT over https only); the consumer key is --client-id, the consumer secret a --client-secret-* flag
     #[arg(long, value_name = "METHOD")]
     signature_method: Option<SignatureMethod>,
-    /// --grant oauth1 with RSA-SHA256: the client's RSA private key, a PKCS#8 PEM or DER file (read, sealed, never shown)
-    #[arg(long, value_name = "PATH", conflicts_with = "secret_source")]
-    key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -257,21 +340,30 @@ pub struct RemoveArgs {
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<()> {
     match command {
-        Command::Add(args) => add(ctx, args),
+        Command::Add(args) => add(ctx, *args),
         Command::List(args) => list(ctx, args),
         Command::Show(args) => show(ctx, args),
         Command::Set(args) => set(ctx, args),
         Command::SetSecret(args) => set_secret(ctx, args),
         Command::Remove(args) => remove(ctx, args),
         Command::ImportToken(args) => crate::commands::oauth1::import(ctx, args),
+        Command::Jwks(args) => super::keys::jwks(ctx, args),
+        Command::RotateKey(args) => super::keys::rotate_key(ctx, args),
     }
 }
 
-/// The auth method: the flag, else `client_secret_basic`, except that a
-/// user-facing grant with no secret given is a public client.
-fn choose_auth(auth: Option<Auth>, grant: Grant, secret_given: bool) -> AuthMethod {
+/// The auth method: the flag, else `private_key_jwt` with a key given,
+/// else `client_secret_basic`, except that a user-facing grant with no
+/// secret given is a public client.
+fn choose_auth(
+    auth: Option<Auth>,
+    grant: Grant,
+    secret_given: bool,
+    key_given: bool,
+) -> AuthMethod {
     match (auth, grant, secret_given) {
         (Some(auth), _, _) => auth.into(),
+        (None, _, false) if key_given => AuthMethod::PrivateKeyJwt,
         (None, Grant::ClientCredentials, _) | (None, _, true) => AuthMethod::ClientSecretBasic,
         (None, _, false) => AuthMethod::None,
     }
@@ -281,9 +373,9 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
     if matches!(args.grant, Grant::Oauth1) {
         return add_oauth1(ctx, args);
     }
-    if args.signature_method.is_some() || args.key_file.is_some() {
+    if args.signature_method.is_some() {
         return Err(exit::usage(
-            "--signature-method and --key-file are for OAuth 1.0a credentials: add --grant oauth1",
+            "--signature-method is for OAuth 1.0a credentials: add --grant oauth1",
         ));
     }
     let source = Source::from_flags(
@@ -291,19 +383,27 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
         args.secret.client_secret_stdin,
         args.secret.client_secret_env.as_deref(),
     );
-    let auth = choose_auth(args.auth, args.grant, source.is_some());
+    let auth = choose_auth(
+        args.auth,
+        args.grant,
+        source.is_some(),
+        args.keys.client_key_given(),
+    );
     if auth == AuthMethod::None && source.is_some() {
         return Err(exit::usage(
             "--auth none is for public clients, which have no secret: drop the --client-secret-* flag or choose another --auth",
         ));
     }
     let access = Access::from(args.access);
+    let exchange = args.exchange.config()?;
     let mut conn = ctx.connect()?;
     let proof = match access {
         Access::Open => Some(args.proof.proof("to let every app use this credential")?),
         Access::Ask => None,
     };
+    let (client_key, dpop) = args.keys.read(auth)?;
     let client_secret = match (auth, source) {
+        (AuthMethod::None | AuthMethod::PrivateKeyJwt, None) => None,
         (AuthMethod::None, _) => None,
         (_, Some(source)) => Some(source.read("client secret")?),
         (_, None) => Some(prompt_secret(&args.name, auth)?),
@@ -321,9 +421,17 @@ fn add(ctx: &Ctx, args: AddArgs) -> Result<()> {
         proof,
         signature_method: None,
         private_key: None,
+        exchange,
+        client_key,
+        assertion_audience: args.keys.assertion_audience(),
+        dpop,
     };
-    conn.call::<CredentialAdd>(&params)
+    let info = conn
+        .call::<CredentialAdd>(&params)
         .with_context(|| format!("failed to add credential '{}'", params.name))?;
+    if auth == AuthMethod::PrivateKeyJwt {
+        super::keys::print_new_jwks(&mut conn, &info.name)?;
+    }
     ctx.done(format_args!(
         "added credential '{}' ({}, {}, access {})",
         params.name,
@@ -346,9 +454,20 @@ fn add_oauth1(ctx: &Ctx, args: AddArgs) -> Result<()> {
         args.secret.client_secret_stdin,
         args.secret.client_secret_env.as_deref(),
     );
+    if args.keys.oauth2_flags_given() {
+        return Err(exit::usage(
+            "--generate-key, --alg, --assertion-audience and --dpop are for OAuth 2 credentials; an OAuth 1.0a credential signs with its consumer secret or --key-file",
+        ));
+    }
     let access = Access::from(args.access);
-    let (client_secret, private_key) = match (&args.key_file, source) {
-        (Some(path), _) => (None, Some(secret::read_key_file(path)?)),
+    let exchange = args.exchange.config()?;
+    let (client_secret, private_key) = match (args.keys.key_file(), source) {
+        (Some(_), Some(_)) => {
+            return Err(exit::usage(
+                "--key-file and a --client-secret-* flag: RSA-SHA256 signs with the key, HMAC with the consumer secret; give one",
+            ))
+        }
+        (Some(path), None) => (None, Some(secret::read_key_file(path)?)),
         (None, Some(source)) => (Some(source.read("consumer secret")?), None),
         (None, None) if method.is_rsa() => {
             return Err(exit::usage(format!(
@@ -379,6 +498,10 @@ fn add_oauth1(ctx: &Ctx, args: AddArgs) -> Result<()> {
         proof,
         signature_method: Some(method),
         private_key,
+        exchange,
+        client_key: None,
+        assertion_audience: None,
+        dpop: None,
     };
     conn.call::<CredentialAdd>(&params)
         .with_context(|| format!("failed to add credential '{}'", params.name))?;
@@ -598,6 +721,16 @@ fn render(info: &CredentialInfo, now: i64) -> String {
         .add("grant", info.grant.as_str())
         .add("auth", info.auth.as_str())
         .add("client secret", secret_text(info, now));
+    if let Some(exchange) = &info.exchange {
+        f.add("subject token", exchange.subject_token.describe())
+            .add("token type", &exchange.subject_token_type);
+        if !exchange.audience.is_empty() {
+            f.add("audience", exchange.audience.join(" "));
+        }
+        if !exchange.resource.is_empty() {
+            f.add("resource", exchange.resource.join(" "));
+        }
+    }
     // What the provider granted now comes first when it is not what is
     // configured (it narrowed the grant at login or on a refresh).
     let narrowed = info
@@ -725,7 +858,14 @@ mod tests {
             (Some(Auth::None), Grant::ClientCredentials, false, M::None),
         ];
         for (auth, grant, given, want) in cases {
-            assert_eq!(choose_auth(auth, grant, given), want);
+            assert_eq!(choose_auth(auth, grant, given, false), want);
+        }
+        for grant in [Grant::ClientCredentials, Grant::AuthorizationCode] {
+            assert_eq!(
+                choose_auth(None, grant, false, true),
+                M::PrivateKeyJwt,
+                "a key given"
+            );
         }
     }
 
@@ -740,6 +880,7 @@ mod tests {
             scopes: vec!["repo".into(), "read:org".into()],
             granted_scopes: None,
             has_client_secret: true,
+            dpop: false,
             client_secret: None,
             access: Access::Ask,
             step_up: StepUp::Off,
@@ -755,6 +896,7 @@ mod tests {
             last_error: None,
             signature_method: None,
             has_token_credentials: false,
+            exchange: None,
         };
         let text = render(&info, 1_000_000);
         assert!(text.contains("client secret: stored\n"), "{text}");
@@ -827,6 +969,7 @@ mod tests {
             scopes: vec!["openid".into()],
             granted_scopes: None,
             has_client_secret: false,
+            dpop: false,
             client_secret: None,
             access: Access::Open,
             step_up: StepUp::Off,
@@ -838,6 +981,7 @@ mod tests {
             last_error: None,
             signature_method: None,
             has_token_credentials: false,
+            exchange: None,
         }
     }
 

@@ -343,7 +343,13 @@ fn logins(s: &StatusResult) -> Vec<Check> {
 fn refresh_tokens(list: &[CredentialInfo]) -> Vec<Check> {
     let users = list
         .iter()
-        .filter(|c| c.grant != latchkey_client::protocol::GrantType::ClientCredentials)
+        .filter(|c| {
+            use latchkey_client::protocol::GrantType;
+            matches!(
+                c.grant,
+                GrantType::AuthorizationCode | GrantType::DeviceCode
+            )
+        })
         .count();
     vec![Check::ok(
         "refresh tokens",

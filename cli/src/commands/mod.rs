@@ -12,16 +12,19 @@ mod confirm;
 mod credential;
 mod daemon;
 mod doctor;
+mod dpop;
 pub(crate) mod exec;
 mod git_credential;
 pub(crate) mod header;
 mod init;
+mod keys;
 mod lock;
 mod login;
 pub(crate) mod oauth1;
 mod panic;
 mod passphrase;
 mod provider;
+mod proxy;
 mod rekey;
 mod revoke;
 mod service;
@@ -114,6 +117,13 @@ pub enum Command {
     /// curl -H "Authorization: $(latchkey oauth1-sign NAME --url URL)" URL
     #[command(name = "oauth1-sign")]
     Oauth1Sign(oauth1::SignArgs),
+    /// Print the headers of one request with a DPoP-bound token: `Authorization: DPoP …` and `DPoP: <proof>`
+    ///
+    /// The proof is signed in the daemon, with a key that never leaves the
+    /// vault, for exactly --method and --url (RFC 9449); a copied token is
+    /// useless without it. Pass the resource server's DPoP-Nonce with --nonce
+    /// when it asks for one.
+    Dpop(dpop::Args),
     /// Run a command with an access token in its environment
     ///
     /// The token is put in the command's environment (never its arguments),
@@ -159,6 +169,15 @@ pub enum Command {
     /// git then runs `latchkey git-credential get|store|erase` itself.
     #[command(subcommand)]
     GitCredential(git_credential::Command),
+    /// Run an authenticating proxy: apps send plain requests, the daemon adds the token
+    ///
+    /// `latchkey proxy NAME --upstream https://api.example.com --listen
+    /// 127.0.0.1:8080` prints the address apps use (alone on stdout), then
+    /// runs until Ctrl-C. Each request sent there goes to the upstream only,
+    /// with the app's Authorization replaced by the credential's bearer
+    /// token; the app never sees the token. Only your own programs may
+    /// connect, and each is identified as an app, as for `latchkey token`.
+    Proxy(proxy::Args),
     /// Install latchkeyd as a user service (systemd socket activation, or launchd on macOS)
     ///
     /// Writes latchkey.socket and latchkey.service into
@@ -203,12 +222,14 @@ pub fn run(ctx: &Ctx, command: Command, tree: fn() -> clap::Command) -> Result<(
         Command::Token(args) => token::run(ctx, args),
         Command::Header(args) => header::run(ctx, args),
         Command::Oauth1Sign(args) => oauth1::sign(ctx, args),
+        Command::Dpop(args) => dpop::run(ctx, args),
         Command::Exec(args) => exec::run(ctx, args),
         Command::Daemon(command) => daemon::run(ctx, command),
         Command::Audit(args) => audit::run(ctx, args),
         Command::Totp(command) => totp::run(ctx, command),
         Command::Confirm(args) => confirm::run(ctx, args),
         Command::GitCredential(command) => git_credential::run(ctx, command),
+        Command::Proxy(args) => proxy::run(ctx, args),
         Command::Service(command) => service::run(ctx, command),
         Command::Completions(args) => completions::run(tree(), args),
         Command::Man(args) => completions::man(ctx, tree(), args),

@@ -22,6 +22,9 @@ const SOURCES: &[&str] = &[
     include_str!("git.rs"),
     include_str!("health.rs"),
     include_str!("oauth1.rs"),
+    include_str!("proxy.rs"),
+    include_str!("exchange.rs"),
+    include_str!("keys.rs"),
 ];
 
 /// Every kind, in the order the page lists them; the `match` makes a kind
@@ -53,17 +56,39 @@ fn every_kind() -> Vec<ErrorKind> {
         ApprovalDenied,
         StepUpRequired,
         WeakPassphrase,
+        SubjectTokenUnavailable,
         Internal,
         Unknown,
     ];
     for kind in &all {
         match kind {
-            ParseError | InvalidRequest | MethodNotFound | InvalidParams | FrameTooLarge
-            | UnsupportedProtocol | NotInitialized | AlreadyInitialized | Locked
-            | WrongPassphrase | KeyringUnavailable | VaultCorrupt | NotFound | AlreadyExists
-            | Forbidden | ReauthRequired | RateLimited | ProviderUnavailable | ProviderError
-            | ShuttingDown | ApprovalRequired | ApprovalDenied | StepUpRequired
-            | WeakPassphrase | Internal | Unknown => {}
+            ParseError
+            | InvalidRequest
+            | MethodNotFound
+            | InvalidParams
+            | FrameTooLarge
+            | UnsupportedProtocol
+            | NotInitialized
+            | AlreadyInitialized
+            | Locked
+            | WrongPassphrase
+            | KeyringUnavailable
+            | VaultCorrupt
+            | NotFound
+            | AlreadyExists
+            | Forbidden
+            | ReauthRequired
+            | RateLimited
+            | ProviderUnavailable
+            | ProviderError
+            | ShuttingDown
+            | ApprovalRequired
+            | ApprovalDenied
+            | StepUpRequired
+            | WeakPassphrase
+            | SubjectTokenUnavailable
+            | Internal
+            | Unknown => {}
         }
     }
     all

@@ -45,6 +45,7 @@ __all__ = [
     "ApprovalDeniedError",
     "StepUpRequiredError",
     "WeakPassphraseError",
+    "SubjectTokenUnavailableError",
     "InternalError",
     "from_reply",
 ]
@@ -217,6 +218,13 @@ class WeakPassphraseError(LatchkeyError):
     kind = "weak_passphrase"
 
 
+class SubjectTokenUnavailableError(LatchkeyError):
+    """A token exchange credential's subject token (the file or environment
+    variable the message names) is missing, empty or expired."""
+
+    kind = "subject_token_unavailable"
+
+
 class InternalError(LatchkeyError):
     kind = "internal"
 
@@ -248,6 +256,7 @@ _BY_KIND: Dict[str, Type[LatchkeyError]] = {
         ApprovalDeniedError,
         StepUpRequiredError,
         WeakPassphraseError,
+        SubjectTokenUnavailableError,
         InternalError,
     )
 }

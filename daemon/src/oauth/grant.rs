@@ -2,6 +2,7 @@
 //! `client_secret_post`) through the `oauth2` crate, and how a failed token
 //! request of any grant maps to the stable error kinds.
 
+use super::client_auth::{ClientAuth, Signed, Via};
 use super::http::{Http, HttpError};
 use super::text::provider_text;
 use super::Granted;
@@ -12,14 +13,28 @@ use oauth2::basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType};
 use oauth2::{AuthType, ClientId, ClientSecret, RequestTokenError, Scope, TokenUrl};
 use secrecy::{ExposeSecret, SecretString};
 
+/// How the oauth2 crate authenticates the client: `client_secret_post` and
+/// `private_key_jwt` (whose assertion [`Signed`] adds) put the client id in
+/// the body; the rest is HTTP Basic (with no secret for a public client).
+pub(crate) fn auth_type(auth: AuthMethod) -> AuthType {
+    match auth {
+        AuthMethod::ClientSecretPost | AuthMethod::PrivateKeyJwt => AuthType::RequestBody,
+        AuthMethod::ClientSecretBasic | AuthMethod::None => AuthType::BasicAuth,
+    }
+}
+
 /// Client credentials grant: one POST to the token endpoint.
 pub async fn client_credentials(
     http: &Http,
     provider: &Provider,
     credential: &Credential,
-    client_secret: Option<SecretString>,
+    auth: ClientAuth,
     scopes: &[String],
 ) -> Result<Granted, ApiError> {
+    let ClientAuth {
+        secret: client_secret,
+        proofs,
+    } = auth;
     let name = &credential.config.name;
     let token_url = provider
         .config
@@ -39,21 +54,22 @@ pub async fn client_credentials(
         .map_err(|e| ApiError::internal(format!("stored token endpoint is invalid: {e}")))?;
     let mut client = BasicClient::new(ClientId::new(credential.config.client_id.clone()))
         .set_token_uri(token_url)
-        .set_auth_type(match credential.config.auth {
-            AuthMethod::ClientSecretPost => AuthType::RequestBody,
-            _ => AuthType::BasicAuth,
-        });
+        .set_auth_type(auth_type(credential.config.auth));
     if let Some(secret) = &client_secret {
         client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
     }
     let result = client
         .exchange_client_credentials()
         .add_scopes(scopes.iter().cloned().map(Scope::new))
-        .request_async(http)
+        .request_async(&Signed {
+            inner: Via::Http(http),
+            proofs: &proofs,
+        })
         .await;
     match result {
         Ok(response) => Granted::from_response(&response, None)
-            .map_err(|why| super::unusable(&provider.config.name, name, why)),
+            .map_err(|why| super::unusable(&provider.config.name, name, why))
+            .and_then(|g| super::check_bound(&provider.config.name, credential, g)),
         Err(e) => Err(classify(
             &provider.config.name,
             name,

@@ -53,7 +53,7 @@ impl HttpError {
     }
 }
 
-fn classify(e: reqwest::Error) -> HttpError {
+pub(crate) fn classify(e: reqwest::Error) -> HttpError {
     if e.is_timeout() {
         HttpError::Timeout
     } else if e.is_connect() {
@@ -182,6 +182,30 @@ impl Http {
             });
         }
         Ok((status, headers, body, looks_like_json_object))
+    }
+
+    /// Sends one request of the authenticating proxy (`proxy/`) to its
+    /// upstream: the same client (rustls, no redirects followed — a
+    /// redirect goes back to the app as it came), `timeout` bounding the
+    /// whole exchange including the response body, which the caller
+    /// streams on unread. The URL was checked by [`check_url`] and is the
+    /// upstream's.
+    pub async fn forward(
+        &self,
+        method: http::Method,
+        url: Url,
+        headers: http::HeaderMap,
+        body: reqwest::Body,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, HttpError> {
+        self.client()
+            .request(method, url)
+            .headers(headers)
+            .body(body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| classify(e.without_url()))
     }
 
     /// GETs `url` for a health check: the status and the `Date` header

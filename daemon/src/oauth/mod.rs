@@ -1,11 +1,14 @@
 //! OAuth: discovery, grants, and the one HTTP client they share. Every
 //! grant answers with a [`Granted`]: what the provider's token response said.
 
+pub mod client_auth;
 pub mod discovery;
+pub mod exchange;
 pub mod grant;
 pub mod http;
 pub mod oauth1;
 pub mod oauth1_sign;
+pub mod subject;
 pub mod text;
 pub mod user;
 
@@ -68,6 +71,25 @@ impl Granted {
     }
 }
 
+/// A DPoP credential's tokens must come bound to its key (RFC 9449 §5,
+/// `token_type: DPoP`): a Bearer token would work without the vault.
+pub(crate) fn check_bound(
+    provider: &str,
+    credential: &crate::vault::Credential,
+    granted: Granted,
+) -> Result<Granted, ApiError> {
+    if credential.config.dpop && !granted.access.token_type.eq_ignore_ascii_case("dpop") {
+        return Err(ApiError::new(
+            ErrorKind::ProviderError,
+            format!(
+                "provider '{provider}' issued a {} token to credential '{}', which asks for DPoP-bound tokens: enable DPoP for the client at the provider, or add the credential again without --dpop",
+                granted.access.token_type, credential.config.name
+            ),
+        ));
+    }
+    Ok(granted)
+}
+
 /// The error of a token response whose values latchkey refuses to use.
 pub(crate) fn unusable(provider: &str, credential: &str, why: String) -> ApiError {
     ApiError::new(
@@ -115,10 +137,13 @@ fn check_scope(scope: &str) -> Result<(), String> {
     }
 }
 
-/// `bearer` in any case is shown as RFC 6750 spells it in headers.
+/// `bearer` and `dpop` in any case (the oauth2 crate lowercases what it
+/// does not know) are shown as RFC 6750 and RFC 9449 spell them in headers.
 fn display_token_type(raw: &str) -> String {
     if raw.eq_ignore_ascii_case("bearer") {
         "Bearer".into()
+    } else if raw.eq_ignore_ascii_case("dpop") {
+        "DPoP".into()
     } else {
         raw.to_owned()
     }
@@ -178,5 +203,7 @@ mod tests {
         assert_eq!(display_token_type("bearer"), "Bearer");
         assert_eq!(display_token_type("BEARER"), "Bearer");
         assert_eq!(display_token_type("DPoP"), "DPoP");
+        assert_eq!(display_token_type("dpop"), "DPoP");
+        assert_eq!(display_token_type("N_A"), "N_A");
     }
 }

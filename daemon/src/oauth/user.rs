@@ -4,23 +4,24 @@
 //! (RFC 7009); and ID-token validation through `openidconnect` with the
 //! signature algorithms pinned to asymmetric ones (never `none`).
 
+use super::client_auth::{ClientAuth, Proofs, Signed, Via};
 use super::grant::classify;
 use super::http::{Http, HttpError, PlainLoopback};
 use super::text::{provider_text, MAX_PROVIDER_TEXT_CHARS};
 use super::Granted;
 use crate::error::ApiError;
 use crate::vault::{Credential, Provider};
-use latchkey_client::protocol::{AuthMethod, ErrorKind};
+use latchkey_client::protocol::ErrorKind;
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
     BasicTokenType,
 };
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
-    DeviceAuthorizationUrl, DeviceCodeErrorResponse, DeviceCodeErrorResponseType, EndpointMaybeSet,
-    EndpointNotSet, ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RequestTokenError, RevocableToken, RevocationUrl, Scope,
-    StandardDeviceAuthorizationResponse, StandardRevocableToken, StandardTokenResponse, TokenUrl,
+    AuthUrl, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl,
+    DeviceCodeErrorResponse, DeviceCodeErrorResponseType, EndpointMaybeSet, EndpointNotSet,
+    ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, RevocableToken, RevocationUrl, Scope, StandardDeviceAuthorizationResponse,
+    StandardRevocableToken, StandardTokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -57,9 +58,19 @@ type OAuthClient = Client<
 pub struct UserClient {
     oauth: OAuthClient,
     secret: Option<SecretString>,
+    /// A client assertion and a DPoP proof, fresh on every request.
+    proofs: Proofs,
 }
 
 impl UserClient {
+    /// The HTTP client its requests go through: `http`, plus the proofs.
+    fn signed<'a>(&'a self, http: &'a Http) -> Signed<'a> {
+        Signed {
+            inner: Via::Http(http),
+            proofs: &self.proofs,
+        }
+    }
+
     /// Every secret a request of this client carries: its client secret
     /// and `more` (the grant's own: code, verifier, refresh or device code).
     fn sent<'a>(&'a self, more: &[&'a SecretString]) -> Vec<&'a SecretString> {
@@ -76,6 +87,7 @@ fn granted(
     let id_token = response.extra_fields().id_token.clone();
     Granted::from_response(&response, id_token)
         .map_err(|why| super::unusable(&provider.config.name, &credential.config.name, why))
+        .and_then(|g| super::check_bound(&provider.config.name, credential, g))
 }
 
 fn endpoint<T>(
@@ -94,8 +106,9 @@ fn endpoint<T>(
 pub fn client(
     provider: &Provider,
     credential: &Credential,
-    secret: Option<&SecretString>,
+    auth: &ClientAuth,
 ) -> Result<UserClient, ApiError> {
+    let secret = auth.secret.as_ref();
     let e = &provider.config.endpoints;
     let mut client = Client::new(ClientId::new(credential.config.client_id.clone()))
         .set_auth_uri_option(endpoint(
@@ -118,16 +131,14 @@ pub fn client(
             &e.token_endpoint,
             TokenUrl::new,
         )?)
-        .set_auth_type(match credential.config.auth {
-            AuthMethod::ClientSecretPost => AuthType::RequestBody,
-            _ => AuthType::BasicAuth,
-        });
+        .set_auth_type(super::grant::auth_type(credential.config.auth));
     if let Some(secret) = secret {
         client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
     }
     Ok(UserClient {
         oauth: client,
         secret: secret.cloned(),
+        proofs: auth.proofs.clone(),
     })
 }
 
@@ -220,7 +231,7 @@ pub async fn exchange_code(
         .set_pkce_verifier(verifier)
         .set_redirect_uri(std::borrow::Cow::Borrowed(redirect_uri));
     let sent = client.sent(&[&code_sent, &verifier_sent]);
-    let result = request.request_async(http).await;
+    let result = request.request_async(&client.signed(http)).await;
     result
         .map_err(|e| classify(&provider.config.name, &credential.config.name, e, &sent))
         .and_then(|r| granted(r, provider, credential))
@@ -246,29 +257,32 @@ pub async fn device_authorize(
         })?
         .add_scopes(scopes.iter().cloned().map(Scope::new));
     let sent = client.sent(&[]);
-    let details = request.request_async(http).await.map_err(|e| match e {
-        RequestTokenError::ServerResponse(r) => ApiError::new(
-            ErrorKind::ProviderError,
-            format!(
-                "provider '{}' refused the device login of credential '{}' ({}{})",
-                provider.config.name,
-                credential.config.name,
-                provider_text(r.error().as_ref(), &sent),
-                r.error_description()
-                    .map(|d| format!(": {}", provider_text(d, &sent)))
-                    .unwrap_or_default()
+    let details = request
+        .request_async(&client.signed(http))
+        .await
+        .map_err(|e| match e {
+            RequestTokenError::ServerResponse(r) => ApiError::new(
+                ErrorKind::ProviderError,
+                format!(
+                    "provider '{}' refused the device login of credential '{}' ({}{})",
+                    provider.config.name,
+                    credential.config.name,
+                    provider_text(r.error().as_ref(), &sent),
+                    r.error_description()
+                        .map(|d| format!(": {}", provider_text(d, &sent)))
+                        .unwrap_or_default()
+                ),
             ),
-        ),
-        RequestTokenError::Request(h) => http_failure(provider, credential, h),
-        other => ApiError::new(
-            ErrorKind::ProviderError,
-            format!(
-                "provider '{}' sent an unusable device authorization response: {}",
-                provider.config.name,
-                provider_text(&other.to_string(), &sent)
+            RequestTokenError::Request(h) => http_failure(provider, credential, h),
+            other => ApiError::new(
+                ErrorKind::ProviderError,
+                format!(
+                    "provider '{}' sent an unusable device authorization response: {}",
+                    provider.config.name,
+                    provider_text(&other.to_string(), &sent)
+                ),
             ),
-        ),
-    })?;
+        })?;
     check_shown_to_user(provider, &details)?;
     Ok(details)
 }
@@ -339,7 +353,8 @@ pub async fn device_poll(
     let device_code = SecretString::from(details.device_code().secret().as_str());
     let sent = client.sent(&[&device_code]);
     let sleep = |interval: Duration| tokio::time::sleep(poll_wait(interval));
-    let poll = request.request_async(http, sleep, Some(timeout));
+    let signed = client.signed(http);
+    let poll = request.request_async(&signed, sleep, Some(timeout));
     let result = match tokio::time::timeout(timeout, poll).await {
         Ok(result) => result,
         Err(_elapsed) => Err(RequestTokenError::ServerResponse(
@@ -426,7 +441,7 @@ pub async fn refresh(
         request = request.add_scopes(scopes.iter().cloned().map(Scope::new));
     }
     let sent = client.sent(&[refresh_token]);
-    let result = request.request_async(http).await;
+    let result = request.request_async(&client.signed(http)).await;
     result
         .map_err(|e| classify(&provider.config.name, &credential.config.name, e, &sent))
         .and_then(|r| granted(r, provider, credential))
@@ -453,7 +468,11 @@ pub async fn revoke(
     })?;
     let configured = provider.config.endpoints.revocation_endpoint.as_deref();
     let plain_loopback = PlainLoopback::new(http.clone(), configured.unwrap_or_default());
-    request.request_async(&plain_loopback).await.map_err(|e| {
+    let signed = Signed {
+        inner: Via::PlainLoopback(&plain_loopback),
+        proofs: &client.proofs,
+    };
+    request.request_async(&signed).await.map_err(|e| {
         let detail = match &e {
             RequestTokenError::ServerResponse(r) => provider_text(r.error().as_ref(), &sent),
             RequestTokenError::Request(h) => h.to_string(),

@@ -5,7 +5,9 @@
 mod chain;
 pub mod crypto;
 pub mod git;
+pub mod jose;
 pub mod keyring;
+pub mod keys;
 pub mod rules;
 mod slots;
 pub mod store;
@@ -177,6 +179,19 @@ pub struct CredentialConfig {
     /// sealed `client_secret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_method: Option<latchkey_client::protocol::SignatureMethod>,
+    /// A token exchange credential's subject-token source and what it asks
+    /// for (sealed like the rest: an edited path is detected, not obeyed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<latchkey_client::protocol::TokenExchangeConfig>,
+    /// `private_key_jwt`: whom client assertions name as audience.
+    #[serde(
+        default,
+        skip_serializing_if = "latchkey_client::protocol::AssertionAudience::is_default"
+    )]
+    pub assertion_audience: latchkey_client::protocol::AssertionAudience,
+    /// Tokens are requested bound to the credential's DPoP key (RFC 9449).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dpop: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -461,6 +476,9 @@ impl Vault {
                             access: Access::Ask,
                             step_up: Default::default(),
                             signature_method: None,
+                            exchange: None,
+                            assertion_audience: Default::default(),
+                            dpop: false,
                         },
                         secret_ages,
                         id: row.id,
@@ -519,13 +537,22 @@ impl Vault {
         Ok(self.store.delete_provider(id)?)
     }
 
+    /// Seals and stores a new credential with its secret and its keys, in
+    /// one transaction.
     pub fn add_credential(
         &mut self,
         keys: &Keys,
         config: CredentialConfig,
         client_secret: Option<&SecretString>,
+        new_keys: Vec<(self::keys::KeyPurpose, jose::KeyMaterial)>,
     ) -> Result<Credential> {
         let id = crypto::random_id();
+        let key_rows: Vec<_> = new_keys
+            .into_iter()
+            .map(|(purpose, material)| {
+                self::keys::seal_key(keys, &id, purpose, material, self::keys::now_ms()).0
+            })
+            .collect();
         let config_grant = config.grant;
         let now = unix_now();
         let row = CredentialRow {
@@ -549,7 +576,7 @@ impl Vault {
             previous_secret: None,
             previous_secret_set_at: None,
         };
-        self.store.insert_credential(&row, now)?;
+        self.store.insert_credential(&row, &key_rows, now)?;
         Ok(Credential {
             secret_ages: SecretAges::of(&row),
             id,
@@ -867,6 +894,9 @@ mod tests {
             access: Access::Open,
             step_up: Default::default(),
             signature_method: None,
+            exchange: None,
+            assertion_audience: Default::default(),
+            dpop: false,
         }
     }
 
@@ -929,6 +959,11 @@ mod tests {
                 &keys,
                 config("api", &p.id),
                 Some(&SecretString::from("s3cret")),
+                // A key too: rekey re-seals `credential_keys`.
+                vec![(
+                    keys::KeyPurpose::Dpop,
+                    super::jose::generate(latchkey_client::protocol::KeyAlg::ES256).unwrap(),
+                )],
             )
             .unwrap();
         let before: Vec<Vec<u8>> = vault
@@ -968,7 +1003,11 @@ mod tests {
         let (new_keys, fields, slots) = vault
             .rekey(&keys, Some(&SecretString::from("new pass")))
             .unwrap();
-        assert_eq!((fields, slots), (3, 1));
+        assert_eq!(
+            (fields, slots),
+            (4, 1),
+            "provider, credential config, secret, key"
+        );
         let rekeyed: Vec<Vec<u8>> = vault
             .store
             .sealed_fields()
@@ -1007,6 +1046,7 @@ mod tests {
                 &keys,
                 config("api", &p.id),
                 Some(&SecretString::from("one")),
+                Vec::new(),
             )
             .unwrap();
         assert!(c.secret_ages.worked && c.secret_ages.previous.is_none());
@@ -1168,6 +1208,7 @@ mod tests {
                 &keys,
                 config("a", &p.id),
                 Some(&SecretString::from("secret-a")),
+                Vec::new(),
             )
             .unwrap();
         let b = vault
@@ -1175,6 +1216,7 @@ mod tests {
                 &keys,
                 config("b", &p.id),
                 Some(&SecretString::from("secret-b")),
+                Vec::new(),
             )
             .unwrap();
         let blob_a = vault.store.client_secret(&a.id).unwrap().unwrap();

@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_totp.sql"),
     include_str!("../../migrations/0007_client_secret_rotation.sql"),
     include_str!("../../migrations/0008_git_routes.sql"),
+    include_str!("../../migrations/0009_credential_keys.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -602,8 +603,16 @@ impl Store {
         Ok(())
     }
 
-    pub fn insert_credential(&mut self, row: &CredentialRow, now: i64) -> Result<()> {
-        self.conn.execute(
+    /// Inserts a credential with its keys (`credential_keys`), in one
+    /// transaction.
+    pub fn insert_credential(
+        &mut self,
+        row: &CredentialRow,
+        keys: &[SealedRow],
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
             "INSERT INTO credentials (id, name, provider_id, config, client_secret, state, created_at,
                                       secret_set_at, secret_worked, previous_secret, previous_secret_set_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -621,6 +630,13 @@ impl Store {
                 row.previous_secret_set_at
             ],
         )?;
+        for key in keys {
+            tx.execute(
+                "INSERT INTO credential_keys (id, credential_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![key.id, row.id, key.sealed, now],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -840,6 +856,51 @@ impl Store {
             > 0)
     }
 
+    /// One credential's keys (`credential_keys`), oldest first.
+    pub fn credential_keys(&self, credential_id: &str) -> Result<Vec<SealedRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, sealed FROM credential_keys WHERE credential_id = ?1 ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([credential_id], |r| {
+            Ok(SealedRow {
+                id: r.get(0)?,
+                sealed: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every credential's keys, for `rekey`.
+    fn all_credential_keys(&self) -> Result<Vec<SealedRow>> {
+        self.sealed_rows("credential_keys")
+    }
+
+    /// Adds a key to a credential and deletes `retire` of its keys, in one
+    /// transaction (a rotation never leaves it with no key).
+    pub fn change_credential_keys(
+        &mut self,
+        credential_id: &str,
+        add: Option<&SealedRow>,
+        retire: &[&str],
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for id in retire {
+            tx.execute(
+                "DELETE FROM credential_keys WHERE id = ?1 AND credential_id = ?2",
+                params![id, credential_id],
+            )?;
+        }
+        if let Some(row) = add {
+            tx.execute(
+                "INSERT INTO credential_keys (id, credential_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![row.id, credential_id, row.sealed, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The authenticator's row, if one is enrolled.
     pub fn authenticator(&self) -> Result<Option<SealedRow>> {
         Ok(self
@@ -965,6 +1026,14 @@ impl Store {
                 row_id: r.id,
                 field: "sealed",
                 blob: r.sealed,
+            });
+        }
+        for k in self.all_credential_keys()? {
+            fields.push(SealedField {
+                table: "credential_keys",
+                row_id: k.id,
+                field: "sealed",
+                blob: k.sealed,
             });
         }
         if let Some(a) = self.authenticator()? {
@@ -1218,6 +1287,7 @@ mod tests {
                     previous_secret: None,
                     previous_secret_set_at: None,
                 },
+                &[],
                 0,
             )
             .unwrap();

@@ -207,6 +207,10 @@ pub async fn add_cc_credential(client: &mut Client, name: &str) {
         scopes: vec!["read".into(), "write".into()],
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
+        exchange: None,
+        client_key: None,
+        assertion_audience: None,
+        dpop: None,
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),
@@ -231,6 +235,10 @@ pub async fn add_device_credential(client: &mut Client, name: &str, client_id: &
         scopes: vec!["read".into()],
         redirect_uri: None,
         access: Some(latchkey_client::protocol::Access::Open),
+        exchange: None,
+        client_key: None,
+        assertion_audience: None,
+        dpop: None,
         proof: Some(latchkey_client::protocol::Proof::passphrase(
             secrecy::SecretString::from(PASSPHRASE),
         )),
