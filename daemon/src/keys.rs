@@ -112,8 +112,7 @@ impl Handler for DpopProof {
                 )
             })?;
         if let Some(nonce) = &params.nonce {
-            let nqchar = |c: char| c == '!' || ('#'..='~').contains(&c) && c != '\\';
-            if nonce.is_empty() || nonce.len() > 1024 || !nonce.chars().all(nqchar) {
+            if !valid_nonce(nonce) {
                 return Err(ApiError::invalid_params(
                     "the nonce must be the DPoP-Nonce value the resource server sent (RFC 9449 §8.1)",
                 ));
@@ -154,6 +153,13 @@ impl Handler for DpopProof {
             .map_err(ApiError::internal)?;
         Ok(DpopProofResult { proof, token })
     }
+}
+
+/// Whether `nonce` can be a server's `DPoP-Nonce` (RFC 9449 §8.1: 1 to
+/// 1024 NQCHARs, `%x21 / %x23-5B / %x5D-7E`).
+pub(crate) fn valid_nonce(nonce: &str) -> bool {
+    let nqchar = |c: char| c == '!' || ('#'..='~').contains(&c) && c != '\\';
+    !nonce.is_empty() && nonce.len() <= 1024 && nonce.chars().all(nqchar)
 }
 
 /// Only a `private_key_jwt` credential has client keys.

@@ -33,6 +33,9 @@
 //     }
 //     "dpop_nonce": false              // true: the token endpoint demands a DPoP
 //                                      // nonce (use_dpop_nonce) before it answers
+//     "resource_nonce": false          // true: /__admin/resource demands its own
+//                                      // DPoP nonce of a DPoP-bound token's proof
+//                                      // (RFC 9449 §9), a new one after each 200
 //   }
 //
 // Token exchange (urn:ietf:params:oauth:grant-type:token-exchange), for
@@ -68,7 +71,11 @@
 //   GET  /__admin/resource   a protected resource: 200 {"active":true,...} for a
 //                            live access token in `Authorization: Bearer`, else 401;
 //                            a DPoP-bound token only as `Authorization: DPoP` with a
-//                            valid `DPoP` proof by its key for this request (RFC 9449)
+//                            valid `DPoP` proof by its key for this request (RFC 9449);
+//                            with "resource_nonce", a proof without the current nonce
+//                            gets 401 `DPoP error="use_dpop_nonce"` and a `DPoP-Nonce`
+//                            (counted in stats as resource_nonce_demands), and every
+//                            200 to a DPoP-bound token carries the next `DPoP-Nonce`
 //   GET  /__admin/refresh_tokens?client_id=ID
 //                            every refresh token issued (to that client), oldest
 //                            first: {"refresh_tokens":[{"token","client_id",
@@ -388,6 +395,7 @@ const stats = {
   token_requests_by_grant: {},
   token_requests_by_auth: {},
   token_requests_with_dpop: 0,
+  resource_nonce_demands: 0,
   introspections: 0,
   revocations: 0,
 };
@@ -399,6 +407,7 @@ function resetState() {
   stats.token_requests_by_grant = {};
   stats.token_requests_by_auth = {};
   stats.token_requests_with_dpop = 0;
+  stats.resource_nonce_demands = 0;
   stats.introspections = 0;
   stats.revocations = 0;
   faults = [];
@@ -492,9 +501,11 @@ function authMethodOf(req, params) {
 // RFC 9449 §4.3 checks of a resource request's DPoP proof, by panva's
 // `jose`: signed by the key in its header, typ dpop+jwt, this method and
 // URL, recent, the token's hash, and that key's thumbprint is the one the
-// token is bound to. Each proof's jti is good once. Returns why not, or null.
+// token is bound to; with `nonce`, it must carry that nonce (else the
+// answer is 'use_dpop_nonce'). Each proof's jti is good once. Returns why
+// not, or null.
 const seenProofs = new Set();
-async function checkDpopProof(req, token, jkt) {
+async function checkDpopProof(req, token, jkt, nonce) {
   const proof = req.headers.dpop;
   if (typeof proof !== 'string') return 'no DPoP proof';
   let verified;
@@ -511,10 +522,15 @@ async function checkDpopProof(req, token, jkt) {
   const ath = createHash('sha256').update(token).digest('base64url');
   if (payload.ath !== ath) return 'DPoP proof for another token';
   if ((await jose.calculateJwkThumbprint(protectedHeader.jwk)) !== jkt) return 'DPoP proof by another key';
+  if (nonce !== undefined && payload.nonce !== nonce) return 'use_dpop_nonce';
   if (typeof payload.jti !== 'string' || seenProofs.has(payload.jti)) return 'DPoP proof replayed';
   seenProofs.add(payload.jti);
   return null;
 }
+
+// The resource's current DPoP nonce ("resource_nonce"), replaced after
+// each 200 it gives a DPoP-bound token.
+let resourceNonce = randomBytes(16).toString('base64url');
 
 // Find a live access token (any grant) by its value, or undefined.
 async function findAccessToken(value) {
@@ -552,10 +568,22 @@ async function handleAdmin(req, res, path) {
       if (!token) return deny('no live access token');
       // A DPoP-bound token (RFC 9449 §7) is good only with the DPoP scheme
       // and a proof by the key it is bound to, for this very request.
+      let next = {};
       if (token.jkt) {
         if (m[1].toLowerCase() !== 'dpop') return deny('DPoP-bound token presented as Bearer');
-        const why = await checkDpopProof(req, m[2], token.jkt);
+        const why = await checkDpopProof(req, m[2], token.jkt, config.resource_nonce ? resourceNonce : undefined);
+        if (why === 'use_dpop_nonce') {
+          stats.resource_nonce_demands += 1;
+          return sendJson(res, 401, { active: false, error: why }, {
+            'www-authenticate': 'DPoP error="use_dpop_nonce", error_description="Resource server requires nonce in DPoP proof"',
+            'dpop-nonce': resourceNonce,
+          });
+        }
         if (why) return deny(why);
+        if (config.resource_nonce) {
+          resourceNonce = randomBytes(16).toString('base64url');
+          next = { 'dpop-nonce': resourceNonce };
+        }
       }
       return sendJson(res, 200, {
         active: true,
@@ -564,7 +592,7 @@ async function handleAdmin(req, res, path) {
         exp: token.exp,
         ...(token.jkt ? { jkt: token.jkt } : {}),
         ...(token.accountId ? { sub: token.accountId } : {}),
-      });
+      }, next);
     }
     case 'GET /__admin/refresh_tokens': {
       const clientId = new URL(req.url, origin).searchParams.get('client_id');

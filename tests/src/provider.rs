@@ -148,6 +148,8 @@ pub struct Stats {
     pub faults_pending: u64,
     /// Token requests that carried a `DPoP` proof header.
     pub token_requests_with_dpop: u64,
+    /// 401s of `/__admin/resource` demanding its nonce (`resource_nonce`).
+    pub resource_nonce_demands: u64,
 }
 
 impl Stats {

@@ -460,3 +460,101 @@ fn a_daemon_that_stops_ends_the_proxy_and_says_so() {
         "the port is still open"
     );
 }
+
+/// A credential added with `--dpop` (RFC 9449): every request through the
+/// proxy carries a fresh proof by the vault's key for its own method and
+/// URL. The resource (oidc-provider's origin, `/__admin/resource`) demands
+/// its own nonce first: the proxy retries once with it, the token kept,
+/// and takes the next nonce from the 200, so the next request is not
+/// refused. The app never sees the token.
+#[test]
+fn a_dpop_credential_gets_a_fresh_proof_per_request_and_the_resources_nonce() {
+    if !ready("proxy_dpop") {
+        return;
+    }
+    let p = Provider::start_with(json!({
+        "clients": [{
+            "client_id": "dpop-svc",
+            "client_secret": "dpop-s3cret",
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["client_credentials"],
+            "scope": "api:read",
+        }],
+        "resource_nonce": true,
+    }));
+    let env = TestEnv::new();
+    env.init();
+    env.add_provider(TEST_PROVIDER, p.issuer());
+    env.cli(&[
+        "credential",
+        "add",
+        "api",
+        "--provider",
+        TEST_PROVIDER,
+        "--client-id",
+        "dpop-svc",
+        "--scope",
+        "api:read",
+        "--client-secret-stdin",
+        "--dpop",
+    ])
+    .stdin("dpop-s3cret\n")
+    .run()
+    .success();
+    let proxy = ProxyRun::start(&env, &["api", "--upstream", p.origin()]);
+    let url = format!("{}/__admin/resource", proxy.listen);
+
+    // The app's own Authorization and DPoP are replaced by the vault's.
+    let first = curl(
+        &[
+            "-H",
+            &format!("Authorization: Bearer {APP_CANARY}"),
+            "-H",
+            &format!("DPoP: {APP_CANARY}"),
+            &url,
+        ],
+        None,
+    );
+    assert_eq!(first.status, 200, "{first:?}");
+    let seen = first.json();
+    assert!(seen["jkt"].is_string(), "a DPoP-bound token: {seen}");
+    assert_eq!(seen["client_id"], "dpop-svc", "{seen}");
+    let stats = p.stats();
+    assert_eq!(stats.resource_nonce_demands, 1, "{stats:?}");
+
+    // Fresh proofs (a replayed jti is refused), with the nonce of the 200.
+    for _ in 0..2 {
+        let next = curl(&[&url], None);
+        assert_eq!(next.status, 200, "{next:?}");
+        assert!(next.json()["jkt"].is_string());
+    }
+    let stats = p.stats();
+    assert_eq!(stats.resource_nonce_demands, 1, "{stats:?}");
+    // One token for all of it: the nonce demand did not drop it.
+    assert_eq!(stats.token_requests, 1, "{stats:?}");
+    assert_eq!(stats.token_requests_with_dpop, 1, "{stats:?}");
+    let audit = env.cli(&["audit", "--json"]).run();
+    assert!(
+        !audit.stdout.contains("proxy_token_dropped"),
+        "{}",
+        audit.stdout
+    );
+
+    let r = env.latchkey(&["token", "api", "--json"]).json();
+    assert_eq!(r["token_type"], "DPoP", "{r}");
+    let token = r["access_token"].as_str().expect("a token").to_owned();
+    assert!(
+        !first.text().contains(&token),
+        "a response carried the token"
+    );
+    assert!(!format!("{:?}", first.headers).contains(&token));
+    let said = proxy.interrupt();
+    assert!(
+        !said.contains(&token),
+        "the proxy printed the token: {said}"
+    );
+    assert!(
+        !env.all_daemon_logs().contains(&token),
+        "the token is in the daemon's log"
+    );
+}

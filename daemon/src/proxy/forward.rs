@@ -7,7 +7,8 @@
 //! (bounded, hop-by-hop headers dropped).
 //!
 //! The retry rule: when the upstream answers 401, the scheme is told
-//! (bearer: the cached token is dropped) and the request is sent once
+//! (bearer: the cached token is dropped; DPoP: the nonce the 401 demands
+//! is remembered, or else the token dropped) and the request is sent once
 //! more with a fresh authorization — only if its body was buffered: an
 //! empty body, or one whose `Content-Length` is at most [`RETRY_BUFFER`].
 //! A bigger or chunked body is streamed as it arrives, cannot be sent
@@ -273,6 +274,7 @@ async fn forward(
             retried = true;
             continue;
         }
+        shared.auth.answered(response.headers());
         return relay(response, bounds);
     }
 }

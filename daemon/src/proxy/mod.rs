@@ -80,11 +80,13 @@ impl Handler for ProxyStart {
         let upstream = upstream(&params.upstream)?;
         let (bounds, limits) = bounds(params.limits)?;
         let where_ = listen(&params.listen)?;
-        let auth = Authorizer {
-            credential: name.clone(),
-            scopes: params.scopes.clone(),
-            scheme: Scheme::Bearer,
-        };
+        // A `--dpop` credential's tokens are bound to its key: each
+        // request then carries a fresh proof.
+        let auth = Authorizer::new(
+            name.clone(),
+            params.scopes.clone(),
+            Scheme::of(credential.config.dpop),
+        );
         // The starter must be allowed this credential's tokens, as for
         // `token.get`: asked once now (which also warms the cache).
         let probe_url = upstream.url.clone();
