@@ -7,10 +7,12 @@
 //! sent as `DPoP: <proof>` beside `Authorization: DPoP <token>`; the
 //! resource server's nonce (§9: `DPoP-Nonce` on a 401 demanding it, or on
 //! any other answer) is remembered for the proxy's next proofs, and a 401
-//! that demanded one is retried once with it, the token kept. An OAuth
-//! 1.0a signature (method, URL and a buffered form body, all in
-//! [`Outgoing`]) would be another variant here; the proxy itself does not
-//! change.
+//! that demanded one is retried once with it, the token kept.
+//! [`Scheme::Oauth1`] (RFC 5849), for an OAuth 1.0a credential: each
+//! request is signed through the `oauth1.sign` path for exactly its
+//! method, URL (query included) and, when the body is a form, its form
+//! parameters (§3.4.1.3.1) — so a form body must be one the proxy buffered.
+//! A new scheme is another variant here; the proxy itself does not change.
 
 use crate::error::ApiError;
 use crate::handler::Handler;
@@ -18,7 +20,8 @@ use crate::keys::valid_nonce;
 use crate::state::{Daemon, Peer};
 use crate::sync::lock;
 use latchkey_client::protocol::{
-    DpopProof, DpopProofParams, ErrorKind, TokenGet, TokenParams, TokenReply,
+    DpopProof, DpopProofParams, ErrorKind, GrantType, Oauth1Sign, Oauth1SignParams, TokenGet,
+    TokenParams, TokenReply,
 };
 use secrecy::ExposeSecret;
 use std::borrow::Borrow;
@@ -40,30 +43,35 @@ pub enum Scheme {
     /// `Authorization: DPoP <bound token>` and `DPoP: <proof>` (RFC 9449
     /// §7.1), a fresh proof for each request.
     Dpop,
+    /// `Authorization: OAuth …` (RFC 5849 §3.5.1), a fresh signature for
+    /// each request.
+    Oauth1,
 }
 
 impl Scheme {
-    /// The scheme of a credential's tokens: DPoP when it was added with
-    /// `--dpop` (its tokens are bound to its key), else Bearer.
-    pub fn of(dpop: bool) -> Scheme {
-        if dpop {
-            Scheme::Dpop
-        } else {
-            Scheme::Bearer
+    /// The scheme of a credential: OAuth 1.0a signatures for an OAuth
+    /// 1.0a credential, DPoP when it was added with `--dpop` (its tokens
+    /// are bound to its key), else Bearer.
+    pub fn of(grant: GrantType, dpop: bool) -> Scheme {
+        match (grant, dpop) {
+            (GrantType::Oauth1, _) => Scheme::Oauth1,
+            (_, true) => Scheme::Dpop,
+            (_, false) => Scheme::Bearer,
         }
     }
 }
 
 /// What a scheme may look at to authorize one request: its head, and its
 /// body when the proxy buffered it (small bodies; see `forward.rs`).
-/// Bearer needs none of it; DPoP signs the method and URL.
+/// Bearer needs none of it; DPoP signs the method and URL; OAuth 1.0a
+/// those and a form body's parameters.
 pub struct Outgoing<'a> {
     pub method: &'a http::Method,
     pub url: &'a Url,
-    /// `None`: the body is streamed, not seen. For a scheme that signs
-    /// bodies (OAuth 1.0a); none does yet.
-    #[allow(dead_code)]
+    /// `None`: the body is streamed, not seen.
     pub body: Option<&'a [u8]>,
+    /// Whether the body is `application/x-www-form-urlencoded`.
+    pub form: bool,
 }
 
 /// One proxy's way of authorizing: a credential, the scopes asked, a scheme.
@@ -164,6 +172,27 @@ impl Authorizer {
                     (http::HeaderName::from_static("dpop"), proof),
                 ])
             }
+            Scheme::Oauth1 => {
+                let form = match (request.form, request.body) {
+                    (false, _) => Vec::new(),
+                    (true, Some(body)) => url::form_urlencoded::parse(body).into_owned().collect(),
+                    (true, None) => {
+                        return Err(ApiError::invalid_params(format!(
+                            "an OAuth 1.0a signature covers a form body's parameters, and this form body is over {} bytes or has no Content-Length: the proxy signs form bodies it can read whole",
+                            super::forward::RETRY_BUFFER
+                        )))
+                    }
+                };
+                let params = Oauth1SignParams {
+                    credential: self.credential.clone(),
+                    method: request.method.as_str().to_owned(),
+                    url: request.url.to_string(),
+                    form,
+                };
+                let reply = <Oauth1Sign as Handler>::handle(daemon, peer.clone(), params).await?;
+                let value = sensitive(reply.authorization.expose_secret().to_owned())?;
+                Ok(vec![(http::header::AUTHORIZATION, value)])
+            }
         }
     }
 
@@ -177,6 +206,10 @@ impl Authorizer {
     pub fn rejected(&self, daemon: &Arc<Daemon>, peer: &Peer, response: &http::HeaderMap) -> bool {
         match self.scheme {
             Scheme::Bearer => self.drop_token(daemon, peer),
+            // Token credentials do not expire: a fresh signature would be
+            // refused the same way (revoked at the provider, or a clock
+            // off: `latchkey doctor`).
+            Scheme::Oauth1 => false,
             Scheme::Dpop => {
                 if self.remember_nonce(response) && !says_invalid_token(response) {
                     return true;
@@ -305,7 +338,11 @@ mod tests {
             "DPoP error=\"use_dpop_nonce\", error_description=\"Resource server requires nonce in DPoP proof\""
         )])));
         assert!(!says_invalid_token(&headers(&[])));
-        assert_eq!(Scheme::of(true), Scheme::Dpop);
-        assert_eq!(Scheme::of(false), Scheme::Bearer);
+        assert_eq!(Scheme::of(GrantType::ClientCredentials, true), Scheme::Dpop);
+        assert_eq!(
+            Scheme::of(GrantType::AuthorizationCode, false),
+            Scheme::Bearer
+        );
+        assert_eq!(Scheme::of(GrantType::Oauth1, false), Scheme::Oauth1);
     }
 }

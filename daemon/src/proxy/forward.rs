@@ -231,6 +231,7 @@ async fn forward(
             method: &parts.method,
             url: &url,
             body: buffered.as_deref(),
+            form: is_form(&parts.headers),
         };
         let added = shared
             .auth
@@ -316,6 +317,19 @@ fn check_target(shared: &Shared, req: &Request<Incoming>) -> Result<(), Refusal>
         }
     }
     Ok(())
+}
+
+/// Whether the body is a form (`application/x-www-form-urlencoded`, any
+/// parameters after it), whose parameters an OAuth 1.0a signature covers.
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
 }
 
 /// The declared body length, if any; a malformed one is refused.

@@ -85,7 +85,7 @@ impl Handler for ProxyStart {
         let auth = Authorizer::new(
             name.clone(),
             params.scopes.clone(),
-            Scheme::of(credential.config.dpop),
+            Scheme::of(credential.config.grant, credential.config.dpop),
         );
         // The starter must be allowed this credential's tokens, as for
         // `token.get`: asked once now (which also warms the cache).
@@ -97,6 +97,7 @@ impl Handler for ProxyStart {
                 method: &http::Method::GET,
                 url: &probe_url,
                 body: None,
+                form: false,
             },
         )
         .await?;
