@@ -135,6 +135,18 @@ impl Cli<'_> {
     /// transcript).
     pub fn spawn(mut self) -> std::process::Child {
         let (program, mut cmd) = self.command();
+        // As a command in a terminal's foreground: Ctrl-C (SIGINT) at its
+        // default. A test binary run in the background of a script (`&`,
+        // no job control) has SIGINT ignored, and children would inherit
+        // that, so a test's Ctrl-C would never arrive.
+        // SAFETY: `signal` is async-signal-safe; nothing else runs here.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         cmd.stdin(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}; {BUILD_HINT}", program.display()))

@@ -129,20 +129,7 @@ pub async fn exchange(
         proofs,
     } = auth;
     let name = &credential.config.name;
-    let token_url = provider
-        .config
-        .endpoints
-        .token_endpoint
-        .as_deref()
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!(
-                    "provider '{}' has no token endpoint: add one with `latchkey provider add`",
-                    provider.config.name
-                ),
-            )
-        })?;
+    let token_url = super::grant::token_endpoint(provider)?;
     let basic = credential.config.auth == AuthMethod::ClientSecretBasic;
     let request = ExchangeRequest {
         subject_token,

@@ -36,21 +36,7 @@ pub async fn client_credentials(
         proofs,
     } = auth;
     let name = &credential.config.name;
-    let token_url = provider
-        .config
-        .endpoints
-        .token_endpoint
-        .clone()
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!(
-                    "provider '{}' has no token endpoint: add one with `latchkey provider add`",
-                    provider.config.name
-                ),
-            )
-        })?;
-    let token_url = TokenUrl::new(token_url)
+    let token_url = TokenUrl::new(token_endpoint(provider)?.to_owned())
         .map_err(|e| ApiError::internal(format!("stored token endpoint is invalid: {e}")))?;
     let mut client = BasicClient::new(ClientId::new(credential.config.client_id.clone()))
         .set_token_uri(token_url)
@@ -77,6 +63,24 @@ pub async fn client_credentials(
             &client_secret.iter().collect::<Vec<_>>(),
         )),
     }
+}
+
+/// The provider's token endpoint, or the error that names the fix.
+pub(crate) fn token_endpoint(provider: &Provider) -> Result<&str, ApiError> {
+    provider
+        .config
+        .endpoints
+        .token_endpoint
+        .as_deref()
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "provider '{}' has no token endpoint: add one with `latchkey provider add`",
+                    provider.config.name
+                ),
+            )
+        })
 }
 
 /// What callers are told about a failed token request: the kind says
