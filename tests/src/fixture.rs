@@ -30,11 +30,38 @@ pub fn svc() -> ClientSpec {
     ClientSpec::client_credentials(SVC_ID, SVC_SECRET, "client_secret_basic", "api:read")
 }
 
+/// The client-credentials client the DPoP tests bind tokens for:
+/// [`DPOP_SVC_ID`] / [`DPOP_SVC_SECRET`], `client_secret_basic`, scope
+/// `api:read`.
+pub const DPOP_SVC_ID: &str = "dpop-svc";
+pub const DPOP_SVC_SECRET: &str = "dpop-s3cret";
+
+pub fn dpop_svc() -> ClientSpec {
+    ClientSpec::client_credentials(
+        DPOP_SVC_ID,
+        DPOP_SVC_SECRET,
+        "client_secret_basic",
+        "api:read",
+    )
+}
+
 /// `latchkey credential add NAME` for the client-credentials client
 /// `client` at the daemon's provider `provider`: its id, auth method and
 /// scopes, the secret on stdin. Asserts success.
 #[track_caller]
 pub fn client_credentials(env: &TestEnv, provider: &str, name: &str, client: &ClientSpec) {
+    client_credentials_with(env, provider, name, client, &[]);
+}
+
+/// [`client_credentials`] with more flags (e.g. `--dpop`).
+#[track_caller]
+pub fn client_credentials_with(
+    env: &TestEnv,
+    provider: &str,
+    name: &str,
+    client: &ClientSpec,
+    extra: &[&str],
+) {
     let secret = client
         .client_secret
         .as_deref()
@@ -54,7 +81,19 @@ pub fn client_credentials(env: &TestEnv, provider: &str, name: &str, client: &Cl
     if !client.scope.is_empty() {
         args.extend(["--scope", &client.scope]);
     }
+    args.extend_from_slice(extra);
     env.cli(&args).stdin(secret).run().success();
+}
+
+/// A fresh vault (CLI `init`), `p` added as [`TEST_PROVIDER`], and
+/// credential `name` for the [`dpop_svc`] client, with `extra` flags
+/// (`--dpop` binds its tokens).
+pub fn dpop_cli_env(p: &Provider, name: &str, extra: &[&str]) -> TestEnv {
+    let env = TestEnv::new();
+    env.init();
+    env.add_provider(TEST_PROVIDER, p.issuer());
+    client_credentials_with(&env, TEST_PROVIDER, name, &dpop_svc(), extra);
+    env
 }
 
 /// A fresh vault (CLI `init`, the daemon started by the CLI), `p` added as

@@ -10,7 +10,7 @@
 //! Needs `cargo build --workspace --bins` and `npm ci --prefix tests/provider`.
 
 use latchkey_tests::desktop::{can_run, on_path};
-use latchkey_tests::fixture::TEST_PROVIDER;
+use latchkey_tests::fixture::{dpop_cli_env, dpop_svc, TEST_PROVIDER};
 use latchkey_tests::provider::Provider;
 use latchkey_tests::TestEnv;
 use serde_json::{json, Value};
@@ -21,13 +21,7 @@ const CLIENT: &str = "keyed";
 /// `private_key_jwt` against `jwks` (none: no client yet), plus a DPoP
 /// client `dpop-svc` with a secret.
 fn provider(port: u16, jwks: Option<&Value>, extra: Value) -> Provider {
-    let mut clients = vec![json!({
-        "client_id": "dpop-svc",
-        "client_secret": "dpop-s3cret",
-        "token_endpoint_auth_method": "client_secret_basic",
-        "grant_types": ["client_credentials"],
-        "scope": "api:read",
-    })];
+    let mut clients = vec![dpop_svc().to_json()];
     if let Some(jwks) = jwks {
         clients.push(json!({
             "client_id": CLIENT,
@@ -285,25 +279,7 @@ fn an_imported_rsa_key_signs_and_rsa_generation_is_refused_with_the_fix() {
 fn dpop_bound_tokens_need_the_vaults_proof_and_a_copied_token_is_useless() {
     for nonce in [false, true] {
         let p = provider(0, None, json!({ "dpop_nonce": nonce }));
-        let env = TestEnv::new();
-        env.init();
-        env.add_provider(TEST_PROVIDER, p.issuer());
-        env.cli(&[
-            "credential",
-            "add",
-            "api",
-            "--provider",
-            TEST_PROVIDER,
-            "--client-id",
-            "dpop-svc",
-            "--scope",
-            "api:read",
-            "--client-secret-stdin",
-            "--dpop",
-        ])
-        .stdin("dpop-s3cret\n")
-        .run()
-        .success();
+        let env = dpop_cli_env(&p, "api", &["--dpop"]);
         let show = env
             .latchkey(&["credential", "show", "api", "--json"])
             .json();
@@ -373,24 +349,7 @@ fn a_provider_that_ignores_dpop_is_refused_and_bad_dpop_requests_say_why() {
     // what a provider without DPoP gives, faked here by the client
     // without --dpop asking `latchkey dpop`.
     let p = provider(0, None, json!({}));
-    let env = TestEnv::new();
-    env.init();
-    env.add_provider(TEST_PROVIDER, p.issuer());
-    env.cli(&[
-        "credential",
-        "add",
-        "plain",
-        "--provider",
-        TEST_PROVIDER,
-        "--client-id",
-        "dpop-svc",
-        "--scope",
-        "api:read",
-        "--client-secret-stdin",
-    ])
-    .stdin("dpop-s3cret\n")
-    .run()
-    .success();
+    let env = dpop_cli_env(&p, "plain", &[]);
     let r = env
         .cli(&["dpop", "plain", "--url", &p.resource_url()])
         .run();

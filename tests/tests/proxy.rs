@@ -473,34 +473,10 @@ fn a_dpop_credential_gets_a_fresh_proof_per_request_and_the_resources_nonce() {
         return;
     }
     let p = Provider::start_with(json!({
-        "clients": [{
-            "client_id": "dpop-svc",
-            "client_secret": "dpop-s3cret",
-            "token_endpoint_auth_method": "client_secret_basic",
-            "grant_types": ["client_credentials"],
-            "scope": "api:read",
-        }],
+        "clients": [dpop_svc().to_json()],
         "resource_nonce": true,
     }));
-    let env = TestEnv::new();
-    env.init();
-    env.add_provider(TEST_PROVIDER, p.issuer());
-    env.cli(&[
-        "credential",
-        "add",
-        "api",
-        "--provider",
-        TEST_PROVIDER,
-        "--client-id",
-        "dpop-svc",
-        "--scope",
-        "api:read",
-        "--client-secret-stdin",
-        "--dpop",
-    ])
-    .stdin("dpop-s3cret\n")
-    .run()
-    .success();
+    let env = dpop_cli_env(&p, "api", &["--dpop"]);
     let proxy = ProxyRun::start(&env, &["api", "--upstream", p.origin()]);
     let url = format!("{}/__admin/resource", proxy.listen);
 
@@ -518,7 +494,7 @@ fn a_dpop_credential_gets_a_fresh_proof_per_request_and_the_resources_nonce() {
     assert_eq!(first.status, 200, "{first:?}");
     let seen = first.json();
     assert!(seen["jkt"].is_string(), "a DPoP-bound token: {seen}");
-    assert_eq!(seen["client_id"], "dpop-svc", "{seen}");
+    assert_eq!(seen["client_id"], DPOP_SVC_ID, "{seen}");
     let stats = p.stats();
     assert_eq!(stats.resource_nonce_demands, 1, "{stats:?}");
 
