@@ -251,16 +251,13 @@ fn rsa_sha256_three_legged_login_and_signed_requests() {
     }
 }
 
-/// Token credentials from a provider's developer page, on stdin.
-#[test]
-fn imported_token_credentials_sign_and_never_show() {
-    if !ready("import") {
-        return;
-    }
+/// A provider that issued `token` to [`CONSUMER`] beforehand (what a
+/// developer page hands out), with a canary consumer secret and token
+/// secret: the provider, its directory, and the two secrets.
+fn with_issued_token(token: &str) -> (tempfile::TempDir, Oauth1Provider, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let secret = canary("consumer");
     let token_secret = canary("tokensecret");
-    let token = "issued-token-1";
     let p = Oauth1Provider::start(
         dir.path(),
         &[Consumer {
@@ -270,6 +267,17 @@ fn imported_token_credentials_sign_and_never_show() {
         }],
         &[(token, CONSUMER, &token_secret)],
     );
+    (dir, p, secret, token_secret)
+}
+
+/// Token credentials from a provider's developer page, on stdin.
+#[test]
+fn imported_token_credentials_sign_and_never_show() {
+    if !ready("import") {
+        return;
+    }
+    let token = "issued-token-1";
+    let (_dir, p, secret, token_secret) = with_issued_token(token);
     let env = env_with(&p);
     add(&env, "imported", "HMAC-SHA256", Some(&secret), None);
     let bad = env
@@ -313,19 +321,8 @@ fn the_proxy_signs_each_request_with_its_query_and_form() {
     if !ready("proxy") || !can_run("proxy", on_path("curl"), "curl is not installed") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let secret = canary("consumer");
-    let token_secret = canary("tokensecret");
     let token = "issued-token-2";
-    let p = Oauth1Provider::start(
-        dir.path(),
-        &[Consumer {
-            key: CONSUMER.into(),
-            secret: Some(secret.clone()),
-            rsa_key_out: None,
-        }],
-        &[(token, CONSUMER, &token_secret)],
-    );
+    let (_dir, p, secret, token_secret) = with_issued_token(token);
     let env = env_with(&p);
     add(&env, "proxied", "HMAC-SHA1", Some(&secret), None);
     env.cli(&["credential", "import-token", "proxied"])
