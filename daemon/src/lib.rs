@@ -60,6 +60,7 @@ pub use vault::keyring;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use vault::test_hooks;
+pub use vault::store::{postgres::is_postgres_url, Location as VaultLocation, PgTarget};
 pub use vault::Retention as AuditRetention;
 
 use interprocess::local_socket::tokio::Listener;

@@ -50,7 +50,7 @@ impl Handler for Status {
             .map(|_| idle.saturating_sub(daemon.idle_for() as u64));
         let mut result = StatusResult {
             vault: state,
-            vault_path: daemon.config.vault_path.display().to_string(),
+            vault_path: daemon.config.vault.to_string(),
             pid: std::process::id(),
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             slots,
@@ -119,7 +119,7 @@ impl Handler for VaultInit {
                 ErrorKind::AlreadyInitialized,
                 format!(
                     "a vault already exists at {}: unlock it with `latchkey unlock`, or point LATCHKEY_VAULT elsewhere",
-                    daemon.config.vault_path.display()
+                    daemon.config.vault
                 ),
             ));
         }
@@ -139,7 +139,7 @@ impl Handler for VaultInit {
             }
             None => params,
         };
-        let path = daemon.config.vault_path.clone();
+        let location = daemon.config.vault.clone();
         let choice = daemon.config.keyring;
         let (vault, keys) = tokio::task::spawn_blocking(move || {
             let backend = if params.keyring {
@@ -151,7 +151,7 @@ impl Handler for VaultInit {
                 passphrase: params.passphrase.as_ref(),
                 keyring: backend,
             };
-            Vault::create(&path, slots)
+            Vault::create(&location, slots)
         })
         .await
         .map_err(ApiError::internal)??;
@@ -530,18 +530,7 @@ pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
 }
 
 fn read_passphrase_file(path: &Path) -> Result<SecretString, String> {
-    use std::io::Read;
-    let cannot = |e: &dyn std::fmt::Display| {
-        format!("cannot read the passphrase file {}: {e}", path.display())
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
-    // Ours and readable by nobody else, as the CLI insists too.
-    latchkey_client::trust::check_secret_file(&file, path).map_err(|e| cannot(&e))?;
-    let mut text = zeroize::Zeroizing::new(String::new());
-    file.read_to_string(&mut text).map_err(|e| cannot(&e))?;
-    let trimmed = text.strip_suffix('\n').unwrap_or(&text);
-    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
-    Ok(SecretString::from(trimmed))
+    crate::fsutil::read_secret_file(path, "passphrase file")
 }
 
 /// The passphrase back if it is strong enough ([`strength::check`], on a

@@ -302,7 +302,7 @@ impl Sink for VaultSink {
 impl Daemon {
     /// Opens the vault file if one exists. Must run inside the tokio runtime.
     pub fn new(config: Config) -> Result<Arc<Daemon>, ApiError> {
-        let vault = Vault::open(&config.vault_path)?;
+        let vault = Vault::open(&config.vault)?;
         let limiter = match &vault {
             Some(v) => Limiter::from_state(v.limiter_state()?),
             None => Limiter::default(),
@@ -937,10 +937,10 @@ mod tests {
             passphrase: Some(&pass),
             keyring: None,
         };
-        let (vault, keys) = Vault::create(&path, slots).unwrap();
+        let (vault, keys) = Vault::create(&crate::vault::store::Location::File(path.clone()), slots).unwrap();
         drop(vault);
         let daemon = Daemon::new(Config {
-            vault_path: path,
+            vault: crate::vault::store::Location::File(path),
             socket_path: dir.join("s.sock"),
             idle_timeout: Duration::ZERO,
             frame_timeout: Duration::from_secs(10),

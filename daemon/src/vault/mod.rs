@@ -20,7 +20,9 @@ pub use slots::test_hooks;
 pub use slots::SlotKeks;
 
 use crate::vault::crypto::{AuditKey, CryptoError, Dek, FieldRef};
-use crate::vault::store::{CredentialRow, GrantRow, ProviderRow, Store, StoreError, TokenRow};
+use crate::vault::store::{
+    CredentialRow, GrantRow, Location, ProviderRow, Store, StoreError, TokenRow,
+};
 use latchkey_client::protocol::{
     Access, AuthMethod, CredentialState, Endpoints, GrantType, TokenReply,
 };
@@ -28,7 +30,6 @@ use latchkey_client::unix_now;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -408,12 +409,13 @@ pub struct NewSlots<'a> {
 }
 
 impl Vault {
-    /// Opens the vault at `path`, or `None` when no vault exists there yet.
-    pub fn open(path: &Path) -> Result<Option<Vault>> {
-        if !path.exists() {
+    /// Opens the vault at `location`, or `None` when no vault exists there
+    /// yet (no file; a database with no vault id).
+    pub fn open(location: &Location) -> Result<Option<Vault>> {
+        if location.file().is_some_and(|path| !path.exists()) {
             return Ok(None);
         }
-        let store = Store::open(path, false)?;
+        let store = Store::open(location, false)?;
         if store.meta("vault_id")?.is_none() {
             // A file left by an interrupted init holds no key slots: nothing to protect.
             return Ok(None);
@@ -913,10 +915,10 @@ mod tests {
         }
     }
 
-    fn new_vault(dir: &Path, pass: &str) -> (Vault, Keys) {
+    fn new_vault(dir: &std::path::Path, pass: &str) -> (Vault, Keys) {
         let pass = SecretString::from(pass);
         Vault::create(
-            &dir.join("vault.db"),
+            &Location::File(dir.join("vault.db")),
             NewSlots {
                 passphrase: Some(&pass),
                 keyring: None,
@@ -942,7 +944,7 @@ mod tests {
         };
         vault.set_limiter_state(&limiter).unwrap();
         drop(vault);
-        let mut vault = Vault::open(&dir.path().join("vault.db")).unwrap().unwrap();
+        let mut vault = Vault::open(&Location::File(dir.path().join("vault.db"))).unwrap().unwrap();
         assert_eq!(vault.lock_hold().unwrap(), Some(hold));
         assert_eq!(vault.limiter_state().unwrap(), limiter);
         vault.set_lock_hold(None).unwrap();

@@ -3,12 +3,11 @@
 //! and rekeying (new data key, every field re-encrypted in one transaction).
 
 use super::crypto::{self, Dek, KdfParams, Kek, PassphraseSlot};
-use super::store::{SlotRow, Store};
+use super::store::{Location, SlotRow, Store};
 use super::{keyring, Keys, NewSlots, Result, Vault, VaultError};
 use latchkey_client::protocol::SlotInfo;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 pub const SLOT_PASSPHRASE: &str = "passphrase";
 pub const SLOT_KEYRING: &str = "keyring";
@@ -16,7 +15,7 @@ pub const SLOT_KEYRING: &str = "keyring";
 impl Vault {
     /// Creates a vault with a fresh random DEK wrapped in the requested slots.
     /// Call off the async runtime (Argon2id, keyring).
-    pub fn create(path: &Path, slots: NewSlots<'_>) -> Result<(Vault, Keys)> {
+    pub fn create(location: &Location, slots: NewSlots<'_>) -> Result<(Vault, Keys)> {
         let vault_id = crypto::random_id();
         let keys = Keys::new(
             vault_id.clone(),
@@ -63,7 +62,7 @@ impl Vault {
                 created_at: now,
             });
         }
-        let result = Store::open(path, true).and_then(|mut store| {
+        let result = Store::open(location, true).and_then(|mut store| {
             store.initialize(&vault_id, &rows)?;
             Ok(store)
         });
