@@ -57,10 +57,10 @@ pub use clock::Clock;
 pub use config::Config;
 pub use ratelimit::{Rate, RateLimits};
 pub use vault::keyring;
+pub use vault::store::{Location as VaultLocation, PgTarget};
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use vault::test_hooks;
-pub use vault::store::{postgres::is_postgres_url, Location as VaultLocation, PgTarget};
 pub use vault::Retention as AuditRetention;
 
 use interprocess::local_socket::tokio::Listener;

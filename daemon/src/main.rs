@@ -10,8 +10,8 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::uds_local_socket::tokio::Listener as UdsListener;
 use latchkey_client::duration;
 use latchkey_daemon::{
-    activation, fsutil, hardening, is_postgres_url, keyring, lockfile, AuditRetention, Clock,
-    Config, PgTarget, Rate, RateLimits, VaultLocation,
+    activation, fsutil, hardening, keyring, lockfile, AuditRetention, Clock, Config, PgTarget,
+    Rate, RateLimits, VaultLocation,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -261,7 +261,10 @@ fn vault_location(arg: Option<PathBuf>) -> anyhow::Result<VaultLocation> {
         (None, Some(env)) => (PathBuf::from(env), false),
         (None, None) => return Ok(VaultLocation::File(latchkey_client::vault_path())),
     };
-    let Some(url) = value.to_str().filter(|s| is_postgres_url(s)) else {
+    let Some(url) = value
+        .to_str()
+        .filter(|s| latchkey_client::is_database_url(s))
+    else {
         return Ok(VaultLocation::File(value));
     };
     let has_password = url::Url::parse(url).is_ok_and(|u| u.password().is_some());

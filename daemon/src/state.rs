@@ -937,7 +937,8 @@ mod tests {
             passphrase: Some(&pass),
             keyring: None,
         };
-        let (vault, keys) = Vault::create(&crate::vault::store::Location::File(path.clone()), slots).unwrap();
+        let (vault, keys) =
+            Vault::create(&crate::vault::store::Location::File(path.clone()), slots).unwrap();
         drop(vault);
         let daemon = Daemon::new(Config {
             vault: crate::vault::store::Location::File(path),

@@ -944,7 +944,9 @@ mod tests {
         };
         vault.set_limiter_state(&limiter).unwrap();
         drop(vault);
-        let mut vault = Vault::open(&Location::File(dir.path().join("vault.db"))).unwrap().unwrap();
+        let mut vault = Vault::open(&Location::File(dir.path().join("vault.db")))
+            .unwrap()
+            .unwrap();
         assert_eq!(vault.lock_hold().unwrap(), Some(hold));
         assert_eq!(vault.limiter_state().unwrap(), limiter);
         vault.set_lock_hold(None).unwrap();

@@ -270,10 +270,7 @@ pub trait AuditReads {
     fn audit_any_mac(&self) -> Result<bool> {
         Ok(self
             .conn()
-            .one(
-                "SELECT 1 FROM audit WHERE mac IS NOT NULL LIMIT 1",
-                args![],
-            )?
+            .one("SELECT 1 FROM audit WHERE mac IS NOT NULL LIMIT 1", args![])?
             .is_some())
     }
 
@@ -442,7 +439,11 @@ pub struct Store {
 impl Store {
     /// Every row `sql` selects, each mapped by `row`.
     fn all<T>(&self, sql: &str, row: impl FnMut(Row) -> Result<T>) -> Result<Vec<T>> {
-        self.conn.query(sql, args![])?.into_iter().map(row).collect()
+        self.conn
+            .query(sql, args![])?
+            .into_iter()
+            .map(row)
+            .collect()
     }
 
     /// Column 0 of the first row `sql` selects, if there is one.
@@ -1262,7 +1263,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vault.db");
         let store = Store::open_file(&path, true).unwrap();
-        store.conn_for_tests().pragma_update(None, "user_version", 99).unwrap();
+        store
+            .conn_for_tests()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
         drop(store);
         assert!(matches!(
             Store::open_file(&path, false),
@@ -1525,7 +1529,10 @@ mod tests {
         match Store::open(&location, false) {
             Err(e @ StoreError::TooNew { found: 99, .. }) => {
                 assert!(e.to_string().contains("upgrade latchkey"), "{e}");
-                assert!(e.to_string().contains("postgres://latchkey@localhost"), "{e}");
+                assert!(
+                    e.to_string().contains("postgres://latchkey@localhost"),
+                    "{e}"
+                );
             }
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("a newer schema was opened"),
@@ -1590,7 +1597,10 @@ mod tests {
             .err()
             .expect("a wrong password is refused");
         let text = err.to_string();
-        assert!(text.contains("the vault database postgres://latchkey@localhost"), "{text}");
+        assert!(
+            text.contains("the vault database postgres://latchkey@localhost"),
+            "{text}"
+        );
         assert!(text.contains("password authentication failed"), "{text}");
         assert!(!text.contains("wrong-canary-pw"), "{text}");
     }

@@ -42,18 +42,16 @@ impl std::fmt::Display for PgTarget {
     }
 }
 
-/// Whether `s` names a PostgreSQL database rather than a vault file.
-pub fn is_postgres_url(s: &str) -> bool {
-    s.starts_with("postgres://") || s.starts_with("postgresql://")
-}
-
 impl PgTarget {
     /// Reads a `postgres://` URL. `password` is used when the URL has
     /// none. Errors name what to change; none repeats a password.
-    pub fn parse(url: &str, password: Option<SecretString>) -> std::result::Result<PgTarget, String> {
+    pub fn parse(
+        url: &str,
+        password: Option<SecretString>,
+    ) -> std::result::Result<PgTarget, String> {
         let mut parsed = url::Url::parse(url)
             .map_err(|e| format!("the vault URL is not a valid postgres:// URL ({e})"))?;
-        if !is_postgres_url(url) {
+        if !latchkey_client::is_database_url(url) {
             return Err("the vault URL must start with postgres:// or postgresql://".into());
         }
         // Our own query parameters (libpq's names), taken out before the
@@ -138,9 +136,11 @@ impl PgTarget {
     /// One new connection.
     fn connect(&self) -> Result<postgres::Client> {
         let connected = match &self.tls {
-            Some(tls) => self.config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(
-                (**tls).clone(),
-            )),
+            Some(tls) => self
+                .config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    (**tls).clone(),
+                )),
             None => self.config.connect(postgres::NoTls),
         };
         connected.map_err(|e| self.error(&e))
@@ -249,7 +249,9 @@ impl Session {
         if self.lost_in_tx {
             return Err(StoreError::Postgres {
                 database: self.target.shown.clone(),
-                message: "the connection was lost inside a transaction; nothing of it was committed".into(),
+                message:
+                    "the connection was lost inside a transaction; nothing of it was committed"
+                        .into(),
             });
         }
         if self.client.is_none() {
@@ -551,7 +553,10 @@ pub mod testdb {
     impl Drop for TestDb {
         fn drop(&mut self) {
             if let Ok(mut c) = self.admin.connect() {
-                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+                let _ = c.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ));
             }
         }
     }
@@ -559,7 +564,9 @@ pub mod testdb {
     /// The server's URL with `db` as its database, TLS verified against
     /// the test CA, and its password.
     pub fn url(db: &str) -> Option<(String, SecretString)> {
-        let base = std::env::var("LATCHKEY_TEST_POSTGRES").ok().filter(|v| !v.is_empty());
+        let base = std::env::var("LATCHKEY_TEST_POSTGRES")
+            .ok()
+            .filter(|v| !v.is_empty());
         let Some(base) = base else {
             let why = "no PostgreSQL server (LATCHKEY_TEST_POSTGRES unset; `source .ci/postgres-env.sh` starts one)";
             if std::env::var("LATCHKEY_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
@@ -570,7 +577,8 @@ pub mod testdb {
                 std::thread::current().name().unwrap_or("a test")
             );
             eprint!("{line}");
-            if let Some(log) = std::env::var_os("LATCHKEY_TEST_SKIP_LOG").filter(|p| !p.is_empty()) {
+            if let Some(log) = std::env::var_os("LATCHKEY_TEST_SKIP_LOG").filter(|p| !p.is_empty())
+            {
                 use std::io::Write;
                 let _ = std::fs::OpenOptions::new()
                     .create(true)
@@ -580,7 +588,8 @@ pub mod testdb {
             }
             return None;
         };
-        let file = std::env::var("LATCHKEY_TEST_POSTGRES_PASSWORD_FILE").expect("the password file beside the URL");
+        let file = std::env::var("LATCHKEY_TEST_POSTGRES_PASSWORD_FILE")
+            .expect("the password file beside the URL");
         let password = std::fs::read_to_string(file).expect("the test server's password");
         let mut url = url::Url::parse(&base).expect("a URL");
         url.set_path(db);
@@ -589,7 +598,10 @@ pub mod testdb {
         url.query_pairs_mut()
             .append_pair("sslmode", "verify-full")
             .append_pair("sslrootcert", &ca);
-        Some((url.to_string(), SecretString::from(password.trim().to_owned())))
+        Some((
+            url.to_string(),
+            SecretString::from(password.trim().to_owned()),
+        ))
     }
 
     pub fn fresh() -> Option<TestDb> {
@@ -603,7 +615,11 @@ pub mod testdb {
             .expect("a test database");
         let (url, _) = url(&name)?;
         let target = Arc::new(PgTarget::parse(&url, Some(password)).expect("the test URL"));
-        Some(TestDb { target, admin, name })
+        Some(TestDb {
+            target,
+            admin,
+            name,
+        })
     }
 }
 
@@ -632,9 +648,12 @@ mod tests {
     fn tls_is_required_except_to_loopback() {
         let remote = PgTarget::parse("postgres://u@db.example.com/v", None).unwrap();
         assert!(remote.tls.is_some());
-        let refused = PgTarget::parse("postgres://u@db.example.com/v?sslmode=disable", None)
-            .unwrap_err();
-        assert!(refused.contains("TLS to the vault database is required"), "{refused}");
+        let refused =
+            PgTarget::parse("postgres://u@db.example.com/v?sslmode=disable", None).unwrap_err();
+        assert!(
+            refused.contains("TLS to the vault database is required"),
+            "{refused}"
+        );
         let local = PgTarget::parse("postgres://u@127.0.0.1:5432/v", None).unwrap();
         assert!(local.tls.is_none());
         let asked = PgTarget::parse("postgres://u@localhost/v?sslmode=require", None).unwrap();
