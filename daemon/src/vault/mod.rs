@@ -4,6 +4,7 @@
 
 mod chain;
 pub mod crypto;
+pub mod fleet;
 pub mod git;
 pub mod jose;
 pub mod keyring;
@@ -504,24 +505,39 @@ impl Vault {
         let mut tokens = Vec::new();
         let mut bad = 0;
         for row in self.store.tokens()? {
-            match keys.open_json::<TokenDoc>("tokens", &row.id, "token", &row.token) {
-                Ok(t) if t.credential_id == row.credential_id && t.scope_key == row.scope_key => {
-                    let token = Token {
-                        reply: TokenReply {
-                            access_token: t.access_token.0,
-                            token_type: t.token_type,
-                            expires_at: t.expires_at,
-                            scope: t.scope,
-                        },
-                        effective_expiry: t.effective_expiry,
-                        obtained_at: t.obtained_at,
-                    };
-                    tokens.push(((t.credential_id, t.scope_key), token))
-                }
-                _ => bad += 1,
+            match open_token(keys, &row) {
+                Some(token) => tokens.push(token),
+                None => bad += 1,
             }
         }
         Ok((tokens, bad))
+    }
+
+    /// One credential's stored tokens, and how many failed their checks.
+    pub fn load_tokens_of(
+        &self,
+        keys: &Keys,
+        credential_id: &str,
+    ) -> Result<(Vec<(TokenKey, Token)>, usize)> {
+        let rows = self.store.tokens_of(credential_id)?;
+        let n = rows.len();
+        let tokens: Vec<_> = rows.iter().filter_map(|r| open_token(keys, r)).collect();
+        let bad = n - tokens.len();
+        Ok((tokens, bad))
+    }
+
+    /// One credential's stored grant: `Ok(None)` when it has none, an
+    /// error when the row fails its checks.
+    pub fn load_grant_of(&self, keys: &Keys, credential_id: &str) -> Result<Option<Grant>> {
+        match self.store.grant_of(credential_id)? {
+            None => Ok(None),
+            Some(row) => match open_grant(keys, &row) {
+                Some((_, grant)) => Ok(Some(grant)),
+                None => Err(VaultError::Corrupt {
+                    what: format!("grants row {}", row.id),
+                }),
+            },
+        }
     }
 
     pub fn add_provider(&mut self, keys: &Keys, config: ProviderConfig) -> Result<Provider> {
@@ -699,25 +715,9 @@ impl Vault {
         let mut grants = Vec::new();
         let mut bad = 0;
         for row in self.store.grants()? {
-            match keys.open_json::<GrantDoc>("grants", &row.id, "sealed", &row.sealed) {
-                Ok(g) if g.credential_id == row.credential_id => grants.push((
-                    g.credential_id,
-                    Grant {
-                        refresh_token: g.refresh_token.map(|t| Arc::new(t.0)),
-                        scope: g.scope,
-                        subject: g.subject,
-                        oauth1: g
-                            .oauth1_token
-                            .zip(g.oauth1_token_secret)
-                            .map(|(token, secret)| {
-                                Arc::new(Oauth1Token {
-                                    token: token.0,
-                                    secret: secret.0,
-                                })
-                            }),
-                    },
-                )),
-                _ => bad += 1,
+            match open_grant(keys, &row) {
+                Some(grant) => grants.push(grant),
+                None => bad += 1,
             }
         }
         Ok((grants, bad))
@@ -862,6 +862,54 @@ fn open_secret(
         ),
     })?;
     Ok(Some(SecretString::from(text)))
+}
+
+/// A stored token, if it opens and names the row it is in.
+fn open_token(keys: &Keys, row: &TokenRow) -> Option<(TokenKey, Token)> {
+    let t = keys
+        .open_json::<TokenDoc>("tokens", &row.id, "token", &row.token)
+        .ok()?;
+    if t.credential_id != row.credential_id || t.scope_key != row.scope_key {
+        return None;
+    }
+    let token = Token {
+        reply: TokenReply {
+            access_token: t.access_token.0,
+            token_type: t.token_type,
+            expires_at: t.expires_at,
+            scope: t.scope,
+        },
+        effective_expiry: t.effective_expiry,
+        obtained_at: t.obtained_at,
+    };
+    Some(((t.credential_id, t.scope_key), token))
+}
+
+/// A stored grant by its credential's id, if it opens and names its row's credential.
+fn open_grant(keys: &Keys, row: &GrantRow) -> Option<(String, Grant)> {
+    let g = keys
+        .open_json::<GrantDoc>("grants", &row.id, "sealed", &row.sealed)
+        .ok()?;
+    if g.credential_id != row.credential_id {
+        return None;
+    }
+    Some((
+        g.credential_id,
+        Grant {
+            refresh_token: g.refresh_token.map(|t| Arc::new(t.0)),
+            scope: g.scope,
+            subject: g.subject,
+            oauth1: g
+                .oauth1_token
+                .zip(g.oauth1_token_secret)
+                .map(|(token, secret)| {
+                    Arc::new(Oauth1Token {
+                        token: token.0,
+                        secret: secret.0,
+                    })
+                }),
+        },
+    ))
 }
 
 #[cfg(test)]

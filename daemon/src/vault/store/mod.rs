@@ -793,6 +793,42 @@ impl Store {
         Ok(())
     }
 
+    /// One credential's stored tokens (a fleet lock's re-read).
+    pub fn tokens_of(&self, credential_id: &str) -> Result<Vec<TokenRow>> {
+        self.conn
+            .query(
+                "SELECT id, credential_id, scope_key, token FROM tokens WHERE credential_id = ?1",
+                args![credential_id],
+            )?
+            .into_iter()
+            .map(|mut r| {
+                Ok(TokenRow {
+                    id: r.take(0)?,
+                    credential_id: r.take(1)?,
+                    scope_key: r.take(2)?,
+                    token: r.take(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// One credential's grant row, if it has one (a fleet lock's re-read).
+    pub fn grant_of(&self, credential_id: &str) -> Result<Option<GrantRow>> {
+        self.conn
+            .one(
+                "SELECT id, credential_id, sealed FROM grants WHERE credential_id = ?1",
+                args![credential_id],
+            )?
+            .map(|mut r| -> Result<GrantRow> {
+                Ok(GrantRow {
+                    id: r.take(0)?,
+                    credential_id: r.take(1)?,
+                    sealed: r.take(2)?,
+                })
+            })
+            .transpose()
+    }
+
     pub fn grants(&self) -> Result<Vec<GrantRow>> {
         self.all("SELECT id, credential_id, sealed FROM grants", |mut r| {
             Ok(GrantRow {
@@ -1198,6 +1234,68 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// A store over one pooled connection of a shared vault (no
+    /// migrations: the vault's own store ran them).
+    pub fn over(pg: postgres::Pg) -> Store {
+        Store {
+            conn: Conn::Postgres(pg),
+        }
+    }
+
+    /// The pooled connection back (see [`Store::over`]).
+    pub fn into_pg(self) -> Option<postgres::Pg> {
+        match self.conn {
+            Conn::Postgres(pg) => Some(pg),
+            Conn::Sqlite(_) => None,
+        }
+    }
+
+    /// Opens a transaction that holds the fleet's lock on `credential_id`
+    /// (a PostgreSQL advisory lock: released by the commit or rollback,
+    /// or by the database when this daemon's connection dies), waiting at
+    /// most `wait` for the daemon that holds it now.
+    pub fn begin_fleet_lock(&self, credential_id: &str, wait: std::time::Duration) -> Result<()> {
+        let Conn::Postgres(pg) = &self.conn else {
+            return Ok(());
+        };
+        pg.begin()?;
+        let locked = self
+            .conn
+            .batch(&format!("SET LOCAL lock_timeout = {}", wait.as_millis()))
+            .and_then(|()| {
+                self.conn.exec(
+                    "SELECT pg_advisory_xact_lock(?1)",
+                    args![postgres::lock_key(credential_id)],
+                )
+            });
+        if let Err(e) = locked {
+            pg.rollback();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Tells the fleet's other daemons, at commit, that `payload` changed.
+    pub fn notify(&self, payload: &str) -> Result<()> {
+        self.conn.exec(
+            "SELECT pg_notify(?1, ?2)",
+            args![postgres::CHANNEL, payload],
+        )?;
+        Ok(())
+    }
+
+    /// Ends the transaction [`Store::begin_fleet_lock`] opened.
+    pub fn end_fleet_lock(&self, commit: bool) -> Result<()> {
+        match &self.conn {
+            Conn::Postgres(pg) if commit => pg.commit(),
+            Conn::Postgres(pg) => {
+                pg.rollback();
+                Ok(())
+            }
+            Conn::Sqlite(_) => Ok(()),
+        }
     }
 
     /// Starts a transaction over the audit log (see [`AuditTx`]).

@@ -233,6 +233,8 @@ struct Session {
     target: Arc<PgTarget>,
     client: Option<postgres::Client>,
     statements: HashMap<String, postgres::Statement>,
+    /// Open transactions: the outer one, then savepoints.
+    depth: usize,
     in_tx: bool,
     lost_in_tx: bool,
 }
@@ -385,6 +387,7 @@ impl Pg {
             target: Arc::clone(&target),
             client: None,
             statements: HashMap::new(),
+            depth: 0,
             in_tx: false,
             lost_in_tx: false,
         };
@@ -437,16 +440,27 @@ impl Pg {
         self.call(move |s| s.batch(&sql))
     }
 
+    /// Starts a transaction, or a savepoint inside the open one (a store
+    /// write inside a fleet lock's transaction).
     pub fn begin(&self) -> Result<()> {
         self.call(|s| {
-            s.batch("BEGIN")?;
-            s.in_tx = true;
+            if s.depth == 0 {
+                s.batch("BEGIN")?;
+                s.in_tx = true;
+            } else {
+                s.batch(&format!("SAVEPOINT latchkey_{}", s.depth))?;
+            }
+            s.depth += 1;
             Ok(())
         })
     }
 
     pub fn commit(&self) -> Result<()> {
         self.call(|s| {
+            s.depth = s.depth.saturating_sub(1);
+            if s.depth > 0 {
+                return s.batch(&format!("RELEASE SAVEPOINT latchkey_{}", s.depth));
+            }
             let done = s.batch("COMMIT");
             if done.is_err() {
                 let _ = s.client.as_mut().map(|c| c.batch_execute("ROLLBACK"));
@@ -459,18 +473,144 @@ impl Pg {
 
     pub fn rollback(&self) {
         let _ = self.call(|s| {
+            s.depth = s.depth.saturating_sub(1);
+            let sql = if s.depth > 0 {
+                format!("ROLLBACK TO SAVEPOINT latchkey_{}", s.depth)
+            } else {
+                s.in_tx = false;
+                s.lost_in_tx = false;
+                "ROLLBACK".to_owned()
+            };
             if let Some(c) = s.client.as_mut().filter(|c| !c.is_closed()) {
-                let _ = c.batch_execute("ROLLBACK");
+                let _ = c.batch_execute(&sql);
             }
-            s.in_tx = false;
-            s.lost_in_tx = false;
             Ok(())
         });
+    }
+
+    /// Whether no transaction is open (a connection fit to go back to its pool).
+    pub fn idle(&self) -> bool {
+        self.call(|s| Ok(s.depth == 0)).unwrap_or(false)
     }
 
     pub fn target(&self) -> &Arc<PgTarget> {
         &self.target
     }
+}
+
+/// Connections for transactions that outlive one call (a fleet lock held
+/// across a provider request), beside the store's own: at most
+/// [`POOL_IDLE`] kept open between uses.
+pub struct Pool {
+    target: Arc<PgTarget>,
+    idle: Mutex<Vec<Pg>>,
+}
+
+/// Connections a pool keeps open while unused.
+const POOL_IDLE: usize = 4;
+
+impl Pool {
+    pub fn new(target: Arc<PgTarget>) -> Pool {
+        Pool {
+            target,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection, or a new one (connected at its first statement).
+    pub fn take(&self) -> Pg {
+        crate::sync::lock(&self.idle)
+            .pop()
+            .unwrap_or_else(|| Pg::spawn(Arc::clone(&self.target)))
+    }
+
+    /// Back to the pool, when no transaction is left open on it.
+    pub fn give(&self, pg: Pg) {
+        if pg.idle() {
+            let mut idle = crate::sync::lock(&self.idle);
+            if idle.len() < POOL_IDLE {
+                idle.push(pg);
+            }
+        }
+    }
+
+    pub fn target(&self) -> &Arc<PgTarget> {
+        &self.target
+    }
+}
+
+/// Listens on `channel` on a connection of its own, forever: each
+/// notification's payload goes to `deliver`; a lost connection is made
+/// again (after `retry`), and `reconnected` is called then, since what
+/// was notified meanwhile was missed. Stops when `deliver` returns false.
+pub fn listen(
+    target: Arc<PgTarget>,
+    channel: &'static str,
+    retry: Duration,
+    mut deliver: impl FnMut(String) -> bool + Send + 'static,
+    mut reconnected: impl FnMut() -> bool + Send + 'static,
+) {
+    std::thread::Builder::new()
+        .name("latchkey-pg-listen".into())
+        .spawn(move || {
+            let mut first = true;
+            loop {
+                let mut client = match target.connect() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot listen for the fleet's changes: {e}; trying again in {retry:?}"
+                        );
+                        std::thread::sleep(retry);
+                        continue;
+                    }
+                };
+                if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")) {
+                    tracing::warn!(
+                        "cannot listen for the fleet's changes: {}",
+                        target.error(&e)
+                    );
+                    std::thread::sleep(retry);
+                    continue;
+                }
+                if !first && !reconnected() {
+                    return;
+                }
+                first = false;
+                loop {
+                    use postgres::fallible_iterator::FallibleIterator;
+                    let next = client
+                        .notifications()
+                        .timeout_iter(Duration::from_secs(5))
+                        .next()
+                        .map(|n| n.map(|n| n.payload().to_owned()));
+                    match next {
+                        Ok(Some(payload)) => {
+                            if !deliver(payload) {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "lost the fleet's change notifications: {}; listening again",
+                                target.error(&e)
+                            );
+                            break;
+                        }
+                        // Quiet: make sure the connection still answers.
+                        Ok(None) => {
+                            if client.is_closed()
+                                || client.is_valid(Duration::from_secs(5)).is_err()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(retry);
+            }
+        })
+        .expect("a thread for the database notifications");
 }
 
 /// SQLite's `?1` parameters as PostgreSQL's `$1`. Our statements hold
@@ -532,6 +672,18 @@ INSERT INTO audit_seq (n) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM audit_seq);
 CREATE OR REPLACE FUNCTION instr(haystack TEXT, needle TEXT) RETURNS INTEGER
     LANGUAGE sql IMMUTABLE AS 'SELECT strpos(haystack, needle)';
 ";
+
+/// The channel daemons of a fleet tell each other what changed on.
+pub const CHANNEL: &str = "latchkey_changes";
+
+/// The advisory lock key of a credential: the first 64 bits of the
+/// SHA-256 of its id (a collision would only make two credentials take
+/// turns).
+pub fn lock_key(credential_id: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(credential_id.as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().expect("32 bytes"))
+}
 
 /// The advisory lock every daemon takes while it migrates: the first one
 /// migrates, the others wait and find nothing left to do.
