@@ -221,6 +221,14 @@ impl Call<'_> {
             Ok(params) => M::handle(self.daemon, self.peer.clone(), params).await,
             Err(e) => Err(e),
         };
+        if !M::READ_ONLY && self.daemon.fleet.is_some() {
+            // A shared vault's other daemons read the catalog again.
+            if let Ok(session) = self.daemon.session() {
+                if session.take_catalog_change() {
+                    crate::fleet::tell(self.daemon, crate::vault::fleet::Change::Catalog).await;
+                }
+            }
+        }
         match result {
             Ok(reply) => respond::<M>(out, self.id, &reply),
             Err(e) => write_error(out, self.id, &e),

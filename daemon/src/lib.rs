@@ -21,6 +21,7 @@ mod clock;
 mod config;
 mod dispatch;
 mod error;
+mod fleet;
 pub mod fsutil;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
@@ -84,7 +85,7 @@ pub async fn run(
     let siblings = daemon
         .fleet
         .is_some()
-        .then(|| tokio::spawn(follow_fleet(Arc::clone(&daemon))));
+        .then(|| tokio::spawn(fleet::follow(Arc::clone(&daemon))));
     let notifier = daemon
         .config
         .notify
@@ -101,28 +102,6 @@ pub async fn run(
     // Give the audit writer a moment to flush the last rows.
     tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(())
-}
-
-/// A shared vault: what the fleet's other daemons commit reaches this
-/// one's memory (their notifications, on a connection of their own; after
-/// the connection was lost, everything is read again).
-async fn follow_fleet(daemon: Arc<Daemon>) {
-    let Some(fleet) = daemon.fleet.clone() else {
-        return;
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let resync = tx.clone();
-    fleet.listen(
-        move |change| tx.send(Some(change)).is_ok(),
-        move || resync.send(None).is_ok(),
-    );
-    while let Some(change) = rx.recv().await {
-        match change {
-            Some(vault::fleet::Change::Grant(id)) => token::fleet_changed(&daemon, Some(id)).await,
-            None => token::fleet_changed(&daemon, None).await,
-            Some(vault::fleet::Change::Catalog | vault::fleet::Change::Panic) => {}
-        }
-    }
 }
 
 /// Once a second: auto-lock when idle, and start proactive refreshes.

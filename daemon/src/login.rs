@@ -401,17 +401,35 @@ async fn finish(
         token.copy(),
         grant.clone(),
     );
-    session
-        .with_vault(move |keys, vault| {
-            vault.commit_grant(
-                keys,
-                &id,
-                Some(&stored_grant),
-                Some((&stored_key, &stored)),
-                CredentialState::Ready,
-            )
-        })
-        .await?;
+    // A shared vault: under the fleet's lock (no sibling's refresh of the
+    // old grant commits over this login), and the siblings are told.
+    match crate::fleet::lock_and_read(daemon, session, credential, None).await? {
+        Some((lock, _)) => {
+            session
+                .with_keys(move |keys| {
+                    lock.commit(
+                        keys,
+                        Some(&stored_grant),
+                        Some((&stored_key, &stored)),
+                        CredentialState::Ready,
+                    )
+                })
+                .await?
+        }
+        None => {
+            session
+                .with_vault(move |keys, vault| {
+                    vault.commit_grant(
+                        keys,
+                        &id,
+                        Some(&stored_grant),
+                        Some((&stored_key, &stored)),
+                        CredentialState::Ready,
+                    )
+                })
+                .await?
+        }
+    }
     session.set_grant(&credential.id, Some(grant));
     session.tokens.forget(&credential.id);
     session.tokens.insert(key, token);

@@ -8,6 +8,7 @@ use crate::handler::Handler;
 use crate::lifecycle;
 use crate::manage;
 use crate::oauth::user;
+use crate::vault::fleet::Change;
 use crate::state::{Daemon, Peer, Session};
 use crate::vault::{Credential, Provider};
 use latchkey_client::protocol::{
@@ -100,6 +101,9 @@ async fn revoke_credential(
 ) -> Result<RevokeResult, ApiError> {
     let gate = session.gate(&credential.id);
     let _no_refresh_meanwhile = gate.lock().await;
+    // A shared vault: no sibling refreshes meanwhile either, and the
+    // refresh token revoked is the fleet's newest.
+    let fleet_lock = crate::fleet::lock_and_read(daemon, session, credential, None).await?;
     let grant = session.grant(&credential.id);
     let mut revoked = Vec::new();
     let held_refresh = grant.as_ref().and_then(|g| g.refresh_token.clone());
@@ -145,6 +149,10 @@ async fn revoke_credential(
     session
         .with_vault(move |_, vault| vault.drop_grant(&id, state))
         .await?;
+    if let Some((lock, _)) = fleet_lock {
+        crate::fleet::release(Some(lock)).await;
+        crate::fleet::tell(daemon, Change::Grant(credential.id.clone())).await;
+    }
     Ok(RevokeResult { revoked, forgotten })
 }
 
@@ -200,6 +208,8 @@ impl Handler for VaultPanic {
         entries.sort_by(|a, b| a.credential.cmp(&b.credential));
         drop(session);
         let locked = lifecycle::lock_held(daemon, "panic").await;
+        // A shared vault: the fleet's other daemons drop their caches and lock too.
+        crate::fleet::tell(daemon, Change::Panic).await;
         daemon.audit.record(
             "panic",
             None,

@@ -110,6 +110,8 @@ pub struct Session {
     keys: Arc<RwLock<Option<Keys>>>,
     vault: SharedVault,
     catalog: RwLock<Catalog>,
+    /// Set by [`Session::catalog_mut`], taken by the dispatcher.
+    catalog_changed: AtomicBool,
     pub(crate) tokens: Arc<TokenCache>,
     /// Refresh tokens and login facts of user credentials, by credential id.
     grants: Mutex<HashMap<String, Grant>>,
@@ -728,6 +730,7 @@ impl Session {
             keys: Arc::new(RwLock::new(Some(keys))),
             vault,
             catalog: RwLock::new(catalog),
+            catalog_changed: AtomicBool::new(false),
             tokens,
             grants: Mutex::new(grants),
             gates: Mutex::new(HashMap::new()),
@@ -837,8 +840,22 @@ impl Session {
         read(&self.catalog)
     }
 
+    /// The catalog to change: marked changed, so that a shared vault's
+    /// other daemons are told when the call ends (`dispatch.rs`).
     pub(crate) fn catalog_mut(&self) -> RwLockWriteGuard<'_, Catalog> {
+        self.catalog_changed.store(true, Ordering::Release);
         write(&self.catalog)
+    }
+
+    /// Whether the catalog was changed since last asked.
+    pub(crate) fn take_catalog_change(&self) -> bool {
+        self.catalog_changed.swap(false, Ordering::AcqRel)
+    }
+
+    /// The catalog as a sibling daemon of the fleet left it (not a change
+    /// of ours to tell anyone about).
+    pub(crate) fn replace_catalog(&self, catalog: Catalog) {
+        *write(&self.catalog) = catalog;
     }
 
     /// A credential and its provider by name; a corrupt one is refused.

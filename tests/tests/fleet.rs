@@ -9,11 +9,13 @@
 //! and `source .ci/postgres-env.sh` (`.ci/test` does all three).
 
 use latchkey_client::protocol::GrantType;
+use latchkey_client::ErrorKind;
 use latchkey_tests::browser::Browser;
 use latchkey_tests::fixture::*;
 use latchkey_tests::postgres::TestDatabase;
 use latchkey_tests::provider::Provider;
 use latchkey_tests::{DaemonHandle, DaemonOpts, TestEnv};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -138,4 +140,152 @@ fn three_daemons_make_one_refresh_per_expiry_for_a_thousand_callers() {
             .json();
         assert_eq!(shown["state"], "ready", "{shown}");
     }
+}
+
+/// `callers` at once on one daemon: each caller's token or error kind.
+fn burst_results(env: &TestEnv, callers: usize) -> Vec<Result<String, ErrorKind>> {
+    runtime().block_on(async {
+        let clients = env.async_clients(callers).await;
+        latchkey_testkit::burst(clients, |mut client| async move {
+            tokio::time::timeout(CALL_TIMEOUT, client.token("app"))
+                .await
+                .expect("token.get answered in time")
+                .map(|t| t.access_token.expose_secret().to_string())
+                .map_err(|e| e.kind().unwrap_or(ErrorKind::Unknown))
+        })
+        .await
+        .expect("no caller panicked")
+        .results
+    })
+}
+
+/// The refreshing daemon killed with SIGKILL at random points of its
+/// refresh: the database releases its lock, a sibling takes over. Nothing
+/// is lost unless the provider had already been asked (it consumed the
+/// refresh token for a daemon that died before committing what it got):
+/// then, and only then, the credential needs a new login, which every
+/// daemon reports. Those rounds are counted.
+#[test]
+fn a_refresher_killed_mid_refresh_hands_over_to_a_sibling() {
+    const ROUNDS: usize = 10;
+    const DELAY_MS: u64 = 400;
+    let Some(mut f) = fleet(3) else {
+        return;
+    };
+    // Every refresh request waits at the provider before it is answered
+    // (and before oidc-provider consumes the refresh token).
+    f.p.delay_all(DELAY_MS);
+    let (mut handed_over, mut consumed) = (0, 0);
+    for round in 0..ROUNDS {
+        std::thread::sleep(Duration::from_millis(TTL_SECS * 1000 + 150));
+        let victim = round % f.members.len();
+        let before = refreshes(&f.p);
+        let kill_after = Duration::from_millis(rand::random_range(0..DELAY_MS * 2));
+        {
+            let (env, daemon) = &f.members[victim];
+            let socket = env.socket.clone();
+            // The victim's caller starts a refresh; it dies with it.
+            let caller = std::thread::spawn(move || {
+                let _ = latchkey_client::blocking::Client::connect_to(&socket)
+                    .and_then(|mut c| c.token("app"));
+            });
+            std::thread::sleep(kill_after);
+            assert!(env.kill_daemon(daemon), "round {round}: the victim was running");
+            caller.join().unwrap();
+        }
+        // Did the dead daemon's request reach the provider?
+        let reached = refreshes(&f.p) > before;
+        let survivors: Vec<usize> = (0..f.members.len()).filter(|&i| i != victim).collect();
+        let results: Vec<Result<String, ErrorKind>> = survivors
+            .iter()
+            .flat_map(|&i| burst_results(&f.members[i].0, 50))
+            .collect();
+        if results.iter().all(|r| r.is_ok()) {
+            let tokens: std::collections::BTreeSet<_> =
+                results.iter().map(|r| r.clone().unwrap()).collect();
+            assert_eq!(tokens.len(), 1, "round {round}: one token for the survivors");
+            let token = tokens.into_iter().next().unwrap();
+            assert_eq!(f.p.resource(&token), 200, "round {round}: a valid token");
+            handed_over += 1;
+        } else {
+            // Lost only in the provider-consumed window: the dead daemon's
+            // request had reached the provider.
+            assert!(
+                reached,
+                "round {round}: the grant was lost although the provider was never asked (killed after {kill_after:?})"
+            );
+            assert!(
+                results.iter().all(|r| *r == Err(ErrorKind::ReauthRequired)),
+                "round {round}: every survivor says needs_login: {results:?}"
+            );
+            for &i in &survivors {
+                let shown = f.members[i]
+                    .0
+                    .latchkey(&["credential", "show", "app", "--json"])
+                    .json();
+                assert_eq!(shown["state"], "needs_login", "round {round}: {shown}");
+            }
+            consumed += 1;
+            // A new login on a survivor restores the whole fleet.
+            let login = f.members[survivors[0]].0.browser_login("app", &Browser::new());
+            assert!(login.refresh_token);
+        }
+        let env = &f.members[victim].0;
+        let restarted = env.start_daemon_with(DaemonOpts::new().unlocked(env));
+        f.members[victim].1 = restarted;
+    }
+    eprintln!(
+        "killed refreshers: {ROUNDS} rounds, {handed_over} handed over to a sibling, {consumed} lost in the provider-consumed window (needs_login)"
+    );
+    assert_eq!(handed_over + consumed, ROUNDS);
+    // After it all, every daemon serves the one live grant.
+    f.p.delay_all(0);
+    std::thread::sleep(Duration::from_millis(TTL_SECS * 1000 + 150));
+    let tokens = f.burst(30);
+    assert!(tokens.iter().all(|t| t == &tokens[0]));
+    assert_eq!(f.p.resource(&tokens[0]), 200);
+}
+
+/// What one daemon changes, the others follow without a restart: a new
+/// credential, its removal, a revoked grant, and `panic` (all lock).
+#[test]
+fn siblings_follow_credentials_revocation_and_panic() {
+    let Some(f) = fleet(2) else {
+        return;
+    };
+    let (one, two) = (&f.members[0].0, &f.members[1].0);
+    let rs = latchkey_tests::provider::ClientSpec::client_credentials(RS_ID, RS_SECRET, "client_secret_basic", "");
+    client_credentials(one, IDP, "svc", &rs);
+    let listed = |env: &TestEnv| -> Vec<String> {
+        env.latchkey(&["credential", "list", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    latchkey_tests::wait_for("the sibling sees the new credential", Duration::from_secs(10), Duration::from_millis(50), || {
+        listed(two).contains(&"svc".to_owned()).then_some(())
+    });
+    assert!(two.token_get("svc", None).is_ok(), "the sibling serves it");
+    one.latchkey(&["credential", "remove", "svc", "--local-only"]).success();
+    latchkey_tests::wait_for("the sibling forgets the removed credential", Duration::from_secs(10), Duration::from_millis(50), || {
+        (!listed(two).contains(&"svc".to_owned())).then_some(())
+    });
+
+    // A revoked grant is revoked for the fleet.
+    assert!(two.token_get("app", None).is_ok());
+    one.latchkey(&["revoke", "app"]).success();
+    latchkey_tests::wait_for("the sibling drops the revoked grant", Duration::from_secs(10), Duration::from_millis(50), || {
+        matches!(two.token_get("app", None), Err(e) if e.kind() == Some(ErrorKind::ReauthRequired))
+            .then_some(())
+    });
+
+    // Panic on one machine locks every daemon of the fleet.
+    one.latchkey(&["panic"]).success();
+    latchkey_tests::wait_for("the sibling locks after a panic", Duration::from_secs(10), Duration::from_millis(50), || {
+        let status = two.latchkey(&["status", "--json"]).json();
+        (status["vault"] == "locked").then_some(())
+    });
 }
