@@ -62,7 +62,7 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
     ),
     (
         PROVIDER_UNAVAILABLE,
-        "provider unavailable or rate limited (transient: retry later)",
+        "provider unavailable, rate limited, or vault database unavailable (transient: retry later)",
     ),
     (
         PROVIDER_REFUSED,
@@ -159,7 +159,9 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::Locked | ErrorKind::NotInitialized => LOCKED,
         ErrorKind::NotFound => NOT_FOUND,
         ErrorKind::ReauthRequired => REAUTH_REQUIRED,
-        ErrorKind::ProviderUnavailable | ErrorKind::RateLimited => PROVIDER_UNAVAILABLE,
+        ErrorKind::ProviderUnavailable | ErrorKind::RateLimited | ErrorKind::VaultUnavailable => {
+            PROVIDER_UNAVAILABLE
+        }
         ErrorKind::ProviderError => PROVIDER_REFUSED,
         ErrorKind::Forbidden => FORBIDDEN,
         ErrorKind::ApprovalRequired => APPROVAL_REQUIRED,
@@ -246,6 +248,7 @@ mod tests {
             (ErrorKind::ReauthRequired, "re-authentication required"),
             (ErrorKind::ProviderUnavailable, "provider unavailable"),
             (ErrorKind::RateLimited, "rate limited"),
+            (ErrorKind::VaultUnavailable, "vault database unavailable"),
             (ErrorKind::ProviderError, "provider refused"),
             (ErrorKind::Forbidden, "forbidden"),
             (ErrorKind::ApprovalRequired, "approval required"),

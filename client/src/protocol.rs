@@ -339,6 +339,10 @@ pub enum ErrorKind {
     /// unreadable or expired (the provider was not asked): the message
     /// names the file or environment variable it is read from.
     SubjectTokenUnavailable,
+    /// A shared vault's database (PostgreSQL) is unreachable or failing;
+    /// retry later. The message names the database; tokens the daemon
+    /// holds in memory are still served meanwhile.
+    VaultUnavailable,
     /// A bug in the daemon.
     Internal,
     /// A kind this client version does not know.
@@ -376,6 +380,7 @@ impl ErrorKind {
             ErrorKind::StepUpRequired => -32019,
             ErrorKind::WeakPassphrase => -32020,
             ErrorKind::SubjectTokenUnavailable => -32021,
+            ErrorKind::VaultUnavailable => -32022,
         }
     }
 
@@ -407,6 +412,7 @@ impl ErrorKind {
             ErrorKind::StepUpRequired => "step_up_required",
             ErrorKind::WeakPassphrase => "weak_passphrase",
             ErrorKind::SubjectTokenUnavailable => "subject_token_unavailable",
+            ErrorKind::VaultUnavailable => "vault_unavailable",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
         }
@@ -1375,6 +1381,7 @@ mod tests {
             ErrorKind::ProviderUnavailable,
             ErrorKind::ProviderError,
             ErrorKind::ShuttingDown,
+            ErrorKind::VaultUnavailable,
             ErrorKind::Internal,
         ];
         let mut codes = std::collections::HashSet::new();

@@ -121,6 +121,13 @@ impl From<VaultError> for ApiError {
                 ErrorKind::VaultCorrupt,
                 format!("{e}: more than one unlock may spend, so none was tried; the file was crafted or damaged. Restore the vault from a backup"),
             ),
+            VaultError::Store(e @ crate::vault::store::StoreError::Postgres { .. }) => {
+                tracing::warn!(error = %e, "the vault database failed");
+                ApiError::new(
+                    ErrorKind::VaultUnavailable,
+                    format!("{e}; check that the database is up and reachable from this machine, then retry"),
+                )
+            }
             VaultError::Store(e) => {
                 tracing::error!(error = %e, "vault storage failed");
                 ApiError::new(ErrorKind::Internal, format!("{e}; check the disk and the vault file's permissions"))

@@ -26,9 +26,11 @@ pub(crate) enum FleetStep {
 }
 
 /// On a shared vault: waits to be the fleet's one refresher of
-/// `credential`, then re-reads its grant and token. A token no daemon
-/// would refresh yet ([`crate::cache::fresh`]) was a sibling's refresh:
-/// it is taken, and the provider is not asked. The grant read is the newest
+/// `credential`, then re-reads its grant and token. A stored token that
+/// lasts and is not one this daemon held when it set out to refresh was
+/// a sibling's refresh meanwhile: it is taken, and the provider is not
+/// asked. (The one this daemon held is what it means to replace: expired,
+/// due, or too short for a caller's `min_ttl`.) The grant read is the newest
 /// (the refresh token a sibling rotated), and replaces this daemon's.
 pub(crate) async fn lock_for_refresh(
     daemon: &Daemon,
@@ -36,11 +38,20 @@ pub(crate) async fn lock_for_refresh(
     credential: &Credential,
     scopes: &[String],
 ) -> Result<FleetStep, ApiError> {
+    if daemon.fleet.is_none() {
+        return Ok(FleetStep::Alone);
+    }
+    // The tokens this refresh means to replace (or that a caller found
+    // short): a stored token that is none of them is a sibling's.
+    let replacing = session.tokens.peek(&credential.id);
     let Some((lock, stored)) = lock_and_read(daemon, session, credential, Some(scopes)).await?
     else {
         return Ok(FleetStep::Alone);
     };
-    if let Some(token) = stored.filter(|t| crate::cache::fresh(t, daemon.clock.now())) {
+    let siblings = stored.filter(|t| {
+        !replacing.iter().any(|r| same_token(r, t)) && crate::cache::lasts(t, 0, daemon.clock.now())
+    });
+    if let Some(token) = siblings {
         release(Some(lock)).await;
         tracing::debug!(credential = %credential.config.name, "another daemon of the fleet refreshed it: its token is taken");
         return Ok(FleetStep::Taken(token));
@@ -120,10 +131,12 @@ pub(crate) async fn grant_changed(daemon: &Daemon, id: Option<String>) {
     }
     let now = daemon.clock.now();
     for (key, token) in tokens {
-        let held = session.tokens.peek(&key.0).iter().any(|t| {
-            t.reply.access_token.expose_secret() == token.reply.access_token.expose_secret()
-        });
-        if !held && crate::cache::fresh(&token, now) {
+        let held = session
+            .tokens
+            .peek(&key.0)
+            .iter()
+            .any(|t| same_token(t, &token));
+        if !held && crate::cache::lasts(&token, 0, now) {
             session.tokens.insert(key, token);
         }
     }
@@ -148,7 +161,6 @@ pub(crate) async fn tell(daemon: &Daemon, change: Change) {
         tracing::warn!("could not tell the fleet's other daemons: {e}");
     }
 }
-
 
 /// Follows the siblings' changes until the daemon stops (its task is
 /// aborted then): their notifications, on a connection of their own;
@@ -212,4 +224,9 @@ async fn catalog_changed(daemon: &Daemon) {
         session.tokens.forget(&id);
         session.set_grant(&id, None);
     }
+}
+
+/// Whether two tokens are the same access token.
+fn same_token(a: &Token, b: &Token) -> bool {
+    a.reply.access_token.expose_secret() == b.reply.access_token.expose_secret()
 }

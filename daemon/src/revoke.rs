@@ -8,8 +8,8 @@ use crate::handler::Handler;
 use crate::lifecycle;
 use crate::manage;
 use crate::oauth::user;
-use crate::vault::fleet::Change;
 use crate::state::{Daemon, Peer, Session};
+use crate::vault::fleet::Change;
 use crate::vault::{Credential, Provider};
 use latchkey_client::protocol::{
     CredentialRemove, CredentialState, Empty, ErrorKind, Method, PanicEntry, PanicParams,

@@ -7,12 +7,12 @@
 
 use crate::cache::Cached;
 use crate::error::ApiError;
+use crate::fleet::{self, FleetStep};
 use crate::handler::Handler;
 use crate::oauth::{exchange, grant, subject, user, Access};
 use crate::policy;
 use crate::rotation;
 use crate::state::{Daemon, Peer, Session};
-use crate::fleet::{self, FleetStep};
 use crate::vault::fleet::Change;
 use crate::vault::{Credential, Grant, Provider, Token};
 use futures::future::{BoxFuture, FutureExt};

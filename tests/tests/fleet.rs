@@ -17,7 +17,7 @@ use latchkey_tests::provider::Provider;
 use latchkey_tests::{DaemonHandle, DaemonOpts, TestEnv};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The access tokens' lifetime: each round waits this long for an expiry.
 const TTL_SECS: u64 = 2;
@@ -95,12 +95,10 @@ fn three_daemons_make_one_refresh_per_expiry_for_a_thousand_callers() {
     assert!(first.iter().all(|t| t == &first[0]));
     assert_eq!(refreshes(&f.p), before);
     let mut previous = first[0].clone();
-    let mut started = Instant::now();
     for expiry in 1..=EXPIRIES {
-        // Past the last token's expiry (whole seconds: two, and a margin).
-        let wait = Duration::from_millis(TTL_SECS * 1000 + 150).saturating_sub(started.elapsed());
-        std::thread::sleep(wait);
-        started = Instant::now();
+        // Past the last token's expiry: it was obtained during the last
+        // burst, and lives two whole seconds.
+        std::thread::sleep(Duration::from_millis(TTL_SECS * 1000 + 150));
         let tokens = f.burst(CALLERS);
         assert_eq!(tokens.len(), CALLERS);
         let distinct: std::collections::BTreeSet<&String> = tokens.iter().collect();
@@ -190,7 +188,10 @@ fn a_refresher_killed_mid_refresh_hands_over_to_a_sibling() {
                     .and_then(|mut c| c.token("app"));
             });
             std::thread::sleep(kill_after);
-            assert!(env.kill_daemon(daemon), "round {round}: the victim was running");
+            assert!(
+                env.kill_daemon(daemon),
+                "round {round}: the victim was running"
+            );
             caller.join().unwrap();
         }
         // Did the dead daemon's request reach the provider?
@@ -203,7 +204,11 @@ fn a_refresher_killed_mid_refresh_hands_over_to_a_sibling() {
         if results.iter().all(|r| r.is_ok()) {
             let tokens: std::collections::BTreeSet<_> =
                 results.iter().map(|r| r.clone().unwrap()).collect();
-            assert_eq!(tokens.len(), 1, "round {round}: one token for the survivors");
+            assert_eq!(
+                tokens.len(),
+                1,
+                "round {round}: one token for the survivors"
+            );
             let token = tokens.into_iter().next().unwrap();
             assert_eq!(f.p.resource(&token), 200, "round {round}: a valid token");
             handed_over += 1;
@@ -227,7 +232,9 @@ fn a_refresher_killed_mid_refresh_hands_over_to_a_sibling() {
             }
             consumed += 1;
             // A new login on a survivor restores the whole fleet.
-            let login = f.members[survivors[0]].0.browser_login("app", &Browser::new());
+            let login = f.members[survivors[0]]
+                .0
+                .browser_login("app", &Browser::new());
             assert!(login.refresh_token);
         }
         let env = &f.members[victim].0;
@@ -254,7 +261,12 @@ fn siblings_follow_credentials_revocation_and_panic() {
         return;
     };
     let (one, two) = (&f.members[0].0, &f.members[1].0);
-    let rs = latchkey_tests::provider::ClientSpec::client_credentials(RS_ID, RS_SECRET, "client_secret_basic", "");
+    let rs = latchkey_tests::provider::ClientSpec::client_credentials(
+        RS_ID,
+        RS_SECRET,
+        "client_secret_basic",
+        "",
+    );
     client_credentials(one, IDP, "svc", &rs);
     let listed = |env: &TestEnv| -> Vec<String> {
         env.latchkey(&["credential", "list", "--json"])
@@ -265,27 +277,44 @@ fn siblings_follow_credentials_revocation_and_panic() {
             .map(|c| c["name"].as_str().unwrap().to_owned())
             .collect()
     };
-    latchkey_tests::wait_for("the sibling sees the new credential", Duration::from_secs(10), Duration::from_millis(50), || {
-        listed(two).contains(&"svc".to_owned()).then_some(())
-    });
+    latchkey_tests::wait_for(
+        "the sibling sees the new credential",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || listed(two).contains(&"svc".to_owned()).then_some(()),
+    );
     assert!(two.token_get("svc", None).is_ok(), "the sibling serves it");
-    one.latchkey(&["credential", "remove", "svc", "--local-only"]).success();
-    latchkey_tests::wait_for("the sibling forgets the removed credential", Duration::from_secs(10), Duration::from_millis(50), || {
-        (!listed(two).contains(&"svc".to_owned())).then_some(())
-    });
+    one.latchkey(&["credential", "remove", "svc", "--local-only"])
+        .success();
+    latchkey_tests::wait_for(
+        "the sibling forgets the removed credential",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || (!listed(two).contains(&"svc".to_owned())).then_some(()),
+    );
 
     // A revoked grant is revoked for the fleet.
     assert!(two.token_get("app", None).is_ok());
     one.latchkey(&["revoke", "app"]).success();
-    latchkey_tests::wait_for("the sibling drops the revoked grant", Duration::from_secs(10), Duration::from_millis(50), || {
-        matches!(two.token_get("app", None), Err(e) if e.kind() == Some(ErrorKind::ReauthRequired))
+    latchkey_tests::wait_for(
+        "the sibling drops the revoked grant",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            matches!(two.token_get("app", None), Err(e) if e.kind() == Some(ErrorKind::ReauthRequired))
             .then_some(())
-    });
+        },
+    );
 
     // Panic on one machine locks every daemon of the fleet.
     one.latchkey(&["panic"]).success();
-    latchkey_tests::wait_for("the sibling locks after a panic", Duration::from_secs(10), Duration::from_millis(50), || {
-        let status = two.latchkey(&["status", "--json"]).json();
-        (status["vault"] == "locked").then_some(())
-    });
+    latchkey_tests::wait_for(
+        "the sibling locks after a panic",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let status = two.latchkey(&["status", "--json"]).json();
+            (status["vault"] == "locked").then_some(())
+        },
+    );
 }

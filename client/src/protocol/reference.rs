@@ -57,6 +57,7 @@ fn every_kind() -> Vec<ErrorKind> {
         StepUpRequired,
         WeakPassphrase,
         SubjectTokenUnavailable,
+        VaultUnavailable,
         Internal,
         Unknown,
     ];
@@ -87,6 +88,7 @@ fn every_kind() -> Vec<ErrorKind> {
             | StepUpRequired
             | WeakPassphrase
             | SubjectTokenUnavailable
+            | VaultUnavailable
             | Internal
             | Unknown => {}
         }

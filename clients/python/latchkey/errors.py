@@ -46,6 +46,7 @@ __all__ = [
     "StepUpRequiredError",
     "WeakPassphraseError",
     "SubjectTokenUnavailableError",
+    "VaultUnavailableError",
     "InternalError",
     "from_reply",
 ]
@@ -225,6 +226,13 @@ class SubjectTokenUnavailableError(LatchkeyError):
     kind = "subject_token_unavailable"
 
 
+class VaultUnavailableError(LatchkeyError):
+    """A shared vault's database (named in the message) is unreachable or
+    failing; retry later."""
+
+    kind = "vault_unavailable"
+
+
 class InternalError(LatchkeyError):
     kind = "internal"
 
@@ -257,6 +265,7 @@ _BY_KIND: Dict[str, Type[LatchkeyError]] = {
         StepUpRequiredError,
         WeakPassphraseError,
         SubjectTokenUnavailableError,
+        VaultUnavailableError,
         InternalError,
     )
 }

@@ -12,7 +12,7 @@
 //! the siblings to re-read instead of calling the provider.
 
 use super::store::postgres::{Pool, CHANNEL};
-use super::store::{PgTarget, Store};
+use super::store::{PgTarget, Store, StoreError};
 use super::{Grant, Keys, Result, Token, TokenKey, Vault};
 use latchkey_client::protocol::CredentialState;
 use std::sync::Arc;
@@ -80,7 +80,20 @@ impl Fleet {
             if let Some(pg) = store.into_pg() {
                 self.pool.give(pg);
             }
-            return Err(e.into());
+            return Err(match e {
+                // lock_not_available: the lock timeout ran out.
+                StoreError::Postgres { database, message } if message.contains("55P03") => {
+                    StoreError::Postgres {
+                        database,
+                        message: format!(
+                            "another daemon of the fleet has been refreshing this credential for {} s and has not finished",
+                            LOCK_WAIT.as_secs()
+                        ),
+                    }
+                }
+                e => e,
+            }
+            .into());
         }
         Ok(FleetLock {
             vault: Some(Vault { store }),
