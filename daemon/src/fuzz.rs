@@ -334,6 +334,9 @@ fn params_of(
         CredentialJwks,
         CredentialRotateKey,
         DpopProof,
+        SlotAdd,
+        SlotList,
+        SlotRemove,
     )
 }
 

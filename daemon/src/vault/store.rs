@@ -46,6 +46,14 @@ pub struct SlotRow {
     pub created_at: i64,
 }
 
+/// A slot as a rekey rewrites it: the new DEK wrapped, and new
+/// parameters when the slot's change too (a key-file slot's sealed KEK).
+pub struct RewrappedSlot {
+    pub id: String,
+    pub params: Option<String>,
+    pub wrapped_dek: Vec<u8>,
+}
+
 pub struct ProviderRow {
     pub id: String,
     pub name: String,
@@ -484,6 +492,21 @@ impl Store {
                 created_at: r.get(4)?,
             })
         })
+    }
+
+    /// Adds one slot (a key-file slot, to an existing vault).
+    pub fn add_slot(&mut self, slot: &SlotRow) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        insert_slot(&tx, slot)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes one slot.
+    pub fn remove_slot(&mut self, id: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM key_slots WHERE id = ?1", [id])?;
+        Ok(())
     }
 
     /// Replaces one slot's parameters and wrapped key (passphrase change).
@@ -1062,7 +1085,7 @@ impl Store {
     pub fn rekey<E: From<StoreError>>(
         &mut self,
         fields: &[SealedField],
-        slots: &[(String, Vec<u8>)],
+        slots: &[RewrappedSlot],
         audit: impl FnOnce(&mut AuditTx<'_>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         let mut audit_tx = AuditTx {
@@ -1077,11 +1100,17 @@ impl Store {
             tx.execute(&sql, params![f.row_id, f.blob])
                 .map_err(sql_err)?;
         }
-        for (id, wrapped) in slots {
-            tx.execute(
-                "UPDATE key_slots SET wrapped_dek = ?2 WHERE id = ?1",
-                params![id, wrapped],
-            )
+        for slot in slots {
+            match &slot.params {
+                Some(p) => tx.execute(
+                    "UPDATE key_slots SET params = ?2, wrapped_dek = ?3 WHERE id = ?1",
+                    params![slot.id, p, slot.wrapped_dek],
+                ),
+                None => tx.execute(
+                    "UPDATE key_slots SET wrapped_dek = ?2 WHERE id = ?1",
+                    params![slot.id, slot.wrapped_dek],
+                ),
+            }
             .map_err(sql_err)?;
         }
         tx.commit().map_err(sql_err)?;
