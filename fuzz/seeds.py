@@ -86,6 +86,10 @@ def request():
         "credential.rotate_key": {"name": "gh", "alg": "EdDSA", "retire_old": False},
         "dpop.proof": {"credential": "gh", "method": "GET", "url": "https://rs.example/a?b=c",
                        "nonce": "n-1", "scopes": ["read"], "min_ttl": 30},
+        "slot.add": {"key": "latchkey-key-file-v1:" + "A" * 43, "label": "ci-runner-1",
+                     "proof": {"passphrase": CANARY}},
+        "slot.list": {},
+        "slot.remove": {"id": "00112233445566778899aabbccddeeff", "proof": {"passphrase": CANARY}},
     }
     for method, params in methods.items():
         write("request", line(method, params))
@@ -98,6 +102,7 @@ def request():
                                              "assertion_audience": "issuer", "dpop": {"generate": "ES256"}}))
     write("request", line("credential.rotate_key", {"name": "gh", "alg": "RS256"}))
     write("request", line("vault.unlock", {"passphrase": 12345, "x": CANARY}))
+    write("request", line("vault.unlock", {"key": "latchkey-key-file-v1:" + CANARY}))
     write("request", line("vault.init", {"passphrase": [CANARY]}))
     write("request", line("token.get", {"credential": "gh", "min_ttl": -1}))
     write("request", line("no.such"))
