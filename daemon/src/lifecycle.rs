@@ -538,7 +538,8 @@ pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
                     "could not unlock the vault at start with the key file {}: {e}",
                     path.display()
                 );
-                if e.kind == ErrorKind::Locked || daemon.config.passphrase_file.is_none() {
+                // Held locked: nothing else may unlock it either.
+                if e.kind == ErrorKind::Locked {
                     return;
                 }
             }

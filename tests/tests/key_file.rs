@@ -116,6 +116,39 @@ fn a_key_file_unlocks_on_its_machine_survives_a_rekey_and_is_cut_off_by_slot_rem
         "{table}"
     );
 
+    // A refused proof: the key file made for the slot is not left behind.
+    let wrong = env.write_secret_file("wrong-pass", "not the passphrase\n");
+    let stray = env.root.join("stray.key");
+    let r = env.latchkey(&[
+        "slot",
+        "add",
+        "--key-file",
+        stray.to_str().unwrap(),
+        "--passphrase-file",
+        wrong.to_str().unwrap(),
+    ]);
+    r.code_is(10);
+    assert!(
+        !stray.exists(),
+        "the new key file was removed: {}",
+        r.stderr
+    );
+    // Its parent must exist.
+    let r = env.latchkey(&[
+        "slot",
+        "add",
+        "--key-file",
+        env.root.join("no/such/dir/m.key").to_str().unwrap(),
+        "--passphrase-file",
+        pass_file,
+    ]);
+    r.code_is(2);
+    assert!(
+        r.stderr.contains("does not exist: create it first"),
+        "{}",
+        r.stderr
+    );
+
     // The same file again: its key is reused, and the vault has it already.
     let r = env.latchkey(&[
         "slot",
@@ -151,7 +184,12 @@ fn a_key_file_unlocks_on_its_machine_survives_a_rekey_and_is_cut_off_by_slot_rem
     assert_eq!(vault_state(&env), "locked");
     let r = env.latchkey(&["unlock", "--key-file", key_arg]);
     r.success();
-    assert!(r.stdout.contains("keyfile slot"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("vault unlocked with its keyfile (ci-runner) slot"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(env.token("svc"), token);
 
     // A key file readable by others is refused before it is read.

@@ -149,7 +149,10 @@ fn send(
     let message = if result.already_unlocked {
         "vault is already unlocked".to_owned()
     } else {
-        format!("vault unlocked with its {} slot", result.slot.kind)
+        format!(
+            "vault unlocked with its {} slot",
+            crate::commands::init::slot_label(&result.slot)
+        )
     };
     // A closed stdout after a successful unlock is not worth failing over.
     let _ = ctx.done(message);
