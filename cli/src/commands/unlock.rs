@@ -149,10 +149,13 @@ fn send(
     let message = if result.already_unlocked {
         "vault is already unlocked".to_owned()
     } else {
-        format!(
-            "vault unlocked with its {} slot",
-            crate::commands::init::slot_label(&result.slot)
-        )
+        match &result.slot.label {
+            Some(label) => format!(
+                "vault unlocked with its {} ({label}) slot",
+                result.slot.kind
+            ),
+            None => format!("vault unlocked with its {} slot", result.slot.kind),
+        }
     };
     // A closed stdout after a successful unlock is not worth failing over.
     let _ = ctx.done(message);
