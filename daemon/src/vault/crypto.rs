@@ -740,6 +740,14 @@ mod tests {
         assert!(FileKey::from_bytes(&[1u8; 31]).is_none());
     }
 
+    /// RFC 9180's DeriveKeyPair vector (tests/vectors/keyfile-derive-keypair.txt).
+    #[test]
+    fn a_key_files_public_key_matches_the_rfc_9180_vector() {
+        let v = vector(include_str!("../../tests/vectors/keyfile-derive-keypair.txt"));
+        let file = FileKey::from_bytes(&hex::decode(v["ikm"]).unwrap()).unwrap();
+        assert_eq!(hex::encode(file.public_key()), v["public_key"]);
+    }
+
     #[test]
     fn passphrase_derivation_is_deterministic_per_salt() {
         let slot = PassphraseSlot {
