@@ -207,5 +207,19 @@ def id_token():
     write("id_token", b"\x00" + b"a.b.c")
 
 
-for make in (frame, request, callback, token_response, device_response, revocation_response, discovery, id_token):
+def key_file():
+    key = "latchkey-key-file-v1:" + b64(bytes(range(32)))
+    write("key_file", "# Latchkey key file: it unlocks a vault.\n# Keep it private.\n" + key + "\n")
+    write("key_file", key)
+    write("key_file", "\r\n" + key + "\r\n\r\n")
+    write("key_file", key + "\n" + key + "\n")
+    write("key_file", key[:-1] + "!\n")
+    write("key_file", "latchkey-key-file-v1:" + CANARY + "\n")
+    write("key_file", CANARY + "\n")
+    write("key_file", b"\xff\xfe" + key.encode())
+    write("key_file", "#" * 5000)
+
+
+for make in (frame, request, callback, token_response, device_response, revocation_response, discovery, id_token,
+             key_file):
     make()

@@ -743,7 +743,9 @@ mod tests {
     /// RFC 9180's DeriveKeyPair vector (tests/vectors/keyfile-derive-keypair.txt).
     #[test]
     fn a_key_files_public_key_matches_the_rfc_9180_vector() {
-        let v = vector(include_str!("../../tests/vectors/keyfile-derive-keypair.txt"));
+        let v = vector(include_str!(
+            "../../tests/vectors/keyfile-derive-keypair.txt"
+        ));
         let file = FileKey::from_bytes(&hex::decode(v["ikm"]).unwrap()).unwrap();
         assert_eq!(hex::encode(file.public_key()), v["public_key"]);
     }
