@@ -257,6 +257,47 @@ fn a_key_file_unlocks_on_its_machine_survives_a_rekey_and_is_cut_off_by_slot_rem
         .success();
     assert_eq!(slots(&env).len(), 1);
 
+    // Both variables set, the key file cut off: the daemon the CLI starts,
+    // and the CLI after an auto-lock, fall back to the passphrase file.
+    env.latchkey(&["daemon", "stop"]).success();
+    env.set_env("LATCHKEY_KEY_FILE", &key_path);
+    env.set_env("LATCHKEY_PASSPHRASE_FILE", pass_file);
+    env.set_env("LATCHKEY_IDLE_TIMEOUT", "3s");
+    let r = env.latchkey(&["token", "svc"]);
+    assert_eq!(r.out(), token, "{}", r.stderr);
+    let log = env.cli_daemon_log();
+    assert!(
+        log.contains(&format!(
+            "could not unlock the vault at start with the key file {key_arg}"
+        )),
+        "{log}"
+    );
+    wait_for(
+        "the vault to auto-lock",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || (vault_state(&env) == "locked").then_some(()),
+    );
+    let r = env.latchkey(&["token", "svc"]);
+    assert_eq!(r.out(), token, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("$LATCHKEY_KEY_FILE could not unlock it")
+            && r.stderr
+                .contains("unlocked it with $LATCHKEY_PASSPHRASE_FILE"),
+        "the CLI says which variable failed and which worked: {}",
+        r.stderr
+    );
+    env.latchkey(&["daemon", "stop"]).success();
+    for var in [
+        "LATCHKEY_KEY_FILE",
+        "LATCHKEY_PASSPHRASE_FILE",
+        "LATCHKEY_IDLE_TIMEOUT",
+    ] {
+        env.remove_env(var);
+    }
+    env.latchkey(&["unlock", "--passphrase-file", pass_file])
+        .success();
+
     // The last slot is never removed.
     let r = env.latchkey(&["slot", "remove", &pass_slot, "--passphrase-file", pass_file]);
     assert_ne!(r.code, 0);
