@@ -54,7 +54,11 @@ impl Ctx {
         });
         Ctx {
             socket: absolute(socket),
-            vault: vault.map(absolute),
+            // A database URL is kept as given; a file is made absolute.
+            vault: vault.map(|v| match v.to_str() {
+                Some(url) if latchkey_client::is_database_url(url) => v,
+                _ => absolute(v),
+            }),
             quiet,
             withheld_env,
         }
@@ -351,8 +355,16 @@ impl Connection<'_> {
     /// Refuses the daemon (of process `pid`) when the vault it serves is
     /// not `wanted`.
     fn check_served(&self, wanted: &Path, served: &str, pid: u32) -> Result<()> {
+        let (wanted, same) = match wanted.to_str() {
+            Some(url) if latchkey_client::is_database_url(url) => {
+                let shown = latchkey_client::database_url_shown(url);
+                let same = shown == served;
+                (PathBuf::from(shown), same)
+            }
+            _ => (wanted.to_owned(), same_file(wanted, Path::new(served))),
+        };
         let served = PathBuf::from(served);
-        if !same_file(wanted, &served) {
+        if !same {
             return Err(anyhow::anyhow!(
                 "the daemon at {} (pid {}) serves the vault {}, not {}: stop it with `latchkey daemon stop` or pick another socket with --socket",
                 self.ctx.socket.display(),

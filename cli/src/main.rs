@@ -74,6 +74,16 @@ fn main() -> ExitCode {
         Some(cli) => (cli, Vec::new()),
         None => parse_with_clap(),
     };
+    if let Some(url) = cli.vault.as_deref().and_then(|v| v.to_str()) {
+        if latchkey_client::is_database_url(url) && latchkey_client::database_url_has_password(url)
+        {
+            eprintln!(
+                "latchkey: the --vault URL holds a password, which every local user can read in the process list: put the URL in {} instead, or the password in a file named by LATCHKEY_VAULT_PASSWORD_FILE",
+                latchkey_client::VAULT_ENV
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+    }
     let ctx = context::Ctx::new(cli.socket, cli.vault, cli.quiet, withheld_env);
     match commands::run(&ctx, cli.command, Cli::command) {
         Ok(()) => ExitCode::from(exit::OK),

@@ -97,8 +97,15 @@ pub fn command(args: &DaemonArgs) -> Command {
         cmd.env_remove(var);
     }
     cmd.arg("--socket").arg(args.socket);
-    if let Some(vault) = args.vault {
-        cmd.arg("--vault").arg(vault);
+    match args.vault {
+        // A database URL may hold a password: never on a command line.
+        Some(vault) if vault.to_str().is_some_and(latchkey_client::is_database_url) => {
+            cmd.env(latchkey_client::VAULT_ENV, vault);
+        }
+        Some(vault) => {
+            cmd.arg("--vault").arg(vault);
+        }
+        None => {}
     }
     if let Some(idle) = args.idle_timeout {
         cmd.arg("--idle-timeout").arg(idle.as_secs().to_string());

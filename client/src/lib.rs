@@ -64,6 +64,9 @@ pub mod trust;
 
 pub use client::Client;
 pub use error::Error;
-pub use paths::{app_key_from_env, socket_path, vault_path, APP_KEY_ENV, SOCKET_ENV, VAULT_ENV};
+pub use paths::{
+    app_key_from_env, database_url_has_password, database_url_shown, is_database_url, socket_path,
+    vault_path, APP_KEY_ENV, SOCKET_ENV, VAULT_ENV,
+};
 pub use protocol::{unix_now, ErrorKind, Method, TokenParams, TokenReply};
 pub use secrecy;

@@ -47,20 +47,42 @@ fn schedule_refresh(token: &Token) -> i64 {
     if lifetime < MIN_PROACTIVE_LIFETIME_SECS {
         return i64::MAX;
     }
+    token.effective_expiry - refresh_lead(lifetime) - rand::random_range(0..=max_jitter(lifetime))
+}
+
+/// How long before expiry a token of `lifetime` is refreshed (before jitter).
+fn refresh_lead(lifetime: i64) -> i64 {
     let margin = expiry_margin(lifetime);
     // At least two ticks before the token turns stale, so the 1 s ticker
     // refreshes it before a caller has to; never more than half the
     // lifetime ahead, so a short-lived token is not due when issued.
-    let lead = (lifetime / 4)
+    (lifetime / 4)
         .max(margin * 2)
         .max(margin + 2)
-        .min(lifetime / 2);
-    let jitter = if lifetime >= 10 {
-        rand::random_range(0..=lifetime / 10)
+        .min(lifetime / 2)
+}
+
+/// The most a refresh is moved earlier, so a fleet's tokens spread out.
+fn max_jitter(lifetime: i64) -> i64 {
+    if lifetime >= 10 {
+        lifetime / 10
     } else {
         0
+    }
+}
+
+/// Whether a token read back from a shared vault is one a sibling daemon
+/// got lately: it lasts, and no daemon would refresh it yet (not even at
+/// the earliest its jitter allows). A token within its refresh window is
+/// the one a refresh here means to replace.
+pub(crate) fn fresh(token: &Token, now: i64) -> bool {
+    let lifetime = (token.effective_expiry - token.obtained_at).max(0);
+    let earliest = if lifetime < MIN_PROACTIVE_LIFETIME_SECS {
+        i64::MAX
+    } else {
+        token.effective_expiry - refresh_lead(lifetime) - max_jitter(lifetime)
     };
-    token.effective_expiry - lead - jitter
+    lasts(token, 0, now) && now < earliest
 }
 
 /// Whether `token` stays valid `min_ttl` seconds from `now` (and at least

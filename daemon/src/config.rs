@@ -4,6 +4,7 @@
 use crate::clock::Clock;
 use crate::ratelimit::RateLimits;
 use crate::vault::keyring::BackendChoice;
+use crate::vault::store::Location;
 use crate::vault::Retention;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use std::time::Duration;
 /// How a daemon runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub vault_path: PathBuf,
+    /// The vault: a SQLite file, or a PostgreSQL database (`--vault postgres://…`).
+    pub vault: Location,
     pub socket_path: PathBuf,
     /// Auto-lock after this long without use; zero disables it.
     pub idle_timeout: Duration,

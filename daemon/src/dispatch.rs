@@ -373,7 +373,7 @@ mod tests {
     async fn every_protocol_method_is_routed() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let daemon = Daemon::new(Config {
-            vault_path: dir.path().join("vault.db"),
+            vault: crate::vault::store::Location::File(dir.path().join("vault.db")),
             socket_path: dir.path().join("sock"),
             idle_timeout: std::time::Duration::ZERO,
             frame_timeout: std::time::Duration::from_secs(1),

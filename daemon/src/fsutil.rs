@@ -1,6 +1,7 @@
 //! The vault's directory: created 0700 when missing; an existing one is
 //! checked, never changed.
 
+use secrecy::SecretString;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
@@ -66,6 +67,22 @@ pub fn log_file() -> Option<&'static Path> {
         path.exists().then_some(path)
     })
     .as_deref()
+}
+
+/// A secret from a file the user named (a passphrase, a database
+/// password): ours and readable by nobody else, as the CLI insists too;
+/// one trailing newline dropped. Errors name the file, never its content.
+pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, String> {
+    use std::io::Read;
+    let cannot =
+        |e: &dyn std::fmt::Display| format!("cannot read the {what} {}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    latchkey_client::trust::check_secret_file(&file, path).map_err(|e| cannot(&e))?;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    file.read_to_string(&mut text).map_err(|e| cannot(&e))?;
+    let trimmed = text.strip_suffix('\n').unwrap_or(&text);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    Ok(SecretString::from(trimmed))
 }
 
 #[cfg(test)]

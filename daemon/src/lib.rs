@@ -57,6 +57,7 @@ pub use clock::Clock;
 pub use config::Config;
 pub use ratelimit::{Rate, RateLimits};
 pub use vault::keyring;
+pub use vault::store::{Location as VaultLocation, PgTarget};
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use vault::test_hooks;
@@ -80,12 +81,19 @@ pub async fn run(
     let daemon = Daemon::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     lifecycle::unlock_unattended(&daemon).await;
     let ticker = tokio::spawn(tick(Arc::clone(&daemon)));
+    let siblings = daemon
+        .fleet
+        .is_some()
+        .then(|| tokio::spawn(follow_fleet(Arc::clone(&daemon))));
     let notifier = daemon
         .config
         .notify
         .then(|| tokio::spawn(notify::run(Arc::clone(&daemon))));
     server::serve(Arc::clone(&daemon), listener, shutdown, frame_timeout).await;
     ticker.abort();
+    if let Some(siblings) = siblings {
+        siblings.abort();
+    }
     if let Some(notifier) = notifier {
         notifier.abort();
     }
@@ -93,6 +101,28 @@ pub async fn run(
     // Give the audit writer a moment to flush the last rows.
     tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(())
+}
+
+/// A shared vault: what the fleet's other daemons commit reaches this
+/// one's memory (their notifications, on a connection of their own; after
+/// the connection was lost, everything is read again).
+async fn follow_fleet(daemon: Arc<Daemon>) {
+    let Some(fleet) = daemon.fleet.clone() else {
+        return;
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let resync = tx.clone();
+    fleet.listen(
+        move |change| tx.send(Some(change)).is_ok(),
+        move || resync.send(None).is_ok(),
+    );
+    while let Some(change) = rx.recv().await {
+        match change {
+            Some(vault::fleet::Change::Grant(id)) => token::fleet_changed(&daemon, Some(id)).await,
+            None => token::fleet_changed(&daemon, None).await,
+            Some(vault::fleet::Change::Catalog | vault::fleet::Change::Panic) => {}
+        }
+    }
 }
 
 /// Once a second: auto-lock when idle, and start proactive refreshes.

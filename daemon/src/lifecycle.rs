@@ -52,7 +52,7 @@ impl Handler for Status {
             .map(|_| idle.saturating_sub(daemon.idle_for() as u64));
         let mut result = StatusResult {
             vault: state,
-            vault_path: daemon.config.vault_path.display().to_string(),
+            vault_path: daemon.config.vault.to_string(),
             pid: std::process::id(),
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             slots,
@@ -121,7 +121,7 @@ impl Handler for VaultInit {
                 ErrorKind::AlreadyInitialized,
                 format!(
                     "a vault already exists at {}: unlock it with `latchkey unlock`, or point LATCHKEY_VAULT elsewhere",
-                    daemon.config.vault_path.display()
+                    daemon.config.vault
                 ),
             ));
         }
@@ -141,7 +141,7 @@ impl Handler for VaultInit {
             }
             None => params,
         };
-        let path = daemon.config.vault_path.clone();
+        let location = daemon.config.vault.clone();
         let choice = daemon.config.keyring;
         let (vault, keys) = tokio::task::spawn_blocking(move || {
             let backend = if params.keyring {
@@ -153,7 +153,7 @@ impl Handler for VaultInit {
                 passphrase: params.passphrase.as_ref(),
                 keyring: backend,
             };
-            Vault::create(&path, slots)
+            Vault::create(&location, slots)
         })
         .await
         .map_err(ApiError::internal)??;
@@ -575,18 +575,7 @@ pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
 }
 
 fn read_passphrase_file(path: &Path) -> Result<SecretString, String> {
-    use std::io::Read;
-    let cannot = |e: &dyn std::fmt::Display| {
-        format!("cannot read the passphrase file {}: {e}", path.display())
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
-    // Ours and readable by nobody else, as the CLI insists too.
-    latchkey_client::trust::check_secret_file(&file, path).map_err(|e| cannot(&e))?;
-    let mut text = zeroize::Zeroizing::new(String::new());
-    file.read_to_string(&mut text).map_err(|e| cannot(&e))?;
-    let trimmed = text.strip_suffix('\n').unwrap_or(&text);
-    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
-    Ok(SecretString::from(trimmed))
+    crate::fsutil::read_secret_file(path, "passphrase file")
 }
 
 /// A key file's key line, read as the CLI reads one: ours and private,

@@ -10,8 +10,8 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::uds_local_socket::tokio::Listener as UdsListener;
 use latchkey_client::duration;
 use latchkey_daemon::{
-    activation, fsutil, hardening, keyring, lockfile, AuditRetention, Clock, Config, Rate,
-    RateLimits,
+    activation, fsutil, hardening, keyring, lockfile, AuditRetention, Clock, Config, PgTarget,
+    Rate, RateLimits, VaultLocation,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -29,8 +29,10 @@ struct Args {
     /// Socket path [default: $XDG_RUNTIME_DIR/latchkey/latchkey.sock]
     #[arg(long, env = "LATCHKEY_SOCKET")]
     socket: Option<PathBuf>,
-    /// Vault file [default: $XDG_DATA_HOME/latchkey/vault.db]
-    #[arg(long, env = "LATCHKEY_VAULT")]
+    /// Vault file, or a shared PostgreSQL database as postgres://USER@HOST:PORT/DB
+    /// (its password from $LATCHKEY_VAULT_PASSWORD_FILE or $PGPASSWORD, never here)
+    /// [env: LATCHKEY_VAULT; default: $XDG_DATA_HOME/latchkey/vault.db]
+    #[arg(long)]
     vault: Option<PathBuf>,
     /// Lock the vault after this long without use, in whole seconds: 900, 30s, 15m, 1h, 1d; 0 never
     #[arg(long, env = "LATCHKEY_IDLE_TIMEOUT", value_parser = duration::parse_whole_secs, default_value = "15m")]
@@ -150,7 +152,7 @@ fn start(args: Args) -> anyhow::Result<()> {
     let max_connections = Config::connection_cap(open_files);
     tracing::debug!(max_connections, "client connection cap");
     let config = Config {
-        vault_path: args.vault.unwrap_or_else(latchkey_client::vault_path),
+        vault: vault_location(args.vault)?,
         // A socket systemd passed is where clients will connect, whatever
         // the flag or the default says.
         socket_path: match &inherited {
@@ -178,11 +180,19 @@ fn start(args: Args) -> anyhow::Result<()> {
         },
         clock: Clock::Wall,
     };
-    if let Some(dir) = config.vault_path.parent() {
-        fsutil::private_dir(dir)
-            .with_context(|| format!("failed to prepare the vault directory {}", dir.display()))?;
-    }
-    let _lock = lockfile::acquire(&config.vault_path)?;
+    // One daemon per vault file; a database is shared by design (each
+    // daemon of the fleet has its own socket).
+    let _lock = match config.vault.file() {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                fsutil::private_dir(dir).with_context(|| {
+                    format!("failed to prepare the vault directory {}", dir.display())
+                })?;
+            }
+            Some(lockfile::acquire(path)?)
+        }
+        None => None,
+    };
     let socket = &config.socket_path;
     // The socket's directory must be ours, 0700 and no symbolic link, whoever
     // created it: refused, never re-chmodded or taken over (DESIGN.md, "a fake
@@ -223,7 +233,7 @@ fn start(args: Args) -> anyhow::Result<()> {
                 })?;
                 tracing::info!(
                     socket = %socket.display(),
-                    vault = %config.vault_path.display(),
+                    vault = %config.vault,
                     pid = std::process::id(),
                     "latchkeyd listening on the socket systemd passed"
                 );
@@ -240,6 +250,49 @@ fn start(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file with the vault database's password.
+const VAULT_PASSWORD_FILE_ENV: &str = "LATCHKEY_VAULT_PASSWORD_FILE";
+
+/// The vault: `--vault`, else `$LATCHKEY_VAULT`, else the default file. A
+/// `postgres://` URL names a database shared by a fleet of daemons; its
+/// password comes from the URL only when the URL came from the
+/// environment (the command line is readable by every local user), else
+/// from `$LATCHKEY_VAULT_PASSWORD_FILE` or `$PGPASSWORD`.
+fn vault_location(arg: Option<PathBuf>) -> anyhow::Result<VaultLocation> {
+    let from_env = std::env::var_os(latchkey_client::VAULT_ENV).filter(|v| !v.is_empty());
+    let (value, on_command_line) = match (arg, from_env) {
+        (Some(arg), _) => (arg, true),
+        (None, Some(env)) => (PathBuf::from(env), false),
+        (None, None) => return Ok(VaultLocation::File(latchkey_client::vault_path())),
+    };
+    let Some(url) = value
+        .to_str()
+        .filter(|s| latchkey_client::is_database_url(s))
+    else {
+        return Ok(VaultLocation::File(value));
+    };
+    let has_password = url::Url::parse(url).is_ok_and(|u| u.password().is_some());
+    if has_password && on_command_line {
+        bail!(
+            "the vault URL on the command line holds a password, which every local user can read in the process list: \
+             put the URL in {} instead, or the password in a file named by {VAULT_PASSWORD_FILE_ENV}",
+            latchkey_client::VAULT_ENV
+        );
+    }
+    let password = match std::env::var_os(VAULT_PASSWORD_FILE_ENV).filter(|v| !v.is_empty()) {
+        Some(path) => Some(
+            fsutil::read_secret_file(std::path::Path::new(&path), "vault database password file")
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => std::env::var("PGPASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(secrecy::SecretString::from),
+    };
+    let target = PgTarget::parse(url, password).map_err(anyhow::Error::msg)?;
+    Ok(VaultLocation::Postgres(std::sync::Arc::new(target)))
+}
+
 /// Binds the socket at `socket` (0600) for `config`'s daemon.
 fn bind(socket: &std::path::Path, config: &Config) -> anyhow::Result<Listener> {
     let name = socket
@@ -253,7 +306,7 @@ fn bind(socket: &std::path::Path, config: &Config) -> anyhow::Result<Listener> {
         .with_context(|| format!("failed to make {} private", socket.display()))?;
     tracing::info!(
         socket = %socket.display(),
-        vault = %config.vault_path.display(),
+        vault = %config.vault,
         pid = std::process::id(),
         "latchkeyd listening"
     );

@@ -593,7 +593,7 @@ impl Handler for Hello {
             protocol: PROTOCOL_VERSION,
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
-            vault_path: Some(daemon.config.vault_path.display().to_string()),
+            vault_path: Some(daemon.config.vault.to_string()),
         })
     }
 }

@@ -16,6 +16,7 @@ use crate::identity::Resolver;
 use crate::oauth::http::Http;
 use crate::ratelimit::Limits;
 use crate::sync::{lock, read, write};
+use crate::vault::fleet::Fleet;
 use crate::vault::totp::Checked;
 use crate::vault::{
     AuditEvent, Catalog, Credential, Grant, Keys, LimiterState, Provider, SlotKeks, Vault,
@@ -92,6 +93,9 @@ pub struct Daemon {
     logins: Mutex<HashMap<String, LoginEntry>>,
     /// Authenticating proxies not yet claimed by a `proxy.wait`, by id.
     proxies: Mutex<HashMap<String, ProxyEntry>>,
+    /// A shared (PostgreSQL) vault's fleet: one refresher per credential
+    /// across the daemons, and their change notifications. `None` for a file.
+    pub(crate) fleet: Option<Arc<Fleet>>,
 }
 
 /// Everything that exists only while the vault is unlocked.
@@ -302,7 +306,13 @@ impl Sink for VaultSink {
 impl Daemon {
     /// Opens the vault file if one exists. Must run inside the tokio runtime.
     pub fn new(config: Config) -> Result<Arc<Daemon>, ApiError> {
-        let vault = Vault::open(&config.vault_path)?;
+        let vault = Vault::open(&config.vault)?;
+        let fleet = match &config.vault {
+            crate::vault::store::Location::Postgres(target) => {
+                Some(Arc::new(Fleet::new(Arc::clone(target))))
+            }
+            crate::vault::store::Location::File(_) => None,
+        };
         let limiter = match &vault {
             Some(v) => Limiter::from_state(v.limiter_state()?),
             None => Limiter::default(),
@@ -341,6 +351,7 @@ impl Daemon {
             shutdown: tokio::sync::Notify::new(),
             logins: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
+            fleet,
         }))
     }
 
@@ -750,6 +761,24 @@ impl Session {
         .map_err(ApiError::internal)?
     }
 
+    /// Runs `f` with the data key (not the vault) on a blocking thread:
+    /// for work on a fleet lock's own connection ([`FleetLock`]), which
+    /// must not wait for the vault mutex. Holds the keys' read side, as
+    /// [`Session::with_vault`] does, so a rekey excludes it.
+    pub(crate) async fn with_keys<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Keys) -> Result<T, VaultError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let keys = Arc::clone(&self.keys);
+        tokio::task::spawn_blocking(move || {
+            let keys = read(&keys);
+            let keys = keys.as_ref().ok_or_else(ApiError::locked)?;
+            Ok(f(keys)?)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
     /// The rekey transaction with the slots' KEKs already derived, and the
     /// new data key put in place of the old one (zeroized as it drops),
     /// all under the keys' write lock: no writer seals between the commit
@@ -937,10 +966,11 @@ mod tests {
             passphrase: Some(&pass),
             keyring: None,
         };
-        let (vault, keys) = Vault::create(&path, slots).unwrap();
+        let (vault, keys) =
+            Vault::create(&crate::vault::store::Location::File(path.clone()), slots).unwrap();
         drop(vault);
         let daemon = Daemon::new(Config {
-            vault_path: path,
+            vault: crate::vault::store::Location::File(path),
             socket_path: dir.join("s.sock"),
             idle_timeout: Duration::ZERO,
             frame_timeout: Duration::from_secs(10),

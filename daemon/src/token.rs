@@ -12,10 +12,12 @@ use crate::oauth::{exchange, grant, subject, user, Access};
 use crate::policy;
 use crate::rotation;
 use crate::state::{Daemon, Peer, Session};
+use crate::vault::fleet::{Change, FleetLock};
 use crate::vault::{Credential, Grant, Provider, Token};
 use futures::future::{BoxFuture, FutureExt};
 use latchkey_client::framing::SecretBuf;
 use latchkey_client::protocol::*;
+use secrecy::ExposeSecret;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -289,6 +291,14 @@ async fn refresh(
     let _one_at_a_time = gate.lock().await;
     // From before the request until the commit: a lock waits for it.
     let _until_committed = session.begin_commit(name)?;
+    // A shared vault: become the fleet's one refresher of this credential,
+    // then take what a sibling daemon committed meanwhile (its token, or
+    // at least its rotated refresh token).
+    let fleet_lock = match fleet_lock(daemon, session, credential, scopes).await? {
+        FleetStep::Taken(token) => return Ok(token),
+        FleetStep::Refresh(lock) => lock,
+        FleetStep::Alone => None,
+    };
     // Read the grant only now: the previous holder of the gate may
     // have rotated the refresh token.
     let grant = session.grant(&credential.id);
@@ -318,6 +328,7 @@ async fn refresh(
     let granted = match result {
         Ok(g) => g,
         Err(e) if e.kind == ErrorKind::ReauthRequired => {
+            release(fleet_lock).await;
             needs_login(
                 daemon,
                 session,
@@ -327,7 +338,10 @@ async fn refresh(
             .await;
             return Err(ApiError::reauth(name));
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            release(fleet_lock).await;
+            return Err(e);
+        }
     };
     let rotated = granted.refresh_token.is_some();
     let new_grant = Grant {
@@ -356,17 +370,35 @@ async fn refresh(
     }
     let key = (credential.id.clone(), scopes.join(" "));
     let (id, stored, stored_grant) = (credential.id.clone(), token.copy(), new_grant.clone());
-    let committed = session
-        .with_vault(move |keys, vault| {
-            vault.commit_grant(
-                keys,
-                &id,
-                (rotated || rescoped).then_some(&stored_grant),
-                Some((&key, &stored)),
-                CredentialState::Ready,
-            )
-        })
-        .await;
+    let write_grant = rotated || rescoped;
+    let committed = match fleet_lock {
+        // In the lock's transaction, which the commit ends (and tells the fleet).
+        Some(lock) => {
+            session
+                .with_keys(move |keys| {
+                    lock.commit(
+                        keys,
+                        write_grant.then_some(&stored_grant),
+                        Some((&key, &stored)),
+                        CredentialState::Ready,
+                    )
+                })
+                .await
+        }
+        None => {
+            session
+                .with_vault(move |keys, vault| {
+                    vault.commit_grant(
+                        keys,
+                        &id,
+                        write_grant.then_some(&stored_grant),
+                        Some((&key, &stored)),
+                        CredentialState::Ready,
+                    )
+                })
+                .await
+        }
+    };
     if let Err(e) = committed {
         // Not handed out: a token whose rotated refresh token is not on
         // disk would leave a crash with nothing that works.
@@ -380,6 +412,121 @@ async fn refresh(
         Some(format!("rotated={rotated}")),
     );
     Ok(token)
+}
+
+/// What a refresh does on a shared vault, once the fleet's lock is taken.
+enum FleetStep {
+    /// A sibling daemon refreshed while this one waited: its token.
+    Taken(Token),
+    /// Refresh, holding the lock until the commit.
+    Refresh(Option<FleetLock>),
+    /// Not a shared vault.
+    Alone,
+}
+
+/// On a shared vault: waits to be the fleet's one refresher of
+/// `credential`, then re-reads its grant and token. A token no daemon
+/// would refresh yet ([`crate::cache::fresh`]) was a sibling's refresh:
+/// it is taken, and the provider is not asked. The grant read is the newest
+/// (the refresh token a sibling rotated), and replaces this daemon's.
+async fn fleet_lock(
+    daemon: &Daemon,
+    session: &Session,
+    credential: &Credential,
+    scopes: &[String],
+) -> Result<FleetStep, ApiError> {
+    let Some(fleet) = daemon.fleet.clone() else {
+        return Ok(FleetStep::Alone);
+    };
+    let id = credential.id.clone();
+    let scope_key = scopes.join(" ");
+    // Waiting for a sibling holds no lock of ours: a `latchkey lock` or a
+    // rekey meanwhile is not held up.
+    let lock = tokio::task::spawn_blocking(move || fleet.lock(&id))
+        .await
+        .map_err(ApiError::internal)??;
+    let (lock, grant, stored) = session
+        .with_keys(move |keys| {
+            let mut lock = lock;
+            let grant = lock.grant(keys)?;
+            let stored = lock.token(keys, &scope_key)?;
+            Ok((lock, grant, stored))
+        })
+        .await?;
+    session.set_grant(&credential.id, grant);
+    if let Some(token) = stored.filter(|t| crate::cache::fresh(t, daemon.clock.now())) {
+        release(Some(lock)).await;
+        tracing::debug!(credential = %credential.config.name, "another daemon of the fleet refreshed it: its token is taken");
+        return Ok(FleetStep::Taken(token));
+    }
+    Ok(FleetStep::Refresh(Some(lock)))
+}
+
+/// A sibling daemon of the fleet committed a refresh or login of
+/// credential `id` (`None`: of any, after missed notifications): take its
+/// grant and any token this daemon does not hold yet, so callers here are
+/// served without asking anyone.
+pub(crate) async fn fleet_changed(daemon: &Daemon, id: Option<String>) {
+    let Ok(session) = daemon.session() else {
+        return;
+    };
+    let read = session
+        .with_vault(move |keys, vault| match &id {
+            Some(id) => Ok((
+                vec![(id.clone(), vault.load_grant_of(keys, id)?)],
+                vault.load_tokens_of(keys, id)?.0,
+            )),
+            None => {
+                let grants = vault.load_grants(keys)?.0;
+                let ids: Vec<(String, Option<Grant>)> =
+                    grants.into_iter().map(|(id, g)| (id, Some(g))).collect();
+                Ok((ids, vault.load_tokens(keys)?.0))
+            }
+        })
+        .await;
+    let (grants, tokens) = match read {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::warn!("could not read what another daemon of the fleet committed: {e}");
+            return;
+        }
+    };
+    for (id, grant) in grants {
+        if grant.is_none() {
+            // Dropped by a sibling (revoked, or the provider refused it).
+            session.tokens.forget(&id);
+        }
+        session.set_grant(&id, grant);
+    }
+    let now = daemon.clock.now();
+    for (key, token) in tokens {
+        let held = session.tokens.peek(&key.0).iter().any(|t| {
+            t.reply.access_token.expose_secret() == token.reply.access_token.expose_secret()
+        });
+        if !held && crate::cache::fresh(&token, now) {
+            session.tokens.insert(key, token);
+        }
+    }
+}
+
+/// Lets a fleet lock go (a rollback: nothing was committed under it), on
+/// a blocking thread.
+async fn release(lock: Option<FleetLock>) {
+    if let Some(lock) = lock {
+        let _ = tokio::task::spawn_blocking(move || drop(lock)).await;
+    }
+}
+
+/// Tells the fleet's other daemons (a shared vault) that `change`
+/// happened; a failure is logged (they re-read on their next miss).
+pub(crate) async fn tell_fleet(daemon: &Daemon, change: Change) {
+    let Some(fleet) = daemon.fleet.clone() else {
+        return;
+    };
+    let told = tokio::task::spawn_blocking(move || fleet.tell(&change)).await;
+    if let Ok(Err(e)) = told {
+        tracing::warn!("could not tell the fleet's other daemons: {e}");
+    }
 }
 
 /// The provider no longer honours this credential's grant: forget it,
@@ -396,6 +543,7 @@ async fn needs_login(daemon: &Daemon, session: &Session, credential: &Credential
         if let Err(e) = dropped {
             tracing::error!(credential = %name, "could not record needs_login: {e}");
         }
+        tell_fleet(daemon, Change::Grant(credential.id.clone())).await;
     }
     tracing::warn!(credential = %name, "needs a new login: {why}");
     daemon

@@ -6,7 +6,8 @@
 //! protocol through `latchkey_client`), [`provider`] and [`browser`] (the
 //! authorization server and a user's browser), [`desktop`] (private D-Bus
 //! buses, a notification service, the real polkitd), and [`fixture`] (the
-//! set-ups tests share). The names tests use most are re-exported here.
+//! set-ups tests share), [`postgres`](mod@postgres) (databases on the tests'
+//! PostgreSQL server for the shared vault). The names tests use most are re-exported here.
 
 pub mod app;
 mod blocking;
@@ -16,6 +17,7 @@ pub mod desktop;
 pub mod env;
 pub mod fixture;
 pub mod oauth1;
+pub mod postgres;
 pub mod process;
 pub mod provider;
 pub mod raw;

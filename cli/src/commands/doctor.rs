@@ -130,7 +130,14 @@ fn checks(ctx: &Ctx) -> Vec<Check> {
                     format!("latchkeyd {} (pid {}) answers", s.daemon_version, s.pid),
                 ));
                 checks.push(socket_file(&ctx.socket));
-                checks.push(vault_file(Path::new(&s.vault_path)));
+                if latchkey_client::is_database_url(&s.vault_path) {
+                    checks.push(Check::ok(
+                        "vault",
+                        format!("a shared PostgreSQL database, {}", s.vault_path),
+                    ));
+                } else {
+                    checks.push(vault_file(Path::new(&s.vault_path)));
+                }
                 checks.push(vault_state(&s));
                 if s.vault == VaultState::Unlocked {
                     checks.extend(providers(&mut conn));

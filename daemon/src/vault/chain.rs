@@ -907,7 +907,11 @@ mod tests {
 
     fn vault(dir: &tempfile::TempDir) -> Vault {
         Vault {
-            store: Store::open(&dir.path().join("vault.db"), true).unwrap(),
+            store: Store::open(
+                &crate::vault::store::Location::File(dir.path().join("vault.db")),
+                true,
+            )
+            .unwrap(),
         }
     }
 

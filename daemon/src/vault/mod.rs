@@ -4,6 +4,7 @@
 
 mod chain;
 pub mod crypto;
+pub mod fleet;
 pub mod git;
 pub mod jose;
 pub mod keyring;
@@ -20,7 +21,9 @@ pub use slots::test_hooks;
 pub use slots::SlotKeks;
 
 use crate::vault::crypto::{AuditKey, CryptoError, Dek, FieldRef};
-use crate::vault::store::{CredentialRow, GrantRow, ProviderRow, Store, StoreError, TokenRow};
+use crate::vault::store::{
+    CredentialRow, GrantRow, Location, ProviderRow, Store, StoreError, TokenRow,
+};
 use latchkey_client::protocol::{
     Access, AuthMethod, CredentialState, Endpoints, GrantType, TokenReply,
 };
@@ -28,7 +31,6 @@ use latchkey_client::unix_now;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -421,12 +423,13 @@ pub struct NewSlots<'a> {
 }
 
 impl Vault {
-    /// Opens the vault at `path`, or `None` when no vault exists there yet.
-    pub fn open(path: &Path) -> Result<Option<Vault>> {
-        if !path.exists() {
+    /// Opens the vault at `location`, or `None` when no vault exists there
+    /// yet (no file; a database with no vault id).
+    pub fn open(location: &Location) -> Result<Option<Vault>> {
+        if location.file().is_some_and(|path| !path.exists()) {
             return Ok(None);
         }
-        let store = Store::open(path, false)?;
+        let store = Store::open(location, false)?;
         if store.meta("vault_id")?.is_none() {
             // A file left by an interrupted init holds no key slots: nothing to protect.
             return Ok(None);
@@ -515,24 +518,39 @@ impl Vault {
         let mut tokens = Vec::new();
         let mut bad = 0;
         for row in self.store.tokens()? {
-            match keys.open_json::<TokenDoc>("tokens", &row.id, "token", &row.token) {
-                Ok(t) if t.credential_id == row.credential_id && t.scope_key == row.scope_key => {
-                    let token = Token {
-                        reply: TokenReply {
-                            access_token: t.access_token.0,
-                            token_type: t.token_type,
-                            expires_at: t.expires_at,
-                            scope: t.scope,
-                        },
-                        effective_expiry: t.effective_expiry,
-                        obtained_at: t.obtained_at,
-                    };
-                    tokens.push(((t.credential_id, t.scope_key), token))
-                }
-                _ => bad += 1,
+            match open_token(keys, &row) {
+                Some(token) => tokens.push(token),
+                None => bad += 1,
             }
         }
         Ok((tokens, bad))
+    }
+
+    /// One credential's stored tokens, and how many failed their checks.
+    pub fn load_tokens_of(
+        &self,
+        keys: &Keys,
+        credential_id: &str,
+    ) -> Result<(Vec<(TokenKey, Token)>, usize)> {
+        let rows = self.store.tokens_of(credential_id)?;
+        let n = rows.len();
+        let tokens: Vec<_> = rows.iter().filter_map(|r| open_token(keys, r)).collect();
+        let bad = n - tokens.len();
+        Ok((tokens, bad))
+    }
+
+    /// One credential's stored grant: `Ok(None)` when it has none, an
+    /// error when the row fails its checks.
+    pub fn load_grant_of(&self, keys: &Keys, credential_id: &str) -> Result<Option<Grant>> {
+        match self.store.grant_of(credential_id)? {
+            None => Ok(None),
+            Some(row) => match open_grant(keys, &row) {
+                Some((_, grant)) => Ok(Some(grant)),
+                None => Err(VaultError::Corrupt {
+                    what: format!("grants row {}", row.id),
+                }),
+            },
+        }
     }
 
     pub fn add_provider(&mut self, keys: &Keys, config: ProviderConfig) -> Result<Provider> {
@@ -710,25 +728,9 @@ impl Vault {
         let mut grants = Vec::new();
         let mut bad = 0;
         for row in self.store.grants()? {
-            match keys.open_json::<GrantDoc>("grants", &row.id, "sealed", &row.sealed) {
-                Ok(g) if g.credential_id == row.credential_id => grants.push((
-                    g.credential_id,
-                    Grant {
-                        refresh_token: g.refresh_token.map(|t| Arc::new(t.0)),
-                        scope: g.scope,
-                        subject: g.subject,
-                        oauth1: g
-                            .oauth1_token
-                            .zip(g.oauth1_token_secret)
-                            .map(|(token, secret)| {
-                                Arc::new(Oauth1Token {
-                                    token: token.0,
-                                    secret: secret.0,
-                                })
-                            }),
-                    },
-                )),
-                _ => bad += 1,
+            match open_grant(keys, &row) {
+                Some(grant) => grants.push(grant),
+                None => bad += 1,
             }
         }
         Ok((grants, bad))
@@ -875,6 +877,54 @@ fn open_secret(
     Ok(Some(SecretString::from(text)))
 }
 
+/// A stored token, if it opens and names the row it is in.
+fn open_token(keys: &Keys, row: &TokenRow) -> Option<(TokenKey, Token)> {
+    let t = keys
+        .open_json::<TokenDoc>("tokens", &row.id, "token", &row.token)
+        .ok()?;
+    if t.credential_id != row.credential_id || t.scope_key != row.scope_key {
+        return None;
+    }
+    let token = Token {
+        reply: TokenReply {
+            access_token: t.access_token.0,
+            token_type: t.token_type,
+            expires_at: t.expires_at,
+            scope: t.scope,
+        },
+        effective_expiry: t.effective_expiry,
+        obtained_at: t.obtained_at,
+    };
+    Some(((t.credential_id, t.scope_key), token))
+}
+
+/// A stored grant by its credential's id, if it opens and names its row's credential.
+fn open_grant(keys: &Keys, row: &GrantRow) -> Option<(String, Grant)> {
+    let g = keys
+        .open_json::<GrantDoc>("grants", &row.id, "sealed", &row.sealed)
+        .ok()?;
+    if g.credential_id != row.credential_id {
+        return None;
+    }
+    Some((
+        g.credential_id,
+        Grant {
+            refresh_token: g.refresh_token.map(|t| Arc::new(t.0)),
+            scope: g.scope,
+            subject: g.subject,
+            oauth1: g
+                .oauth1_token
+                .zip(g.oauth1_token_secret)
+                .map(|(token, secret)| {
+                    Arc::new(Oauth1Token {
+                        token: token.0,
+                        secret: secret.0,
+                    })
+                }),
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -926,10 +976,10 @@ mod tests {
         }
     }
 
-    fn new_vault(dir: &Path, pass: &str) -> (Vault, Keys) {
+    fn new_vault(dir: &std::path::Path, pass: &str) -> (Vault, Keys) {
         let pass = SecretString::from(pass);
         Vault::create(
-            &dir.join("vault.db"),
+            &Location::File(dir.join("vault.db")),
             NewSlots {
                 passphrase: Some(&pass),
                 keyring: None,
@@ -955,7 +1005,9 @@ mod tests {
         };
         vault.set_limiter_state(&limiter).unwrap();
         drop(vault);
-        let mut vault = Vault::open(&dir.path().join("vault.db")).unwrap().unwrap();
+        let mut vault = Vault::open(&Location::File(dir.path().join("vault.db")))
+            .unwrap()
+            .unwrap();
         assert_eq!(vault.lock_hold().unwrap(), Some(hold));
         assert_eq!(vault.limiter_state().unwrap(), limiter);
         vault.set_lock_hold(None).unwrap();

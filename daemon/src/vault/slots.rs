@@ -12,12 +12,11 @@
 //! to), then seals a fresh KEK to each stored public key.
 
 use super::crypto::{self, Dek, FileKey, KdfParams, Kek, PassphraseSlot, SealedKek};
-use super::store::{RewrappedSlot, SlotRow, Store};
+use super::store::{Location, RewrappedSlot, SlotRow, Store};
 use super::{keyring, Keys, NewSlots, Result, Vault, VaultError};
 use latchkey_client::protocol::SlotInfo;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 pub const SLOT_PASSPHRASE: &str = "passphrase";
 pub const SLOT_KEYRING: &str = "keyring";
@@ -31,7 +30,7 @@ const BINDING_FIELD: &str = "binding";
 impl Vault {
     /// Creates a vault with a fresh random DEK wrapped in the requested slots.
     /// Call off the async runtime (Argon2id, keyring).
-    pub fn create(path: &Path, slots: NewSlots<'_>) -> Result<(Vault, Keys)> {
+    pub fn create(location: &Location, slots: NewSlots<'_>) -> Result<(Vault, Keys)> {
         let vault_id = crypto::random_id();
         let keys = Keys::new(
             vault_id.clone(),
@@ -78,7 +77,7 @@ impl Vault {
                 created_at: now,
             });
         }
-        let result = Store::open(path, true).and_then(|mut store| {
+        let result = Store::open(location, true).and_then(|mut store| {
             store.initialize(&vault_id, &rows)?;
             Ok(store)
         });
@@ -682,10 +681,10 @@ mod tests {
 
     const PASS: &str = "correct horse battery staple";
 
-    fn new_vault(dir: &Path) -> (Vault, Keys) {
+    fn new_vault(dir: &std::path::Path) -> (Vault, Keys) {
         let pass = SecretString::from(PASS);
         Vault::create(
-            &dir.join("vault.db"),
+            &Location::File(dir.join("vault.db")),
             NewSlots {
                 passphrase: Some(&pass),
                 keyring: None,

@@ -85,7 +85,7 @@ impl TestDaemon {
     ) -> TestDaemon {
         let socket = dir.path().join("latchkey.sock");
         let config = Config {
-            vault_path: dir.path().join("vault.db"),
+            vault: latchkey_daemon::VaultLocation::File(dir.path().join("vault.db")),
             socket_path: socket.clone(),
             idle_timeout: opts.idle_timeout,
             frame_timeout: Duration::from_secs(10),

@@ -1,36 +1,78 @@
-//! The only module that contains SQL: the vault file (SQLite, WAL, 0600),
-//! its numbered migrations, and typed reads and writes of rows whose secret
-//! parts are already sealed blobs. It never sees a key or a plaintext secret.
+//! The only module that contains SQL: the vault's tables, their numbered
+//! migrations, and typed reads and writes of rows whose secret parts are
+//! already sealed blobs. It never sees a key or a plaintext secret.
+//!
+//! Two engines behind the one interface (`engine.rs`): a SQLite file (WAL,
+//! 0600; the embedded default) and a PostgreSQL database shared by a fleet
+//! of daemons (`postgres.rs`). Each query is written once.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+mod engine;
+pub mod postgres;
+
+use engine::{args, Conn, Row, Tx};
+pub use postgres::PgTarget;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// Numbered migrations, applied in order; `PRAGMA user_version` records how
-/// many ran. Append only: never edit a released migration.
+/// Numbered migrations, applied in order; `PRAGMA user_version` (SQLite)
+/// or `latchkey_schema` (PostgreSQL, through [`postgres::ddl`]) records
+/// how many ran. Append only: never edit a released migration.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/0001_init.sql"),
-    include_str!("../../migrations/0002_grants.sql"),
-    include_str!("../../migrations/0003_callers.sql"),
-    include_str!("../../migrations/0004_audit_chain.sql"),
-    include_str!("../../migrations/0005_policy.sql"),
-    include_str!("../../migrations/0006_totp.sql"),
-    include_str!("../../migrations/0007_client_secret_rotation.sql"),
-    include_str!("../../migrations/0008_git_routes.sql"),
-    include_str!("../../migrations/0009_credential_keys.sql"),
+    include_str!("../../../migrations/0001_init.sql"),
+    include_str!("../../../migrations/0002_grants.sql"),
+    include_str!("../../../migrations/0003_callers.sql"),
+    include_str!("../../../migrations/0004_audit_chain.sql"),
+    include_str!("../../../migrations/0005_policy.sql"),
+    include_str!("../../../migrations/0006_totp.sql"),
+    include_str!("../../../migrations/0007_client_secret_rotation.sql"),
+    include_str!("../../../migrations/0008_git_routes.sql"),
+    include_str!("../../../migrations/0009_credential_keys.sql"),
 ];
+
+/// Where a vault is: a SQLite file, or a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub enum Location {
+    File(PathBuf),
+    Postgres(Arc<PgTarget>),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(path) => write!(f, "{}", path.display()),
+            Location::Postgres(target) => write!(f, "{target}"),
+        }
+    }
+}
+
+impl Location {
+    /// The vault file, for what only a file has (its lock file, its
+    /// directory); `None` for a database.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Location::File(path) => Some(path),
+            Location::Postgres(_) => None,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("vault database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Names the database (never its password) and what it said.
+    #[error("the vault database {database}: {message}")]
+    Postgres { database: String, message: String },
+    #[error("a vault row's column {index} has a type latchkey never writes: the database was modified or damaged")]
+    Column { index: usize },
     #[error("cannot prepare the vault file {}: {source}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the vault file {} was written by a newer latchkey (schema {found}, this one knows {known}); upgrade latchkey", path.display())]
+    #[error("the vault {place} was written by a newer latchkey (schema {found}, this one knows {known}); upgrade latchkey")]
     TooNew {
-        path: PathBuf,
+        place: String,
         found: u32,
         known: u32,
     },
@@ -159,21 +201,21 @@ const AUDIT_PAGE_SQL: &str = "SELECT seq, at, event, credential, peer_pid, app, 
        AND (?5 IS NULL OR app_key = ?5 OR instr(app, ?5) > 0)
      ORDER BY seq LIMIT ?6";
 
-fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+fn audit_row(mut r: Row) -> Result<AuditRow> {
     Ok(AuditRow {
-        seq: r.get(0)?,
-        at: r.get(1)?,
-        event: r.get(2)?,
-        credential: r.get(3)?,
-        peer_pid: r.get(4)?,
-        app: r.get(5)?,
-        app_key: r.get(6)?,
-        outcome: r.get(7)?,
-        detail: r.get(8)?,
-        sealed_id: r.get(9)?,
-        sealed_detail: r.get(10)?,
-        chained_late: r.get(11)?,
-        mac: r.get(12)?,
+        seq: r.take(0)?,
+        at: r.take(1)?,
+        event: r.take(2)?,
+        credential: r.take(3)?,
+        peer_pid: r.take(4)?,
+        app: r.take(5)?,
+        app_key: r.take(6)?,
+        outcome: r.take(7)?,
+        detail: r.take(8)?,
+        sealed_id: r.take(9)?,
+        sealed_detail: r.take(10)?,
+        chained_late: r.take(11)?,
+        mac: r.take(12)?,
     })
 }
 
@@ -182,13 +224,15 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
 /// a limit, or a single row.
 pub trait AuditReads {
     #[doc(hidden)]
-    fn conn(&self) -> &Connection;
+    fn conn(&self) -> &Conn;
 
     /// Rows with `from <= seq <= to`, in order, at most `limit`.
     fn audit_rows(&self, from: i64, to: i64, limit: usize) -> Result<Vec<AuditRow>> {
-        let mut stmt = self.conn().prepare_cached(AUDIT_ROWS_SQL)?;
-        let rows = stmt.query_map(params![from, to, limit as i64], audit_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.conn()
+            .query(AUDIT_ROWS_SQL, args![from, to, limit as i64])?
+            .into_iter()
+            .map(audit_row)
+            .collect()
     }
 
     /// The row `seq`, if it exists.
@@ -199,29 +243,32 @@ pub trait AuditReads {
     /// The lowest and highest seq present, if any row is. Two look-ups in
     /// the primary key (one `min(seq), max(seq)` would scan the table).
     fn audit_bounds(&self) -> Result<Option<(i64, i64)>> {
-        let (min, max): (Option<i64>, Option<i64>) =
-            self.conn()
-                .query_row(AUDIT_BOUNDS_SQL, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let Some(mut r) = self.conn().one(AUDIT_BOUNDS_SQL, args![])? else {
+            return Ok(None);
+        };
+        let (min, max): (Option<i64>, Option<i64>) = (r.take(0)?, r.take(1)?);
         Ok(min.zip(max))
     }
 
     /// The highest seq present at or below `seq`.
     fn audit_last_at_most(&self, seq: i64) -> Result<Option<i64>> {
-        Ok(self
-            .conn()
-            .query_row(AUDIT_LAST_AT_MOST_SQL, [seq], |r| r.get(0))?)
+        match self.conn().one(AUDIT_LAST_AT_MOST_SQL, args![seq])? {
+            Some(mut r) => r.take(0),
+            None => Ok(None),
+        }
     }
 
-    /// The seq SQLite gives the next row: one past the highest ever given.
+    /// The seq the next row gets: one past the highest ever given.
     fn audit_next_seq(&self) -> Result<i64> {
-        let given: Option<i64> = self
-            .conn()
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'audit'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let sql = if self.conn().is_postgres() {
+            "SELECT n FROM audit_seq"
+        } else {
+            "SELECT seq FROM sqlite_sequence WHERE name = 'audit'"
+        };
+        let given: Option<i64> = match self.conn().one(sql, args![])? {
+            Some(mut r) => r.take(0)?,
+            None => None,
+        };
         Ok(given.unwrap_or(0) + 1)
     }
 
@@ -231,27 +278,22 @@ pub trait AuditReads {
     fn audit_any_mac(&self) -> Result<bool> {
         Ok(self
             .conn()
-            .query_row(
-                "SELECT 1 FROM audit WHERE mac IS NOT NULL LIMIT 1",
-                [],
-                |_| Ok(()),
-            )
-            .optional()?
+            .one("SELECT 1 FROM audit WHERE mac IS NOT NULL LIMIT 1", args![])?
             .is_some())
     }
 
     /// Every row of `audit_head` (one, unless someone edited the file).
     fn audit_heads(&self) -> Result<Vec<AuditHeadRow>> {
-        let mut stmt = self
-            .conn()
-            .prepare_cached("SELECT id, sealed FROM audit_head")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(AuditHeadRow {
-                id: r.get(0)?,
-                sealed: r.get(1)?,
+        self.conn()
+            .query("SELECT id, sealed FROM audit_head", args![])?
+            .into_iter()
+            .map(|mut r| {
+                Ok(AuditHeadRow {
+                    id: r.take(0)?,
+                    sealed: r.take(1)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            .collect()
     }
 
     /// The rows `audit.list` shows: `after < seq <= through` that pass
@@ -263,48 +305,74 @@ pub trait AuditReads {
         filter: &AuditFilter<'_>,
         limit: usize,
     ) -> Result<Vec<AuditRow>> {
-        let mut stmt = self.conn().prepare_cached(AUDIT_PAGE_SQL)?;
-        let rows = stmt.query_map(
-            params![
-                after,
-                through,
-                filter.since,
-                filter.credential,
-                filter.app,
-                limit as i64
-            ],
-            audit_row,
-        )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.conn()
+            .query(
+                AUDIT_PAGE_SQL,
+                args![
+                    after,
+                    through,
+                    filter.since,
+                    filter.credential,
+                    filter.app,
+                    limit as i64
+                ],
+            )?
+            .into_iter()
+            .map(audit_row)
+            .collect()
     }
 }
 
 impl AuditReads for Store {
-    fn conn(&self) -> &Connection {
+    fn conn(&self) -> &Conn {
         &self.conn
     }
 }
 
 /// One transaction over the audit log: the writer's batch (rows chained
 /// late, new rows, pruning) and the new sealed head, committed together.
+/// On PostgreSQL it starts by locking the seq counter: daemons sharing
+/// the vault take turns, so each batch reads the head the last one wrote.
 pub struct AuditTx<'a> {
-    tx: Transaction<'a>,
+    tx: Tx<'a>,
 }
 
 impl AuditReads for AuditTx<'_> {
-    fn conn(&self) -> &Connection {
-        &self.tx
+    fn conn(&self) -> &Conn {
+        self.tx.conn()
     }
 }
 
-impl AuditTx<'_> {
+impl<'a> AuditTx<'a> {
+    fn begin(conn: &'a Conn) -> Result<AuditTx<'a>> {
+        let tx = conn.begin()?;
+        if conn.is_postgres() {
+            conn.exec("SELECT n FROM audit_seq FOR UPDATE", args![])?;
+        }
+        Ok(AuditTx { tx })
+    }
+
     /// Inserts a row (its `seq` is ignored) and returns the seq it got.
     pub fn insert(&mut self, row: &AuditRow) -> Result<i64> {
-        let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO audit (at, event, credential, peer_pid, app, app_key, outcome, detail, sealed_id, sealed_detail, chained_late, mac)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?;
-        stmt.execute(params![
+        let conn = self.tx.conn();
+        let (sql, seq) = if conn.is_postgres() {
+            let mut next = conn
+                .one("UPDATE audit_seq SET n = n + 1 RETURNING n", args![])?
+                .ok_or(StoreError::Column { index: 0 })?;
+            let seq: i64 = next.take(0)?;
+            (
+                "INSERT INTO audit (at, event, credential, peer_pid, app, app_key, outcome, detail, sealed_id, sealed_detail, chained_late, mac, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING seq",
+                Some(seq),
+            )
+        } else {
+            (
+                "INSERT INTO audit (at, event, credential, peer_pid, app, app_key, outcome, detail, sealed_id, sealed_detail, chained_late, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING seq",
+                None,
+            )
+        };
+        let mut values = args![
             row.at,
             row.event,
             row.credential,
@@ -317,49 +385,52 @@ impl AuditTx<'_> {
             row.sealed_detail,
             row.chained_late,
             row.mac
-        ])?;
-        Ok(self.tx.last_insert_rowid())
+        ];
+        values.extend(seq.map(|s| engine::Arg::arg(&s)));
+        let mut given = conn
+            .one(sql, values)?
+            .ok_or(StoreError::Column { index: 0 })?;
+        given.take(0)
     }
 
     /// Sets a row's MAC (and whether it was chained late).
     pub fn set_mac(&mut self, seq: i64, mac: &[u8], chained_late: bool) -> Result<()> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("UPDATE audit SET mac = ?2, chained_late = ?3 WHERE seq = ?1")?;
-        stmt.execute(params![seq, mac, chained_late])?;
+        self.tx.exec(
+            "UPDATE audit SET mac = ?2, chained_late = ?3 WHERE seq = ?1",
+            args![seq, mac, chained_late],
+        )?;
         Ok(())
     }
 
     /// Re-seals a row's sealed detail (rekey).
     pub fn set_sealed_detail(&mut self, seq: i64, blob: &[u8]) -> Result<()> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("UPDATE audit SET sealed_detail = ?2 WHERE seq = ?1")?;
-        stmt.execute(params![seq, blob])?;
+        self.tx.exec(
+            "UPDATE audit SET sealed_detail = ?2 WHERE seq = ?1",
+            args![seq, blob],
+        )?;
         Ok(())
     }
 
     /// Deletes the rows `from <= seq <= to` (retention).
     pub fn delete_range(&mut self, from: i64, to: i64) -> Result<u64> {
-        let n = self.tx.execute(
+        self.tx.exec(
             "DELETE FROM audit WHERE seq >= ?1 AND seq <= ?2",
-            params![from, to],
-        )?;
-        Ok(n as u64)
+            args![from, to],
+        )
     }
 
     /// Replaces the head with this one.
     pub fn put_head(&mut self, head: &AuditHeadRow) -> Result<()> {
-        self.tx.execute("DELETE FROM audit_head", [])?;
-        self.tx.execute(
+        self.tx.exec("DELETE FROM audit_head", args![])?;
+        self.tx.exec(
             "INSERT INTO audit_head (id, sealed) VALUES (?1, ?2)",
-            params![head.id, head.sealed],
+            args![head.id, head.sealed],
         )?;
         Ok(())
     }
 
     pub fn commit(self) -> Result<()> {
-        Ok(self.tx.commit()?)
+        self.tx.commit()
     }
 }
 
@@ -370,24 +441,45 @@ pub struct SealedRow {
 }
 
 pub struct Store {
-    conn: Connection,
+    conn: Conn,
 }
 
 impl Store {
     /// Every row `sql` selects, each mapped by `row`.
-    fn all<T>(
-        &self,
-        sql: &str,
-        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>> {
-        let mut stmt = self.conn.prepare(sql)?;
-        let rows = stmt.query_map([], row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    fn all<T>(&self, sql: &str, row: impl FnMut(Row) -> Result<T>) -> Result<Vec<T>> {
+        self.conn
+            .query(sql, args![])?
+            .into_iter()
+            .map(row)
+            .collect()
     }
 
-    /// Opens (creating when `create`) the vault file with owner-only
-    /// permissions, WAL and full fsync, and runs pending migrations.
-    pub fn open(path: &Path, create: bool) -> Result<Store> {
+    /// Column 0 of the first row `sql` selects, if there is one.
+    fn first<T: engine::Column>(&self, sql: &str, values: Vec<engine::Value>) -> Result<Option<T>> {
+        match self.conn.one(sql, values)? {
+            Some(mut r) => Ok(Some(r.take(0)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens (creating when `create`) the vault, and runs pending
+    /// migrations. A file is created with owner-only permissions and runs
+    /// with WAL and full fsync; a database is connected to (and must
+    /// exist: the migrations make the tables).
+    pub fn open(location: &Location, create: bool) -> Result<Store> {
+        match location {
+            Location::File(path) => Store::open_file(path, create),
+            Location::Postgres(target) => {
+                let mut store = Store {
+                    conn: Conn::Postgres(target.open()?),
+                };
+                store.migrate_postgres(&target.to_string())?;
+                Ok(store)
+            }
+        }
+    }
+
+    fn open_file(path: &Path, create: bool) -> Result<Store> {
         let io = |source| StoreError::Io {
             path: path.to_owned(),
             source,
@@ -410,7 +502,7 @@ impl Store {
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
             | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
             | rusqlite::OpenFlags::SQLITE_OPEN_URI;
-        let conn = Connection::open_with_flags(path, flags)?;
+        let conn = rusqlite::Connection::open_with_flags(path, flags)?;
         // synchronous=FULL: a committed write (a rotated refresh token above
         // all) survives power loss, not just a process crash.
         conn.execute_batch(
@@ -420,25 +512,28 @@ impl Store {
              PRAGMA secure_delete = ON;
              PRAGMA busy_timeout = 5000;",
         )?;
-        let mut store = Store { conn };
-        store.migrate(path)?;
+        let mut store = Store {
+            conn: Conn::Sqlite(conn),
+        };
+        store.migrate_file(path)?;
         Ok(store)
     }
 
-    fn migrate(&mut self, path: &Path) -> Result<()> {
-        let current: u32 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    fn migrate_file(&mut self, path: &Path) -> Result<()> {
+        let Conn::Sqlite(conn) = &mut self.conn else {
+            unreachable!("a file is SQLite");
+        };
+        let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let known = MIGRATIONS.len() as u32;
         if current > known {
             return Err(StoreError::TooNew {
-                path: path.to_owned(),
+                place: format!("file {}", path.display()),
                 found: current,
                 known,
             });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = self.conn.transaction()?;
+            let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i as u32 + 1)?;
             tx.commit()?;
@@ -446,34 +541,61 @@ impl Store {
         Ok(())
     }
 
+    /// All pending migrations in one transaction, under an advisory lock:
+    /// daemons starting together migrate once.
+    fn migrate_postgres(&mut self, database: &str) -> Result<()> {
+        let tx = self.conn.begin()?;
+        let conn = tx.conn();
+        conn.exec(
+            "SELECT pg_advisory_xact_lock(?1)",
+            args![postgres::MIGRATION_LOCK],
+        )?;
+        conn.batch(postgres::BOOTSTRAP)?;
+        let current: i64 = conn
+            .one("SELECT version FROM latchkey_schema", args![])?
+            .map(|mut r| r.take(0))
+            .transpose()?
+            .unwrap_or(0);
+        let known = MIGRATIONS.len() as i64;
+        if current > known {
+            return Err(StoreError::TooNew {
+                place: format!("database {database}"),
+                found: current as u32,
+                known: known as u32,
+            });
+        }
+        for sql in MIGRATIONS.iter().skip(current as usize) {
+            conn.batch(&postgres::ddl(sql))?;
+        }
+        conn.exec("UPDATE latchkey_schema SET version = ?1", args![known])?;
+        tx.commit()
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?)
+        self.first("SELECT value FROM meta WHERE key = ?1", args![key])
     }
 
     /// Sets (`Some`) or removes (`None`) a plaintext `meta` row.
     pub fn set_meta(&mut self, key: &str, value: Option<&str>) -> Result<()> {
         match value {
-            Some(value) => self.conn.execute(
+            Some(value) => self.conn.exec(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [key, value],
+                args![key, value],
             )?,
             None => self
                 .conn
-                .execute("DELETE FROM meta WHERE key = ?1", [key])?,
+                .exec("DELETE FROM meta WHERE key = ?1", args![key])?,
         };
         Ok(())
     }
 
     /// Writes the vault id and the first slots in one transaction.
     pub fn initialize(&mut self, vault_id: &str, slots: &[SlotRow]) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
+        let tx = self.conn.begin()?;
+        tx.exec(
             "INSERT INTO meta (key, value) VALUES ('vault_id', ?1), ('format', '1')",
-            [vault_id],
+            args![vault_id],
         )?;
         for slot in slots {
             insert_slot(&tx, slot)?;
@@ -483,20 +605,20 @@ impl Store {
     }
 
     pub fn slots(&self) -> Result<Vec<SlotRow>> {
-        self.all("SELECT id, kind, params, wrapped_dek, created_at FROM key_slots ORDER BY created_at, id", |r| {
+        self.all("SELECT id, kind, params, wrapped_dek, created_at FROM key_slots ORDER BY created_at, id", |mut r| {
             Ok(SlotRow {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                params: r.get(2)?,
-                wrapped_dek: r.get(3)?,
-                created_at: r.get(4)?,
+                id: r.take(0)?,
+                kind: r.take(1)?,
+                params: r.take(2)?,
+                wrapped_dek: r.take(3)?,
+                created_at: r.take(4)?,
             })
         })
     }
 
     /// Adds one slot (a key-file slot, to an existing vault).
     pub fn add_slot(&mut self, slot: &SlotRow) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.begin()?;
         insert_slot(&tx, slot)?;
         tx.commit()?;
         Ok(())
@@ -505,15 +627,15 @@ impl Store {
     /// Deletes one slot.
     pub fn remove_slot(&mut self, id: &str) -> Result<()> {
         self.conn
-            .execute("DELETE FROM key_slots WHERE id = ?1", [id])?;
+            .exec("DELETE FROM key_slots WHERE id = ?1", args![id])?;
         Ok(())
     }
 
     /// Replaces one slot's parameters and wrapped key (passphrase change).
     pub fn update_slot(&mut self, id: &str, params: &str, wrapped_dek: &[u8]) -> Result<()> {
-        self.conn.execute(
+        self.conn.exec(
             "UPDATE key_slots SET params = ?2, wrapped_dek = ?3 WHERE id = ?1",
-            params![id, params, wrapped_dek],
+            args![id, params, wrapped_dek],
         )?;
         Ok(())
     }
@@ -521,27 +643,27 @@ impl Store {
     pub fn providers(&self) -> Result<Vec<ProviderRow>> {
         self.all(
             "SELECT id, name, config FROM providers ORDER BY name",
-            |r| {
+            |mut r| {
                 Ok(ProviderRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    config: r.get(2)?,
+                    id: r.take(0)?,
+                    name: r.take(1)?,
+                    config: r.take(2)?,
                 })
             },
         )
     }
 
     pub fn insert_provider(&mut self, row: &ProviderRow, now: i64) -> Result<()> {
-        self.conn.execute(
+        self.conn.exec(
             "INSERT INTO providers (id, name, config, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![row.id, row.name, row.config, now],
+            args![row.id, row.name, row.config, now],
         )?;
         Ok(())
     }
 
     pub fn delete_provider(&mut self, id: &str) -> Result<()> {
         self.conn
-            .execute("DELETE FROM providers WHERE id = ?1", [id])?;
+            .exec("DELETE FROM providers WHERE id = ?1", args![id])?;
         Ok(())
     }
 
@@ -550,18 +672,18 @@ impl Store {
             "SELECT id, name, provider_id, config, client_secret, state, secret_set_at,
                     secret_worked, previous_secret, previous_secret_set_at
              FROM credentials ORDER BY name",
-            |r| {
+            |mut r| {
                 Ok(CredentialRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    provider_id: r.get(2)?,
-                    config: r.get(3)?,
-                    client_secret: r.get(4)?,
-                    state: r.get(5)?,
-                    secret_set_at: r.get(6)?,
-                    secret_worked: r.get(7)?,
-                    previous_secret: r.get(8)?,
-                    previous_secret_set_at: r.get(9)?,
+                    id: r.take(0)?,
+                    name: r.take(1)?,
+                    provider_id: r.take(2)?,
+                    config: r.take(3)?,
+                    client_secret: r.take(4)?,
+                    state: r.take(5)?,
+                    secret_set_at: r.take(6)?,
+                    secret_worked: r.take(7)?,
+                    previous_secret: r.take(8)?,
+                    previous_secret_set_at: r.take(9)?,
                 })
             },
         )
@@ -570,26 +692,20 @@ impl Store {
     /// The sealed client secret of one credential, read when a token request needs it.
     pub fn client_secret(&self, credential_id: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
-            .conn
-            .query_row(
+            .first(
                 "SELECT client_secret FROM credentials WHERE id = ?1",
-                [credential_id],
-                |r| r.get(0),
-            )
-            .optional()?
+                args![credential_id],
+            )?
             .flatten())
     }
 
     /// The sealed previous client secret of one credential, if one is kept.
     pub fn previous_secret(&self, credential_id: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
-            .conn
-            .query_row(
+            .first(
                 "SELECT previous_secret FROM credentials WHERE id = ?1",
-                [credential_id],
-                |r| r.get(0),
-            )
-            .optional()?
+                args![credential_id],
+            )?
             .flatten())
     }
 
@@ -599,11 +715,11 @@ impl Store {
             Some((blob, at)) => (Some(blob.as_slice()), *at),
             None => (None, None),
         };
-        self.conn.execute(
+        self.conn.exec(
             "UPDATE credentials SET client_secret = ?2, secret_set_at = ?3, secret_worked = 0,
                     previous_secret = ?4, previous_secret_set_at = ?5
              WHERE id = ?1",
-            params![
+            args![
                 rotation.credential_id,
                 rotation.secret,
                 rotation.set_at,
@@ -617,11 +733,11 @@ impl Store {
     /// The client secret set at `set_at` worked: if it is still the
     /// newest, it is the only one kept.
     pub fn secret_worked(&mut self, credential_id: &str, set_at: Option<i64>) -> Result<()> {
-        self.conn.execute(
+        self.conn.exec(
             "UPDATE credentials SET secret_worked = 1, previous_secret = NULL,
                     previous_secret_set_at = NULL
-             WHERE id = ?1 AND secret_set_at IS ?2",
-            params![credential_id, set_at],
+             WHERE id = ?1 AND secret_set_at IS NOT DISTINCT FROM ?2",
+            args![credential_id, set_at],
         )?;
         Ok(())
     }
@@ -634,12 +750,12 @@ impl Store {
         keys: &[SealedRow],
         now: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
+        let tx = self.conn.begin()?;
+        tx.exec(
             "INSERT INTO credentials (id, name, provider_id, config, client_secret, state, created_at,
                                       secret_set_at, secret_worked, previous_secret, previous_secret_set_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
+            args![
                 row.id,
                 row.name,
                 row.provider_id,
@@ -654,9 +770,9 @@ impl Store {
             ],
         )?;
         for key in keys {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO credential_keys (id, credential_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![key.id, row.id, key.sealed, now],
+                args![key.id, row.id, key.sealed, now],
             )?;
         }
         tx.commit()?;
@@ -666,19 +782,19 @@ impl Store {
     /// Deletes a credential and (by cascade) its tokens.
     pub fn delete_credential(&mut self, id: &str) -> Result<()> {
         self.conn
-            .execute("DELETE FROM credentials WHERE id = ?1", [id])?;
+            .exec("DELETE FROM credentials WHERE id = ?1", args![id])?;
         Ok(())
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRow>> {
         self.all(
             "SELECT id, credential_id, scope_key, token FROM tokens",
-            |r| {
+            |mut r| {
                 Ok(TokenRow {
-                    id: r.get(0)?,
-                    credential_id: r.get(1)?,
-                    scope_key: r.get(2)?,
-                    token: r.get(3)?,
+                    id: r.take(0)?,
+                    credential_id: r.take(1)?,
+                    scope_key: r.take(2)?,
+                    token: r.take(3)?,
                 })
             },
         )
@@ -687,25 +803,61 @@ impl Store {
     /// Replaces the stored token of (credential, scope set) in one
     /// transaction: the old row goes, a row with a fresh id comes.
     pub fn replace_token(&mut self, row: &TokenRow, expires_at: Option<i64>) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
+        let tx = self.conn.begin()?;
+        tx.exec(
             "DELETE FROM tokens WHERE credential_id = ?1 AND scope_key = ?2",
-            params![row.credential_id, row.scope_key],
+            args![row.credential_id, row.scope_key],
         )?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO tokens (id, credential_id, scope_key, token, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![row.id, row.credential_id, row.scope_key, row.token, expires_at],
+            args![row.id, row.credential_id, row.scope_key, row.token, expires_at],
         )?;
         tx.commit()?;
         Ok(())
     }
 
+    /// One credential's stored tokens (a fleet lock's re-read).
+    pub fn tokens_of(&self, credential_id: &str) -> Result<Vec<TokenRow>> {
+        self.conn
+            .query(
+                "SELECT id, credential_id, scope_key, token FROM tokens WHERE credential_id = ?1",
+                args![credential_id],
+            )?
+            .into_iter()
+            .map(|mut r| {
+                Ok(TokenRow {
+                    id: r.take(0)?,
+                    credential_id: r.take(1)?,
+                    scope_key: r.take(2)?,
+                    token: r.take(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// One credential's grant row, if it has one (a fleet lock's re-read).
+    pub fn grant_of(&self, credential_id: &str) -> Result<Option<GrantRow>> {
+        self.conn
+            .one(
+                "SELECT id, credential_id, sealed FROM grants WHERE credential_id = ?1",
+                args![credential_id],
+            )?
+            .map(|mut r| -> Result<GrantRow> {
+                Ok(GrantRow {
+                    id: r.take(0)?,
+                    credential_id: r.take(1)?,
+                    sealed: r.take(2)?,
+                })
+            })
+            .transpose()
+    }
+
     pub fn grants(&self) -> Result<Vec<GrantRow>> {
-        self.all("SELECT id, credential_id, sealed FROM grants", |r| {
+        self.all("SELECT id, credential_id, sealed FROM grants", |mut r| {
             Ok(GrantRow {
-                id: r.get(0)?,
-                credential_id: r.get(1)?,
-                sealed: r.get(2)?,
+                id: r.take(0)?,
+                credential_id: r.take(1)?,
+                sealed: r.take(2)?,
             })
         })
     }
@@ -722,30 +874,30 @@ impl Store {
         state: &str,
         now: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.begin()?;
         if let Some(grant) = grant {
-            tx.execute(
+            tx.exec(
                 "DELETE FROM grants WHERE credential_id = ?1",
-                [&grant.credential_id],
+                args![grant.credential_id],
             )?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO grants (id, credential_id, sealed, updated_at) VALUES (?1, ?2, ?3, ?4)",
-                params![grant.id, grant.credential_id, grant.sealed, now],
+                args![grant.id, grant.credential_id, grant.sealed, now],
             )?;
         }
         if let Some((row, expires_at)) = token {
-            tx.execute(
+            tx.exec(
                 "DELETE FROM tokens WHERE credential_id = ?1 AND scope_key = ?2",
-                params![row.credential_id, row.scope_key],
+                args![row.credential_id, row.scope_key],
             )?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO tokens (id, credential_id, scope_key, token, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![row.id, row.credential_id, row.scope_key, row.token, expires_at],
+                args![row.id, row.credential_id, row.scope_key, row.token, expires_at],
             )?;
         }
-        tx.execute(
+        tx.exec(
             "UPDATE credentials SET state = ?2 WHERE id = ?1",
-            params![credential_id, state],
+            args![credential_id, state],
         )?;
         tx.commit()?;
         Ok(())
@@ -754,18 +906,18 @@ impl Store {
     /// Forgets a credential's grant and tokens (revoked, or the provider
     /// refused the refresh token) and records its new state.
     pub fn drop_grant(&mut self, credential_id: &str, state: &str) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
+        let tx = self.conn.begin()?;
+        tx.exec(
             "DELETE FROM grants WHERE credential_id = ?1",
-            [credential_id],
+            args![credential_id],
         )?;
-        tx.execute(
+        tx.exec(
             "DELETE FROM tokens WHERE credential_id = ?1",
-            [credential_id],
+            args![credential_id],
         )?;
-        tx.execute(
+        tx.exec(
             "UPDATE credentials SET state = ?2 WHERE id = ?1",
-            params![credential_id, state],
+            args![credential_id, state],
         )?;
         tx.commit()?;
         Ok(())
@@ -793,10 +945,10 @@ impl Store {
         // The table name is one of ours, never input.
         self.all(
             &format!("SELECT id, sealed FROM {table} ORDER BY created_at, id"),
-            |r| {
+            |mut r| {
                 Ok(SealedRow {
-                    id: r.get(0)?,
-                    sealed: r.get(1)?,
+                    id: r.take(0)?,
+                    sealed: r.take(1)?,
                 })
             },
         )
@@ -812,13 +964,13 @@ impl Store {
         replaces: Option<&str>,
         now: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.begin()?;
         if let Some(old) = replaces {
-            tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [old])?;
+            tx.exec(&format!("DELETE FROM {table} WHERE id = ?1"), args![old])?;
         }
-        tx.execute(
+        tx.exec(
             &format!("INSERT INTO {table} (id, credential_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)"),
-            params![row.id, credential_id, row.sealed, now],
+            args![row.id, credential_id, row.sealed, now],
         )?;
         tx.commit()?;
         Ok(())
@@ -826,10 +978,10 @@ impl Store {
 
     /// Deletes rules by id; true if any existed.
     pub fn delete_rules(&mut self, ids: &[&str]) -> Result<bool> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.begin()?;
         let mut any = false;
         for id in ids {
-            any |= tx.execute("DELETE FROM rules WHERE id = ?1", [id])? > 0;
+            any |= tx.exec("DELETE FROM rules WHERE id = ?1", args![id])? > 0;
         }
         tx.commit()?;
         Ok(any)
@@ -838,19 +990,19 @@ impl Store {
     pub fn app_keys(&self) -> Result<Vec<SealedRow>> {
         self.all(
             "SELECT id, sealed FROM app_keys ORDER BY created_at, id",
-            |r| {
+            |mut r| {
                 Ok(SealedRow {
-                    id: r.get(0)?,
-                    sealed: r.get(1)?,
+                    id: r.take(0)?,
+                    sealed: r.take(1)?,
                 })
             },
         )
     }
 
     pub fn insert_app_key(&mut self, row: &SealedRow, now: i64) -> Result<()> {
-        self.conn.execute(
+        self.conn.exec(
             "INSERT INTO app_keys (id, sealed, created_at) VALUES (?1, ?2, ?3)",
-            params![row.id, row.sealed, now],
+            args![row.id, row.sealed, now],
         )?;
         Ok(())
     }
@@ -875,22 +1027,25 @@ impl Store {
     pub fn delete_git_route(&mut self, id: &str) -> Result<bool> {
         Ok(self
             .conn
-            .execute("DELETE FROM git_routes WHERE id = ?1", [id])?
+            .exec("DELETE FROM git_routes WHERE id = ?1", args![id])?
             > 0)
     }
 
     /// One credential's keys (`credential_keys`), oldest first.
     pub fn credential_keys(&self, credential_id: &str) -> Result<Vec<SealedRow>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, sealed FROM credential_keys WHERE credential_id = ?1 ORDER BY created_at, id",
-        )?;
-        let rows = stmt.query_map([credential_id], |r| {
-            Ok(SealedRow {
-                id: r.get(0)?,
-                sealed: r.get(1)?,
+        self.conn
+            .query(
+                "SELECT id, sealed FROM credential_keys WHERE credential_id = ?1 ORDER BY created_at, id",
+                args![credential_id],
+            )?
+            .into_iter()
+            .map(|mut r| {
+                Ok(SealedRow {
+                    id: r.take(0)?,
+                    sealed: r.take(1)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            .collect()
     }
 
     /// Every credential's keys, for `rekey`.
@@ -907,17 +1062,17 @@ impl Store {
         retire: &[&str],
         now: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.begin()?;
         for id in retire {
-            tx.execute(
+            tx.exec(
                 "DELETE FROM credential_keys WHERE id = ?1 AND credential_id = ?2",
-                params![id, credential_id],
+                args![id, credential_id],
             )?;
         }
         if let Some(row) = add {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO credential_keys (id, credential_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![row.id, credential_id, row.sealed, now],
+                args![row.id, credential_id, row.sealed, now],
             )?;
         }
         tx.commit()?;
@@ -927,10 +1082,10 @@ impl Store {
     /// The authenticator's row, if one is enrolled.
     pub fn authenticator(&self) -> Result<Option<SealedRow>> {
         Ok(self
-            .all("SELECT id, sealed FROM authenticator", |r| {
+            .all("SELECT id, sealed FROM authenticator", |mut r| {
                 Ok(SealedRow {
-                    id: r.get(0)?,
-                    sealed: r.get(1)?,
+                    id: r.take(0)?,
+                    sealed: r.take(1)?,
                 })
             })?
             .into_iter()
@@ -940,20 +1095,18 @@ impl Store {
     /// Whether an authenticator is enrolled (readable while locked).
     pub fn has_authenticator(&self) -> Result<bool> {
         Ok(self
-            .conn
-            .query_row("SELECT EXISTS (SELECT 1 FROM authenticator)", [], |r| {
-                r.get(0)
-            })?)
+            .first("SELECT EXISTS (SELECT 1 FROM authenticator)", args![])?
+            .unwrap_or(false))
     }
 
     /// Puts `row` as the only authenticator, in one transaction.
     pub fn put_authenticator(&mut self, row: &SealedRow, now: i64) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM authenticator WHERE id <> ?1", [&row.id])?;
-        tx.execute(
+        let tx = self.conn.begin()?;
+        tx.exec("DELETE FROM authenticator WHERE id <> ?1", args![&row.id])?;
+        tx.exec(
             "INSERT INTO authenticator (id, sealed, created_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (id) DO UPDATE SET sealed = excluded.sealed",
-            params![row.id, row.sealed, now],
+            args![row.id, row.sealed, now],
         )?;
         tx.commit()?;
         Ok(())
@@ -961,15 +1114,15 @@ impl Store {
 
     /// Removes the authenticator; true if one was enrolled.
     pub fn delete_authenticator(&mut self) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM authenticator", [])? > 0)
+        Ok(self.conn.exec("DELETE FROM authenticator", args![])? > 0)
     }
 
     /// Deletes an app key and the rules naming it, in one transaction.
     pub fn delete_app_key(&mut self, id: &str, rules: &[&str]) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM app_keys WHERE id = ?1", [id])?;
+        let tx = self.conn.begin()?;
+        tx.exec("DELETE FROM app_keys WHERE id = ?1", args![id])?;
         for rule in rules {
-            tx.execute("DELETE FROM rules WHERE id = ?1", [rule])?;
+            tx.exec("DELETE FROM rules WHERE id = ?1", args![rule])?;
         }
         tx.commit()?;
         Ok(())
@@ -977,9 +1130,9 @@ impl Store {
 
     /// Replaces a credential's sealed configuration.
     pub fn update_credential_config(&mut self, id: &str, config: &[u8]) -> Result<()> {
-        self.conn.execute(
+        self.conn.exec(
             "UPDATE credentials SET config = ?2 WHERE id = ?1",
-            params![id, config],
+            args![id, config],
         )?;
         Ok(())
     }
@@ -1088,55 +1241,113 @@ impl Store {
         slots: &[RewrappedSlot],
         audit: impl FnOnce(&mut AuditTx<'_>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        let mut audit_tx = AuditTx {
-            tx: self.conn.transaction().map_err(StoreError::from)?,
-        };
+        let mut audit_tx = AuditTx::begin(&self.conn)?;
         audit(&mut audit_tx)?;
         let tx = audit_tx.tx;
-        let sql_err = |e: rusqlite::Error| E::from(StoreError::from(e));
         for f in fields {
             // Table and column names come from `sealed_fields`, never from input.
             let sql = format!("UPDATE {} SET {} = ?2 WHERE id = ?1", f.table, f.field);
-            tx.execute(&sql, params![f.row_id, f.blob])
-                .map_err(sql_err)?;
+            tx.exec(&sql, args![f.row_id, f.blob])?;
         }
         for slot in slots {
             match &slot.params {
-                Some(p) => tx.execute(
+                Some(p) => tx.exec(
                     "UPDATE key_slots SET params = ?2, wrapped_dek = ?3 WHERE id = ?1",
-                    params![slot.id, p, slot.wrapped_dek],
-                ),
-                None => tx.execute(
+                    args![slot.id, p, slot.wrapped_dek],
+                )?,
+                None => tx.exec(
                     "UPDATE key_slots SET wrapped_dek = ?2 WHERE id = ?1",
-                    params![slot.id, slot.wrapped_dek],
-                ),
-            }
-            .map_err(sql_err)?;
+                    args![slot.id, slot.wrapped_dek],
+                )?,
+            };
         }
-        tx.commit().map_err(sql_err)?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// A store over one pooled connection of a shared vault (no
+    /// migrations: the vault's own store ran them).
+    pub fn over(pg: postgres::Pg) -> Store {
+        Store {
+            conn: Conn::Postgres(pg),
+        }
+    }
+
+    /// The pooled connection back (see [`Store::over`]).
+    pub fn into_pg(self) -> Option<postgres::Pg> {
+        match self.conn {
+            Conn::Postgres(pg) => Some(pg),
+            Conn::Sqlite(_) => None,
+        }
+    }
+
+    /// Opens a transaction that holds the fleet's lock on `credential_id`
+    /// (a PostgreSQL advisory lock: released by the commit or rollback,
+    /// or by the database when this daemon's connection dies), waiting at
+    /// most `wait` for the daemon that holds it now.
+    pub fn begin_fleet_lock(&self, credential_id: &str, wait: std::time::Duration) -> Result<()> {
+        let Conn::Postgres(pg) = &self.conn else {
+            return Ok(());
+        };
+        pg.begin()?;
+        let locked = self
+            .conn
+            .batch(&format!("SET LOCAL lock_timeout = {}", wait.as_millis()))
+            .and_then(|()| {
+                self.conn.exec(
+                    "SELECT pg_advisory_xact_lock(?1)",
+                    args![postgres::lock_key(credential_id)],
+                )
+            });
+        if let Err(e) = locked {
+            pg.rollback();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Tells the fleet's other daemons, at commit, that `payload` changed.
+    pub fn notify(&self, payload: &str) -> Result<()> {
+        self.conn.exec(
+            "SELECT pg_notify(?1, ?2)",
+            args![postgres::CHANNEL, payload],
+        )?;
+        Ok(())
+    }
+
+    /// Ends the transaction [`Store::begin_fleet_lock`] opened.
+    pub fn end_fleet_lock(&self, commit: bool) -> Result<()> {
+        match &self.conn {
+            Conn::Postgres(pg) if commit => pg.commit(),
+            Conn::Postgres(pg) => {
+                pg.rollback();
+                Ok(())
+            }
+            Conn::Sqlite(_) => Ok(()),
+        }
     }
 
     /// Starts a transaction over the audit log (see [`AuditTx`]).
     pub fn audit_tx(&mut self) -> Result<AuditTx<'_>> {
-        Ok(AuditTx {
-            tx: self.conn.transaction()?,
-        })
+        AuditTx::begin(&self.conn)
     }
 }
 
 #[cfg(test)]
 impl Store {
     /// Raw access for tests that tamper with the file.
-    pub fn conn_for_tests(&self) -> &Connection {
-        &self.conn
+    pub fn conn_for_tests(&self) -> &rusqlite::Connection {
+        match &self.conn {
+            Conn::Sqlite(c) => c,
+            Conn::Postgres(_) => panic!("a SQLite vault"),
+        }
     }
 }
 
-fn insert_slot(tx: &Transaction<'_>, slot: &SlotRow) -> Result<()> {
-    tx.execute(
+fn insert_slot(tx: &Tx<'_>, slot: &SlotRow) -> Result<()> {
+    tx.exec(
         "INSERT INTO key_slots (id, kind, params, wrapped_dek, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![slot.id, slot.kind, slot.params, slot.wrapped_dek, slot.created_at],
+        args![slot.id, slot.kind, slot.params, slot.wrapped_dek, slot.created_at],
     )?;
     Ok(())
 }
@@ -1149,12 +1360,12 @@ mod tests {
     fn migrations_run_once_and_the_file_is_private() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/vault.db");
-        let store = Store::open(&path, true).unwrap();
+        let store = Store::open_file(&path, true).unwrap();
         assert_eq!(store.meta("vault_id").unwrap(), None);
         drop(store);
-        let store = Store::open(&path, false).unwrap();
+        let store = Store::open_file(&path, false).unwrap();
         let version: u32 = store
-            .conn
+            .conn_for_tests()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as u32);
@@ -1168,7 +1379,7 @@ mod tests {
             & 0o777;
         assert_eq!(dir_mode, 0o700);
         let journal: String = store
-            .conn
+            .conn_for_tests()
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(journal, "wal");
@@ -1178,11 +1389,14 @@ mod tests {
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vault.db");
-        let store = Store::open(&path, true).unwrap();
-        store.conn.pragma_update(None, "user_version", 99).unwrap();
+        let store = Store::open_file(&path, true).unwrap();
+        store
+            .conn_for_tests()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
         drop(store);
         assert!(matches!(
-            Store::open(&path, false),
+            Store::open_file(&path, false),
             Err(StoreError::TooNew { found: 99, .. })
         ));
     }
@@ -1193,10 +1407,10 @@ mod tests {
     #[test]
     fn audit_queries_search_the_primary_key_and_never_scan() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("v.db"), true).unwrap();
+        let store = Store::open_file(&dir.path().join("v.db"), true).unwrap();
         let plan = |sql: &str| -> Vec<String> {
             let mut stmt = store
-                .conn
+                .conn_for_tests()
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .unwrap();
             let params = vec![1i64; stmt.parameter_count()];
@@ -1233,10 +1447,29 @@ mod tests {
         );
     }
 
+    /// A fresh store of each engine there is: SQLite always, PostgreSQL
+    /// when the tests' server is configured (else a logged skip).
+    fn engines() -> Vec<(Store, Box<dyn std::any::Any>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stores: Vec<(Store, Box<dyn std::any::Any>)> = vec![(
+            Store::open_file(&dir.path().join("v.db"), true).unwrap(),
+            Box::new(dir),
+        )];
+        if let Some(db) = postgres::testdb::fresh() {
+            let store = Store::open(&Location::Postgres(Arc::clone(&db.target)), true).unwrap();
+            stores.push((store, Box::new(db)));
+        }
+        stores
+    }
+
     #[test]
     fn audit_seqs_are_never_reused_and_reads_are_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("v.db"), true).unwrap();
+        for (store, _keep) in engines() {
+            audit_seqs_on(store);
+        }
+    }
+
+    fn audit_seqs_on(mut store: Store) {
         assert_eq!(store.audit_bounds().unwrap(), None);
         assert_eq!(store.audit_next_seq().unwrap(), 1);
         let mut tx = store.audit_tx().unwrap();
@@ -1290,8 +1523,12 @@ mod tests {
 
     #[test]
     fn replacing_a_token_gives_the_row_a_new_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("v.db"), true).unwrap();
+        for (store, _keep) in engines() {
+            replacing_a_token_on(store);
+        }
+    }
+
+    fn replacing_a_token_on(mut store: Store) {
         store
             .insert_provider(
                 &ProviderRow {
@@ -1338,5 +1575,160 @@ mod tests {
             store.tokens().unwrap().is_empty(),
             "tokens go with their credential"
         );
+    }
+
+    /// The one schema description gives both engines the same tables and
+    /// columns (names, order, nullability, and SQLite's type as PostgreSQL's).
+    #[test]
+    fn both_engines_have_the_same_schema() {
+        let Some(db) = postgres::testdb::fresh() else {
+            return;
+        };
+        let pg = Store::open(&Location::Postgres(Arc::clone(&db.target)), true).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let lite = Store::open_file(&dir.path().join("v.db"), true).unwrap();
+        let tables: Vec<String> = lite
+            .all(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+                |mut r| r.take(0),
+            )
+            .unwrap();
+        assert!(tables.len() >= 12, "{tables:?}");
+        for table in &tables {
+            let lite_cols: Vec<(String, String, bool)> = lite
+                .conn
+                .query(&format!("SELECT name, type, \"notnull\" OR pk FROM pragma_table_info('{table}') ORDER BY cid"), args![])
+                .unwrap()
+                .into_iter()
+                .map(|mut r| {
+                    let ty: String = r.take(1).unwrap();
+                    let ty = match ty.as_str() {
+                        "INTEGER" => "bigint",
+                        "BLOB" => "bytea",
+                        "TEXT" => "text",
+                        other => panic!("{table}: a column of type {other}"),
+                    };
+                    (r.take(0).unwrap(), ty.to_owned(), r.take(2).unwrap())
+                })
+                .collect();
+            let pg_cols: Vec<(String, String, bool)> = pg
+                .conn
+                .query(
+                    "SELECT column_name::text, data_type::text, is_nullable::text = 'NO' FROM information_schema.columns
+                     WHERE table_schema = 'public' AND table_name = ?1 ORDER BY ordinal_position",
+                    args![table],
+                )
+                .unwrap()
+                .into_iter()
+                .map(|mut r| (r.take(0).unwrap(), r.take(1).unwrap(), r.take(2).unwrap()))
+                .collect();
+            assert_eq!(lite_cols, pg_cols, "table {table}");
+        }
+    }
+
+    /// Daemons of a fleet starting at once: one migrates, the others wait
+    /// for it and find the schema current; a newer schema is refused.
+    #[test]
+    fn postgres_migrates_once_and_refuses_a_newer_schema() {
+        let Some(db) = postgres::testdb::fresh() else {
+            return;
+        };
+        let location = Location::Postgres(Arc::clone(&db.target));
+        let opened: Vec<Result<Store>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| Store::open(&location, true)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for store in &opened {
+            let store = store.as_ref().expect("every daemon opens the vault");
+            let version: i64 = store
+                .first("SELECT version FROM latchkey_schema", args![])
+                .unwrap()
+                .unwrap();
+            assert_eq!(version, MIGRATIONS.len() as i64);
+        }
+        let store = opened.into_iter().next().unwrap().unwrap();
+        store
+            .conn
+            .exec("UPDATE latchkey_schema SET version = 99", args![])
+            .unwrap();
+        match Store::open(&location, false) {
+            Err(e @ StoreError::TooNew { found: 99, .. }) => {
+                assert!(e.to_string().contains("upgrade latchkey"), "{e}");
+                assert!(
+                    e.to_string().contains("postgres://latchkey@localhost"),
+                    "{e}"
+                );
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a newer schema was opened"),
+        }
+    }
+
+    /// Audit writers on several connections (daemons) take turns: every
+    /// seq is given once, with no gap, and each batch is contiguous.
+    #[test]
+    fn concurrent_audit_writers_on_postgres_take_turns() {
+        let Some(db) = postgres::testdb::fresh() else {
+            return;
+        };
+        let location = Location::Postgres(Arc::clone(&db.target));
+        let seqs: Vec<Vec<i64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3)
+                .map(|w| {
+                    let location = &location;
+                    s.spawn(move || {
+                        let mut store = Store::open(location, true).unwrap();
+                        let mut mine = Vec::new();
+                        for batch in 0..10 {
+                            let mut tx = store.audit_tx().unwrap();
+                            let mut got = Vec::new();
+                            for i in 0..5 {
+                                got.push(
+                                    tx.insert(&AuditRow {
+                                        at: batch * 10 + i,
+                                        event: format!("w{w}"),
+                                        ..AuditRow::default()
+                                    })
+                                    .unwrap(),
+                                );
+                            }
+                            tx.commit().unwrap();
+                            assert!(got.windows(2).all(|p| p[1] == p[0] + 1), "{got:?}");
+                            mine.extend(got);
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut all: Vec<i64> = seqs.into_iter().flatten().collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=150).collect::<Vec<i64>>());
+        let store = Store::open(&location, false).unwrap();
+        assert_eq!(store.audit_bounds().unwrap(), Some((1, 150)));
+        assert_eq!(store.audit_next_seq().unwrap(), 151);
+    }
+
+    /// What the database says reaches the caller naming the database,
+    /// never the password; a wrong password is said at open.
+    #[test]
+    fn postgres_errors_name_the_database_not_the_password() {
+        let Some((url, _)) = postgres::testdb::url("postgres") else {
+            return;
+        };
+        let target = PgTarget::parse(&url, Some("wrong-canary-pw".to_owned().into())).unwrap();
+        let err = Store::open(&Location::Postgres(Arc::new(target)), false)
+            .err()
+            .expect("a wrong password is refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("the vault database postgres://latchkey@localhost"),
+            "{text}"
+        );
+        assert!(text.contains("password authentication failed"), "{text}");
+        assert!(!text.contains("wrong-canary-pw"), "{text}");
     }
 }
