@@ -349,3 +349,84 @@ fn a_key_file_unlocks_on_its_machine_survives_a_rekey_and_is_cut_off_by_slot_rem
         );
     }
 }
+
+/// The slot's id of the key-file slot labelled `label`.
+fn slot_id(env: &TestEnv, label: &str) -> String {
+    slots(env)
+        .iter()
+        .find(|s| s["label"] == label)
+        .unwrap_or_else(|| panic!("no slot labelled {label}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Two machines sharing a PostgreSQL vault (`source .ci/postgres-env.sh`),
+/// each with its own key file: each unlocks with its own, a rekey on one
+/// keeps the other's working without its file, and removing one machine's
+/// slot cuts off that machine only.
+#[test]
+fn each_machine_of_a_shared_postgres_vault_unlocks_with_its_own_key_file() {
+    let one = TestEnv::new();
+    let Some(db) = latchkey_tests::postgres::TestDatabase::create(&one) else {
+        return;
+    };
+    db.serve(&one);
+    one.init();
+    let pass = one.passphrase_file();
+    let pass = pass.to_str().unwrap();
+    let two = TestEnv::new();
+    db.serve(&two);
+    let pass_two = two.passphrase_file();
+    let pass_two = pass_two.to_str().unwrap();
+    two.latchkey(&["unlock", "--passphrase-file", pass_two])
+        .success();
+
+    let key_one = one.root.join("one.key");
+    let key_two = two.root.join("two.key");
+    for (env, key, label, pass) in [
+        (&one, &key_one, "one", pass),
+        (&two, &key_two, "two", pass_two),
+    ] {
+        env.latchkey(&[
+            "slot",
+            "add",
+            "--key-file",
+            key.to_str().unwrap(),
+            "--label",
+            label,
+            "--passphrase-file",
+            pass,
+        ])
+        .success();
+    }
+    assert_eq!(
+        slots(&one).len(),
+        3,
+        "both machines' slots, in the one vault"
+    );
+
+    // Each machine opens the vault with its own file only.
+    for (env, key) in [(&one, &key_one), (&two, &key_two)] {
+        env.latchkey(&["lock"]).success();
+        env.latchkey(&["unlock", "--key-file", key.to_str().unwrap()])
+            .success();
+    }
+    // A rekey on machine one, which has only its own file and the passphrase.
+    one.latchkey(&["rekey", "--passphrase-file", pass])
+        .success();
+    two.latchkey(&["lock"]).success();
+    two.latchkey(&["unlock", "--key-file", key_two.to_str().unwrap()])
+        .success();
+
+    // Machine one cuts machine two off; its own file still works.
+    let id = slot_id(&one, "two");
+    one.latchkey(&["slot", "remove", &id, "--passphrase-file", pass])
+        .success();
+    two.latchkey(&["lock"]).success();
+    two.latchkey(&["unlock", "--key-file", key_two.to_str().unwrap()])
+        .code_is(10);
+    one.latchkey(&["lock"]).success();
+    one.latchkey(&["unlock", "--key-file", key_one.to_str().unwrap()])
+        .success();
+}
