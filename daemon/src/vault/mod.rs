@@ -60,7 +60,7 @@ pub enum VaultError {
     /// A key-file slot of this key file exists already.
     #[error("key slot {id} is this key file's already")]
     SlotExists { id: String },
-    #[error("the vault has {max} key slots, the most it may have")]
+    #[error("the vault has {max} key-file slots, the most it may have")]
     TooManySlots { max: usize },
     #[error("no key slot {id}")]
     NoSuchSlot { id: String },

@@ -103,7 +103,7 @@ impl Vault {
 
     /// Adds a key-file slot for `file` that opens the DEK of `keys`,
     /// named `label`. Refused when a slot of this file exists (its id in
-    /// the error) or the vault has [`MAX_SLOTS`] slots.
+    /// the error) or the vault has [`MAX_KEYFILE_SLOTS`] key-file slots.
     pub fn add_keyfile_slot(
         &mut self,
         keys: &Keys,
@@ -120,8 +120,10 @@ impl Vault {
                 });
             }
         }
-        if slots.len() >= MAX_SLOTS {
-            return Err(VaultError::TooManySlots { max: MAX_SLOTS });
+        if slots.iter().filter(|s| s.kind == SLOT_KEYFILE).count() >= MAX_KEYFILE_SLOTS {
+            return Err(VaultError::TooManySlots {
+                max: MAX_KEYFILE_SLOTS,
+            });
         }
         let id = crypto::random_id();
         let (params, wrapped_dek) = keyfile_slot(keys, &id, &public, label)?;
@@ -284,10 +286,15 @@ impl Vault {
     }
 }
 
-/// 16 slots: a vault has a passphrase slot or two (a person's, a CI
-/// runner's) and a keyring slot or two. More is a crafted file, and each
-/// keyring slot may cost a D-Bus call of up to 25 s.
+/// 16 passphrase and keyring slots: a vault has a passphrase slot or two
+/// (a person's, a CI runner's) and a keyring slot or two. More is a
+/// crafted file, and each keyring slot may cost a D-Bus call of up to 25 s.
 const MAX_SLOTS: usize = 16;
+
+/// 256 key-file slots: one per machine of a fleet. Cheap to hold: an
+/// unlock compares public keys and opens the one slot that matches; a
+/// rekey seals one KEK per slot (an X25519 operation each).
+const MAX_KEYFILE_SLOTS: usize = 256;
 
 /// The key slots as read from the file, for the slow work of opening them
 /// outside the vault mutex.
@@ -328,15 +335,19 @@ impl RemovedSlot {
 
 impl SlotRows {
     /// Refuses a file whose slots would make one unlock (or rekey) work
-    /// for minutes: too many slots, or more Argon2id work over the
-    /// passphrase slots together than one slot at the ceiling. Checked
+    /// for minutes: too many slots of a kind, or more Argon2id work over
+    /// the passphrase slots together than one slot at the ceiling. Checked
     /// before any derivation, so the refusal is quick.
     fn check_work(&self) -> Result<()> {
         let mut work = 0u64;
         for slot in self.rows.iter().filter(|s| s.kind == SLOT_PASSPHRASE) {
             work = work.saturating_add(passphrase_params(slot)?.kdf.work());
         }
-        if self.rows.len() > MAX_SLOTS || work > KdfParams::MAX_WORK {
+        let keyfiles = self.of_kind(SLOT_KEYFILE).count();
+        if self.rows.len() - keyfiles > MAX_SLOTS
+            || keyfiles > MAX_KEYFILE_SLOTS
+            || work > KdfParams::MAX_WORK
+        {
             return Err(VaultError::TooMuchSlotWork {
                 slots: self.rows.len(),
                 work,
@@ -958,18 +969,43 @@ mod tests {
         assert!(same_dek(&open(&vault, &file(2)).unwrap().0, &new));
     }
 
+    /// A fleet's worth of machines, each its own key file; one more is
+    /// refused, and a file with more than that (crafted) opens nothing.
     #[test]
-    fn a_vault_holds_at_most_max_slots() {
+    fn a_vault_holds_at_most_max_keyfile_slots() {
         let dir = tempfile::tempdir().unwrap();
         let (mut vault, keys) = new_vault(dir.path());
-        for byte in 1..MAX_SLOTS as u8 {
+        let machine = |i: usize| {
+            let mut secret = [0u8; 32];
+            secret[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+            FileKey::from_bytes(&secret).unwrap()
+        };
+        for i in 0..MAX_KEYFILE_SLOTS {
             vault
-                .add_keyfile_slot(&keys, &file(byte), &format!("m{byte}"))
+                .add_keyfile_slot(&keys, &machine(i), &format!("m{i}"))
                 .unwrap();
         }
         assert!(matches!(
-            vault.add_keyfile_slot(&keys, &file(200), "one too many"),
-            Err(VaultError::TooManySlots { max: MAX_SLOTS })
+            vault.add_keyfile_slot(&keys, &machine(MAX_KEYFILE_SLOTS), "one too many"),
+            Err(VaultError::TooManySlots {
+                max: MAX_KEYFILE_SLOTS
+            })
+        ));
+        let last = machine(MAX_KEYFILE_SLOTS - 1);
+        assert!(same_dek(&open(&vault, &last).unwrap().0, &keys));
+        // A crafted file with one more (a copy of a row under a new id).
+        let row = vault.store.slots().unwrap().pop().unwrap();
+        vault
+            .store
+            .conn_for_tests()
+            .execute(
+                "INSERT INTO key_slots (id, kind, params, wrapped_dek, created_at) VALUES ('extra', ?1, ?2, ?3, ?4)",
+                rusqlite::params![row.kind, row.params, row.wrapped_dek, row.created_at],
+            )
+            .unwrap();
+        assert!(matches!(
+            open(&vault, &last),
+            Err(VaultError::TooMuchSlotWork { .. })
         ));
     }
 }
