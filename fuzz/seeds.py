@@ -86,6 +86,10 @@ def request():
         "credential.rotate_key": {"name": "gh", "alg": "EdDSA", "retire_old": False},
         "dpop.proof": {"credential": "gh", "method": "GET", "url": "https://rs.example/a?b=c",
                        "nonce": "n-1", "scopes": ["read"], "min_ttl": 30},
+        "slot.add": {"key": "latchkey-key-file-v1:" + "A" * 43, "label": "ci-runner-1",
+                     "proof": {"passphrase": CANARY}},
+        "slot.list": {},
+        "slot.remove": {"id": "00112233445566778899aabbccddeeff", "proof": {"passphrase": CANARY}},
     }
     for method, params in methods.items():
         write("request", line(method, params))
@@ -98,6 +102,7 @@ def request():
                                              "assertion_audience": "issuer", "dpop": {"generate": "ES256"}}))
     write("request", line("credential.rotate_key", {"name": "gh", "alg": "RS256"}))
     write("request", line("vault.unlock", {"passphrase": 12345, "x": CANARY}))
+    write("request", line("vault.unlock", {"key": "latchkey-key-file-v1:" + CANARY}))
     write("request", line("vault.init", {"passphrase": [CANARY]}))
     write("request", line("token.get", {"credential": "gh", "min_ttl": -1}))
     write("request", line("no.such"))
@@ -202,5 +207,19 @@ def id_token():
     write("id_token", b"\x00" + b"a.b.c")
 
 
-for make in (frame, request, callback, token_response, device_response, revocation_response, discovery, id_token):
+def key_file():
+    key = "latchkey-key-file-v1:" + b64(bytes(range(32)))
+    write("key_file", "# Latchkey key file: it unlocks a vault.\n# Keep it private.\n" + key + "\n")
+    write("key_file", key)
+    write("key_file", "\r\n" + key + "\r\n\r\n")
+    write("key_file", key + "\n" + key + "\n")
+    write("key_file", key[:-1] + "!\n")
+    write("key_file", "latchkey-key-file-v1:" + CANARY + "\n")
+    write("key_file", CANARY + "\n")
+    write("key_file", b"\xff\xfe" + key.encode())
+    write("key_file", "#" * 5000)
+
+
+for make in (frame, request, callback, token_response, device_response, revocation_response, discovery, id_token,
+             key_file):
     make()

@@ -317,7 +317,7 @@ fn median(v: &mut [Duration]) -> Duration {
 fn unlock_params() -> UnlockParams {
     UnlockParams {
         passphrase: Some(SecretString::from(PASSPHRASE)),
-        unattended: false,
+        ..UnlockParams::default()
     }
 }
 

@@ -1,10 +1,11 @@
 //! What every command shares: where the socket and vault are, how chatty to
 //! be, and a [`Connection`] to the daemon — started on demand, making typed
-//! calls, and re-unlocking from `$LATCHKEY_PASSPHRASE_FILE` when the vault
-//! auto-locked under a headless caller.
+//! calls, and re-unlocking from `$LATCHKEY_KEY_FILE` or
+//! `$LATCHKEY_PASSPHRASE_FILE` when the vault auto-locked under a headless
+//! caller.
 
 use crate::output;
-use crate::secret::{Source, PASSPHRASE_FILE_ENV};
+use crate::secret::{self, Source, KEY_FILE_ENV, PASSPHRASE_FILE_ENV};
 use crate::spawn::{self, DaemonArgs};
 use anyhow::{Context as _, Result};
 use latchkey_client::blocking::Client;
@@ -202,9 +203,10 @@ impl Connection<'_> {
             .map_err(|err| explain(err, timeout))
     }
 
-    /// One call; when the vault turns out locked and `$LATCHKEY_PASSPHRASE_FILE`
-    /// is set (a CI runner whose daemon auto-locked), unlocks with that file
-    /// and retries once. The unlock says it is automatic, so the daemon
+    /// One call; when the vault turns out locked and `$LATCHKEY_KEY_FILE` or
+    /// `$LATCHKEY_PASSPHRASE_FILE` is set (a CI runner whose daemon
+    /// auto-locked), unlocks with that file (the key file first) and
+    /// retries once. The unlock says it is automatic, so the daemon
     /// refuses it after a `latchkey lock` or `latchkey panic`, and its
     /// message (which names `latchkey unlock`) is the error.
     pub fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result> {
@@ -237,7 +239,7 @@ impl Connection<'_> {
 
     /// What [`call`](Self::call) does with the first answer to a call of
     /// `M` with `params`: when the vault turns out locked, the unlock with
-    /// `$LATCHKEY_PASSPHRASE_FILE` and one retry.
+    /// `$LATCHKEY_KEY_FILE` or `$LATCHKEY_PASSPHRASE_FILE` and one retry.
     pub fn retry_if_locked<M: Method>(
         &mut self,
         params: &M::Params,
@@ -245,35 +247,71 @@ impl Connection<'_> {
     ) -> Result<M::Result> {
         match first {
             Err(err) if err.kind() == Some(ErrorKind::Locked) => {
-                let Some(source) = Source::passphrase_file_env() else {
+                let key_file = secret::key_file_env();
+                let passphrase_file = Source::passphrase_file_env();
+                if key_file.is_none() && passphrase_file.is_none() {
                     return Err(err.into());
-                };
-                let passphrase = source.read("passphrase").with_context(|| {
-                    format!("the vault is locked and ${PASSPHRASE_FILE_ENV} could not unlock it")
-                })?;
-                let unlock = UnlockParams {
-                    passphrase: Some(passphrase),
-                    unattended: true,
-                };
-                match self.raw::<VaultUnlock>(&unlock) {
-                    Ok(_) => {}
-                    // Held locked: the daemon's message says by whom and the fix.
-                    Err(held) if held.kind() == Some(ErrorKind::Locked) => return Err(held.into()),
-                    Err(other) => {
-                        return Err(other).with_context(|| {
-                            format!(
-                                "the vault is locked and ${PASSPHRASE_FILE_ENV} could not unlock it"
-                            )
+                }
+                let mut failed = None;
+                if let Some(path) = key_file {
+                    match self.unlock_unattended(KEY_FILE_ENV, || {
+                        let key = secret::read_vault_key_file(&path)?;
+                        Ok(UnlockParams {
+                            key: Some(key),
+                            unattended: true,
+                            ..UnlockParams::default()
                         })
+                    }) {
+                        Ok(()) => return Ok(self.raw::<M>(params)?),
+                        Err(e) if passphrase_file.is_none() => return Err(e),
+                        Err(e) => failed = Some(e),
                     }
                 }
-                self.ctx.info(format_args!(
-                    "the vault was locked; unlocked it with ${PASSPHRASE_FILE_ENV}"
-                ));
+                if let Some(source) = passphrase_file {
+                    let unlocked = self.unlock_unattended(PASSPHRASE_FILE_ENV, || {
+                        Ok(UnlockParams {
+                            passphrase: Some(source.read("passphrase")?),
+                            unattended: true,
+                            ..UnlockParams::default()
+                        })
+                    });
+                    if let Err(e) = unlocked {
+                        if let Some(key_error) = failed {
+                            self.ctx.warn(format_args!("{key_error:#}"));
+                        }
+                        return Err(e);
+                    }
+                    if let Some(key_error) = failed {
+                        self.ctx.warn(format_args!("{key_error:#}"));
+                    }
+                }
                 Ok(self.raw::<M>(params)?)
             }
             other => Ok(other?),
         }
+    }
+
+    /// The unattended unlock of [`retry_if_locked`](Self::retry_if_locked)
+    /// with the file `$var` names (`params` reads it). A held lock is the
+    /// daemon's own error (it names who locked it and the fix); any other
+    /// failure says which variable could not unlock the vault.
+    fn unlock_unattended(
+        &mut self,
+        var: &str,
+        params: impl FnOnce() -> Result<UnlockParams>,
+    ) -> Result<()> {
+        let cannot = || format!("the vault is locked and ${var} could not unlock it");
+        let unlock = params().with_context(cannot)?;
+        match self.raw::<VaultUnlock>(&unlock) {
+            Ok(_) => {}
+            // Held locked: the daemon's message says by whom and the fix.
+            Err(held) if held.kind() == Some(ErrorKind::Locked) => return Err(held.into()),
+            Err(other) => return Err(other).with_context(cannot),
+        }
+        self.ctx.info(format_args!(
+            "the vault was locked; unlocked it with ${var}"
+        ));
+        Ok(())
     }
 
     /// `status` (does not reset the daemon's idle timer).

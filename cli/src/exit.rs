@@ -72,7 +72,7 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
         FORBIDDEN,
         "forbidden (e.g. scopes not granted, or the user denied the login)",
     ),
-    (UNLOCK_FAILED, "wrong passphrase or keyring unavailable"),
+    (UNLOCK_FAILED, "wrong passphrase or key file, or keyring unavailable"),
     (
         APPROVAL_REQUIRED,
         "approval required: no approver was reachable (add a rule with `latchkey app allow`)",

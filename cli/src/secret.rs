@@ -22,6 +22,35 @@ const MAX_SECRET_LEN: u64 = 16 * 1024;
 /// by `init`, `unlock`, and to unlock an auto-locked vault headlessly.
 pub const PASSPHRASE_FILE_ENV: &str = "LATCHKEY_PASSPHRASE_FILE";
 
+/// Environment variable naming a key file (`latchkey slot add --key-file`);
+/// used by `unlock`, and to unlock an auto-locked vault headlessly, before
+/// [`PASSPHRASE_FILE_ENV`] when both are set.
+pub use latchkey_client::keyfile::KEY_FILE_ENV;
+
+/// `$LATCHKEY_KEY_FILE`, when set and not empty.
+pub fn key_file_env() -> Option<PathBuf> {
+    std::env::var_os(KEY_FILE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Reads a vault key file (`latchkey-key-file-v1:…`) after the private
+/// file checks ([`trust::check_secret_file`]), bounded, into a zeroized
+/// buffer: its key line. Errors name the file, never its contents.
+pub fn read_vault_key_file(path: &Path) -> Result<SecretString> {
+    use latchkey_client::keyfile;
+    let read = || -> Result<SecretString> {
+        let file = std::fs::File::open(path)?;
+        trust::check_secret_file(&file, path)
+            .map_err(|refused| exit::usage(refused.to_string()))?;
+        let mut buf = Zeroizing::new(Vec::with_capacity(keyfile::MAX_KEY_FILE_LEN as usize + 64));
+        file.take(keyfile::MAX_KEY_FILE_LEN + 1)
+            .read_to_end(&mut buf)?;
+        keyfile::parse(&buf).map_err(|e| exit::usage(e.to_string()))
+    };
+    read().with_context(|| format!("failed to read the key file {}", path.display()))
+}
+
 /// The ids of the flags that name an environment variable holding a secret,
 /// in any subcommand: `--client-secret-env VAR`, `--passphrase-env VAR`.
 const SECRET_ENV_FLAGS: &[&str] = &["client_secret_env", "passphrase_env"];

@@ -57,6 +57,7 @@ mod codec;
 pub mod duration;
 mod error;
 pub mod framing;
+pub mod keyfile;
 mod paths;
 pub mod protocol;
 pub mod trust;

@@ -192,6 +192,14 @@ methods! {
     CredentialRotateKey = "credential.rotate_key", RotateKeyParams => Jwks, read_only: false;
     /// A DPoP proof (RFC 9449) for one request to a resource server, with the bound token.
     DpopProof = "dpop.proof", DpopProofParams => DpopProofResult, read_only: false;
+
+    // Key slots: unlocking on many machines (issue 12).
+    /// Add a key-file slot (needs the vault unlocked and a proof): one machine's key file opens the vault.
+    SlotAdd = "slot.add", SlotAddParams => SlotInfo, read_only: false;
+    /// The key slots (no key material): a bare JSON array.
+    SlotList = "slot.list", Empty => Vec<SlotInfo>, read_only: true;
+    /// Remove a key slot (needs a proof); the last slot that opens the vault is refused.
+    SlotRemove = "slot.remove", SlotRemoveParams => Empty, read_only: false;
 }
 
 /// One method as the reference page shows it (see [`METHOD_DOCS`]).
@@ -226,6 +234,8 @@ mod exchange;
 pub use exchange::*;
 mod keys;
 pub use keys::*;
+mod slots;
+pub use slots::*;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -300,8 +310,8 @@ pub enum ErrorKind {
     AlreadyInitialized,
     /// The vault is locked: run `latchkey unlock`.
     Locked,
-    /// The passphrase did not open any slot, or an authenticator code
-    /// was wrong (or used already).
+    /// The passphrase (or key file) did not open any slot, or an
+    /// authenticator code was wrong (or used already).
     WrongPassphrase,
     /// No usable OS keyring, or the keyring entry is gone.
     KeyringUnavailable,
@@ -572,13 +582,16 @@ pub enum VaultState {
 pub struct SlotInfo {
     /// Random slot id.
     pub id: String,
-    /// `passphrase` or `keyring`.
+    /// `passphrase`, `keyring` or `keyfile`.
     pub kind: String,
     /// Unix seconds.
     pub created_at: i64,
     /// For keyring slots, the backend that holds the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// For key-file slots, the machine it was made for (its label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// Result of `status`.
@@ -652,17 +665,28 @@ pub struct InitResult {
     pub slots: Vec<SlotInfo>,
 }
 
-/// Parameters of `vault.unlock`: a passphrase, or none to use the keyring slot.
+/// Parameters of `vault.unlock`: a passphrase, a key file's key, or
+/// neither to use the keyring slot. A wrong passphrase and a wrong key
+/// file are both `wrong_passphrase`, and both meet the same waits.
 #[derive(Serialize, Deserialize, Default)]
 pub struct UnlockParams {
-    /// Try the passphrase slots with this passphrase; `None` tries the keyring slots.
+    /// Try the passphrase slots with this passphrase; with neither this
+    /// nor `key`, the keyring slots are tried.
     #[serde(
         default,
         serialize_with = "expose_opt",
         skip_serializing_if = "Option::is_none"
     )]
     pub passphrase: Option<SecretString>,
-    /// Sent by an automatic unlock (the CLI's from `$LATCHKEY_PASSPHRASE_FILE`):
+    /// Try the key-file slots with this key file's key line
+    /// (`latchkey-key-file-v1:…`); used when `passphrase` is not given.
+    #[serde(
+        default,
+        serialize_with = "expose_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub key: Option<SecretString>,
+    /// Sent by an automatic unlock (the CLI's from `$LATCHKEY_KEY_FILE` or `$LATCHKEY_PASSPHRASE_FILE`):
     /// refused with `locked` while a `latchkey lock` or `latchkey panic`
     /// holds, which only an explicit unlock (this `false`) ends.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -1436,7 +1460,7 @@ mod tests {
         for (name, _) in METHODS {
             assert!(names.insert(*name), "duplicate method name {name}");
         }
-        assert_eq!(METHODS.len(), 52);
+        assert_eq!(METHODS.len(), 55);
     }
 
     #[test]
@@ -1464,6 +1488,7 @@ mod tests {
                 "provider.check",
                 "provider.list",
                 "provider.show",
+                "slot.list",
                 "status",
                 "totp.status",
             ]

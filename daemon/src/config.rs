@@ -28,6 +28,8 @@ pub struct Config {
     pub connection_idle_timeout: Duration,
     /// Unlock with this file's passphrase at start (headless runs).
     pub passphrase_file: Option<PathBuf>,
+    /// Unlock with this key file at start (tried before the passphrase file).
+    pub key_file: Option<PathBuf>,
     pub keyring: BackendChoice,
     /// The `latchkey` CLI's executable: its connections are attributed to
     /// the program that ran it (`identity.rs`). `None`: nothing is.

@@ -117,6 +117,9 @@ pub async fn route(
         CredentialJwks::NAME => run.method::<CredentialJwks>(out).await,
         CredentialRotateKey::NAME => run.method::<CredentialRotateKey>(out).await,
         DpopProof::NAME => run.method::<DpopProof>(out).await,
+        SlotAdd::NAME => run.method::<SlotAdd>(out).await,
+        SlotList::NAME => run.method::<SlotList>(out).await,
+        SlotRemove::NAME => run.method::<SlotRemove>(out).await,
         other => {
             let shown: String = other.chars().take(64).filter(|c| !c.is_control()).collect();
             write_error(
@@ -385,6 +388,7 @@ mod tests {
             max_connections: 8,
             connection_idle_timeout: std::time::Duration::ZERO,
             passphrase_file: None,
+            key_file: None,
             keyring: BackendChoice::Auto,
             cli_path: None,
             approval_timeout: std::time::Duration::from_secs(60),

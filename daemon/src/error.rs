@@ -121,6 +121,26 @@ impl From<VaultError> for ApiError {
                 ErrorKind::VaultCorrupt,
                 format!("{e}: more than one unlock may spend, so none was tried; the file was crafted or damaged. Restore the vault from a backup"),
             ),
+            VaultError::WrongKeyFile => ApiError::new(
+                ErrorKind::WrongPassphrase,
+                "the key file does not open any key slot of this vault: was its slot removed? add one with `latchkey slot add --key-file PATH`",
+            ),
+            VaultError::SlotExists { id } => ApiError::new(
+                ErrorKind::AlreadyExists,
+                format!("this key file opens the vault already (key slot {id}): nothing to add; see `latchkey slot list`"),
+            ),
+            e @ VaultError::TooManySlots { .. } => ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("{e}: remove one first with `latchkey slot remove ID` (see `latchkey slot list`)"),
+            ),
+            VaultError::NoSuchSlot { id } => ApiError::new(
+                ErrorKind::NotFound,
+                format!("the vault has no key slot '{id}': see `latchkey slot list`"),
+            ),
+            VaultError::LastSlot { id } => ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("key slot {id} is the last one that opens the vault for good (a keyring entry can vanish at a reboot): add another first with `latchkey slot add --key-file PATH`, then remove this one"),
+            ),
             VaultError::Store(e @ crate::vault::store::StoreError::Postgres { .. }) => {
                 tracing::warn!(error = %e, "the vault database failed");
                 ApiError::new(

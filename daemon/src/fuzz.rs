@@ -55,6 +55,7 @@ pub const TARGETS: &[Target] = &[
     ("revocation_response", revocation_response),
     ("discovery", discovery_document),
     ("id_token", id_token),
+    ("key_file", key_file),
 ];
 
 /// 1 KiB: the longest error message any input may produce. Ours are a
@@ -334,6 +335,9 @@ fn params_of(
         CredentialJwks,
         CredentialRotateKey,
         DpopProof,
+        SlotAdd,
+        SlotList,
+        SlotRemove,
     )
 }
 
@@ -896,5 +900,30 @@ pub fn id_token(data: &[u8]) {
             "id_token: accepted something that is not a compact JWS"
         ),
         Err(e) => check_message("id_token", &e, &[]),
+    }
+}
+
+/// A key file's bytes, as the daemon reads `$LATCHKEY_KEY_FILE` and the
+/// CLI `--key-file` (`latchkey_client::keyfile::parse`), then the key line
+/// decoded into a [`FileKey`] and its public key derived, as an unlock
+/// does. A refusal never quotes the file.
+pub fn key_file(data: &[u8]) {
+    use latchkey_client::keyfile;
+    match keyfile::parse(data) {
+        Ok(key) => {
+            let bytes = keyfile::decode(&key).expect("a parsed key line decodes");
+            let file = crate::vault::crypto::FileKey::from_bytes(&bytes[..])
+                .expect("a decoded key is 32 bytes");
+            let _ = file.public_key();
+        }
+        Err(e) => {
+            // Every refusal is one of the fixed sentences: no input in it.
+            use keyfile::KeyFileError::*;
+            let fixed = [NoKey, Extra, Damaged, NotText].map(|e| e.to_string());
+            assert!(
+                fixed.contains(&e.to_string()),
+                "the refusal is not a fixed sentence"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The vault's life cycle: `status`, `vault.init`, `vault.unlock` (with
 //! its rate limit), `vault.lock` and the auto-lock, `vault.change_passphrase`
-//! and `vault.rekey`, and the unattended unlock at start. Each runs under
+//! and `vault.rekey`, the key slots (`slot.add`, `slot.list`,
+//! `slot.remove`), and the unattended unlock at start. Each runs under
 //! the daemon's life-cycle mutex, so they never interleave.
 //!
 //! Key derivations and keyring calls run on blocking threads under no
@@ -11,7 +12,7 @@
 //!
 //! A lock someone asked for (`vault.lock`, `vault.panic`) is *held*: kept
 //! in the vault file, it stops every unattended unlock (the daemon's at
-//! start, the CLI's from `$LATCHKEY_PASSPHRASE_FILE`) until a person runs
+//! start, the CLI's from `$LATCHKEY_KEY_FILE` or `$LATCHKEY_PASSPHRASE_FILE`) until a person runs
 //! `latchkey unlock`. The idle auto-lock is not held.
 
 use crate::error::ApiError;
@@ -19,6 +20,7 @@ use crate::handler::Handler;
 use crate::state::{Daemon, Peer, COMMIT_WAIT};
 use crate::strength;
 use crate::sync::lock as locked;
+use crate::vault::crypto::FileKey;
 use crate::vault::{keyring, LockHold, NewSlots, Vault};
 use latchkey_client::protocol::*;
 use secrecy::SecretString;
@@ -179,8 +181,8 @@ impl Handler for VaultUnlock {
     }
 }
 
-/// Opens the data key with a passphrase or a keyring slot. Wrong
-/// passphrases slow further attempts down. An unattended unlock is
+/// Opens the data key with a passphrase, a key file or a keyring slot.
+/// Wrong passphrases and key files slow further attempts down. An unattended unlock is
 /// refused while a requested lock holds; an explicit one ends the hold.
 async fn unlock(
     daemon: &Arc<Daemon>,
@@ -198,6 +200,7 @@ async fn unlock(
                 kind: String::new(),
                 created_at: 0,
                 backend: None,
+                label: None,
             },
             already_unlocked: true,
         });
@@ -207,13 +210,23 @@ async fn unlock(
             return Err(held(&hold));
         }
     }
+    // Decoded before the limiter: a malformed key is no guess.
+    let file = match (&params.passphrase, &params.key) {
+        (None, Some(key)) => Some(file_key(key)?),
+        _ => None,
+    };
     check_limit(daemon, &peer, VaultUnlock::NAME)?;
-    let by_passphrase = params.passphrase.is_some();
+    let guessed = if params.passphrase.is_some() {
+        Some("passphrase")
+    } else {
+        file.as_ref().map(|_| "key file")
+    };
     let rows = daemon.with_vault_file(|v| Ok(v.slot_rows()?)).await?;
     // The slow part (Argon2id, keyring), under no lock but ours.
-    let opened = tokio::task::spawn_blocking(move || match &params.passphrase {
-        Some(p) => rows.open_with_passphrase(p),
-        None => rows.open_with_keyring(),
+    let opened = tokio::task::spawn_blocking(move || match (&params.passphrase, &file) {
+        (Some(p), _) => rows.open_with_passphrase(p),
+        (None, Some(file)) => rows.open_with_key_file(file),
+        (None, None) => rows.open_with_keyring(),
     })
     .await
     .map_err(ApiError::internal)?;
@@ -252,10 +265,9 @@ async fn unlock(
         }
         Err(e) => {
             let error = ApiError::from(e);
-            let counted = if by_passphrase {
-                note_failure(daemon, &error).await
-            } else {
-                None
+            let counted = match guessed {
+                Some(what) => note_failure(daemon, &error, what).await,
+                None => None,
             };
             let detail = match counted {
                 Some(counted) => format!("{}; {counted}", error.kind),
@@ -292,10 +304,10 @@ fn check_limit(daemon: &Daemon, peer: &Peer, method: &str) -> Result<(), ApiErro
     Err(refusal)
 }
 
-/// A wrong passphrase counts against the limiter (saved in the vault
-/// file); other failures do not. Returns, for a wrong one, what the audit
-/// row says: the count in a row and the wait it set.
-async fn note_failure(daemon: &Daemon, error: &ApiError) -> Option<String> {
+/// A wrong passphrase (or key file: `what`) counts against the limiter
+/// (saved in the vault file); other failures do not. Returns, for a wrong
+/// one, what the audit row says: the count in a row and the wait it set.
+async fn note_failure(daemon: &Daemon, error: &ApiError, what: &str) -> Option<String> {
     if error.kind != ErrorKind::WrongPassphrase {
         return None;
     }
@@ -306,16 +318,16 @@ async fn note_failure(daemon: &Daemon, error: &ApiError) -> Option<String> {
     };
     daemon.save_limiter().await;
     Some(if wait > 0 {
-        format!("wrong passphrase {failures} in a row; the next attempt waits {wait} s")
+        format!("wrong {what} {failures} in a row; the next attempt waits {wait} s")
     } else {
-        format!("wrong passphrase {failures} in a row; no wait yet")
+        format!("wrong {what} {failures} in a row; no wait yet")
     })
 }
 
 /// Records a wrong passphrase given to `vault.change_passphrase` or
 /// `vault.rekey` (`event`): guesses there count as unlock attempts do.
 async fn note_other_failure(daemon: &Daemon, error: &ApiError, peer: &Peer, event: &str) {
-    if let Some(detail) = note_failure(daemon, error).await {
+    if let Some(detail) = note_failure(daemon, error, "passphrase").await {
         daemon.audit.record(event, None, Some(peer), Some(detail));
     }
 }
@@ -483,9 +495,10 @@ impl Handler for VaultRekey {
     }
 }
 
-/// Tries to unlock without a person: with the passphrase file named by
-/// the configuration, else with a keyring slot — unless a requested lock
-/// holds (see the module docs). Failures are logged.
+/// Tries to unlock without a person: with the key file named by the
+/// configuration, then (if that did not open it) the passphrase file,
+/// else with a keyring slot — unless a requested lock holds (see the
+/// module docs). Failures are logged, naming the file, never its contents.
 pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
     if !daemon.has_vault() {
         return;
@@ -499,6 +512,37 @@ pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
         Err(e) => {
             tracing::warn!("not unlocking the vault at start: {e}");
             return;
+        }
+    }
+    if let Some(path) = &daemon.config.key_file {
+        let key = match read_key_file(path) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return;
+            }
+        };
+        let params = UnlockParams {
+            key: Some(key),
+            unattended: true,
+            ..UnlockParams::default()
+        };
+        let peer = Peer::unidentified(std::process::id());
+        match unlock(daemon, params, peer).await {
+            Ok(r) => {
+                tracing::info!(slot = %r.slot.kind, "vault unlocked at start");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "could not unlock the vault at start with the key file {}: {e}",
+                    path.display()
+                );
+                // Held locked: nothing else may unlock it either.
+                if e.kind == ErrorKind::Locked {
+                    return;
+                }
+            }
         }
     }
     let passphrase = match &daemon.config.passphrase_file {
@@ -522,6 +566,7 @@ pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
     let params = UnlockParams {
         passphrase,
         unattended: true,
+        ..UnlockParams::default()
     };
     match unlock(daemon, params, peer).await {
         Ok(r) => tracing::info!(slot = %r.slot.kind, "vault unlocked at start"),
@@ -531,6 +576,156 @@ pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
 
 fn read_passphrase_file(path: &Path) -> Result<SecretString, String> {
     crate::fsutil::read_secret_file(path, "passphrase file")
+}
+
+/// A key file's key line, read as the CLI reads one: ours and private,
+/// bounded, in a zeroized buffer; the error names the file, never its text.
+fn read_key_file(path: &Path) -> Result<SecretString, String> {
+    use latchkey_client::keyfile;
+    use std::io::Read;
+    let cannot =
+        |e: &dyn std::fmt::Display| format!("cannot read the key file {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    latchkey_client::trust::check_secret_file(&file, path).map_err(|e| cannot(&e))?;
+    let mut buf =
+        zeroize::Zeroizing::new(Vec::with_capacity(keyfile::MAX_KEY_FILE_LEN as usize + 64));
+    file.take(keyfile::MAX_KEY_FILE_LEN + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| cannot(&e))?;
+    keyfile::parse(&buf).map_err(|e| cannot(&e))
+}
+
+/// A key line (`vault.unlock`'s or `slot.add`'s `key`) as the secret it
+/// encodes, in locked memory.
+fn file_key(key: &SecretString) -> Result<FileKey, ApiError> {
+    let bytes = latchkey_client::keyfile::decode(key).map_err(|e| {
+        ApiError::invalid_params(format!(
+            "the key is not a Latchkey key file's key line: {e}"
+        ))
+    })?;
+    Ok(FileKey::from_bytes(&bytes[..]).expect("a decoded key is 32 bytes"))
+}
+
+/// The label a new key-file slot gets: the one asked for, checked, or the
+/// machine's hostname (if it makes a fine label).
+fn slot_label(asked: Option<&str>) -> Result<String, ApiError> {
+    let fine = |l: &str| {
+        !l.is_empty()
+            && l.chars().count() <= SLOT_LABEL_MAX
+            && l.trim() == l
+            && !l.chars().any(char::is_control)
+    };
+    match asked {
+        Some(label) if fine(label) => Ok(label.to_owned()),
+        Some(_) => Err(ApiError::invalid_params(format!(
+            "a slot label is 1 to {SLOT_LABEL_MAX} printable characters, without leading or trailing spaces"
+        ))),
+        None => Ok(hostname().filter(|h| fine(h)).unwrap_or_else(|| "key file".into())),
+    }
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is passed.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    std::str::from_utf8(&buf[..end]).ok().map(str::to_owned)
+}
+
+/// A key-file slot for the caller's key file. Needs the vault unlocked
+/// (the data key is wrapped for it) and a fresh proof of a person: it is
+/// a new way to open the vault.
+impl Handler for SlotAdd {
+    type Reply = SlotInfo;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        peer: Peer,
+        params: SlotAddParams,
+    ) -> Result<SlotInfo, ApiError> {
+        let _guard = daemon.lifecycle.lock().await;
+        let session = daemon.session()?;
+        let label = slot_label(params.label.as_deref())?;
+        let file = file_key(&params.key)?;
+        daemon
+            .check_proof(
+                params.proof.as_ref(),
+                &peer,
+                "adding a key slot",
+                crate::state::Need::Person,
+            )
+            .await?;
+        let slot = session
+            .with_vault(move |keys, vault| vault.add_keyfile_slot(keys, &file, &label))
+            .await?;
+        daemon
+            .audit
+            .record("slot_added", None, Some(&peer), Some(slot_detail(&slot)));
+        Ok(slot)
+    }
+}
+
+/// The audit detail of a slot: id, kind and label (never key material).
+fn slot_detail(slot: &SlotInfo) -> String {
+    match &slot.label {
+        Some(label) => format!("{} {} '{}'", slot.kind, slot.id, label),
+        None => format!("{} {}", slot.kind, slot.id),
+    }
+}
+
+/// The key slots, locked or not (as `status` shows them).
+impl Handler for SlotList {
+    type Reply = Vec<SlotInfo>;
+
+    async fn handle(daemon: &Arc<Daemon>, _: Peer, _: Empty) -> Result<Vec<SlotInfo>, ApiError> {
+        if !daemon.has_vault() {
+            return Err(ApiError::not_initialized());
+        }
+        daemon.with_vault_file(|v| Ok(v.slot_infos()?)).await
+    }
+}
+
+/// Removes a key slot (never the last way to open the vault); a keyring
+/// slot's entry is deleted too, best effort. Needs the vault unlocked and
+/// a fresh proof: removing a slot can lock its holder out.
+impl Handler for SlotRemove {
+    type Reply = Empty;
+
+    async fn handle(
+        daemon: &Arc<Daemon>,
+        peer: Peer,
+        params: SlotRemoveParams,
+    ) -> Result<Empty, ApiError> {
+        let _guard = daemon.lifecycle.lock().await;
+        daemon.session()?;
+        daemon
+            .check_proof(
+                params.proof.as_ref(),
+                &peer,
+                "removing a key slot",
+                crate::state::Need::Person,
+            )
+            .await?;
+        let id = params.id;
+        let removed = daemon
+            .with_vault_file(move |v| Ok(v.remove_slot(&id)?))
+            .await?;
+        daemon.audit.record(
+            "slot_removed",
+            None,
+            Some(&peer),
+            Some(slot_detail(&removed.info)),
+        );
+        let id = removed.info.id.clone();
+        let forgotten = tokio::task::spawn_blocking(move || removed.forget_keyring_entry()).await;
+        if let Ok(Err(e)) = forgotten {
+            tracing::warn!("removed key slot {id}, but its keyring entry stays: {e}");
+        }
+        Ok(Empty {})
+    }
 }
 
 /// The passphrase back if it is strong enough ([`strength::check`], on a

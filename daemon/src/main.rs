@@ -40,6 +40,9 @@ struct Args {
     /// Unlock at start with the passphrase in this file (headless runs)
     #[arg(long, env = "LATCHKEY_PASSPHRASE_FILE")]
     passphrase_file: Option<PathBuf>,
+    /// Unlock at start with this key file (`latchkey slot add --key-file`); tried before the passphrase file
+    #[arg(long, env = "LATCHKEY_KEY_FILE")]
+    key_file: Option<PathBuf>,
     /// How long a started request line may take to arrive
     #[arg(long, env = "LATCHKEY_FRAME_TIMEOUT", value_parser = duration::parse, default_value = "10s", hide = true)]
     frame_timeout: Duration,
@@ -161,6 +164,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         max_connections,
         connection_idle_timeout: args.connection_idle_timeout,
         passphrase_file: args.passphrase_file.filter(|p| !p.as_os_str().is_empty()),
+        key_file: args.key_file.filter(|p| !p.as_os_str().is_empty()),
         keyring: keyring::BackendChoice::from_env()?,
         cli_path: cli_beside_us(),
         approval_timeout: args.approval_timeout,

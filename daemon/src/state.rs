@@ -994,6 +994,7 @@ mod tests {
             max_connections: 16,
             connection_idle_timeout: Duration::ZERO,
             passphrase_file: None,
+            key_file: None,
             keyring: crate::vault::keyring::BackendChoice::Auto,
             cli_path: None,
             approval_timeout: Duration::from_secs(60),

@@ -280,6 +280,7 @@ async fn a_requested_lock_holds_against_automatic_unlocks_and_the_idle_lock_does
     let automatic = UnlockParams {
         passphrase: Some(secret_of(PASSPHRASE)),
         unattended: true,
+        ..UnlockParams::default()
     };
 
     c.request::<VaultLock>(&Empty {}).await.expect("vault.lock");

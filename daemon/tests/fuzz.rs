@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Seconds per target when `LATCHKEY_FUZZ_SECS` is unset: all eight run
+/// Seconds per target when `LATCHKEY_FUZZ_SECS` is unset: all nine run
 /// within CI's minute and a half, two at a time.
 const DEFAULT_SECS: u64 = 5;
 /// An input still running after this is a hang. Generous: a debug build on
@@ -179,6 +179,7 @@ targets!(
     revocation_response,
     discovery,
     id_token,
+    key_file,
 );
 
 #[test]
@@ -426,6 +427,7 @@ fn generate(target: &str, rng: &mut StdRng) -> Vec<u8> {
         "revocation_response" => response_input(rng, &["error", "error_description"]),
         "discovery" => discovery_input(rng),
         "id_token" => id_token_input(rng),
+        "key_file" => key_file_input(rng),
         other => panic!("no generator for {other}"),
     };
     input.truncate(MAX_INPUT);
@@ -650,6 +652,43 @@ fn good_claims() -> Value {
         "iat": 1_700_000_000_i64,
         "nonce": fuzz::NONCE,
     })
+}
+
+/// A key file: comment and blank lines, key lines (good, short, long,
+/// other alphabets, a wrong prefix), CRLF or LF, in any order.
+fn key_file_input(rng: &mut StdRng) -> Vec<u8> {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut text = Vec::new();
+    for _ in 0..rng.random_range(0..5) {
+        match rng.random_range(0..5) {
+            0 => text.extend_from_slice(b"# Latchkey key file"),
+            1 => {}
+            2 => {
+                let prefix: &[u8] = if rng.random_bool(0.8) {
+                    b"latchkey-key-file-v1:"
+                } else {
+                    b"latchkey-key-file-v2:"
+                };
+                text.extend_from_slice(prefix);
+                let len = if rng.random_bool(0.7) {
+                    43
+                } else {
+                    rng.random_range(0..60)
+                };
+                for _ in 0..len {
+                    text.push(if rng.random_bool(0.95) {
+                        B64[rng.random_range(0..B64.len())]
+                    } else {
+                        rng.random()
+                    });
+                }
+            }
+            3 => text.extend((0..rng.random_range(0..30)).map(|_| rng.random::<u8>())),
+            _ => text.extend_from_slice(b"  \t "),
+        }
+        text.extend_from_slice(if rng.random_bool(0.8) { b"\n" } else { b"\r\n" });
+    }
+    text
 }
 
 fn id_token_input(rng: &mut StdRng) -> Vec<u8> {

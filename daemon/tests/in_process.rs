@@ -337,6 +337,8 @@ async fn every_method_answers_its_error_kinds() {
         json!({"name": name, "provider": provider, "client_id": "id", "client_secret": "s",
                "grant": "client_credentials", "auth": "client_secret_basic"})
     };
+    // A key file's key line (all-zero secret): `slot.add`'s and `vault.unlock`'s `key`.
+    const KEY_LINE: &str = "latchkey-key-file-v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     // (method, params, what it answers), in order: rows change state.
     type Row = (&'static str, Value, Option<ErrorKind>);
     #[rustfmt::skip]
@@ -356,6 +358,16 @@ async fn every_method_answers_its_error_kinds() {
                 ("credential.confirm", json!({"name": "api", "proof": {"passphrase": PASSPHRASE}}), ok()),
                 ("token.get", json!({"credential": "api"}), ok()),
                 ("credential.set", json!({"name": "api", "step_up": {"method": "off"}}), ok()), // proven connection
+                // Key slots: a key file's slot needs a proof (every time), once per
+                // file. Before the wrong passphrases below: a good proof resets the limiter.
+                ("slot.list", json!({}), ok()),
+                ("slot.add", json!({"key": "not a key line", "proof": {"passphrase": PASSPHRASE}}), fails(InvalidParams)),
+                ("slot.add", json!({"key": KEY_LINE}), fails(Forbidden)), // no proof
+                ("slot.add", json!({"key": KEY_LINE, "label": "two\nlines", "proof": {"passphrase": PASSPHRASE}}), fails(InvalidParams)),
+                ("slot.add", json!({"key": KEY_LINE, "label": "ci", "proof": {"passphrase": PASSPHRASE}}), ok()),
+                ("slot.add", json!({"key": KEY_LINE, "proof": {"passphrase": PASSPHRASE}}), fails(AlreadyExists)),
+                ("slot.remove", json!({"id": "nope"}), fails(Forbidden)), // no proof
+                ("slot.remove", json!({"id": "nope", "proof": {"passphrase": PASSPHRASE}}), fails(NotFound)),
                 // The proxy (`api` is open now); one started and never waited for stops by itself.
                 ("proxy.start", json!({}), fails(InvalidParams)),
                 ("proxy.start", json!({"credential": "nope", "upstream": url, "listen": "127.0.0.1:0"}), fails(NotFound)),
@@ -574,6 +586,10 @@ async fn every_method_answers_its_error_kinds() {
                 ("credential.jwks", json!({"name": "api"}), fails(Locked)),
                 ("credential.rotate_key", json!({"name": "api"}), fails(Locked)),
                 ("dpop.proof", json!({"credential": "api", "method": "GET", "url": "https://rs.example/"}), fails(Locked)),
+                ("slot.list", json!({}), ok()),
+                ("slot.add", json!({"key": KEY_LINE, "proof": {"passphrase": PASSPHRASE}}), fails(Locked)),
+                ("slot.remove", json!({"id": "nope", "proof": {"passphrase": PASSPHRASE}}), fails(Locked)),
+                ("vault.unlock", json!({"key": "not a key line"}), fails(InvalidParams)), // not counted
                 // The third wrong passphrase (two above): the limiter starts.
                 ("vault.unlock", json!({"passphrase": "wrong"}), fails(WrongPassphrase)),
                 ("vault.unlock", json!({"passphrase": PASSPHRASE}), fails(RateLimited)),

@@ -89,8 +89,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
 
 /// `passphrase`, or `keyring (backend)`.
 pub fn slot_label(slot: &latchkey_client::protocol::SlotInfo) -> String {
-    match &slot.backend {
-        Some(backend) => format!("{} ({backend})", slot.kind),
-        None => slot.kind.clone(),
+    match (&slot.backend, &slot.label) {
+        (Some(backend), _) => format!("{} ({backend})", slot.kind),
+        (None, Some(label)) => format!("{} ({label})", slot.kind),
+        (None, None) => slot.kind.clone(),
     }
 }

@@ -28,6 +28,7 @@ mod proxy;
 mod rekey;
 mod revoke;
 mod service;
+mod slot;
 mod status;
 pub(crate) mod token;
 mod totp;
@@ -46,8 +47,9 @@ pub enum Command {
     Init(init::Args),
     /// Unlock the vault so tokens can be served
     ///
-    /// With no flag: the file named by $LATCHKEY_PASSPHRASE_FILE if set; else
-    /// the keyring slot, if the vault has one; else a passphrase prompt.
+    /// With no flag: the key file named by $LATCHKEY_KEY_FILE if set, else
+    /// the file named by $LATCHKEY_PASSPHRASE_FILE if set; else the keyring
+    /// slot, if the vault has one; else a passphrase prompt.
     Unlock(unlock::Args),
     /// Lock the vault: the daemon forgets its keys and cached tokens
     Lock,
@@ -60,8 +62,19 @@ pub enum Command {
     ///
     /// All or nothing, in one transaction. Every key slot is rewrapped, so a
     /// vault with a passphrase slot needs the passphrase: from the flags,
-    /// else $LATCHKEY_PASSPHRASE_FILE, else a prompt.
+    /// else $LATCHKEY_PASSPHRASE_FILE, else a prompt. Key-file slots are
+    /// rewrapped without their files (to the public key each one stores):
+    /// every machine's key file still opens the vault afterwards.
     Rekey(rekey::Args),
+    /// Manage the vault's key slots: key files that let a machine unlock
+    ///
+    /// `latchkey slot add --key-file PATH` on a machine creates its key
+    /// file and a slot for it; `latchkey unlock --key-file PATH`, or
+    /// $LATCHKEY_KEY_FILE for a daemon the CLI starts, unlocks with it.
+    /// `latchkey slot remove ID` cuts one machine off without changing
+    /// anyone else's secret (then `latchkey rekey` when its file leaked).
+    #[command(subcommand)]
+    Slot(slot::Command),
     /// Manage OAuth providers (authorization servers)
     #[command(subcommand)]
     Provider(provider::Command),
@@ -212,6 +225,7 @@ pub fn run(ctx: &Ctx, command: Command, tree: fn() -> clap::Command) -> Result<(
         Command::Status(args) => status::run(ctx, args),
         Command::Passphrase(command) => passphrase::run(ctx, command),
         Command::Rekey(args) => rekey::run(ctx, args),
+        Command::Slot(command) => slot::run(ctx, command),
         Command::Provider(command) => provider::run(ctx, command),
         Command::Credential(command) => credential::run(ctx, command),
         Command::App(command) => app::run(ctx, command),

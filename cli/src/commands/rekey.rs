@@ -1,6 +1,8 @@
 //! `latchkey rekey`: a new data key, every secret re-encrypted in one
 //! transaction. Passphrase slots are rewrapped too, so a vault with one
-//! needs its passphrase (same sources as `unlock`).
+//! needs its passphrase (same sources as `unlock`). Key-file slots need
+//! no file: each is rewrapped to the public key it stores, so every
+//! machine's key file still opens the vault.
 
 use crate::args::{PassphraseArgs, PASSPHRASE_FLAGS};
 use crate::context::Ctx;
@@ -51,7 +53,25 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
         plural(result.fields),
         result.slots,
         plural(result.slots)
-    ))
+    ))?;
+    let machines = conn
+        .status()
+        .map(|s| s.slots.iter().filter(|s| s.kind == "keyfile").count())
+        .unwrap_or(0);
+    if machines > 0 {
+        ctx.info(format_args!(
+            "{machines} key-file slot{} rewrapped without {} files: {} still open{} the vault",
+            plural(machines as u64),
+            if machines == 1 { "its" } else { "their" },
+            if machines == 1 {
+                "that machine's key file"
+            } else {
+                "those machines' key files"
+            },
+            if machines == 1 { "s" } else { "" },
+        ));
+    }
+    Ok(())
 }
 
 fn plural(n: u64) -> &'static str {

@@ -25,6 +25,7 @@ const SOURCES: &[&str] = &[
     include_str!("proxy.rs"),
     include_str!("exchange.rs"),
     include_str!("keys.rs"),
+    include_str!("slots.rs"),
 ];
 
 /// Every kind, in the order the page lists them; the `match` makes a kind

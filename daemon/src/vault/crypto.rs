@@ -8,6 +8,14 @@
 //! `latchkey/v1/<vault id>/<table>/<row id>/<field>` for a field, so a blob
 //! moved to another row, field or vault fails to open.
 //!
+//! A key-file slot's KEK is sealed with HPKE (RFC 9180, base mode:
+//! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20Poly1305, the `hpke`
+//! crate) to an X25519 public key derived from the key file's secret by
+//! DeriveKeyPair (§7.1.3), with `info = "latchkey/v1/slot/<slot id>"` and
+//! `aad = "latchkey/v1/<vault id>/key_slots/<slot id>/sealed_kek"`: anyone
+//! holding the public key (a rekey) can seal a new KEK to it; only the
+//! file opens it.
+//!
 //! The audit log's chain key `K_audit` is derived from the DEK with
 //! HKDF-SHA256 (RFC 5869) under its own label, and each audit row carries
 //! `mac_n = HMAC-SHA256(K_audit, mac_{n-1} || row_n)` (RFC 2104) over the
@@ -18,6 +26,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac as _};
+use hpke::{Deserializable as _, Kem as _, Serializable as _};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -346,6 +355,106 @@ impl Kek {
     }
 }
 
+/// The HPKE suite of key-file slots (see the module docs).
+type FileKem = hpke::kem::X25519HkdfSha256;
+type FileKdf = hpke::kdf::HkdfSha256;
+type FileAead = hpke::aead::ChaCha20Poly1305;
+
+/// Bytes of a key-file slot's X25519 public key.
+pub const FILE_PUBLIC_KEY_LEN: usize = 32;
+
+/// A key file's 32-byte secret, in a locked slot: the input keying
+/// material of the slot's X25519 key pair, never stored by the daemon.
+pub struct FileKey(KeyBytes);
+
+/// A KEK sealed with HPKE to a key file's public key: the encapsulated
+/// key and the ciphertext (the KEK and its tag).
+pub struct SealedKek {
+    pub enc: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl FileKey {
+    /// The secret decoded from a key file (`None` unless 32 bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Option<FileKey> {
+        KeyBytes::from_slice(bytes).map(FileKey)
+    }
+
+    /// RFC 9180 DeriveKeyPair(ikm = the secret). The private key is
+    /// zeroized when dropped (x25519-dalek's `StaticSecret`).
+    fn key_pair(
+        &self,
+    ) -> (
+        <FileKem as hpke::Kem>::PrivateKey,
+        <FileKem as hpke::Kem>::PublicKey,
+    ) {
+        FileKem::derive_keypair(self.0.bytes())
+    }
+
+    /// The public key a slot for this file stores.
+    pub fn public_key(&self) -> [u8; FILE_PUBLIC_KEY_LEN] {
+        self.key_pair().1.to_bytes().into()
+    }
+
+    /// Opens a KEK sealed to this file's public key for `slot_id` of
+    /// `vault_id`; [`CryptoError::Integrity`] for another file, slot or
+    /// vault, or tampered bytes.
+    pub fn open_kek(
+        &self,
+        vault_id: &str,
+        slot_id: &str,
+        sealed: &SealedKek,
+    ) -> Result<Kek, CryptoError> {
+        let (private, _) = self.key_pair();
+        let enc = <FileKem as hpke::Kem>::EncappedKey::from_bytes(&sealed.enc)
+            .map_err(|_| CryptoError::Integrity)?;
+        let plain = hpke::single_shot_open::<FileAead, FileKdf, FileKem>(
+            &hpke::OpModeR::Base,
+            &private,
+            &enc,
+            slot_aad(slot_id).as_bytes(),
+            &sealed.ciphertext,
+            sealed_kek_aad(vault_id, slot_id).as_bytes(),
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| CryptoError::Integrity)?;
+        Kek::from_bytes(&plain).ok_or(CryptoError::Integrity)
+    }
+}
+
+fn sealed_kek_aad(vault_id: &str, slot_id: &str) -> String {
+    format!("latchkey/v1/{vault_id}/key_slots/{slot_id}/sealed_kek")
+}
+
+impl Kek {
+    /// Seals this KEK with HPKE to a key file's public key, for `slot_id`
+    /// of `vault_id` (see the module docs). Needs no key file: what a
+    /// rekey does for every machine's slot.
+    pub fn seal_to(
+        &self,
+        public_key: &[u8],
+        vault_id: &str,
+        slot_id: &str,
+    ) -> Result<SealedKek, CryptoError> {
+        let public = <FileKem as hpke::Kem>::PublicKey::from_bytes(public_key)
+            .map_err(|_| CryptoError::Integrity)?;
+        let (enc, ciphertext) = hpke::single_shot_seal::<FileAead, FileKdf, FileKem>(
+            &hpke::OpModeS::Base,
+            &public,
+            slot_aad(slot_id).as_bytes(),
+            &self.0.bytes()[..],
+            sealed_kek_aad(vault_id, slot_id).as_bytes(),
+        )
+        // An all-zero shared secret: a low-order point, never a key
+        // derived from a file.
+        .map_err(|_| CryptoError::Integrity)?;
+        Ok(SealedKek {
+            enc: enc.to_bytes().to_vec(),
+            ciphertext,
+        })
+    }
+}
+
 fn slot_aad(slot_id: &str) -> String {
     format!("latchkey/v1/slot/{slot_id}")
 }
@@ -594,6 +703,51 @@ mod tests {
         assert_eq!(&back.open("v", AT, &blob_by_dek).unwrap()[..], b"x");
         assert!(kek.unwrap("slot-2", &wrapped).is_err());
         assert!(Kek::generate().unwrap().unwrap("slot-1", &wrapped).is_err());
+    }
+
+    #[test]
+    fn a_kek_sealed_to_a_key_file_opens_with_that_file_slot_and_vault_only() {
+        let file = FileKey::from_bytes(&[3u8; 32]).unwrap();
+        let public = file.public_key();
+        assert_eq!(public, file.public_key(), "derived, so the same every time");
+        let dek = Dek::generate().unwrap();
+        let kek = Kek::generate().unwrap();
+        let wrapped = kek.wrap("slot-1", &dek);
+        let sealed = kek.seal_to(&public, "vault-a", "slot-1").unwrap();
+        let opened = file.open_kek("vault-a", "slot-1", &sealed).unwrap();
+        assert!(opened.unwrap("slot-1", &wrapped).is_ok());
+
+        let other = FileKey::from_bytes(&[4u8; 32]).unwrap();
+        assert_ne!(other.public_key(), public);
+        assert!(other.open_kek("vault-a", "slot-1", &sealed).is_err());
+        assert!(file.open_kek("vault-a", "slot-2", &sealed).is_err());
+        assert!(file.open_kek("vault-b", "slot-1", &sealed).is_err());
+        for i in 0..sealed.ciphertext.len() * 8 {
+            let mut bad = SealedKek {
+                enc: sealed.enc.clone(),
+                ciphertext: sealed.ciphertext.clone(),
+            };
+            bad.ciphertext[i / 8] ^= 1 << (i % 8);
+            assert!(file.open_kek("vault-a", "slot-1", &bad).is_err(), "bit {i}");
+        }
+        let mut bad_enc = sealed.enc.clone();
+        bad_enc[0] ^= 1;
+        let bad = SealedKek {
+            enc: bad_enc,
+            ciphertext: sealed.ciphertext.clone(),
+        };
+        assert!(file.open_kek("vault-a", "slot-1", &bad).is_err());
+        assert!(FileKey::from_bytes(&[1u8; 31]).is_none());
+    }
+
+    /// RFC 9180's DeriveKeyPair vector (tests/vectors/keyfile-derive-keypair.txt).
+    #[test]
+    fn a_key_files_public_key_matches_the_rfc_9180_vector() {
+        let v = vector(include_str!(
+            "../../tests/vectors/keyfile-derive-keypair.txt"
+        ));
+        let file = FileKey::from_bytes(&hex::decode(v["ikm"]).unwrap()).unwrap();
+        assert_eq!(hex::encode(file.public_key()), v["public_key"]);
     }
 
     #[test]

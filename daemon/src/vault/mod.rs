@@ -54,6 +54,19 @@ pub enum VaultError {
     /// spend: a crafted or damaged file.
     #[error("the vault file has too many or too expensive key slots ({slots} slots, Argon2id work {work} KiB·passes)")]
     TooMuchSlotWork { slots: usize, work: u64 },
+    /// The key file's public key is no key-file slot's.
+    #[error("the key file does not open any key slot of this vault")]
+    WrongKeyFile,
+    /// A key-file slot of this key file exists already.
+    #[error("key slot {id} is this key file's already")]
+    SlotExists { id: String },
+    #[error("the vault has {max} key-file slots, the most it may have")]
+    TooManySlots { max: usize },
+    #[error("no key slot {id}")]
+    NoSuchSlot { id: String },
+    /// Removing it would leave no slot that opens the vault for good.
+    #[error("key slot {id} is the last one that opens the vault")]
+    LastSlot { id: String },
 }
 
 pub type Result<T> = std::result::Result<T, VaultError>;

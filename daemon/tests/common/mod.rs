@@ -92,6 +92,7 @@ impl TestDaemon {
             max_connections: opts.max_connections.unwrap_or(4096),
             connection_idle_timeout: opts.connection_idle_timeout,
             passphrase_file: None,
+            key_file: None,
             keyring: keyring::BackendChoice::Auto,
             cli_path: None,
             approval_timeout: Duration::from_secs(60),

@@ -88,6 +88,14 @@ pub struct SlotRow {
     pub created_at: i64,
 }
 
+/// A slot as a rekey rewrites it: the new DEK wrapped, and new
+/// parameters when the slot's change too (a key-file slot's sealed KEK).
+pub struct RewrappedSlot {
+    pub id: String,
+    pub params: Option<String>,
+    pub wrapped_dek: Vec<u8>,
+}
+
 pub struct ProviderRow {
     pub id: String,
     pub name: String,
@@ -606,6 +614,21 @@ impl Store {
                 created_at: r.take(4)?,
             })
         })
+    }
+
+    /// Adds one slot (a key-file slot, to an existing vault).
+    pub fn add_slot(&mut self, slot: &SlotRow) -> Result<()> {
+        let tx = self.conn.begin()?;
+        insert_slot(&tx, slot)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes one slot.
+    pub fn remove_slot(&mut self, id: &str) -> Result<()> {
+        self.conn
+            .exec("DELETE FROM key_slots WHERE id = ?1", args![id])?;
+        Ok(())
     }
 
     /// Replaces one slot's parameters and wrapped key (passphrase change).
@@ -1215,7 +1238,7 @@ impl Store {
     pub fn rekey<E: From<StoreError>>(
         &mut self,
         fields: &[SealedField],
-        slots: &[(String, Vec<u8>)],
+        slots: &[RewrappedSlot],
         audit: impl FnOnce(&mut AuditTx<'_>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         let mut audit_tx = AuditTx::begin(&self.conn)?;
@@ -1226,11 +1249,17 @@ impl Store {
             let sql = format!("UPDATE {} SET {} = ?2 WHERE id = ?1", f.table, f.field);
             tx.exec(&sql, args![f.row_id, f.blob])?;
         }
-        for (id, wrapped) in slots {
-            tx.exec(
-                "UPDATE key_slots SET wrapped_dek = ?2 WHERE id = ?1",
-                args![id, wrapped],
-            )?;
+        for slot in slots {
+            match &slot.params {
+                Some(p) => tx.exec(
+                    "UPDATE key_slots SET params = ?2, wrapped_dek = ?3 WHERE id = ?1",
+                    args![slot.id, p, slot.wrapped_dek],
+                )?,
+                None => tx.exec(
+                    "UPDATE key_slots SET wrapped_dek = ?2 WHERE id = ?1",
+                    args![slot.id, slot.wrapped_dek],
+                )?,
+            };
         }
         tx.commit()?;
         Ok(())
