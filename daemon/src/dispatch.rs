@@ -228,7 +228,9 @@ impl Call<'_> {
             // A shared vault's other daemons read the catalog again.
             if let Ok(session) = self.daemon.session() {
                 if session.take_catalog_change() {
-                    crate::fleet::tell(self.daemon, crate::vault::fleet::Change::Catalog).await;
+                    self.daemon
+                        .tell_fleet(crate::vault::fleet::Change::Catalog)
+                        .await;
                 }
             }
         }

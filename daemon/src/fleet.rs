@@ -150,18 +150,6 @@ pub(crate) async fn release(lock: Option<FleetLock>) {
     }
 }
 
-/// Tells the fleet's other daemons (a shared vault) that `change`
-/// happened; a failure is logged (they re-read on their next miss).
-pub(crate) async fn tell(daemon: &Daemon, change: Change) {
-    let Some(fleet) = daemon.fleet.clone() else {
-        return;
-    };
-    let told = tokio::task::spawn_blocking(move || fleet.tell(&change)).await;
-    if let Ok(Err(e)) = told {
-        tracing::warn!("could not tell the fleet's other daemons: {e}");
-    }
-}
-
 /// Follows the siblings' changes until the daemon stops (its task is
 /// aborted then): their notifications, on a connection of their own;
 /// after that connection was lost, everything is read again.
@@ -182,6 +170,12 @@ pub(crate) async fn follow(daemon: Arc<Daemon>) {
             Some(Change::Panic) => {
                 tracing::warn!("another daemon of the fleet ran `latchkey panic`: locking");
                 lifecycle::lock(&daemon, "panic on another daemon of the fleet").await;
+            }
+            Some(Change::Rekey) => {
+                // This daemon's data key opens nothing any more; what it
+                // sealed now, no sibling could read.
+                tracing::warn!("another daemon of the fleet changed the data key (`latchkey rekey`): locking; unlock again");
+                lifecycle::lock(&daemon, "rekey on another daemon of the fleet").await;
             }
             None => {
                 catalog_changed(&daemon).await;

@@ -485,6 +485,9 @@ impl Handler for VaultRekey {
                     Some(&peer),
                     Some(format!("{fields} fields, {slots} slots")),
                 );
+                // A shared vault: the fleet's other daemons lock (their
+                // data key opens nothing any more) and unlock again.
+                daemon.tell_fleet(crate::vault::fleet::Change::Rekey).await;
                 Ok(RekeyResult { fields, slots })
             }
             Err(e) => {

@@ -151,7 +151,9 @@ async fn revoke_credential(
         .await?;
     if let Some((lock, _)) = fleet_lock {
         crate::fleet::release(Some(lock)).await;
-        crate::fleet::tell(daemon, Change::Grant(credential.id.clone())).await;
+        daemon
+            .tell_fleet(Change::Grant(credential.id.clone()))
+            .await;
     }
     Ok(RevokeResult { revoked, forgotten })
 }
@@ -209,7 +211,7 @@ impl Handler for VaultPanic {
         drop(session);
         let locked = lifecycle::lock_held(daemon, "panic").await;
         // A shared vault: the fleet's other daemons drop their caches and lock too.
-        crate::fleet::tell(daemon, Change::Panic).await;
+        daemon.tell_fleet(Change::Panic).await;
         daemon.audit.record(
             "panic",
             None,

@@ -357,6 +357,19 @@ impl Daemon {
         }))
     }
 
+    /// Tells the fleet's other daemons (a shared vault) that `change`
+    /// happened, on a blocking thread; a failure is logged (they read the
+    /// database again on their next miss). Nothing for a vault file.
+    pub(crate) async fn tell_fleet(&self, change: crate::vault::fleet::Change) {
+        let Some(fleet) = self.fleet.clone() else {
+            return;
+        };
+        let told = tokio::task::spawn_blocking(move || fleet.tell(&change)).await;
+        if let Ok(Err(e)) = told {
+            tracing::warn!("could not tell the fleet's other daemons: {e}");
+        }
+    }
+
     /// Whether a vault file exists (without touching it).
     pub(crate) fn has_vault(&self) -> bool {
         self.initialized.load(Ordering::Acquire)

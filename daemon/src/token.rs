@@ -428,7 +428,9 @@ async fn needs_login(daemon: &Daemon, session: &Session, credential: &Credential
         if let Err(e) = dropped {
             tracing::error!(credential = %name, "could not record needs_login: {e}");
         }
-        fleet::tell(daemon, Change::Grant(credential.id.clone())).await;
+        daemon
+            .tell_fleet(Change::Grant(credential.id.clone()))
+            .await;
     }
     tracing::warn!(credential = %name, "needs a new login: {why}");
     daemon

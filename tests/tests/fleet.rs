@@ -254,9 +254,10 @@ fn a_refresher_killed_mid_refresh_hands_over_to_a_sibling() {
 }
 
 /// What one daemon changes, the others follow without a restart: a new
-/// credential, its removal, a revoked grant, and `panic` (all lock).
+/// credential, its removal, a revoked grant, a rekey (the others lock and
+/// unlock again), and `panic` (all lock).
 #[test]
-fn siblings_follow_credentials_revocation_and_panic() {
+fn siblings_follow_credentials_revocation_rekey_and_panic() {
     let Some(f) = fleet(2) else {
         return;
     };
@@ -305,6 +306,25 @@ fn siblings_follow_credentials_revocation_and_panic() {
             .then_some(())
         },
     );
+
+    // A new data key on one machine: the sibling's key opens nothing any
+    // more, so it locks; unlocked again, it reads the vault as before.
+    let pass = one.passphrase_file();
+    one.latchkey(&["rekey", "--passphrase-file", pass.to_str().unwrap()])
+        .success();
+    latchkey_tests::wait_for(
+        "the sibling locks after a rekey",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let status = two.latchkey(&["status", "--json"]).json();
+            (status["vault"] == "locked").then_some(())
+        },
+    );
+    let pass = two.passphrase_file();
+    two.latchkey(&["unlock", "--passphrase-file", pass.to_str().unwrap()])
+        .success();
+    assert!(listed(two).contains(&"app".to_owned()));
 
     // Panic on one machine locks every daemon of the fleet.
     one.latchkey(&["panic"]).success();

@@ -25,7 +25,7 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(90);
 
 /// What a notification on [`CHANNEL`] says: `grant:<credential id>` (a
 /// refresh or login committed), `catalog` (providers, credentials or rules
-/// changed), `panic` (revoke everything, drop caches).
+/// changed), `panic` (revoke everything, drop caches), `rekey`.
 /// Each is sent as `<what>@<origin>`, the sending daemon's random id, so
 /// that a daemon skips its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,8 @@ pub enum Change {
     Grant(String),
     Catalog,
     Panic,
+    /// A new data key (`rekey`): the others' keys open nothing any more.
+    Rekey,
 }
 
 impl Change {
@@ -43,6 +45,7 @@ impl Change {
             Some(("grant", id)) if !id.is_empty() => Change::Grant(id.to_owned()),
             None if what == "catalog" => Change::Catalog,
             None if what == "panic" => Change::Panic,
+            None if what == "rekey" => Change::Rekey,
             _ => return None,
         };
         Some((change, origin))
@@ -53,6 +56,7 @@ impl Change {
             Change::Grant(id) => format!("grant:{id}@{origin}"),
             Change::Catalog => format!("catalog@{origin}"),
             Change::Panic => format!("panic@{origin}"),
+            Change::Rekey => format!("rekey@{origin}"),
         }
     }
 }
@@ -209,7 +213,12 @@ mod tests {
 
     #[test]
     fn changes_round_trip_with_their_origin() {
-        for change in [Change::Grant("ab12".into()), Change::Catalog, Change::Panic] {
+        for change in [
+            Change::Grant("ab12".into()),
+            Change::Catalog,
+            Change::Panic,
+            Change::Rekey,
+        ] {
             let payload = change.payload("me");
             assert_eq!(Change::parse(&payload), Some((change, "me")));
         }
