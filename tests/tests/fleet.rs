@@ -8,7 +8,7 @@
 //! Needs `cargo build --workspace --bins`, `npm ci --prefix tests/provider`
 //! and `source .ci/postgres-env.sh` (`.ci/test` does all three).
 
-use latchkey_client::protocol::GrantType;
+use latchkey_client::protocol::{DaemonStats, Empty, GrantType};
 use latchkey_client::ErrorKind;
 use latchkey_tests::browser::Browser;
 use latchkey_tests::fixture::*;
@@ -18,6 +18,14 @@ use latchkey_tests::{DaemonHandle, DaemonOpts, TestEnv};
 use secrecy::ExposeSecret;
 use serde_json::json;
 use std::time::Duration;
+
+/// The tests here count refreshes against whole-second expiries with a
+/// thousand callers: one at a time, so that none slows another's rounds.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The access tokens' lifetime: each round waits this long for an expiry.
 const TTL_SECS: u64 = 2;
@@ -83,6 +91,7 @@ impl Fleet {
 
 #[test]
 fn three_daemons_make_one_refresh_per_expiry_for_a_thousand_callers() {
+    let _serial = serial();
     const EXPIRIES: u64 = 50;
     const CALLERS: usize = 1000;
     let Some(f) = fleet(3) else {
@@ -140,6 +149,64 @@ fn three_daemons_make_one_refresh_per_expiry_for_a_thousand_callers() {
     }
 }
 
+/// Proactive refreshes are coordinated the same way: with 12-s tokens and
+/// steady callers on three daemons, each token is replaced ahead of its
+/// expiry by one daemon of the fleet, once, and no caller waits.
+#[test]
+fn proactive_refresh_is_made_once_for_the_fleet() {
+    let _serial = serial();
+    const SECS: u64 = 30;
+    let Some(f) = fleet(3) else {
+        return;
+    };
+    f.p.set_access_token_ttl(PUBLIC_ID, 12);
+    // A first refresh gives a 12-s token (the login's lives 2 s).
+    std::thread::sleep(Duration::from_millis(TTL_SECS * 1000 + 150));
+    let first = f.burst(3);
+    assert!(first.iter().all(|t| t == &first[0]));
+    let before = refreshes(&f.p);
+    let waits_before: Vec<u64> = f
+        .members
+        .iter()
+        .map(|(env, _)| env.rpc::<DaemonStats>(&Empty {}).unwrap().waits)
+        .collect();
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(SECS);
+    std::thread::scope(|s| {
+        for (env, _) in &f.members {
+            let seen = &seen;
+            s.spawn(move || {
+                let mut client = env.client();
+                while std::time::Instant::now() < deadline {
+                    let t = client.token("app").expect("a token at every call");
+                    seen.lock()
+                        .unwrap()
+                        .insert(t.access_token.expose_secret().to_string());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    });
+    let made = refreshes(&f.p) - before;
+    let seen = seen.into_inner().unwrap();
+    // Each 12-s token is due about 6 s after it was made: ~5 in 30 s for
+    // the fleet (three daemons on their own would make three times that).
+    eprintln!(
+        "proactive refreshes in {SECS} s: {made}; distinct tokens served: {}",
+        seen.len()
+    );
+    assert!((3..=7).contains(&made), "{made} refreshes in {SECS} s");
+    assert!(
+        seen.len() as u64 <= made + 1,
+        "every refresh's token is the fleet's: {} tokens for {made} refreshes",
+        seen.len()
+    );
+    for ((env, _), before) in f.members.iter().zip(waits_before) {
+        let waits = env.rpc::<DaemonStats>(&Empty {}).unwrap().waits;
+        assert_eq!(waits, before, "no caller waited on a refresh");
+    }
+}
+
 /// `callers` at once on one daemon: each caller's token or error kind.
 fn burst_results(env: &TestEnv, callers: usize) -> Vec<Result<String, ErrorKind>> {
     runtime().block_on(async {
@@ -165,6 +232,7 @@ fn burst_results(env: &TestEnv, callers: usize) -> Vec<Result<String, ErrorKind>
 /// daemon reports. Those rounds are counted.
 #[test]
 fn a_refresher_killed_mid_refresh_hands_over_to_a_sibling() {
+    let _serial = serial();
     const ROUNDS: usize = 10;
     const DELAY_MS: u64 = 400;
     let Some(mut f) = fleet(3) else {
@@ -258,6 +326,7 @@ fn a_refresher_killed_mid_refresh_hands_over_to_a_sibling() {
 /// unlock again), and `panic` (all lock).
 #[test]
 fn siblings_follow_credentials_revocation_rekey_and_panic() {
+    let _serial = serial();
     let Some(f) = fleet(2) else {
         return;
     };
