@@ -34,6 +34,7 @@ impl Handler for Status {
     type Reply = StatusResult;
 
     async fn handle(daemon: &Arc<Daemon>, peer: Peer, _: Empty) -> Result<StatusResult, ApiError> {
+        daemon.find_shared_vault().await;
         let slots = if daemon.has_vault() {
             daemon.with_vault_file(|v| Ok(v.slot_infos()?)).await?
         } else {
@@ -116,6 +117,7 @@ impl Handler for VaultInit {
         params: InitParams,
     ) -> Result<InitResult, ApiError> {
         let _guard = daemon.lifecycle.lock().await;
+        daemon.find_shared_vault().await;
         if daemon.has_vault() {
             return Err(ApiError::new(
                 ErrorKind::AlreadyInitialized,
@@ -190,6 +192,7 @@ async fn unlock(
     peer: Peer,
 ) -> Result<UnlockResult, ApiError> {
     let _guard = daemon.lifecycle.lock().await;
+    daemon.find_shared_vault().await;
     if !daemon.has_vault() {
         return Err(ApiError::not_initialized());
     }
@@ -503,6 +506,7 @@ impl Handler for VaultRekey {
 /// else with a keyring slot — unless a requested lock holds (see the
 /// module docs). Failures are logged, naming the file, never its contents.
 pub async fn unlock_unattended(daemon: &Arc<Daemon>) {
+    daemon.find_shared_vault().await;
     if !daemon.has_vault() {
         return;
     }

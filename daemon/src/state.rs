@@ -370,6 +370,29 @@ impl Daemon {
         }
     }
 
+    /// A shared vault another daemon of the fleet created after this one
+    /// started: found in the database (by `status`, `init` and `unlock`),
+    /// and served from then on. Nothing for a vault file, or once found.
+    pub(crate) async fn find_shared_vault(&self) {
+        if self.fleet.is_none() || self.has_vault() {
+            return;
+        }
+        let location = self.config.vault.clone();
+        match tokio::task::spawn_blocking(move || Vault::open(&location)).await {
+            Ok(Ok(Some(vault))) => {
+                let mut slot = lock(&self.vault);
+                if slot.is_none() {
+                    *slot = Some(vault);
+                    self.initialized.store(true, Ordering::Release);
+                    tracing::info!("another daemon of the fleet created the vault: serving it");
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!("cannot read the shared vault: {e}"),
+            Err(e) => tracing::warn!("cannot read the shared vault: {e}"),
+        }
+    }
+
     /// Whether a vault file exists (without touching it).
     pub(crate) fn has_vault(&self) -> bool {
         self.initialized.load(Ordering::Acquire)

@@ -196,3 +196,58 @@ fn tls_to_a_remote_database_cannot_be_turned_off() {
         "{log}"
     );
 }
+
+#[test]
+fn a_daemon_started_before_the_vault_existed_finds_it() {
+    let one = TestEnv::new();
+    let Some(db) = TestDatabase::create(&one) else {
+        return;
+    };
+    db.serve(&one);
+    let two = sibling(&db);
+    let d2 = two.start_daemon();
+    let status = two.latchkey(&["status", "--json"]).json();
+    assert_eq!(status["vault"], "uninitialized", "{status}");
+    let d1 = one.start_daemon();
+    one.init();
+    // The second machine's daemon was running all along: it finds the
+    // vault another machine made, and will not make a second one.
+    let status = two.latchkey(&["status", "--json"]).json();
+    assert_eq!(status["vault"], "locked", "{status}");
+    let again = two.latchkey(&[
+        "init",
+        "--passphrase-file",
+        two.passphrase_file().to_str().unwrap(),
+    ]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    let pass = two.passphrase_file();
+    two.latchkey(&["unlock", "--passphrase-file", pass.to_str().unwrap()])
+        .success();
+    two.stop_daemon(&d2);
+    one.stop_daemon(&d1);
+}
+
+#[test]
+fn a_database_whose_certificate_does_not_verify_is_refused() {
+    let env = TestEnv::new();
+    let Some(db) = TestDatabase::create(&env) else {
+        return;
+    };
+    // TLS asked for, but against the public roots: the tests' CA is not
+    // among them, so the server's certificate does not verify.
+    let url = db.url.split('?').next().unwrap().to_owned() + "?sslmode=require";
+    env.set_env("LATCHKEY_VAULT", &url);
+    env.set_env(
+        "LATCHKEY_VAULT_PASSWORD_FILE",
+        db.password_file.to_str().unwrap(),
+    );
+    let (status, log) = env.run_daemon_expecting_exit(DaemonOpts::new(), Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(log.contains(&db.shown), "names the database: {log}");
+    assert!(
+        log.contains("certificate") || log.contains("Certificate"),
+        "says why: {log}"
+    );
+    assert!(!log.contains(db.password()), "{log}");
+}
