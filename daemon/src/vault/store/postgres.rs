@@ -500,38 +500,63 @@ impl Pg {
 
 /// Connections for transactions that outlive one call (a fleet lock held
 /// across a provider request), beside the store's own: at most
-/// [`POOL_IDLE`] kept open between uses.
+/// [`POOL_MAX`] in use at once (a fleet of daemons must not exhaust the
+/// server's `max_connections` when many credentials come due together),
+/// at most [`POOL_IDLE`] kept open between uses.
 pub struct Pool {
     target: Arc<PgTarget>,
-    idle: Mutex<Vec<Pg>>,
+    state: Mutex<PoolState>,
+    freed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Pg>,
+    in_use: usize,
 }
 
 /// Connections a pool keeps open while unused.
 const POOL_IDLE: usize = 4;
+/// Connections a pool hands out at once; a caller beyond waits.
+const POOL_MAX: usize = 16;
 
 impl Pool {
     pub fn new(target: Arc<PgTarget>) -> Pool {
         Pool {
             target,
-            idle: Mutex::new(Vec::new()),
+            state: Mutex::new(PoolState::default()),
+            freed: std::sync::Condvar::new(),
         }
     }
 
-    /// An idle connection, or a new one (connected at its first statement).
+    /// An idle connection, or a new one (connected at its first
+    /// statement); waits while [`POOL_MAX`] are in use. Call on a
+    /// blocking thread, and [`Pool::give`] it back.
     pub fn take(&self) -> Pg {
-        crate::sync::lock(&self.idle)
+        let mut state = crate::sync::lock(&self.state);
+        while state.in_use >= POOL_MAX {
+            state = self
+                .freed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state.in_use += 1;
+        state
+            .idle
             .pop()
             .unwrap_or_else(|| Pg::spawn(Arc::clone(&self.target)))
     }
 
-    /// Back to the pool, when no transaction is left open on it.
+    /// Back to the pool (kept when no transaction is left open on it).
     pub fn give(&self, pg: Pg) {
-        if pg.idle() {
-            let mut idle = crate::sync::lock(&self.idle);
-            if idle.len() < POOL_IDLE {
-                idle.push(pg);
-            }
+        let keep = pg.idle();
+        let mut state = crate::sync::lock(&self.state);
+        state.in_use = state.in_use.saturating_sub(1);
+        if keep && state.idle.len() < POOL_IDLE {
+            state.idle.push(pg);
         }
+        drop(state);
+        self.freed.notify_one();
     }
 
     pub fn target(&self) -> &Arc<PgTarget> {
