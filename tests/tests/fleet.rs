@@ -147,6 +147,12 @@ fn three_daemons_make_one_refresh_per_expiry_for_a_thousand_callers() {
             .json();
         assert_eq!(shown["state"], "ready", "{shown}");
     }
+    // Three daemons wrote the one audit chain all along, each batch in
+    // its turn: it verifies whole, from any of them.
+    for (env, _) in &f.members {
+        let verify = env.latchkey(&["audit", "verify"]);
+        assert_eq!(verify.code, 0, "{verify:?}");
+    }
 }
 
 /// Proactive refreshes are coordinated the same way: with 12-s tokens and
