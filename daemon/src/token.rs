@@ -304,6 +304,7 @@ async fn refresh(
     let grant = session.grant(&credential.id);
     let Some((refresh_token, grant)) = grant.and_then(|g| g.refresh_token.clone().map(|t| (t, g)))
     else {
+        fleet::release(fleet_lock).await;
         return Err(ApiError::reauth(name));
     };
     // Ask for a down-scoped token only when the caller wants less than
