@@ -11,7 +11,8 @@ use crate::error::ApiError;
 use crate::lifecycle;
 use crate::state::{Daemon, Session};
 use crate::vault::fleet::{Change, FleetLock};
-use crate::vault::{Credential, Grant, Token};
+use crate::vault::{Credential, Grant, Token, TokenKey};
+use latchkey_client::protocol::CredentialState;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 
@@ -138,6 +139,37 @@ pub(crate) async fn grant_changed(daemon: &Daemon, id: Option<String>) {
             .any(|t| same_token(t, &token));
         if !held && crate::cache::lasts(&token, 0, now) {
             session.tokens.insert(key, token);
+        }
+    }
+}
+
+/// Commits a refresh or a login durably, with the credential ready: the
+/// grant (when given: a rotated refresh token above all) and the access
+/// token in one transaction — the fleet lock's, which the commit ends and
+/// announces to the siblings, or the vault's own when there is no lock.
+pub(crate) async fn commit(
+    session: &Session,
+    lock: Option<FleetLock>,
+    credential_id: &str,
+    grant: Option<Grant>,
+    (key, token): (TokenKey, Token),
+) -> Result<(), ApiError> {
+    let state = CredentialState::Ready;
+    match lock {
+        Some(lock) => {
+            session
+                .with_keys(move |keys| {
+                    lock.commit(keys, grant.as_ref(), Some((&key, &token)), state)
+                })
+                .await
+        }
+        None => {
+            let id = credential_id.to_owned();
+            session
+                .with_vault(move |keys, vault| {
+                    vault.commit_grant(keys, &id, grant.as_ref(), Some((&key, &token)), state)
+                })
+                .await
         }
     }
 }

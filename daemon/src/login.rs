@@ -19,8 +19,8 @@ use crate::state::{Daemon, LoginEntry, LoginOutcome, Peer, Session};
 use crate::token::received;
 use crate::vault::{crypto::random_id, Credential, Grant, Provider};
 use latchkey_client::protocol::{
-    CredentialState, ErrorKind, GrantType, LoginResult, LoginStart, LoginStartParams,
-    LoginStartResult, LoginWait, LoginWaitParams,
+    ErrorKind, GrantType, LoginResult, LoginStart, LoginStartParams, LoginStartResult, LoginWait,
+    LoginWaitParams,
 };
 use oauth2::RedirectUrl;
 use std::sync::Arc;
@@ -403,33 +403,17 @@ async fn finish(
     );
     // A shared vault: under the fleet's lock (no sibling's refresh of the
     // old grant commits over this login), and the siblings are told.
-    match crate::fleet::lock_and_read(daemon, session, credential, None).await? {
-        Some((lock, _)) => {
-            session
-                .with_keys(move |keys| {
-                    lock.commit(
-                        keys,
-                        Some(&stored_grant),
-                        Some((&stored_key, &stored)),
-                        CredentialState::Ready,
-                    )
-                })
-                .await?
-        }
-        None => {
-            session
-                .with_vault(move |keys, vault| {
-                    vault.commit_grant(
-                        keys,
-                        &id,
-                        Some(&stored_grant),
-                        Some((&stored_key, &stored)),
-                        CredentialState::Ready,
-                    )
-                })
-                .await?
-        }
-    }
+    let fleet_lock = crate::fleet::lock_and_read(daemon, session, credential, None)
+        .await?
+        .map(|(lock, _)| lock);
+    crate::fleet::commit(
+        session,
+        fleet_lock,
+        &id,
+        Some(stored_grant),
+        (stored_key, stored),
+    )
+    .await?;
     session.set_grant(&credential.id, Some(grant));
     session.tokens.forget(&credential.id);
     session.tokens.insert(key, token);

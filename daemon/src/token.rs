@@ -370,36 +370,15 @@ async fn refresh(
         tracing::warn!(credential = %name, granted = %new_grant.scope, "the provider changed the grant's scopes on refresh; `latchkey login {name}` asks for the configured ones again");
     }
     let key = (credential.id.clone(), scopes.join(" "));
-    let (id, stored, stored_grant) = (credential.id.clone(), token.copy(), new_grant.clone());
-    let write_grant = rotated || rescoped;
-    let committed = match fleet_lock {
-        // In the lock's transaction, which the commit ends (and tells the fleet).
-        Some(lock) => {
-            session
-                .with_keys(move |keys| {
-                    lock.commit(
-                        keys,
-                        write_grant.then_some(&stored_grant),
-                        Some((&key, &stored)),
-                        CredentialState::Ready,
-                    )
-                })
-                .await
-        }
-        None => {
-            session
-                .with_vault(move |keys, vault| {
-                    vault.commit_grant(
-                        keys,
-                        &id,
-                        write_grant.then_some(&stored_grant),
-                        Some((&key, &stored)),
-                        CredentialState::Ready,
-                    )
-                })
-                .await
-        }
-    };
+    let write_grant = (rotated || rescoped).then(|| new_grant.clone());
+    let committed = fleet::commit(
+        session,
+        fleet_lock,
+        &credential.id,
+        write_grant,
+        (key, token.copy()),
+    )
+    .await;
     if let Err(e) = committed {
         // Not handed out: a token whose rotated refresh token is not on
         // disk would leave a crash with nothing that works.

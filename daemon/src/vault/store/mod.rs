@@ -789,14 +789,7 @@ impl Store {
     pub fn tokens(&self) -> Result<Vec<TokenRow>> {
         self.all(
             "SELECT id, credential_id, scope_key, token FROM tokens",
-            |mut r| {
-                Ok(TokenRow {
-                    id: r.take(0)?,
-                    credential_id: r.take(1)?,
-                    scope_key: r.take(2)?,
-                    token: r.take(3)?,
-                })
-            },
+            token_row,
         )
     }
 
@@ -824,14 +817,7 @@ impl Store {
                 args![credential_id],
             )?
             .into_iter()
-            .map(|mut r| {
-                Ok(TokenRow {
-                    id: r.take(0)?,
-                    credential_id: r.take(1)?,
-                    scope_key: r.take(2)?,
-                    token: r.take(3)?,
-                })
-            })
+            .map(token_row)
             .collect()
     }
 
@@ -842,24 +828,12 @@ impl Store {
                 "SELECT id, credential_id, sealed FROM grants WHERE credential_id = ?1",
                 args![credential_id],
             )?
-            .map(|mut r| -> Result<GrantRow> {
-                Ok(GrantRow {
-                    id: r.take(0)?,
-                    credential_id: r.take(1)?,
-                    sealed: r.take(2)?,
-                })
-            })
+            .map(grant_row)
             .transpose()
     }
 
     pub fn grants(&self) -> Result<Vec<GrantRow>> {
-        self.all("SELECT id, credential_id, sealed FROM grants", |mut r| {
-            Ok(GrantRow {
-                id: r.take(0)?,
-                credential_id: r.take(1)?,
-                sealed: r.take(2)?,
-            })
-        })
+        self.all("SELECT id, credential_id, sealed FROM grants", grant_row)
     }
 
     /// Commits a login or a refresh in one durable transaction: the grant
@@ -1342,6 +1316,25 @@ impl Store {
             Conn::Postgres(_) => panic!("a SQLite vault"),
         }
     }
+}
+
+/// A `tokens` row as its query selects it (id, credential, scopes, token).
+fn token_row(mut r: Row) -> Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.take(0)?,
+        credential_id: r.take(1)?,
+        scope_key: r.take(2)?,
+        token: r.take(3)?,
+    })
+}
+
+/// A `grants` row as its query selects it (id, credential, sealed).
+fn grant_row(mut r: Row) -> Result<GrantRow> {
+    Ok(GrantRow {
+        id: r.take(0)?,
+        credential_id: r.take(1)?,
+        sealed: r.take(2)?,
+    })
 }
 
 fn insert_slot(tx: &Tx<'_>, slot: &SlotRow) -> Result<()> {
