@@ -208,11 +208,15 @@ pub fn summary(
             ));
         }
     }
-    println!(
-        "other processes' share of the machine: {}; {} at the end",
-        during.join(", "),
-        load_average()
-    );
+    if during.is_empty() {
+        println!("{} at the end", load_average());
+    } else {
+        println!(
+            "other processes' share of the machine: {}; {} at the end",
+            during.join(", "),
+            load_average()
+        );
+    }
     println!("=================================================");
 }
 
