@@ -195,10 +195,13 @@ pub fn summary(
         during.push(format!("{} during the flood", busy(o.others[1])));
     }
     if let Some(o) = fleet {
-        during.push(format!(
-            "{} during fleet SQLite cached",
-            busy(o.sqlite.others)
-        ));
+        for c in o.sqlite.iter().chain(o.postgres.iter().map(|(c, _)| c)) {
+            during.push(format!(
+                "{} during fleet cached {}",
+                busy(c.others),
+                c.label
+            ));
+        }
         for p in &o.phases {
             during.push(format!(
                 "{} during fleet refresh ({} daemon(s), {} ms)",
@@ -222,13 +225,14 @@ pub fn summary(
 
 fn fleet_summary(o: &fleet::Outcome) {
     let met = |m: bool| if m { "MET" } else { "NOT MET" };
-    for c in &o.postgres {
-        let (p50, p99, rate) = c.ratios(&o.sqlite);
+    for (c, base) in &o.postgres {
+        let base = &o.sqlite[*base];
+        let (p50, p99, rate) = c.ratios(base);
         println!(
             "[9] {}: cached token.get vs SQLite p50 {p50:.2}×  p99 {p99:.2}×  req/s at 8 {rate:.2}× (target within {:.0} %) {}",
             c.label,
             (fleet::TARGET_RATIO - 1.0) * 100.0,
-            met(c.met(&o.sqlite))
+            met(c.met(base))
         );
     }
     for p in &o.phases {
