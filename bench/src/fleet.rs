@@ -8,11 +8,12 @@
 //!   of three daemons on it. p50/p99 on one connection and req/s at 8; the
 //!   ratio to SQLite (target: within 10 %: p50 ≤ 1.10× and req/s ≥ 0.91×;
 //!   p99 shown). A cached call never touches the database. The SQLite
-//!   daemon is measured beside the PostgreSQL ones, their one-connection
-//!   runs interleaved in rounds: on the 2-vCPU VM that latency can switch
-//!   mode (≈ 7 µs ↔ ≈ 60 µs p50) in the middle of a run, for every daemon
-//!   alike, SQLite's too; measured one after the other, the daemon after
-//!   the switch looked 9× slower.
+//!   daemon is measured beside the PostgreSQL ones, their runs (one
+//!   connection, then 8) interleaved in rounds: on the 2-vCPU VM the
+//!   one-connection latency can switch mode (≈ 7 µs ↔ ≈ 60 µs p50) in the
+//!   middle of a run, for every daemon alike, SQLite's too, and other load
+//!   comes and goes; measured one after the other, the daemons after the
+//!   switch looked 9× slower.
 //! - **Refresh requests per expiry**: a credential whose access tokens live
 //!   2 s and whose refresh tokens rotate (reuse is refused as
 //!   `invalid_grant`). At each expiry, 300 callers at once (a barrier),
@@ -74,7 +75,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const TARGET_RATIO: f64 = 1.10;
 /// Cached figures: one-connection round trips per daemon (in [`ROUNDS`]
 /// interleaved rounds), untimed ones before each round, and the 8-client
-/// throughput point's duration.
+/// throughput point's duration (in as many interleaved rounds).
 const LATENCY_ITERS: usize = 10_000;
 const ROUNDS: usize = 5;
 const WARMUP: usize = 200;
@@ -567,7 +568,7 @@ fn print_others(before: Option<procfs::CpuSnapshot>, pids: &[u32]) -> Option<f64
 /// latency runs interleaved in [`ROUNDS`] rounds (on this VM the
 /// one-connection latency can change mode in the middle of a run, for
 /// every daemon alike: interleaved, each daemon's figure spans the same
-/// time), then one throughput point at 8 connections each.
+/// time), then the throughput at 8 connections, interleaved likewise.
 fn compare(
     rt: &tokio::runtime::Runtime,
     group: &[(&Member, String)],
@@ -591,15 +592,36 @@ fn compare(
             hist.add(&h).expect("histograms share bounds");
         }
     }
-    let mut out = Vec::with_capacity(group.len());
-    for ((m, label), latency) in group.iter().zip(latency) {
-        let mut conns = Vec::with_capacity(8);
-        for _ in 0..8 {
-            conns.push(rt.block_on(connect(m.env.socket.clone()))?);
+    // The throughput points interleaved too, pooled per daemon.
+    let mut points: Vec<load::Throughput> = group
+        .iter()
+        .map(|_| load::Throughput {
+            per_sec: 0.0,
+            total: 0,
+            elapsed: Duration::ZERO,
+            latency: new_histogram(),
+        })
+        .collect();
+    for _ in 0..ROUNDS {
+        for ((m, _), pooled) in group.iter().zip(&mut points) {
+            let mut conns = Vec::with_capacity(8);
+            for _ in 0..8 {
+                conns.push(rt.block_on(connect(m.env.socket.clone()))?);
+            }
+            let t = rt.block_on(load::throughput(conns, WARMUP / 10, POINT / ROUNDS as u32))?;
+            pooled.total += t.total;
+            pooled.elapsed += t.elapsed;
+            pooled
+                .latency
+                .add(&t.latency)
+                .expect("histograms share bounds");
         }
-        let t = rt.block_on(load::throughput(conns, WARMUP / 10, POINT))?;
+    }
+    let mut out = Vec::with_capacity(group.len());
+    for (((_, label), latency), mut t) in group.iter().zip(latency).zip(points) {
+        t.per_sec = t.total as f64 / t.elapsed.as_secs_f64();
         println!(
-            "    {label:<34} 1 client: p50 {}  p99 {}  p99.9 {}  max {} ({} calls in {ROUNDS} rounds);  8 clients: {:.0} req/s (p50 {}  p99 {})",
+            "    {label:<34} 1 client: p50 {}  p99 {}  p99.9 {}  max {} ({} calls);  8 clients: {:.0} req/s (p50 {}  p99 {}); {ROUNDS} interleaved rounds each",
             us(p50(&latency)),
             us(p99(&latency)),
             us(latency.value_at_quantile(0.999)),
