@@ -14,9 +14,9 @@
 //! cargo run --release -p latchkey-bench
 //! ```
 //!
-//! What it does, in one run of about 8 minutes (every loop is bounded;
+//! What it does, in one run of about 9 minutes (every loop is bounded;
 //! 2 s per throughput point; parts 1–4 take about 30 s, part 6 five
-//! minutes, part 7 about one, part 8 half of one):
+//! minutes, part 7 about one, part 8 half of one, part 9 about one):
 //!
 //! 1. **Raw baseline** (`raw`): an in-process tokio server on a Unix socket
 //!    answers each request line with a fixed reply of the same bytes as a
@@ -60,7 +60,7 @@
 //!    at another path: another app) floods at 10,000 calls/s, three rounds
 //!    of each, alternating; B's pooled p99s side by side, A's answered and
 //!    refused calls (issue 9).
-//! 9. **A fleet on one PostgreSQL vault** (`fleet`, about 90 s; needs a
+//! 9. **A fleet on one PostgreSQL vault** (`fleet`, about 65 s; needs a
 //!    server: `source .ci/postgres-env.sh`, else SKIPPED): cached
 //!    `token.get` on a user credential for a SQLite daemon, one daemon on
 //!    a fresh PostgreSQL database and each of three sharing it (ratio to
