@@ -83,6 +83,12 @@ pub struct Env {
     pub runtime_dir: PathBuf,
     pub data_home: PathBuf,
     pub log: PathBuf,
+    /// A shared vault's URL (`postgres://…`), which the daemon gets in
+    /// `LATCHKEY_VAULT` instead of [`Env::vault`].
+    pub vault_url: Option<String>,
+    /// More variables for the daemon alone (after the bench's own, so they
+    /// may override `LATCHKEY_LOG`).
+    pub daemon_env: Vec<(String, String)>,
 }
 
 /// Inherited variables that would change what the daemon or the CLI does.
@@ -90,6 +96,9 @@ const CLEARED: &[&str] = &[
     "LATCHKEY_SOCKET",
     "LATCHKEY_VAULT",
     "LATCHKEY_PASSPHRASE_FILE",
+    "LATCHKEY_VAULT_PASSWORD_FILE",
+    "PGPASSWORD",
+    "LATCHKEY_KEY_FILE",
     "LATCHKEY_IDLE_TIMEOUT",
     "LATCHKEY_FRAME_TIMEOUT",
     "LATCHKEY_LOG",
@@ -130,6 +139,8 @@ impl Env {
             runtime_dir,
             data_home,
             log: dir.join("latchkeyd.log"),
+            vault_url: None,
+            daemon_env: Vec::new(),
         }
     }
 
@@ -145,7 +156,10 @@ impl Env {
             .env("XDG_DATA_HOME", &self.data_home)
             .env("LATCHKEY_SOCKET", &self.socket);
         if name_vault {
-            cmd.env("LATCHKEY_VAULT", &self.vault);
+            match &self.vault_url {
+                Some(url) => cmd.env("LATCHKEY_VAULT", url),
+                None => cmd.env("LATCHKEY_VAULT", &self.vault),
+            };
         }
     }
 }
@@ -246,6 +260,7 @@ impl DaemonGuard {
                 "LATCHKEY_LOG",
                 std::env::var("LATCHKEY_BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -306,7 +321,7 @@ impl Drop for DaemonGuard {
 }
 
 /// `vault.init` with one passphrase slot.
-async fn init_vault(c: &mut Client, passphrase: &str) -> Result<()> {
+pub(crate) async fn init_vault(c: &mut Client, passphrase: &str) -> Result<()> {
     let _: InitResult = c
         .request::<VaultInit>(&InitParams {
             breached_list: None,

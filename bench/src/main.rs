@@ -14,9 +14,9 @@
 //! cargo run --release -p latchkey-bench
 //! ```
 //!
-//! What it does, in one run of about 8 minutes (every loop is bounded;
+//! What it does, in one run of about 9 minutes (every loop is bounded;
 //! 2 s per throughput point; parts 1–4 take about 30 s, part 6 five
-//! minutes, part 7 about one, part 8 half of one):
+//! minutes, part 7 about one, part 8 half of one, part 9 about one):
 //!
 //! 1. **Raw baseline** (`raw`): an in-process tokio server on a Unix socket
 //!    answers each request line with a fixed reply of the same bytes as a
@@ -60,6 +60,16 @@
 //!    at another path: another app) floods at 10,000 calls/s, three rounds
 //!    of each, alternating; B's pooled p99s side by side, A's answered and
 //!    refused calls (issue 9).
+//! 9. **A fleet on one PostgreSQL vault** (`fleet`, about 65 s; needs a
+//!    server: `source .ci/postgres-env.sh`, else SKIPPED): cached
+//!    `token.get` on a user credential for a SQLite daemon, one daemon on
+//!    a fresh PostgreSQL database and each of three sharing it (ratio to
+//!    SQLite, target within 10 %); then 2-s tokens with rotating refresh
+//!    tokens, 300 callers at every expiry spread over the daemons: refresh
+//!    requests per expiry (target exactly 1, no `invalid_grant`) and how
+//!    long the callers of the daemons that did not refresh wait for the
+//!    sibling's refresh, next to the refresher's own (provider answering
+//!    at once and after 100 ms). See `fleet.rs`.
 //!
 //! Every daemon but part 8's runs with rate limits far above what the
 //! bench drives (`daemon::BENCH_RATE_LIMITS`, printed at the start): the
@@ -67,7 +77,11 @@
 //!
 //! `LATCHKEY_BENCH_ONLY=refresh` (or `-- --only refresh`) runs parts 5–6
 //! alone, `LATCHKEY_BENCH_ONLY=base` parts 1–4, `LATCHKEY_BENCH_ONLY=scale`
-//! part 7, `LATCHKEY_BENCH_ONLY=flood` part 8. `LATCHKEY_BENCH_DAEMON_LOG`
+//! part 7, `LATCHKEY_BENCH_ONLY=flood` part 8, `LATCHKEY_BENCH_ONLY=fleet`
+//! part 9. The daemon and CLI are taken from the target dir the bench
+//! was built into (`target/release`, or `target/debug` for
+//! `cargo run -p latchkey-bench`; `LATCHKEY_BIN_DIR` overrides it); the
+//! bench prints which profile's binaries it uses. `LATCHKEY_BENCH_DAEMON_LOG`
 //! sets the daemon's log filter (default `warn`; `debug` shows the ticker's
 //! proactive refreshes); the log is shown when a part-6 call waited.
 //! `LATCHKEY_BENCH_REFRESH_LIFETIME` changes part 6's token lifetime (30 s)
@@ -81,6 +95,7 @@
 
 mod cached;
 mod daemon;
+mod fleet;
 mod flood;
 mod load;
 mod process;
@@ -143,9 +158,11 @@ enum Only {
     Scale,
     /// Part 8.
     Flood,
+    /// Part 9.
+    Fleet,
 }
 
-/// `--only refresh|base|scale|flood` (or `--only=…`) on the command line, else
+/// `--only refresh|base|scale|flood|fleet` (or `--only=…`) on the command line, else
 /// `LATCHKEY_BENCH_ONLY`, else everything.
 fn parts() -> Result<Only> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -157,13 +174,13 @@ fn parts() -> Result<Only> {
                 chosen = Some(
                     args.get(i + 1)
                         .cloned()
-                        .context("--only needs a value: refresh, base, scale or flood")?,
+                        .context("--only needs a value: refresh, base, scale, flood or fleet")?,
                 );
                 i += 1;
             }
             a if a.starts_with("--only=") => chosen = Some(a["--only=".len()..].to_owned()),
             a => anyhow::bail!(
-                "unknown argument {a:?}; the only option is --only refresh|base|scale|flood"
+                "unknown argument {a:?}; the only option is --only refresh|base|scale|flood|fleet"
             ),
         }
         i += 1;
@@ -174,10 +191,17 @@ fn parts() -> Result<Only> {
         Some("base") => Ok(Only::Base),
         Some("scale") => Ok(Only::Scale),
         Some("flood") => Ok(Only::Flood),
+        Some("fleet") => Ok(Only::Fleet),
         Some(other) => anyhow::bail!(
-            "unknown part {other:?} (LATCHKEY_BENCH_ONLY / --only): use refresh, base, scale or flood"
+            "unknown part {other:?} (LATCHKEY_BENCH_ONLY / --only): use refresh, base, scale, flood or fleet"
         ),
     }
+}
+
+/// `release`, `debug` or whatever the binaries' directory is called.
+fn bin_profile(dir: &std::path::Path) -> String {
+    dir.file_name()
+        .map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Part 5 holds a thousand client sockets here and as many in the daemon
@@ -216,6 +240,7 @@ fn run() -> Result<()> {
     let with_refresh = matches!(only, Only::All | Only::Refresh);
     let with_scale = matches!(only, Only::All | Only::Scale);
     let with_flood = matches!(only, Only::All | Only::Flood);
+    let with_fleet = matches!(only, Only::All | Only::Fleet);
     let refresh_secs = if with_refresh {
         Some(refresh::steady_secs()?)
     } else {
@@ -245,6 +270,16 @@ fn run() -> Result<()> {
                 bins.display()
             )
         })?;
+    println!(
+        "binaries: {} ({} build{})",
+        daemon_bin.display(),
+        bin_profile(&bins),
+        if bin_profile(&bins) == "debug" {
+            ": figures are a debug build's, not the targets' release"
+        } else {
+            ""
+        }
+    );
     let cli_bin = daemon::find_binary(&bins, "latchkey", &["cli/src", "client/src"])?;
     let empty_bin = daemon::find_binary(&daemon::own_dir()?, "latchkey-bench-empty", &[])?;
     let app_bin = daemon::find_binary(
@@ -319,10 +354,17 @@ fn run() -> Result<()> {
         None
     };
 
+    let fleet_results = if with_fleet {
+        fleet::run(&rt, &daemon_bin)?
+    } else {
+        None
+    };
+
     report::summary(
         base_results.as_ref(),
         refresh_results.as_ref(),
         flood_results.as_ref(),
+        fleet_results.as_ref(),
     );
     drop(rt);
     drop(daemon);
@@ -582,5 +624,7 @@ async fn clean_up_on_signal(daemon_pid: u32, dir: std::path::PathBuf) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // Part 9's database, through the sync client: off this runtime.
+    let _ = std::thread::spawn(fleet::drop_databases).join();
     std::process::exit(130);
 }

@@ -105,17 +105,23 @@ pub struct CpuSnapshot {
 
 impl CpuSnapshot {
     pub fn take(daemon_pid: u32) -> Option<CpuSnapshot> {
-        CpuSnapshot::taken(daemon_pid, false)
+        CpuSnapshot::taken(&[daemon_pid], false)
+    }
+
+    /// [`CpuSnapshot::take`] with several processes of ours (part 9's
+    /// daemons and their database backends).
+    pub fn take_pids(pids: &[u32]) -> Option<CpuSnapshot> {
+        CpuSnapshot::taken(pids, false)
     }
 
     /// [`CpuSnapshot::take`], counting as ours also the children this
     /// process has reaped (part 8's helper apps, reaped before the
     /// snapshot after them).
     pub fn take_with_children(daemon_pid: u32) -> Option<CpuSnapshot> {
-        CpuSnapshot::taken(daemon_pid, true)
+        CpuSnapshot::taken(&[daemon_pid], true)
     }
 
-    fn taken(daemon_pid: u32, children: bool) -> Option<CpuSnapshot> {
+    fn taken(pids: &[u32], children: bool) -> Option<CpuSnapshot> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let cpu: Vec<f64> = stat
             .lines()
@@ -137,7 +143,11 @@ impl CpuSnapshot {
             at: std::time::Instant::now(),
             busy: busy / ticks,
             steal: cpu.get(7).copied().unwrap_or(0.0) / ticks,
-            ours: own + process_cpu(daemon_pid).map_or(0.0, Cpu::total),
+            ours: own
+                + pids
+                    .iter()
+                    .map(|&pid| process_cpu(pid).map_or(0.0, Cpu::total))
+                    .sum::<f64>(),
         })
     }
 

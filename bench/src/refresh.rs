@@ -231,7 +231,7 @@ pub fn run(
     })
 }
 
-async fn add_provider(socket: &Path, endpoint: &TokenEndpoint) -> Result<()> {
+pub(crate) async fn add_provider(socket: &Path, endpoint: &TokenEndpoint) -> Result<()> {
     let mut c = Client::connect_to(socket).await?;
     let _: ProviderInfo = c
         .request::<ProviderAdd>(&ProviderAddParams {
@@ -251,7 +251,7 @@ async fn add_provider(socket: &Path, endpoint: &TokenEndpoint) -> Result<()> {
 
 /// Registers `name` at the endpoint (as its client id) and in the daemon
 /// (grant `device_code`, auth `none`), and logs it in.
-async fn add_and_log_in(
+pub(crate) async fn add_and_log_in(
     c: &mut Client,
     endpoint: &TokenEndpoint,
     name: &str,
@@ -315,13 +315,13 @@ async fn remove(c: &mut Client, name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn stats(c: &mut Client) -> Result<StatsResult> {
+pub(crate) async fn stats(c: &mut Client) -> Result<StatsResult> {
     c.request::<DaemonStats>(&Empty {})
         .await
         .context("daemon.stats failed")
 }
 
-fn delta(after: &StatsResult, before: &StatsResult) -> StatsResult {
+pub(crate) fn delta(after: &StatsResult, before: &StatsResult) -> StatsResult {
     StatsResult {
         hits: after.hits - before.hits,
         waits: after.waits - before.waits,

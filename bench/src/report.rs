@@ -1,6 +1,7 @@
 //! Printing: the machine line, the cached/raw ratios, and the closing
 //! summary with every figure and MET / NOT MET against each target.
 
+use crate::fleet;
 use crate::flood;
 use crate::load::{p50, p99, us, Figures, Plan};
 use crate::process::{CliFigures, TARGET_CLI_RATIO};
@@ -163,6 +164,7 @@ pub fn summary(
     base: Option<&Results>,
     refresh: Option<&refresh::Outcome>,
     flood: Option<&flood::Outcome>,
+    fleet: Option<&fleet::Outcome>,
 ) {
     println!("\n==================== summary ====================");
     if let Some(r) = base {
@@ -173,6 +175,9 @@ pub fn summary(
     }
     if let Some(o) = flood {
         flood_summary(o);
+    }
+    if let Some(o) = fleet {
+        fleet_summary(o);
     }
     let busy = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.0}%", v * 100.0));
     let mut during = Vec::new();
@@ -189,12 +194,64 @@ pub fn summary(
         during.push(format!("{} during B alone", busy(o.others[0])));
         during.push(format!("{} during the flood", busy(o.others[1])));
     }
-    println!(
-        "other processes' share of the machine: {}; {} at the end",
-        during.join(", "),
-        load_average()
-    );
+    if let Some(o) = fleet {
+        for c in o.sqlite.iter().chain(o.postgres.iter().map(|(c, _)| c)) {
+            during.push(format!(
+                "{} during fleet cached {}",
+                busy(c.others),
+                c.label
+            ));
+        }
+        for p in &o.phases {
+            during.push(format!(
+                "{} during fleet refresh ({} daemon(s), {} ms)",
+                busy(p.others),
+                p.daemons,
+                p.delay.as_millis()
+            ));
+        }
+    }
+    if during.is_empty() {
+        println!("{} at the end", load_average());
+    } else {
+        println!(
+            "other processes' share of the machine: {}; {} at the end",
+            during.join(", "),
+            load_average()
+        );
+    }
     println!("=================================================");
+}
+
+fn fleet_summary(o: &fleet::Outcome) {
+    let met = |m: bool| if m { "MET" } else { "NOT MET" };
+    for (c, base) in &o.postgres {
+        let base = &o.sqlite[*base];
+        let (p50, p99, rate) = c.ratios(base);
+        println!(
+            "[9] {}: cached token.get vs SQLite p50 {p50:.2}×  p99 {p99:.2}×  req/s at 8 {rate:.2}× (target within {:.0} %) {}",
+            c.label,
+            (fleet::TARGET_RATIO - 1.0) * 100.0,
+            met(c.met(base))
+        );
+    }
+    for p in &o.phases {
+        println!(
+            "[9] {} daemon(s), provider {} ms: {} refresh requests / {} expiries = {:.2} (target 1.00), invalid_grant {}, failed {} {}",
+            p.daemons,
+            p.delay.as_millis(),
+            p.requests(),
+            p.expiries,
+            p.requests() as f64 / p.expiries as f64,
+            p.rejected,
+            p.failed,
+            met(p.met())
+        );
+        println!("      refresher's callers: {}", fleet::spread(&p.refresher));
+        if p.daemons > 1 {
+            println!("      siblings' callers:   {}", fleet::spread(&p.siblings));
+        }
+    }
 }
 
 fn flood_summary(o: &flood::Outcome) {

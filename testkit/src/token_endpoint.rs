@@ -266,6 +266,14 @@ impl TokenEndpoint {
         );
     }
 
+    /// `client_id`'s refreshes are answered after `delay` from now on (a
+    /// remote provider's latency; the refresh token rotates at once).
+    pub fn set_refresh_delay(&self, client_id: &str, delay: Duration) {
+        if let Some(client) = self.counters.user().clients.get_mut(client_id) {
+            client.config.refresh_delay = delay;
+        }
+    }
+
     /// Client-credentials tokens carry this `token_type` from now on,
     /// given as a JSON value (`"\"DPoP\""`, or a hostile `"\"a\\r\\nb\""`).
     pub fn set_token_type_json(&self, json: &str) {
