@@ -4,7 +4,8 @@
 //! asking the provider; what a sibling commits reaches this daemon's
 //! memory through the database's notifications ([`follow`]): refreshes
 //! and logins (grant and tokens), catalog changes (providers,
-//! credentials, rules, app keys), and `panic` (this daemon locks too).
+//! credentials, rules, app keys), and `panic` and `rekey` (this daemon
+//! locks too).
 //! The lock and the notifications themselves are `vault/fleet.rs`.
 
 use crate::error::ApiError;
