@@ -549,19 +549,12 @@ pub fn run(rt: &tokio::runtime::Runtime, bin: &Path) -> Result<Option<Outcome>> 
 }
 
 fn print_others(before: Option<procfs::CpuSnapshot>, pids: &[u32]) -> Option<f64> {
-    let after = procfs::CpuSnapshot::take_pids(pids)?;
-    let (others, steal) = after.others_since(&before?);
-    println!(
-        "    other processes used {:.0}% of the machine meanwhile (steal {:.0}%; the bench, its daemons and their PostgreSQL backends not counted){}",
-        others * 100.0,
-        steal * 100.0,
-        if others > 0.1 {
-            ": figures are skewed, rerun on a quiet machine"
-        } else {
-            ""
-        }
-    );
-    Some(others)
+    crate::others_line(
+        before,
+        procfs::CpuSnapshot::take_pids(pids),
+        "    ",
+        "; the bench, its daemons and their PostgreSQL backends not counted",
+    )
 }
 
 /// Cached `token.get` on [`CACHED`] against each daemon of `group`, the

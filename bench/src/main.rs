@@ -573,10 +573,21 @@ fn print_cpu(server: Option<procfs::Cpu>, client: Option<procfs::Cpu>, calls: u6
 /// Prints how much of the machine other processes (and the hypervisor)
 /// took since `before`: such load skews every figure of the phase.
 fn print_others(before: Option<procfs::CpuSnapshot>, daemon_pid: u32) -> Option<f64> {
-    let after = procfs::CpuSnapshot::take(daemon_pid)?;
-    let (others, steal) = after.others_since(&before?);
+    others_line(before, procfs::CpuSnapshot::take(daemon_pid), "  ", "")
+}
+
+/// The line [`print_others`] prints, for snapshots `before` and `after`,
+/// indented by `indent`; `uncounted` says what besides the bench was left
+/// out of "other". Returns the other processes' share.
+fn others_line(
+    before: Option<procfs::CpuSnapshot>,
+    after: Option<procfs::CpuSnapshot>,
+    indent: &str,
+    uncounted: &str,
+) -> Option<f64> {
+    let (others, steal) = after?.others_since(&before?);
     println!(
-        "  other processes used {:.0}% of the machine meanwhile (steal {:.0}%){}",
+        "{indent}other processes used {:.0}% of the machine meanwhile (steal {:.0}%{uncounted}){}",
         others * 100.0,
         steal * 100.0,
         if others > 0.1 {

@@ -132,6 +132,29 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime can be built")
 }
 
+/// Through the CLI: provider `local` at the in-process token endpoint
+/// `url`, and credential `svc` of it (client `svc-client`, secret
+/// `s3cret` on stdin, `client_secret_basic`).
+pub fn local_svc(env: &TestEnv, url: &str) {
+    env.latchkey(&["provider", "add", "local", "--token-endpoint", url])
+        .success();
+    env.cli(&[
+        "credential",
+        "add",
+        "svc",
+        "--provider",
+        "local",
+        "--client-id",
+        "svc-client",
+        "--auth",
+        "client_secret_basic",
+        "--client-secret-stdin",
+    ])
+    .stdin("s3cret")
+    .run()
+    .success();
+}
+
 /// `n` callers of `token.get` for `credential`, each on its own connection
 /// (all open before anyone asks), released at once behind a barrier
 /// ([`latchkey_testkit::burst()`]). Returns every caller's access token, in

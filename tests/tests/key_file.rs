@@ -12,6 +12,7 @@
 //! (no Node needed). Needs `cargo build --workspace --bins`.
 
 use latchkey_testkit::token_endpoint::TokenEndpoint;
+use latchkey_tests::fixture::local_svc;
 use latchkey_tests::{wait_for, TestEnv};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -43,29 +44,7 @@ fn a_key_file_unlocks_on_its_machine_survives_a_rekey_and_is_cut_off_by_slot_rem
     let pass_file = env.passphrase_file();
     let pass_file = pass_file.to_str().unwrap();
     env.init();
-    env.latchkey(&[
-        "provider",
-        "add",
-        "local",
-        "--token-endpoint",
-        &endpoint.url,
-    ])
-    .success();
-    env.cli(&[
-        "credential",
-        "add",
-        "svc",
-        "--provider",
-        "local",
-        "--client-id",
-        "svc-client",
-        "--auth",
-        "client_secret_basic",
-        "--client-secret-stdin",
-    ])
-    .stdin("s3cret")
-    .run()
-    .success();
+    local_svc(&env, &endpoint.url);
     let token = env.token("svc");
 
     // A new key file: created 0600, a comment then the key line.

@@ -8,6 +8,7 @@
 //! (no Node needed). Needs `cargo build --workspace --bins`.
 
 use latchkey_testkit::token_endpoint::TokenEndpoint;
+use latchkey_tests::fixture::local_svc;
 use latchkey_tests::{wait_for, DaemonOpts, TestEnv};
 use std::time::Duration;
 
@@ -32,29 +33,7 @@ fn a_requested_lock_holds_until_latchkey_unlock_and_the_idle_lock_does_not() {
     let opts = || DaemonOpts::new().arg("--idle-timeout").arg("3s");
     let first = env.start_daemon_with(opts());
     env.init();
-    env.latchkey(&[
-        "provider",
-        "add",
-        "local",
-        "--token-endpoint",
-        &endpoint.url,
-    ])
-    .success();
-    env.cli(&[
-        "credential",
-        "add",
-        "svc",
-        "--provider",
-        "local",
-        "--client-id",
-        "svc-client",
-        "--auth",
-        "client_secret_basic",
-        "--client-secret-stdin",
-    ])
-    .stdin("s3cret")
-    .run()
-    .success();
+    local_svc(&env, &endpoint.url);
     let token = env.token("svc");
 
     env.latchkey(&["lock"]).success();

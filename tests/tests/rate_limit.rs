@@ -7,6 +7,7 @@
 //! (no Node needed). Needs `cargo build --workspace --bins`.
 
 use latchkey_testkit::token_endpoint::TokenEndpoint;
+use latchkey_tests::fixture::local_svc;
 use latchkey_tests::{DaemonOpts, TestEnv};
 use std::time::Duration;
 
@@ -44,29 +45,7 @@ fn the_cli_is_refused_with_the_app_and_the_flag_named() {
             .arg("2/m"),
     );
     env.init();
-    env.latchkey(&[
-        "provider",
-        "add",
-        "local",
-        "--token-endpoint",
-        &endpoint.url,
-    ])
-    .success();
-    env.cli(&[
-        "credential",
-        "add",
-        "svc",
-        "--provider",
-        "local",
-        "--client-id",
-        "svc-client",
-        "--auth",
-        "client_secret_basic",
-        "--client-secret-stdin",
-    ])
-    .stdin("s3cret")
-    .run()
-    .success();
+    local_svc(&env, &endpoint.url);
 
     // Two requests reach the provider (a miss, then one forced), the
     // third is refused before it does; cached answers go on.

@@ -11,7 +11,7 @@ use latchkey_client::ErrorKind;
 use latchkey_tests::fixture::{client_credentials, TEST_PROVIDER};
 use latchkey_tests::postgres::TestDatabase;
 use latchkey_tests::provider::{ClientSpec, Provider};
-use latchkey_tests::{DaemonOpts, TestEnv};
+use latchkey_tests::{DaemonHandle, DaemonOpts, TestEnv};
 use secrecy::ExposeSecret;
 use std::time::Duration;
 
@@ -30,20 +30,39 @@ fn sibling(db: &TestDatabase) -> TestEnv {
     env
 }
 
-#[test]
-fn a_daemon_keeps_its_vault_in_postgres() {
-    let spec =
-        ClientSpec::client_credentials("svc-a", "secret-a", "client_secret_basic", "api:read");
-    let p = Provider::start(std::slice::from_ref(&spec));
+/// The clients `svc-a` (and `svc-b`) at a provider, and a daemon on a fresh
+/// database with them as credentials `a` (and `b`): `None` (skipped)
+/// without a PostgreSQL server.
+fn on_postgres(names: &[&str]) -> Option<(Provider, TestEnv, TestDatabase, DaemonHandle)> {
+    let specs: Vec<ClientSpec> = names
+        .iter()
+        .map(|n| {
+            ClientSpec::client_credentials(
+                &format!("svc-{n}"),
+                &format!("secret-{n}"),
+                "client_secret_basic",
+                "api:read",
+            )
+        })
+        .collect();
+    let p = Provider::start(&specs);
     let env = TestEnv::new();
-    let Some(db) = TestDatabase::create(&env) else {
-        return;
-    };
+    let db = TestDatabase::create(&env)?;
     db.serve(&env);
     let daemon = env.start_daemon();
     env.init();
     env.add_provider(TEST_PROVIDER, p.issuer());
-    client_credentials(&env, TEST_PROVIDER, "a", &spec);
+    for (name, spec) in names.iter().zip(&specs) {
+        client_credentials(&env, TEST_PROVIDER, name, spec);
+    }
+    Some((p, env, db, daemon))
+}
+
+#[test]
+fn a_daemon_keeps_its_vault_in_postgres() {
+    let Some((p, env, db, daemon)) = on_postgres(&["a"]) else {
+        return;
+    };
     let first = token(&env, "a").expect("a token");
     assert_eq!(p.introspect(&first, "svc-a", "secret-a")["active"], true);
 
@@ -93,18 +112,9 @@ fn a_daemon_keeps_its_vault_in_postgres() {
 
 #[test]
 fn daemons_on_two_machines_share_providers_credentials_and_tokens() {
-    let spec =
-        ClientSpec::client_credentials("svc-a", "secret-a", "client_secret_basic", "api:read");
-    let p = Provider::start(std::slice::from_ref(&spec));
-    let one = TestEnv::new();
-    let Some(db) = TestDatabase::create(&one) else {
+    let Some((p, one, db, d1)) = on_postgres(&["a"]) else {
         return;
     };
-    db.serve(&one);
-    let d1 = one.start_daemon();
-    one.init();
-    one.add_provider(TEST_PROVIDER, p.issuer());
-    client_credentials(&one, TEST_PROVIDER, "a", &spec);
     let t1 = token(&one, "a").expect("a token on the first machine");
 
     // The second machine was never told about the credential: it reads
@@ -125,19 +135,9 @@ fn daemons_on_two_machines_share_providers_credentials_and_tokens() {
 
 #[test]
 fn blobs_swapped_between_rows_by_the_database_administrator_are_detected() {
-    let a = ClientSpec::client_credentials("svc-a", "secret-a", "client_secret_basic", "api:read");
-    let b = ClientSpec::client_credentials("svc-b", "secret-b", "client_secret_basic", "api:read");
-    let p = Provider::start(&[a.clone(), b.clone()]);
-    let env = TestEnv::new();
-    let Some(db) = TestDatabase::create(&env) else {
+    let Some((p, env, db, daemon)) = on_postgres(&["a", "b"]) else {
         return;
     };
-    db.serve(&env);
-    let daemon = env.start_daemon();
-    env.init();
-    env.add_provider(TEST_PROVIDER, p.issuer());
-    client_credentials(&env, TEST_PROVIDER, "a", &a);
-    client_credentials(&env, TEST_PROVIDER, "b", &b);
     assert!(env.stop_daemon(&daemon).success());
 
     let mut sql = db.sql();

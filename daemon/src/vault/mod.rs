@@ -963,7 +963,8 @@ mod tests {
         }
     }
 
-    fn provider() -> ProviderConfig {
+    /// A provider configuration for tests here and in `slots.rs`.
+    pub(in crate::vault) fn provider() -> ProviderConfig {
         ProviderConfig {
             name: "prov".into(),
             issuer: None,

@@ -686,9 +686,7 @@ pub mod test_hooks {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ProviderConfig;
     use super::*;
-    use latchkey_client::protocol::Endpoints;
 
     const PASS: &str = "correct horse battery staple";
 
@@ -706,19 +704,6 @@ mod tests {
 
     fn file(byte: u8) -> FileKey {
         FileKey::from_bytes(&[byte; 32]).unwrap()
-    }
-
-    fn provider() -> ProviderConfig {
-        ProviderConfig {
-            name: "prov".into(),
-            issuer: None,
-            endpoints: Endpoints {
-                token_endpoint: Some("https://as.example.com/token".into()),
-                ..Endpoints::default()
-            },
-            iss_parameter_supported: false,
-            oauth1: None,
-        }
     }
 
     /// The data key `keys` opens what `reference` sealed: the same DEK.
@@ -887,7 +872,9 @@ mod tests {
     fn after_a_rekey_every_key_file_opens_the_new_key_without_being_given() {
         let dir = tempfile::tempdir().unwrap();
         let (mut vault, keys) = new_vault(dir.path());
-        let provider = vault.add_provider(&keys, provider()).unwrap();
+        let provider = vault
+            .add_provider(&keys, crate::vault::tests::provider())
+            .unwrap();
         vault.add_keyfile_slot(&keys, &file(1), "a").unwrap();
         vault.add_keyfile_slot(&keys, &file(2), "b").unwrap();
         let before = vault.store.slots().unwrap();

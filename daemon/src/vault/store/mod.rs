@@ -152,7 +152,8 @@ pub struct SealedField {
 /// blob; its MAC is `None` until the row is chained.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditRow {
-    /// Ignored when inserting: SQLite gives it (never reused: AUTOINCREMENT).
+    /// Ignored when inserting: the store gives it, never reused (SQLite's
+    /// AUTOINCREMENT; PostgreSQL's `audit_seq` counter).
     pub seq: i64,
     pub at: i64,
     pub event: String,
